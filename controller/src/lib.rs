@@ -1,0 +1,18 @@
+//! dockscale: a Kubernetes-style reconciliation controller for a Docker host behind
+//! HAProxy.
+//!
+//! # Layout
+//! - [`spec`]: the `ScaledService` types, source of the JSON Schema.
+//! - [`manifest`]: reading spec files into validated services, with located errors.
+
+pub mod manifest;
+pub mod spec;
+
+/// The JSON Schema of a `ScaledService` document, as `dockscale schema` prints it.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(spec::ScaledService);
+    // Serializing a `serde_json::Value`-backed schema cannot fail.
+    let mut text = serde_json::to_string_pretty(&schema).expect("schema serializes");
+    text.push('\n');
+    text
+}

@@ -1,0 +1,744 @@
+//! The `ScaledService` spec: the user-facing desired state, as fixed in DESIGN.md.
+//!
+//! These types are the single source of the JSON Schema (`dockscale schema`) and of
+//! deserialization. Scalars with units (durations, memory sizes, names) are newtypes that
+//! parse once, at the edge, so the rest of the controller never re-parses strings.
+//! Cross-field rules (`replicas <= maxReplicas`, unique names) live in [`crate::manifest`],
+//! which knows where each value came from; this module must not do any I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The only `apiVersion` this controller understands.
+pub const API_VERSION: &str = "dockscale/v1alpha1";
+/// The only `kind` this controller understands.
+pub const KIND: &str = "ScaledService";
+
+/// One managed service: a set of identical containers ("replicas") kept at a count,
+/// optionally behind an HAProxy backend and scaled from its queue.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "ScaledService", extend("additionalProperties" = false))]
+pub struct ScaledService {
+    /// Must be `dockscale/v1alpha1`.
+    pub api_version: ApiVersion,
+    /// Must be `ScaledService`.
+    pub kind: Kind,
+    pub metadata: Metadata,
+    pub spec: ServiceSpec,
+}
+
+impl ScaledService {
+    /// The service's name (`metadata.name`).
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_str()
+    }
+}
+
+/// `apiVersion`, accepted only as [`API_VERSION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[schemars(with = "ApiVersionSchema")]
+pub struct ApiVersion;
+
+#[derive(JsonSchema)]
+#[allow(dead_code)] // exists only to describe the schema
+enum ApiVersionSchema {
+    #[serde(rename = "dockscale/v1alpha1")]
+    V1Alpha1,
+}
+
+impl Serialize for ApiVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(API_VERSION)
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == API_VERSION {
+            Ok(ApiVersion)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "unsupported apiVersion `{s}`, expected `{API_VERSION}`"
+            )))
+        }
+    }
+}
+
+/// `kind`, accepted only as [`KIND`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[schemars(with = "KindSchema")]
+pub struct Kind;
+
+#[derive(JsonSchema)]
+#[allow(dead_code)] // exists only to describe the schema
+enum KindSchema {
+    ScaledService,
+}
+
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(KIND)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == KIND {
+            Ok(Kind)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "unsupported kind `{s}`, expected `{KIND}`"
+            )))
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// The service name: a DNS label (RFC 1123), unique per controller. Replica
+    /// containers are named `<name>-<5 random [a-z0-9]>`.
+    pub name: DnsLabel,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Desired replica count without `autoscale`; with it, the count to start from.
+    #[serde(default = "default_replicas", deserialize_with = "count")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: u32,
+    /// What one replica is, like a Kubernetes pod template. Changing it rolls the replicas.
+    pub template: Template,
+    /// Docker network the replicas join; created (bridge driver) when missing.
+    #[serde(default = "default_network")]
+    pub network: NetworkName,
+    /// Put the replicas behind an HAProxy backend. Without it the service is a plain
+    /// worker pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// Scale the replica count from HAProxy's queue metrics (needs `loadBalancer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+    /// How a template change replaces replicas.
+    #[serde(default)]
+    pub rollout: Rollout,
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+fn default_network() -> NetworkName {
+    NetworkName("dockscale".to_owned())
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Template {
+    /// A local image (nothing is pulled): `docker images` must list it.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Overrides the image's command (its `CMD`); empty keeps the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<EnvName, String>,
+    /// Container port that receives traffic. Required with `loadBalancer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Extra container labels. Keys under `dockscale.` are reserved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: Resources,
+    /// How long a replica may take to exit after SIGTERM before it is killed.
+    #[serde(default = "default_stop_grace_period")]
+    pub stop_grace_period: Duration,
+    /// Run Docker's init as PID 1 so that SIGTERM reaches and stops the server.
+    #[serde(default = "default_true")]
+    pub init: bool,
+}
+
+fn default_stop_grace_period() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit as a Kubernetes quantity (`64Mi`, `1Gi`, `500M`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    /// CPU limit in cores (`0.5` is half a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancer {
+    /// HAProxy backend name. In external mode it must exist in the user's config.
+    pub backend: HaproxyName,
+    /// Managed HAProxy only: where this service's frontend listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub bind: Option<SocketAddr>,
+    /// Options applied to every server (replica) of the backend.
+    #[serde(default)]
+    pub server: ServerOptions,
+    /// How long a removed replica may keep serving its open sessions before it is cut.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Duration,
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerOptions {
+    /// HAProxy health-checks each server.
+    #[serde(default = "default_true")]
+    pub check: bool,
+    /// Concurrent requests per server; beyond it HAProxy queues in the backend, which is
+    /// what the autoscaler measures. Unset means unlimited (and no queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub maxconn: Option<u32>,
+    /// Relative share of traffic (HAProxy weight).
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 256))]
+    pub weight: u16,
+}
+
+fn default_weight() -> u16 {
+    100
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            check: true,
+            maxconn: None,
+            weight: default_weight(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Autoscale {
+    #[serde(deserialize_with = "positive_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: u32,
+    #[serde(deserialize_with = "positive_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: u32,
+    /// The per-replica target the demand is divided by.
+    pub target: Target,
+    /// Relative change below which nothing is done (`0.1` = 10%).
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub tolerance: f64,
+    #[serde(default)]
+    pub behavior: Behavior,
+}
+
+fn default_tolerance() -> f64 {
+    0.1
+}
+
+/// The autoscaling target: exactly one of the two.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Target {
+    /// Requests in flight (being served plus queued) per replica.
+    InflightPerReplica(#[schemars(range(min = 0.1))] f64),
+    /// HAProxy's average queue time (`qtime`) to hold, in milliseconds.
+    QueueTimeMillis(#[schemars(range(min = 1))] u32),
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Behavior {
+    #[serde(default = "ScalingRules::default_up")]
+    pub scale_up: ScalingRules,
+    #[serde(default = "ScalingRules::default_down")]
+    pub scale_down: ScalingRules,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            scale_up: ScalingRules::default_up(),
+            scale_down: ScalingRules::default_down(),
+        }
+    }
+}
+
+/// Rules for one direction of scaling, after the Kubernetes HPA's `behavior`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScalingRules {
+    /// Look back this far and act on the most conservative recommendation seen.
+    pub stabilization_window: Duration,
+    /// At most this many replicas added (or removed) per `period`.
+    #[serde(deserialize_with = "positive_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_step: u32,
+    /// The rate-limit period for `maxStep`, and the window the demand is averaged over.
+    pub period: Duration,
+}
+
+impl ScalingRules {
+    fn default_up() -> Self {
+        ScalingRules {
+            stabilization_window: Duration::from_secs(0),
+            max_step: 4,
+            period: Duration::from_secs(15),
+        }
+    }
+
+    fn default_down() -> Self {
+        ScalingRules {
+            stabilization_window: Duration::from_secs(60),
+            max_step: 1,
+            period: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// Replicas that may exist above the desired count while rolling.
+    #[serde(default = "default_max_surge", deserialize_with = "count")]
+    #[schemars(range(max = 1000))]
+    pub max_surge: u32,
+    /// Ready replicas that may be missing below the desired count while rolling.
+    #[serde(default, deserialize_with = "count")]
+    #[schemars(range(max = 1000))]
+    pub max_unavailable: u32,
+    /// A rollout with no progress for this long stops and is reported as failed.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: Duration,
+}
+
+fn default_max_surge() -> u32 {
+    1
+}
+
+fn default_progress_deadline() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            max_surge: default_max_surge(),
+            max_unavailable: 0,
+            progress_deadline: default_progress_deadline(),
+        }
+    }
+}
+
+/// A replica count: a whole number from 0 to 1000, with a message that says so.
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    bounded_count(d, 0)
+}
+
+/// A count that must be at least 1.
+fn positive_count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    bounded_count(d, 1)
+}
+
+fn bounded_count<'de, D: Deserializer<'de>>(d: D, min: i64) -> Result<u32, D::Error> {
+    const MAX: i64 = 1000;
+    let v = i64::deserialize(d).map_err(|_: D::Error| {
+        serde::de::Error::custom(format!("expected a whole number from {min} to {MAX}"))
+    })?;
+    if (min..=MAX).contains(&v) {
+        // In range 0..=1000, so it fits a u32.
+        Ok(v as u32)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{v} is out of range: expected a whole number from {min} to {MAX}"
+        )))
+    }
+}
+
+/// Implements `Deserialize` through `FromStr` for string newtypes, so the parse error
+/// becomes the located YAML error.
+macro_rules! deserialize_from_str {
+    ($ty:ty) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+/// A DNS label (RFC 1123): 1–63 characters of `[a-z0-9-]`, starting and ending with an
+/// alphanumeric.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[schemars(with = "String", extend("pattern" = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+pub struct DnsLabel(String);
+
+impl DnsLabel {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DnsLabel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let valid = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if valid {
+            Ok(DnsLabel(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}` is not a DNS label: use 1-63 lowercase letters, digits and '-', \
+                 starting and ending with a letter or digit"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for DnsLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+deserialize_from_str!(DnsLabel);
+
+/// A Docker network name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[schemars(with = "String", extend("pattern" = "^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"))]
+pub struct NetworkName(String);
+
+impl NetworkName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for NetworkName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut bytes = s.bytes();
+        let valid = s.len() <= 128
+            && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if valid {
+            Ok(NetworkName(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}` is not a Docker network name: use letters, digits, '_', '.' and '-', \
+                 starting with a letter or digit"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+deserialize_from_str!(NetworkName);
+
+/// An HAProxy proxy or server identifier: letters, digits, `-`, `_`, `.` and `:`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[schemars(with = "String", extend("pattern" = "^[A-Za-z0-9_.:-]{1,64}$"))]
+pub struct HaproxyName(String);
+
+impl HaproxyName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for HaproxyName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let valid = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if valid {
+            Ok(HaproxyName(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}` is not an HAProxy name: use 1-64 letters, digits, '_', '.', ':' and '-'"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for HaproxyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+deserialize_from_str!(HaproxyName);
+
+/// An environment variable name: non-empty, without `=` or NUL.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[schemars(with = "String")]
+pub struct EnvName(String);
+
+impl EnvName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for EnvName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.contains(['=', '\0']) {
+            Err(format!(
+                "`{s}` is not an environment variable name: it must be non-empty, without '='"
+            ))
+        } else {
+            Ok(EnvName(s.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for EnvName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+deserialize_from_str!(EnvName);
+
+/// A duration written as a string: `500ms`, `10s`, `5m`, `1h30m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, JsonSchema)]
+#[schemars(
+    with = "String",
+    extend("pattern" = "^([0-9]+ ?(ns|us|ms|s|m|h|d) ?)+$")
+)]
+pub struct Duration(std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(secs: u64) -> Self {
+        Duration(std::time::Duration::from_secs(secs))
+    }
+
+    pub const fn from_millis(millis: u64) -> Self {
+        Duration(std::time::Duration::from_millis(millis))
+    }
+
+    pub const fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl From<Duration> for std::time::Duration {
+    fn from(d: Duration) -> Self {
+        d.0
+    }
+}
+
+impl From<std::time::Duration> for Duration {
+    fn from(d: std::time::Duration) -> Self {
+        Duration(d)
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        // A bare number is ambiguous (seconds? milliseconds?): require a unit.
+        if s.trim().bytes().all(|b| b.is_ascii_digit()) && !s.trim().is_empty() && s.trim() != "0" {
+            return Err(format!(
+                "invalid duration `{s}`: add a unit, e.g. `{s}s` or `{s}ms`"
+            ));
+        }
+        humantime::parse_duration(s)
+            .map(Duration)
+            .map_err(|e| format!("invalid duration `{s}`: {e} (examples: 500ms, 10s, 5m)"))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_zero() {
+            return f.write_str("0s");
+        }
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+deserialize_from_str!(Duration);
+
+/// A memory size as a Kubernetes quantity: `64Mi`, `1Gi`, `500M`, `1e9`, or plain bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[schemars(
+    with = "String",
+    extend("pattern" = "^[0-9]+(\\.[0-9]+)?([eE][0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E)?$")
+)]
+pub struct Quantity {
+    bytes: u64,
+}
+
+impl Quantity {
+    pub const fn from_bytes(bytes: u64) -> Self {
+        Quantity { bytes }
+    }
+
+    pub const fn bytes(self) -> u64 {
+        self.bytes
+    }
+}
+
+impl FromStr for Quantity {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let invalid = || format!("invalid quantity `{s}` (examples: 64Mi, 1Gi, 500M)");
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, suffix) = t.split_at(split);
+        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+            return Err(invalid());
+        }
+        let value: f64 = number.parse().map_err(|_| invalid())?;
+        let multiplier: f64 = match suffix {
+            "" => 1.0,
+            "Ki" => 1024.0,
+            "Mi" => 1024.0 * 1024.0,
+            "Gi" => 1024.0 * 1024.0 * 1024.0,
+            "Ti" => 1024f64.powi(4),
+            "Pi" => 1024f64.powi(5),
+            "Ei" => 1024f64.powi(6),
+            "k" | "K" => 1e3,
+            "M" => 1e6,
+            "G" => 1e9,
+            "T" => 1e12,
+            "P" => 1e15,
+            "E" => 1e18,
+            _ => match suffix.strip_prefix(['e', 'E']).map(str::parse::<i32>) {
+                Some(Ok(exp)) if (0..=18).contains(&exp) => 10f64.powi(exp),
+                _ => return Err(invalid()),
+            },
+        };
+        let bytes = value * multiplier;
+        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+            return Err(format!("quantity `{s}` is too large"));
+        }
+        // A fractional byte count rounds up, like Kubernetes does.
+        Ok(Quantity {
+            bytes: bytes.ceil() as u64,
+        })
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [
+            ("Ti", 1 << 40),
+            ("Gi", 1 << 30),
+            ("Mi", 1 << 20),
+            ("Ki", 1 << 10),
+        ];
+        for (unit, size) in UNITS {
+            if self.bytes >= size && self.bytes % size == 0 {
+                return write!(f, "{}{unit}", self.bytes / size);
+            }
+        }
+        write!(f, "{}", self.bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(bytes) => Ok(Quantity { bytes }),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Quantity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A CPU limit in cores, above 0 and at most 1024.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, JsonSchema)]
+#[schemars(with = "f64", extend("exclusiveMinimum" = 0, "maximum" = 1024))]
+pub struct Cpus(f64);
+
+impl Cpus {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// Docker's `NanoCpus`.
+    pub fn nano_cpus(self) -> i64 {
+        (self.0 * 1e9).round() as i64
+    }
+}
+
+impl<'de> Deserialize<'de> for Cpus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v.is_finite() && v > 0.0 && v <= 1024.0 {
+            Ok(Cpus(v))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "invalid cpus `{v}`: must be above 0 and at most 1024 (0.5 is half a core)"
+            )))
+        }
+    }
+}
