@@ -4,9 +4,17 @@
 //! # Layout
 //! - [`spec`]: the `ScaledService` types, source of the JSON Schema.
 //! - [`manifest`]: reading spec files into validated services, with located errors.
+//! - [`replica`]: the ownership labels, replica names and template hash.
+//! - [`plan`]: the pure planner: desired + observed + in-flight state → actions.
+//! - [`docker`]: the container runtime trait and its bollard implementation.
 
+pub mod docker;
 pub mod manifest;
+pub mod plan;
+pub mod replica;
 pub mod spec;
+#[cfg(test)]
+mod testing;
 
 /// The JSON Schema of a `ScaledService` document, as `dockscale schema` prints it.
 pub fn schema_json() -> String {

@@ -1,0 +1,170 @@
+//! What a replica is as observed: a container dockscale owns, identified by labels.
+//!
+//! This module owns the ownership contract of DESIGN.md (the `dockscale.*` labels and
+//! the `<service>-<5 random [a-z0-9]>` names) and the template hash. It holds plain data
+//! read from Docker; it never calls Docker itself.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use sha2::{Digest, Sha256};
+
+use crate::spec::ServiceSpec;
+
+/// Marks a container as dockscale's. Containers without it are never touched.
+pub const LABEL_MANAGED_BY: &str = "dockscale.managed-by";
+/// The value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "dockscale";
+/// The service a replica belongs to.
+pub const LABEL_SERVICE: &str = "dockscale.service";
+/// Hash of the template the replica was created from; a change means a rollout.
+pub const LABEL_TEMPLATE_HASH: &str = "dockscale.template-hash";
+/// Creation time in Unix nanoseconds, set by dockscale: Docker's list API has only
+/// whole seconds, and scale-down removes the newest replica first.
+pub const LABEL_CREATED_AT: &str = "dockscale.created-at";
+
+/// A Docker container id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerId(pub String);
+
+impl ContainerId {
+    /// The 12-character short form, for logs and events.
+    pub fn short(&self) -> &str {
+        self.0.get(..12).unwrap_or(&self.0)
+    }
+}
+
+impl std::fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// A container's state as Docker reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl ContainerState {
+    /// Docker's state string (`docker ps --format {{.State}}`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => ContainerState::Created,
+            "running" => ContainerState::Running,
+            "paused" => ContainerState::Paused,
+            "restarting" => ContainerState::Restarting,
+            "removing" => ContainerState::Removing,
+            "exited" => ContainerState::Exited,
+            "dead" => ContainerState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// One owned container, as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Replica {
+    pub id: ContainerId,
+    pub name: String,
+    pub service: String,
+    pub template_hash: String,
+    /// Unix nanoseconds; from [`LABEL_CREATED_AT`], else Docker's creation second.
+    pub created_at_ns: i64,
+    pub state: ContainerState,
+    /// Docker's human status, e.g. `Exited (137) 3 seconds ago`.
+    pub status: String,
+    /// Addresses by network name, once running.
+    pub ips: BTreeMap<String, Ipv4Addr>,
+}
+
+impl Replica {
+    /// The replica's address on `network`.
+    pub fn ip_on(&self, network: &str) -> Option<Ipv4Addr> {
+        self.ips.get(network).copied()
+    }
+
+    /// The exit code Docker shows in the status of an exited container.
+    pub fn exit_code(&self) -> Option<i64> {
+        let rest = self.status.strip_prefix("Exited (")?;
+        rest.split(')').next()?.parse().ok()
+    }
+}
+
+/// The labels of a new replica: ownership first, then the user's (which cannot
+/// override ours: validation rejects `dockscale.` keys).
+pub fn replica_labels(
+    service: &str,
+    template_hash: &str,
+    created_at_ns: i64,
+    user: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut labels = user.clone();
+    labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
+    labels.insert(LABEL_SERVICE.to_owned(), service.to_owned());
+    labels.insert(LABEL_TEMPLATE_HASH.to_owned(), template_hash.to_owned());
+    labels.insert(LABEL_CREATED_AT.to_owned(), created_at_ns.to_string());
+    labels
+}
+
+/// A stable hash of what a replica is: the template and the network it joins. Stable
+/// across dockscale versions and restarts (SHA-256 of canonical JSON; maps are sorted),
+/// since adoption after a restart compares it with the labels of running containers.
+pub fn template_hash(spec: &ServiceSpec) -> String {
+    let canonical = serde_json::json!({
+        "template": spec.template,
+        "network": spec.network,
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    digest[..5].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh replica name, `<service>-<5 random [a-z0-9]>`, as Kubernetes names pods.
+pub fn replica_name(service: &str, rng: &mut impl rand::Rng) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{service}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_names_are_the_service_and_five_lowercase_alphanumerics() {
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let name = replica_name("webapp", &mut rng);
+            let suffix = name.strip_prefix("webapp-").expect("prefix");
+            assert_eq!(suffix.len(), 5);
+            assert!(suffix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        }
+    }
+
+    #[test]
+    fn exit_code_is_read_from_the_status() {
+        let mut r = Replica {
+            id: ContainerId("abc".into()),
+            name: "w-1".into(),
+            service: "w".into(),
+            template_hash: "h".into(),
+            created_at_ns: 0,
+            state: ContainerState::Exited,
+            status: "Exited (137) 3 seconds ago".into(),
+            ips: BTreeMap::new(),
+        };
+        assert_eq!(r.exit_code(), Some(137));
+        r.status = "Up 3 seconds".into();
+        assert_eq!(r.exit_code(), None);
+    }
+}

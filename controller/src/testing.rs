@@ -1,0 +1,155 @@
+//! Fixture builders on domain types, for unit tests only.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::plan::{Admin, Slot};
+use crate::replica::{ContainerId, ContainerState, Replica};
+use crate::spec::{
+    Autoscale, Behavior, LoadBalancer, Rollout, ScaledService, ServiceSpec, Target, Template,
+};
+
+/// The network test replicas are on.
+pub const NET: &str = "dockscale";
+/// The port test replicas listen on.
+pub const PORT: u16 = 8080;
+
+/// A minimal service: `Spec::test().replicas(3).lb().build()`.
+pub struct SpecBuilder {
+    spec: ServiceSpec,
+}
+
+pub fn spec() -> SpecBuilder {
+    let yaml = r#"
+template:
+  image: dockscale-webapp:latest
+  port: 8080
+"#;
+    let spec: ServiceSpec = serde_saphyr::from_str(yaml).expect("fixture parses");
+    SpecBuilder { spec }
+}
+
+impl SpecBuilder {
+    pub fn replicas(mut self, n: u32) -> Self {
+        self.spec.replicas = n;
+        self
+    }
+
+    pub fn lb(mut self) -> Self {
+        self.spec.load_balancer = Some(
+            serde_saphyr::from_str::<LoadBalancer>("backend: web\nbind: 127.0.0.1:8080\n")
+                .expect("fixture parses"),
+        );
+        self
+    }
+
+    pub fn drain_timeout_secs(mut self, secs: u64) -> Self {
+        if let Some(lb) = &mut self.spec.load_balancer {
+            lb.drain_timeout = crate::spec::Duration::from_secs(secs);
+        }
+        self
+    }
+
+    pub fn rollout(mut self, max_surge: u32, max_unavailable: u32) -> Self {
+        self.spec.rollout = Rollout {
+            max_surge,
+            max_unavailable,
+            ..Rollout::default()
+        };
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.spec
+            .template
+            .env
+            .insert(key.parse().expect("env name"), value.to_owned());
+        self
+    }
+
+    pub fn autoscale(mut self, min: u32, max: u32) -> Self {
+        self.spec.autoscale = Some(Autoscale {
+            min_replicas: min,
+            max_replicas: max,
+            target: Target::InflightPerReplica(8.0),
+            tolerance: 0.1,
+            behavior: Behavior::default(),
+        });
+        self
+    }
+
+    pub fn template(&self) -> &Template {
+        &self.spec.template
+    }
+
+    pub fn build(self) -> ServiceSpec {
+        self.spec
+    }
+
+    pub fn service(self, name: &str) -> ScaledService {
+        let yaml = format!(
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: {name}}}\nspec: {{template: {{image: x}}}}\n"
+        );
+        let mut s: ScaledService = serde_saphyr::from_str(&yaml).expect("fixture parses");
+        s.spec = self.spec;
+        s
+    }
+}
+
+/// A running replica of service `w` numbered `n` (created at second `n`, IP 10.0.0.n).
+pub fn replica(n: u8, hash: &str) -> Replica {
+    Replica {
+        id: ContainerId(format!("id{n:02}")),
+        name: format!("w-{n:05}"),
+        service: "w".to_owned(),
+        template_hash: hash.to_owned(),
+        created_at_ns: i64::from(n) * 1_000_000_000,
+        state: ContainerState::Running,
+        status: "Up 1 second".to_owned(),
+        ips: BTreeMap::from([(NET.to_owned(), ip(n))]),
+    }
+}
+
+pub fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, n)
+}
+
+pub fn addr(n: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(ip(n), PORT)
+}
+
+/// A free slot `web<i>`.
+pub fn free_slot(i: u32) -> Slot {
+    Slot {
+        name: format!("web{i}"),
+        addr: None,
+        admin: Admin::Maint,
+        up: false,
+        weight: 0,
+        sessions: 0,
+    }
+}
+
+/// Slot `web<i>` serving replica `n`, UP.
+pub fn serving_slot(i: u32, n: u8) -> Slot {
+    Slot {
+        name: format!("web{i}"),
+        addr: Some(addr(n)),
+        admin: Admin::Ready,
+        up: true,
+        weight: 100,
+        sessions: 0,
+    }
+}
+
+/// Slot `web<i>` assigned to replica `n`, waiting to be enabled.
+pub fn warming_slot(i: u32, n: u8) -> Slot {
+    Slot {
+        name: format!("web{i}"),
+        addr: Some(addr(n)),
+        admin: Admin::Maint,
+        up: false,
+        weight: 0,
+        sessions: 0,
+    }
+}
