@@ -95,6 +95,8 @@ pub struct ContainerEvent {
     pub action: String,
     pub id: ContainerId,
     pub service: String,
+    /// For `die`: the exit code Docker reports.
+    pub exit_code: Option<i64>,
 }
 
 /// The container operations the controller needs.
@@ -294,6 +296,7 @@ impl ContainerRuntime for DockerRuntime {
                             action: message.action?,
                             id: ContainerId(actor.id?),
                             service: attributes.get(LABEL_SERVICE)?.clone(),
+                            exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
                         }))
                     }
                     Err(e) => Some(Err(DockerError::from_bollard("stream events", e))),
@@ -375,7 +378,7 @@ fn replica_from_summary(summary: bollard::models::ContainerSummary) -> Option<Re
         .unwrap_or_else(|| summary.created.unwrap_or(0).saturating_mul(1_000_000_000));
     let state = summary
         .state
-        .and_then(|s| ContainerState::parse(&s.to_string()))
+        .and_then(|s| ContainerState::parse(s.as_ref()))
         .unwrap_or(ContainerState::Dead);
     let ips: BTreeMap<String, Ipv4Addr> = summary
         .network_settings

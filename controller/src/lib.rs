@@ -7,14 +7,23 @@
 //! - [`replica`]: the ownership labels, replica names and template hash.
 //! - [`plan`]: the pure planner: desired + observed + in-flight state → actions.
 //! - [`docker`]: the container runtime trait and its bollard implementation.
+//! - [`lb`]: the load balancer trait the controller drives.
+//! - [`controller`]: the loop: triggers, observation, execution, status.
+//! - [`status`]: conditions, events and counts per service, served over HTTP.
+//! - [`watch`]: the spec file watch (parent directories, for rename-replaced files).
 
+pub mod cli;
+pub mod controller;
 pub mod docker;
+pub mod lb;
 pub mod manifest;
 pub mod plan;
 pub mod replica;
 pub mod spec;
+pub mod status;
 #[cfg(test)]
 mod testing;
+pub mod watch;
 
 /// The JSON Schema of a `ScaledService` document, as `dockscale schema` prints it.
 pub fn schema_json() -> String {

@@ -1,25 +1,16 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::mpsc;
 
-#[derive(Parser, Debug)]
-#[command(name = "dockscale", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Check spec files; print `file:line:col: message` per error and exit 1 on any.
-    Validate {
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-    },
-    /// Print the JSON Schema of the spec.
-    Schema,
-}
+use dockscale::cli::{Cli, Command, LogFormat, RunArgs};
+use dockscale::controller::{Controller, Settings};
+use dockscale::docker::{ContainerRuntime, DockerRuntime};
+use dockscale::lb::NoLoadBalancer;
+use dockscale::plan::BackoffPolicy;
+use dockscale::status::StatusHandle;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -38,5 +29,84 @@ fn main() -> ExitCode {
             print!("{}", dockscale::schema_json());
             ExitCode::SUCCESS
         }
+        Command::Run(args) => {
+            init_logging(args.log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let services = dockscale::manifest::load(&args.paths)
+        .map_err(|e| anyhow::anyhow!("the spec does not validate:\n{e}"))?;
+    let runtime = Arc::new(
+        DockerRuntime::connect()
+            .await
+            .context("connecting to the Docker engine")?,
+    );
+    runtime.ping().await.context("pinging the Docker engine")?;
+    let settings = Settings {
+        paths: args.paths.clone(),
+        sync_period: args.sync_period.get(),
+        max_parallel: usize::from(args.max_parallel),
+        crash_backoff: BackoffPolicy {
+            base: args.crash_backoff_base.get(),
+            max: args.crash_backoff_max.get(),
+            reset_after: args.crash_backoff_reset.get(),
+        },
+        ..Settings::default()
+    };
+    let status = StatusHandle::default();
+    let lb = Arc::new(NoLoadBalancer);
+    let controller = Controller::new(settings, services, runtime, lb, status);
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _watch = dockscale::watch::watch(&args.paths, tx).context("watching the spec paths")?;
+    tracing::info!(paths = ?args.paths, "dockscale running");
+    controller.run(rx, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested");
 }

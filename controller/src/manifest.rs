@@ -288,8 +288,7 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     let mut start = 0usize;
     let mut start_line = 1u64;
     let mut offset = 0usize;
-    let mut line_no = 1u64;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1u64..).zip(text.split_inclusive('\n')) {
         if is_marker(line) {
             docs.push(Document {
                 text: &text[start..offset],
@@ -308,7 +307,6 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
             }
         }
         offset += line.len();
-        line_no += 1;
     }
     docs.push(Document {
         text: &text[start..],

@@ -271,6 +271,7 @@ pub enum Note {
         waiting: usize,
     },
     OperatorHold {
+        id: ContainerId,
         name: String,
         slot: String,
         admin: Admin,
@@ -284,7 +285,8 @@ pub enum Note {
 }
 
 /// Replica counts after the pass's observation, for status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub desired: u32,
     /// Running replicas not being removed.
@@ -750,6 +752,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
                 Serving::Held(slot) => {
                     if !memory.reported_holds.contains(&l.replica.id) {
                         plan.notes.push(Note::OperatorHold {
+                            id: l.replica.id.clone(),
                             name: l.replica.name.clone(),
                             slot: slot.name.clone(),
                             admin: slot.admin,
@@ -1259,6 +1262,7 @@ mod tests {
         assert_eq!(
             plan.notes,
             vec![Note::OperatorHold {
+                id: ContainerId("id02".into()),
                 name: "w-00002".into(),
                 slot: "web2".into(),
                 admin: Admin::Maint

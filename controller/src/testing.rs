@@ -5,9 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::plan::{Admin, Slot};
 use crate::replica::{ContainerId, ContainerState, Replica};
-use crate::spec::{
-    Autoscale, Behavior, LoadBalancer, Rollout, ScaledService, ServiceSpec, Target, Template,
-};
+use crate::spec::{LoadBalancer, Rollout, ServiceSpec};
 
 /// The network test replicas are on.
 pub const NET: &str = "dockscale";
@@ -59,40 +57,8 @@ impl SpecBuilder {
         self
     }
 
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.spec
-            .template
-            .env
-            .insert(key.parse().expect("env name"), value.to_owned());
-        self
-    }
-
-    pub fn autoscale(mut self, min: u32, max: u32) -> Self {
-        self.spec.autoscale = Some(Autoscale {
-            min_replicas: min,
-            max_replicas: max,
-            target: Target::InflightPerReplica(8.0),
-            tolerance: 0.1,
-            behavior: Behavior::default(),
-        });
-        self
-    }
-
-    pub fn template(&self) -> &Template {
-        &self.spec.template
-    }
-
     pub fn build(self) -> ServiceSpec {
         self.spec
-    }
-
-    pub fn service(self, name: &str) -> ScaledService {
-        let yaml = format!(
-            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: {name}}}\nspec: {{template: {{image: x}}}}\n"
-        );
-        let mut s: ScaledService = serde_saphyr::from_str(&yaml).expect("fixture parses");
-        s.spec = self.spec;
-        s
     }
 }
 

@@ -1,0 +1,120 @@
+//! The command line, as fixed in DESIGN.md. Every flag documents its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::spec::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dockscale",
+    version,
+    about = "Keeps Docker replicas at the count a spec file asks for, behind HAProxy",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller on spec files or directories.
+    Run(RunArgs),
+    /// Check spec files; print `file:line:col: message` per error and exit 1 on any.
+    Validate {
+        /// Spec files or directories (`*.yaml`, `*.yml`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the spec.
+    Schema,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Spec files or directories to read (directories: `*.yaml`/`*.yml`, files
+    /// without a dockscale document are skipped).
+    #[arg(default_value = ".")]
+    pub paths: Vec<PathBuf>,
+
+    /// Where the managed HAProxy's config, socket and pid file live.
+    #[arg(long, default_value = ".dockscale")]
+    pub state_dir: PathBuf,
+
+    /// Reconcile every service (and re-read the spec) at least this often.
+    #[arg(long, default_value = "10s")]
+    pub sync_period: Duration,
+
+    /// Address of the HTTP server (metrics, health, status API).
+    #[arg(long, default_value = "127.0.0.1:9180")]
+    pub listen: SocketAddr,
+
+    /// Drive an existing HAProxy through this runtime API socket (a unix socket path
+    /// or HOST:PORT) instead of starting one. Default: managed HAProxy.
+    #[arg(long, value_name = "PATH|HOST:PORT")]
+    pub haproxy_socket: Option<String>,
+
+    /// How often the autoscaler samples HAProxy's backend statistics.
+    #[arg(long, default_value = "2s")]
+    pub metrics_interval: Duration,
+
+    /// Docker creates in flight at once, per service.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_parallel: u16,
+
+    /// First back-off before replacing a replica that keeps exiting (then doubling).
+    #[arg(long, default_value = "10s")]
+    pub crash_backoff_base: Duration,
+
+    /// Longest back-off before replacing a replica that keeps exiting.
+    #[arg(long, default_value = "5m")]
+    pub crash_backoff_max: Duration,
+
+    /// A replica that ran this long resets the crash back-off.
+    #[arg(long, default_value = "10m")]
+    pub crash_backoff_reset: Duration,
+
+    /// Observe once, print the plan for every service and exit without changing
+    /// anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["dockscale", "run"]).expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(args.paths, vec![PathBuf::from(".")]);
+        assert_eq!(args.state_dir, PathBuf::from(".dockscale"));
+        assert_eq!(args.listen.to_string(), "127.0.0.1:9180");
+        assert_eq!(args.sync_period, Duration::from_secs(10));
+        assert!(args.haproxy_socket.is_none());
+    }
+}

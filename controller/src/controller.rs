@@ -1,0 +1,1086 @@
+//! The controller loop: one owner of all service state, one `select!`.
+//!
+//! The loop waits on spec-file changes (debounced), Docker events for owned
+//! containers, completions of its own Docker operations, the resync timer and
+//! shutdown. When a service is due it observes (one Docker list for all services, the
+//! service's HAProxy backend, port probes of warming replicas), asks [`crate::plan`]
+//! what to do, and executes: load-balancer commands inline (they take milliseconds),
+//! Docker creates and stops as background tasks (a stop may wait a whole grace
+//! period) whose completion comes back to the loop. What is in flight is recorded in
+//! the service's [`Memory`], so that a burst of events never acts twice.
+//!
+//! Errors requeue the failing service with capped exponential backoff; other
+//! services go on. The status the HTTP server shows is written here and only here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
+
+use crate::docker::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
+use crate::lb::{LbError, LoadBalancer};
+use crate::manifest::{self, LoadedService};
+use crate::plan::{self, Action, BackoffPolicy, Limits, Memory, Note, Now, PendingCreate, Plan};
+use crate::replica::{replica_name, template_hash, ContainerId, ContainerState, Replica};
+use crate::spec::ScaledService;
+use crate::status::{ConditionType, EventType, ServiceStatus, StatusHandle};
+
+/// How the loop runs; the CLI fills it in.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Spec files and directories.
+    pub paths: Vec<PathBuf>,
+    /// Every service is reconciled (and the spec re-read) at least this often.
+    pub sync_period: Duration,
+    /// Docker creates in flight per service.
+    pub max_parallel: usize,
+    pub crash_backoff: BackoffPolicy,
+    /// Quiet time after a spec file event before the spec is re-read.
+    pub debounce: Duration,
+    /// How long a warming replica's port may take to accept a connection.
+    pub probe_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            paths: Vec::new(),
+            sync_period: Duration::from_secs(10),
+            max_parallel: 8,
+            crash_backoff: BackoffPolicy::default(),
+            debounce: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Error backoff of a failing service: 500ms doubling to one minute.
+fn error_backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(500);
+    base.checked_mul(1 << failures.min(16))
+        .unwrap_or(Duration::MAX)
+        .min(Duration::from_secs(60))
+}
+
+/// A Docker operation started by the loop, as it finished.
+enum Done {
+    Created {
+        service: String,
+        name: String,
+        result: Result<ContainerId, DockerError>,
+    },
+    Removed {
+        service: String,
+        id: ContainerId,
+        name: String,
+        result: Result<(), DockerError>,
+    },
+}
+
+/// One service as the loop keeps it.
+struct Entry {
+    spec: ScaledService,
+    template_hash: String,
+    /// The document was removed: drive the replicas to zero, then forget the service.
+    deleting: bool,
+    memory: Memory,
+    due: Option<Instant>,
+    failures: u32,
+    /// The desired count of the previous pass, to report scaling.
+    last_desired: Option<u32>,
+    /// The last create failure, shown until a create succeeds.
+    create_error: Option<String>,
+    /// Containers Docker reported dead (`die` event) with their exit code. Docker's
+    /// list can still show them running for a moment after the event; the event wins.
+    died: BTreeMap<ContainerId, Option<i64>>,
+}
+
+impl Entry {
+    fn new(spec: ScaledService) -> Self {
+        Entry {
+            template_hash: template_hash(&spec.spec),
+            spec,
+            deleting: false,
+            memory: Memory::default(),
+            due: Some(Instant::now()),
+            failures: 0,
+            last_desired: None,
+            create_error: None,
+            died: BTreeMap::new(),
+        }
+    }
+
+    fn desired(&self) -> u32 {
+        if self.deleting {
+            0
+        } else {
+            self.spec.spec.replicas
+        }
+    }
+
+    fn wake(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
+    }
+}
+
+/// The controller: its services, its adapters, its in-flight work.
+pub struct Controller<R: ContainerRuntime, L: LoadBalancer> {
+    settings: Settings,
+    runtime: Arc<R>,
+    lb: Arc<L>,
+    status: StatusHandle,
+    services: BTreeMap<String, Entry>,
+    tasks: JoinSet<Done>,
+    /// The load-balancer sections last configured, to reconfigure only on change.
+    lb_configured: Option<Vec<ScaledService>>,
+    lb_error: Option<String>,
+}
+
+impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
+    /// A controller for the services of a spec that was loaded and validated.
+    pub fn new(
+        settings: Settings,
+        services: Vec<LoadedService>,
+        runtime: Arc<R>,
+        lb: Arc<L>,
+        status: StatusHandle,
+    ) -> Self {
+        let now = SystemTime::now();
+        status.update(|s| {
+            s.spec_loaded = true;
+            for loaded in &services {
+                let name = loaded.service.name().to_owned();
+                s.services
+                    .insert(name.clone(), ServiceStatus::new(&name, now));
+            }
+        });
+        let services = services
+            .into_iter()
+            .map(|l| (l.service.name().to_owned(), Entry::new(l.service)))
+            .collect();
+        Controller {
+            settings,
+            runtime,
+            lb,
+            status,
+            services,
+            tasks: JoinSet::new(),
+            lb_configured: None,
+            lb_error: None,
+        }
+    }
+
+    /// Runs until `shutdown` resolves. Replicas are left running.
+    pub async fn run(
+        mut self,
+        spec_changes: mpsc::UnboundedReceiver<()>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut spec_changes = spec_changes;
+        tokio::pin!(shutdown);
+        let mut reload_at: Option<Instant> = None;
+        let mut resync = tokio::time::interval(self.settings.sync_period);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await; // the first tick is immediate; services start due anyway
+        let mut events: Option<BoxStream<'static, Result<ContainerEvent, DockerError>>> =
+            Some(self.runtime.events());
+        let mut events_retry = Instant::now();
+        let mut events_failures = 0u32;
+        self.report_orphans().await;
+        self.configure_lb().await;
+
+        loop {
+            let next = self
+                .services
+                .values()
+                .filter_map(|e| e.due)
+                .chain(reload_at)
+                .chain(events.is_none().then_some(events_retry))
+                .min();
+            let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(done) => self.finished(done),
+                    Err(e) => tracing::error!(error = %e, "a docker task failed"),
+                },
+                Some(()) = spec_changes.recv() => {
+                    reload_at = Some(Instant::now() + self.settings.debounce);
+                }
+                event = next_event(&mut events) => match event {
+                    Some(Ok(event)) => {
+                        events_failures = 0;
+                        self.on_event(event);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "docker event stream failed; resyncing");
+                        events = None;
+                        events_failures += 1;
+                        events_retry = Instant::now() + error_backoff(events_failures);
+                    }
+                    None => {
+                        tracing::warn!("docker event stream ended; reconnecting");
+                        events = None;
+                        events_retry = Instant::now() + error_backoff(events_failures);
+                    }
+                },
+                _ = resync.tick() => {
+                    self.reload(false).await;
+                    let now = Instant::now();
+                    for entry in self.services.values_mut() {
+                        entry.wake(now);
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    let now = Instant::now();
+                    if reload_at.is_some_and(|at| at <= now) {
+                        reload_at = None;
+                        self.reload(true).await;
+                    }
+                    if events.is_none() && events_retry <= now {
+                        events = Some(self.runtime.events());
+                        // Events may have been missed while disconnected.
+                        for entry in self.services.values_mut() {
+                            entry.wake(now);
+                        }
+                    }
+                    self.reconcile_due().await;
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Lets Docker operations in flight finish (a create half done would leave a
+    /// container to clean up), for a few seconds at most.
+    async fn shutdown(&mut self) {
+        tracing::info!(
+            in_flight = self.tasks.len(),
+            "stopping the controller; replicas keep running"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Ok(done))) => self.finished(done),
+                Ok(Some(Err(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.tasks.abort_all();
+    }
+
+    fn on_event(&mut self, event: ContainerEvent) {
+        tracing::debug!(action = %event.action, container = %event.id, service = %event.service, "docker event");
+        if let Some(entry) = self.services.get_mut(&event.service) {
+            if event.action == "die" {
+                // React now: the server leaves rotation and a replacement starts.
+                entry.died.insert(event.id, event.exit_code);
+                entry.wake(Instant::now());
+            } else {
+                // A short delay folds a burst (start, destroy) into one pass.
+                entry.wake(Instant::now() + Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Re-reads the spec paths. A spec that does not validate changes nothing: the last
+    /// good spec stays in force and the error is logged and shown in status.
+    async fn reload(&mut self, changed: bool) {
+        let loaded = match manifest::load(&self.settings.paths) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                let is_new = self.status.read().spec_errors != lines;
+                if is_new || changed {
+                    for line in &lines {
+                        tracing::error!("spec rejected, last good spec kept: {line}");
+                    }
+                }
+                let now = SystemTime::now();
+                let message = lines.join("; ");
+                self.status.update(|s| {
+                    s.spec_errors = lines.clone();
+                    for svc in s.services.values_mut() {
+                        if svc.set_condition(
+                            ConditionType::SpecInvalid,
+                            true,
+                            "ValidationFailed",
+                            &message,
+                            now,
+                        ) {
+                            svc.record(
+                                EventType::Warning,
+                                "SpecInvalid",
+                                format!("spec rejected, last good spec kept: {message}"),
+                                now,
+                            );
+                        }
+                    }
+                });
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let mut seen = BTreeSet::new();
+        let mut any_change = false;
+        for l in loaded {
+            let name = l.service.name().to_owned();
+            seen.insert(name.clone());
+            match self.services.get_mut(&name) {
+                Some(entry) if entry.spec == l.service && !entry.deleting => {}
+                Some(entry) => {
+                    any_change = true;
+                    let old_replicas = entry.spec.spec.replicas;
+                    entry.template_hash = template_hash(&l.service.spec);
+                    entry.spec = l.service;
+                    entry.deleting = false;
+                    entry.failures = 0;
+                    entry.create_error = None;
+                    entry.wake(Instant::now());
+                    let new_replicas = entry.spec.spec.replicas;
+                    self.status.update(|s| {
+                        if let Some(svc) = s.services.get_mut(&name) {
+                            svc.generation += 1;
+                            svc.deleting = false;
+                            svc.record(
+                                EventType::Normal,
+                                "SpecChanged",
+                                format!(
+                                    "spec generation {} loaded (replicas {old_replicas} -> {new_replicas})",
+                                    svc.generation
+                                ),
+                                now,
+                            );
+                        }
+                    });
+                }
+                None => {
+                    any_change = true;
+                    tracing::info!(service = %name, "new service");
+                    self.services.insert(name.clone(), Entry::new(l.service));
+                    self.status.update(|s| {
+                        s.services
+                            .insert(name.clone(), ServiceStatus::new(&name, now));
+                    });
+                }
+            }
+        }
+        for (name, entry) in self.services.iter_mut() {
+            if !seen.contains(name) && !entry.deleting {
+                any_change = true;
+                entry.deleting = true;
+                entry.wake(Instant::now());
+                self.status.update(|s| {
+                    if let Some(svc) = s.services.get_mut(name) {
+                        svc.deleting = true;
+                        svc.record(
+                            EventType::Normal,
+                            "ServiceRemoved",
+                            "the service's document was removed: removing its replicas".to_owned(),
+                            now,
+                        );
+                    }
+                });
+            }
+        }
+        self.status.update(|s| {
+            if !s.spec_errors.is_empty() {
+                tracing::info!("spec valid again");
+            }
+            s.spec_errors.clear();
+            s.spec_loaded = true;
+            for svc in s.services.values_mut() {
+                svc.set_condition(ConditionType::SpecInvalid, false, "Valid", "", now);
+            }
+        });
+        if any_change {
+            self.configure_lb().await;
+        }
+    }
+
+    /// Hands the load balancer the services it should serve, when that set changed.
+    async fn configure_lb(&mut self) {
+        let wanted: Vec<ScaledService> = self
+            .services
+            .values()
+            .filter(|e| e.spec.spec.load_balancer.is_some())
+            .map(|e| e.spec.clone())
+            .collect();
+        if self.lb_configured.as_ref() == Some(&wanted) {
+            return;
+        }
+        match self.lb.configure(&wanted).await {
+            Ok(()) => {
+                self.lb_configured = Some(wanted);
+                self.lb_error = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuring the load balancer");
+                self.lb_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Containers of services that no spec names: reported, never removed (they may
+    /// belong to another dockscale, or the spec path may be wrong).
+    async fn report_orphans(&self) {
+        let Ok(listed) = self.runtime.list_owned().await else {
+            return;
+        };
+        let orphans: BTreeSet<&str> = listed
+            .iter()
+            .map(|r| r.service.as_str())
+            .filter(|s| !self.services.contains_key(*s))
+            .collect();
+        for service in orphans {
+            tracing::warn!(
+                service,
+                "replicas of a service that no spec names are left running; \
+                 remove them with `docker rm -f $(docker ps -aq --filter label=dockscale.service={service})`"
+            );
+        }
+    }
+
+    fn finished(&mut self, done: Done) {
+        let now = SystemTime::now();
+        match done {
+            Done::Created {
+                service,
+                name,
+                result,
+            } => {
+                let Some(entry) = self.services.get_mut(&service) else {
+                    return;
+                };
+                entry.memory.creating.remove(&name);
+                entry.wake(Instant::now());
+                let event = match result {
+                    Ok(id) => {
+                        entry.create_error = None;
+                        (
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created replica {name} ({id})"),
+                        )
+                    }
+                    Err(DockerError::ImageNotFound { image }) => {
+                        let message = format!(
+                            "image `{image}` is not present locally (dockscale never pulls): build or load it"
+                        );
+                        entry.create_error = Some(message.clone());
+                        (EventType::Warning, "ImageNotFound", message)
+                    }
+                    Err(e) => {
+                        // A replica that cannot start counts as a crash: back off.
+                        let delay = entry.memory.crash_loop.record_exit(
+                            plan::ExitRecord {
+                                name: name.clone(),
+                                code: None,
+                            },
+                            Duration::ZERO,
+                            Instant::now(),
+                            &self.settings.crash_backoff,
+                        );
+                        let message = format!(
+                            "Failed to create replica {name}: {e}; retrying in {}",
+                            humantime::format_duration(delay)
+                        );
+                        entry.create_error = Some(message.clone());
+                        (EventType::Warning, "FailedCreate", message)
+                    }
+                };
+                self.status.update(|s| {
+                    if let Some(svc) = s.services.get_mut(&service) {
+                        svc.record(event.0, event.1, event.2, now);
+                    }
+                });
+            }
+            Done::Removed {
+                service,
+                id,
+                name,
+                result,
+            } => {
+                let Some(entry) = self.services.get_mut(&service) else {
+                    return;
+                };
+                entry.memory.removing.remove(&id);
+                entry.memory.draining.remove(&id);
+                entry.memory.reported_holds.remove(&id);
+                entry.wake(Instant::now());
+                if let Err(e) = result {
+                    entry.failures += 1;
+                    self.status.update(|s| {
+                        if let Some(svc) = s.services.get_mut(&service) {
+                            svc.record(
+                                EventType::Warning,
+                                "FailedDelete",
+                                format!("Failed to remove replica {name}: {e}"),
+                                now,
+                            );
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reconciles every service that is due, from one Docker list.
+    async fn reconcile_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for name in &due {
+            if let Some(e) = self.services.get_mut(name) {
+                e.due = None;
+            }
+        }
+        let listed = match self.runtime.list_owned().await {
+            Ok(listed) => {
+                self.status.update(|s| s.docker_reachable = true);
+                listed
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "listing containers");
+                self.status.update(|s| s.docker_reachable = false);
+                for name in &due {
+                    if let Some(entry) = self.services.get_mut(name) {
+                        entry.failures += 1;
+                        entry.wake(Instant::now() + error_backoff(entry.failures));
+                    }
+                }
+                return;
+            }
+        };
+        let observations = futures::future::join_all(due.iter().filter_map(|name| {
+            let entry = self.services.get(name)?;
+            Some(observe(
+                self.runtime.clone(),
+                self.lb.clone(),
+                entry,
+                &listed,
+                self.settings.probe_timeout,
+            ))
+        }))
+        .await;
+        for (name, observation) in due.iter().zip(observations) {
+            let span = tracing::info_span!("reconcile", service = %name);
+            self.reconcile_one(name, &listed, observation)
+                .instrument(span)
+                .await;
+        }
+    }
+
+    async fn reconcile_one(&mut self, name: &str, listed: &[Replica], observed: Observation) {
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        let replicas: Vec<&Replica> = listed.iter().filter(|r| r.service == name).collect();
+        entry
+            .died
+            .retain(|id, _| replicas.iter().any(|r| &r.id == id));
+        let patched: Vec<Replica> = replicas
+            .iter()
+            .filter_map(|r| {
+                let code = entry.died.get(&r.id)?;
+                let mut dead = (*r).clone();
+                if dead.state == ContainerState::Running || dead.state == ContainerState::Paused {
+                    dead.state = ContainerState::Exited;
+                    dead.status = format!("Exited ({}) just now", code.unwrap_or(-1));
+                    dead.ips.clear();
+                }
+                Some(dead)
+            })
+            .collect();
+        let replicas: Vec<&Replica> = replicas
+            .into_iter()
+            .filter(|r| !entry.died.contains_key(&r.id))
+            .chain(patched.iter())
+            .collect();
+        let desired = entry.desired();
+        let input = plan::Input {
+            service: name,
+            spec: &entry.spec.spec,
+            desired,
+            template_hash: &entry.template_hash,
+            replicas: replicas.clone(),
+            image_present: observed.image_present,
+            backend: observed.backend.as_ref().ok(),
+            backend_error: observed.backend.as_ref().err().map(|e| e.message.as_str()),
+            answering: &observed.answering,
+            now: Now {
+                instant: Instant::now(),
+                unix_ns: unix_ns(SystemTime::now()),
+            },
+            limits: Limits {
+                max_parallel: self.settings.max_parallel,
+            },
+        };
+        let plan = plan::plan(&input, &entry.memory);
+        entry.memory.rollout = plan.rollout.clone();
+        tracing::debug!(actions = ?plan.actions, counts = ?plan.counts, "planned");
+
+        let errors = self.execute(name, &plan).await;
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        if errors.is_empty() {
+            entry.failures = 0;
+        } else {
+            entry.failures += 1;
+        }
+        let backoff = (!errors.is_empty()).then(|| error_backoff(entry.failures));
+        let requeue = match (plan.requeue_after, backoff) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(after) = requeue {
+            entry.wake(Instant::now() + after);
+        }
+        let finished = entry.deleting
+            && replicas.is_empty()
+            && entry.memory.creating.is_empty()
+            && entry.memory.removing.is_empty();
+        self.update_status(name, &plan, &observed, &errors);
+        if finished {
+            tracing::info!(service = name, "service removed");
+            self.services.remove(name);
+            self.status.update(|s| s.services.remove(name));
+            self.configure_lb().await;
+        }
+    }
+
+    /// Applies a plan: load-balancer steps first (a server leaves rotation before its
+    /// container stops), then Docker operations as background tasks.
+    async fn execute(&mut self, name: &str, plan: &Plan) -> Vec<String> {
+        let mut errors = Vec::new();
+        let now = SystemTime::now();
+        let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
+        let Some(entry) = self.services.get_mut(name) else {
+            return errors;
+        };
+        let spec = entry.spec.spec.clone();
+        let backend = spec
+            .load_balancer
+            .as_ref()
+            .map(|lb| lb.backend.to_string())
+            .unwrap_or_default();
+        let options = spec.load_balancer.as_ref().map(|lb| lb.server.clone());
+
+        for action in &plan.actions {
+            let result: Result<(), LbError> = match action {
+                Action::Release { slot } => self.lb.release(&backend, slot).await,
+                Action::Drain { id, slot, reason } => {
+                    let r = self.lb.drain(&backend, slot).await;
+                    if r.is_ok() && !entry.memory.draining.contains_key(id) {
+                        entry.memory.draining.insert(id.clone(), Instant::now());
+                        events.push((
+                            EventType::Normal,
+                            "Draining",
+                            format!("Draining {backend}/{slot} ({reason:?}) before removing its replica"),
+                        ));
+                    }
+                    r
+                }
+                Action::AssignSlot { slot, addr, .. } => {
+                    self.lb.assign(&backend, slot, *addr).await
+                }
+                Action::Enable { slot, .. } => match &options {
+                    Some(o) => self.lb.enable(&backend, slot, o).await,
+                    None => Ok(()),
+                },
+                Action::Reconfigure { slot } => match &options {
+                    Some(o) => self.lb.reconfigure(&backend, slot, o).await,
+                    None => Ok(()),
+                },
+                Action::EnsureNetwork => {
+                    match self.runtime.ensure_network(spec.network.as_str()).await {
+                        Ok(()) => entry.memory.network_ready = Some(spec.network.to_string()),
+                        Err(e) => errors.push(format!("network {}: {e}", spec.network)),
+                    }
+                    Ok(())
+                }
+                Action::Create | Action::Remove { .. } => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, ?action, "load balancer step failed");
+                errors.push(e.to_string());
+            }
+        }
+
+        // Docker operations, in the background. Nothing is created into a network
+        // that could not be ensured.
+        let network_ok = entry.memory.network_ready.as_deref() == Some(spec.network.as_str());
+        for action in &plan.actions {
+            match action {
+                Action::Create if network_ok => {
+                    let mut rng = rand::rng();
+                    let name_taken = |n: &String| entry.memory.creating.contains_key(n);
+                    let replica = loop {
+                        let candidate = replica_name(name, &mut rng);
+                        if !name_taken(&candidate) {
+                            break candidate;
+                        }
+                    };
+                    entry.memory.creating.insert(
+                        replica.clone(),
+                        PendingCreate {
+                            template_hash: entry.template_hash.clone(),
+                            since: Instant::now(),
+                        },
+                    );
+                    let request = CreateReplica {
+                        name: replica.clone(),
+                        service: name.to_owned(),
+                        template_hash: entry.template_hash.clone(),
+                        created_at_ns: unix_ns(SystemTime::now()),
+                        spec: spec.clone(),
+                    };
+                    let runtime = self.runtime.clone();
+                    let service = name.to_owned();
+                    self.tasks.spawn(async move {
+                        let result = runtime.create_and_start(request).await;
+                        Done::Created {
+                            service,
+                            name: replica,
+                            result,
+                        }
+                    });
+                }
+                Action::Remove {
+                    id,
+                    name: replica,
+                    reason,
+                    age,
+                } => {
+                    if !entry.memory.removing.insert(id.clone()) {
+                        continue;
+                    }
+                    match reason {
+                        plan::RemoveReason::Exited { code } => {
+                            let delay = entry.memory.crash_loop.record_exit(
+                                plan::ExitRecord {
+                                    name: replica.clone(),
+                                    code: *code,
+                                },
+                                *age,
+                                Instant::now(),
+                                &self.settings.crash_backoff,
+                            );
+                            let code = code.map_or("unknown".to_owned(), |c| c.to_string());
+                            let message = if delay.is_zero() {
+                                format!("Replica {replica} exited (code {code}); replacing it")
+                            } else {
+                                format!(
+                                    "Replica {replica} exited (code {code}), {} exits in a row; back-off {} before replacing it",
+                                    entry.memory.crash_loop.consecutive,
+                                    humantime::format_duration(delay)
+                                )
+                            };
+                            let reason = if delay.is_zero() {
+                                "ReplicaExited"
+                            } else {
+                                "BackOff"
+                            };
+                            events.push((EventType::Warning, reason, message));
+                        }
+                        plan::RemoveReason::NeverStarted => events.push((
+                            EventType::Warning,
+                            "NeverStarted",
+                            format!("Removing replica {replica}: it was created but never ran"),
+                        )),
+                        plan::RemoveReason::ScaleDown | plan::RemoveReason::Rollout => {
+                            events.push((
+                                EventType::Normal,
+                                "SuccessfulDelete",
+                                format!("Removing replica {replica} ({reason:?})"),
+                            ))
+                        }
+                    }
+                    let runtime = self.runtime.clone();
+                    let service = name.to_owned();
+                    let id = id.clone();
+                    let replica = replica.clone();
+                    let grace = spec.template.stop_grace_period.get();
+                    self.tasks.spawn(async move {
+                        let result = runtime.stop_and_remove(&id, grace).await;
+                        Done::Removed {
+                            service,
+                            id,
+                            name: replica,
+                            result,
+                        }
+                    });
+                }
+                _ => {}
+            }
+        }
+        if !events.is_empty() {
+            self.status.update(|s| {
+                if let Some(svc) = s.services.get_mut(name) {
+                    for (kind, reason, message) in events {
+                        svc.record(kind, reason, message, now);
+                    }
+                }
+            });
+        }
+        errors
+    }
+
+    /// Counts, conditions and events after a pass.
+    fn update_status(
+        &mut self,
+        name: &str,
+        plan: &Plan,
+        observed: &Observation,
+        errors: &[String],
+    ) {
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        let now = SystemTime::now();
+        let counts = plan.counts;
+        let last_desired = entry.last_desired.replace(counts.desired);
+        let spec = &entry.spec.spec;
+        let lb = spec.load_balancer.as_ref();
+        let min_available = counts.desired.saturating_sub(spec.rollout.max_unavailable);
+        let create_error = entry.create_error.clone();
+        let lb_error = self.lb_error.clone();
+        let rollout = entry.memory.rollout.clone();
+        let hash = entry.template_hash.clone();
+        let crash = entry.memory.crash_loop.clone();
+        let holds: Vec<(ContainerId, String)> = plan
+            .notes
+            .iter()
+            .filter_map(|n| match n {
+                Note::OperatorHold {
+                    id,
+                    name,
+                    slot,
+                    admin,
+                } => Some((id.clone(), format!("{slot} of replica {name} ({admin:?})"))),
+                _ => None,
+            })
+            .collect();
+        for (id, _) in &holds {
+            entry.memory.reported_holds.insert(id.clone());
+        }
+        self.status.update(|s| {
+            let Some(svc) = s.services.get_mut(name) else {
+                return;
+            };
+            svc.observed_generation = svc.generation;
+            svc.template_hash = hash.clone();
+            svc.replicas = counts;
+            svc.backend = lb.map(|l| l.backend.to_string());
+            if let Some(prev) = last_desired {
+                if prev != counts.desired {
+                    let verb = if counts.desired > prev { "up" } else { "down" };
+                    svc.record(
+                        EventType::Normal,
+                        "ScalingReplicaSet",
+                        format!("Scaled {verb} from {prev} to {}", counts.desired),
+                        now,
+                    );
+                }
+            }
+            for (_, what) in &holds {
+                svc.record(
+                    EventType::Warning,
+                    "ServerHeld",
+                    format!("Server {what} was taken out of rotation by someone else; left as is"),
+                    now,
+                );
+            }
+
+            let available = counts.ready >= min_available;
+            svc.set_condition(
+                ConditionType::Available,
+                available,
+                if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
+                &format!("{} of {} replicas ready (at least {min_available} needed)", counts.ready, counts.desired),
+                now,
+            );
+
+            let stalled = plan.notes.iter().any(|n| matches!(n, Note::RolloutStalled { .. }));
+            let settled = counts.ready_updated == counts.desired
+                && counts.current == counts.desired
+                && counts.pending == 0
+                && counts.terminating == 0;
+            let (progressing, reason, message) = if stalled {
+                (false, "ProgressDeadlineExceeded", format!(
+                    "template {hash} made no progress for {}: {} of {} updated replicas ready; the old replicas keep serving",
+                    spec.rollout.progress_deadline, counts.ready_updated, counts.desired
+                ))
+            } else if settled {
+                (true, "NewReplicasAvailable", format!("{} replicas of template {hash} ready", counts.ready_updated))
+            } else {
+                (true, "ReplicasUpdating", format!(
+                    "{} of {} replicas of template {hash} ready, {} starting, {} terminating",
+                    counts.ready_updated, counts.desired, counts.pending, counts.terminating
+                ))
+            };
+            let was_complete = svc
+                .condition(ConditionType::Progressing)
+                .is_some_and(|c| c.reason == "NewReplicasAvailable");
+            if svc.set_condition(ConditionType::Progressing, progressing, reason, &message, now) && stalled {
+                svc.record(EventType::Warning, "ProgressDeadlineExceeded", message.clone(), now);
+            }
+            if settled && !was_complete && rollout.as_ref().is_some_and(|r| r.complete) {
+                svc.record(EventType::Normal, "RolloutComplete", format!("Rollout complete: {message}"), now);
+            }
+
+            let failure = plan.notes.iter().find_map(|n| match n {
+                Note::ImageMissing { image } => Some(("ImageNotFound", format!(
+                    "image `{image}` is not present locally (dockscale never pulls): build or load it"
+                ))),
+                Note::CrashLoopBackOff { until, last_exit } => Some(("CrashLoopBackOff", format!(
+                    "{} replica exits in a row (last: {}); next replacement in {}",
+                    crash.consecutive,
+                    last_exit.as_ref().map_or("unknown".to_owned(), |e| format!("{} code {}", e.name, e.code.map_or("?".to_owned(), |c| c.to_string()))),
+                    humantime::format_duration(Duration::from_secs(until.saturating_duration_since(Instant::now()).as_secs()))
+                ))),
+                _ => None,
+            }).or_else(|| create_error.clone().map(|m| ("FailedCreate", m)));
+            let reason_was = svc.condition(ConditionType::ReplicaFailure).map(|c| (c.status, c.reason.clone()));
+            match &failure {
+                Some((reason, message)) => {
+                    svc.set_condition(ConditionType::ReplicaFailure, true, reason, message, now);
+                    if reason_was != Some((true, (*reason).to_owned())) && *reason == "ImageNotFound" {
+                        svc.record(EventType::Warning, reason, message.clone(), now);
+                    }
+                }
+                None => {
+                    svc.set_condition(ConditionType::ReplicaFailure, false, "", "", now);
+                }
+            }
+
+            if lb.is_some() {
+                let problem = lb_error.clone().map(|m| ("ConfigureFailed", m))
+                    .or_else(|| observed.backend.as_ref().err().map(|e| (e.reason, e.message.clone())))
+                    .or_else(|| plan.notes.iter().find_map(|n| match n {
+                        Note::NoFreeSlot { backend, waiting } => Some(("NoFreeSlot", format!(
+                            "backend {backend} has no free server slot for {waiting} replica(s)"
+                        ))),
+                        _ => None,
+                    }))
+                    .or_else(|| errors.first().map(|e| ("CommandFailed", e.clone())));
+                match problem {
+                    Some((reason, message)) => {
+                        if svc.set_condition(ConditionType::LoadBalancerSynced, false, reason, &message, now) {
+                            svc.record(EventType::Warning, reason, message, now);
+                        }
+                    }
+                    None => {
+                        svc.set_condition(ConditionType::LoadBalancerSynced, true, "Synced",
+                            "the backend's servers in rotation are the ready replicas", now);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The status handle this controller writes.
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+}
+
+/// What one service's observation found, besides the Docker list.
+struct Observation {
+    backend: Result<plan::Backend, LbError>,
+    answering: BTreeSet<ContainerId>,
+    image_present: bool,
+}
+
+async fn observe<R: ContainerRuntime, L: LoadBalancer>(
+    runtime: Arc<R>,
+    lb: Arc<L>,
+    entry: &Entry,
+    listed: &[Replica],
+    probe_timeout: Duration,
+) -> Observation {
+    let name = entry.spec.name();
+    let spec = &entry.spec.spec;
+    let replicas: Vec<&Replica> = listed.iter().filter(|r| r.service == name).collect();
+    let backend = match &spec.load_balancer {
+        Some(l) => lb.backend(l.backend.as_str()).await,
+        None => Err(LbError::new(
+            "NoLoadBalancer",
+            "the service has no load balancer",
+        )),
+    };
+    let answering = match &backend {
+        Ok(b) => probe(plan::probe_targets(spec, &replicas, b), probe_timeout).await,
+        Err(_) => BTreeSet::new(),
+    };
+    // Only ask Docker about the image when a create may be needed.
+    let running_current = replicas
+        .iter()
+        .filter(|r| r.template_hash == entry.template_hash)
+        .count() as u32;
+    let image_present = if running_current + entry.memory.creating.len() as u32 >= entry.desired() {
+        true
+    } else {
+        // Unknown: let the create try and report what Docker says.
+        runtime
+            .image_present(&spec.template.image)
+            .await
+            .unwrap_or(true)
+    };
+    Observation {
+        backend,
+        answering,
+        image_present,
+    }
+}
+
+/// Which of these replicas accept a TCP connection on their port.
+async fn probe(
+    targets: Vec<(ContainerId, SocketAddrV4)>,
+    timeout: Duration,
+) -> BTreeSet<ContainerId> {
+    let checks = targets.into_iter().map(|(id, addr)| async move {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(_)) => Some(id),
+            _ => None,
+        }
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+async fn next_event(
+    events: &mut Option<BoxStream<'static, Result<ContainerEvent, DockerError>>>,
+) -> Option<Result<ContainerEvent, DockerError>> {
+    match events {
+        Some(stream) => stream.next().await,
+        None => futures::future::pending().await,
+    }
+}
+
+fn unix_ns(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,124 @@
+//! The load balancer as the controller sees it: the [`LoadBalancer`] trait.
+//!
+//! The planner works on [`Backend`]s of [`Slot`]s; this trait reads them and applies
+//! the slot operations the planner asks for. The HAProxy runtime-API implementation
+//! lives in [`crate::haproxy`]; this module holds only the contract, so that the
+//! controller loop does not depend on how a backend is reached.
+
+use std::future::Future;
+use std::net::SocketAddrV4;
+
+use crate::plan::Backend;
+use crate::spec::{ScaledService, ServerOptions};
+
+/// A load balancer failure, as the controller reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct LbError {
+    /// A short, bounded label for metrics and condition reasons.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl LbError {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        LbError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Slot operations on a backend, and the set of backends to serve.
+pub trait LoadBalancer: Send + Sync + 'static {
+    /// Makes the load balancer serve exactly these services' backends (managed mode may
+    /// regenerate its configuration and reload; external mode only checks they exist).
+    /// Called when the set of services or their load-balancer sections change, never
+    /// for a replica change.
+    fn configure(
+        &self,
+        services: &[ScaledService],
+    ) -> impl Future<Output = Result<(), LbError>> + Send;
+
+    /// The backend's slots, with their state and sessions.
+    fn backend(&self, backend: &str) -> impl Future<Output = Result<Backend, LbError>> + Send;
+
+    /// Points a slot at an address, in maintenance with weight 0 (not in rotation).
+    fn assign(
+        &self,
+        backend: &str,
+        slot: &str,
+        addr: SocketAddrV4,
+    ) -> impl Future<Output = Result<(), LbError>> + Send;
+
+    /// Applies the server options (weight, maxconn, health checks) and puts the slot in
+    /// rotation.
+    fn enable(
+        &self,
+        backend: &str,
+        slot: &str,
+        options: &ServerOptions,
+    ) -> impl Future<Output = Result<(), LbError>> + Send;
+
+    /// Re-applies the server options to a slot in rotation.
+    fn reconfigure(
+        &self,
+        backend: &str,
+        slot: &str,
+        options: &ServerOptions,
+    ) -> impl Future<Output = Result<(), LbError>> + Send;
+
+    /// Stops new sessions to a slot; open ones finish.
+    fn drain(&self, backend: &str, slot: &str) -> impl Future<Output = Result<(), LbError>> + Send;
+
+    /// Takes a slot out of rotation and frees it: maintenance, weight 0.
+    fn release(
+        &self,
+        backend: &str,
+        slot: &str,
+    ) -> impl Future<Output = Result<(), LbError>> + Send;
+
+    /// Whether the load balancer answers (for `/readyz`). `None` when none is in use.
+    fn healthy(&self) -> impl Future<Output = Option<bool>> + Send;
+}
+
+/// For a controller with no load balancer: services with a `loadBalancer` section get
+/// a clear error on their status, the others work.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoLoadBalancer;
+
+impl NoLoadBalancer {
+    fn error() -> LbError {
+        LbError::new(
+            "NoLoadBalancer",
+            "this controller runs without a load balancer",
+        )
+    }
+}
+
+impl LoadBalancer for NoLoadBalancer {
+    async fn configure(&self, _: &[ScaledService]) -> Result<(), LbError> {
+        Ok(())
+    }
+    async fn backend(&self, _: &str) -> Result<Backend, LbError> {
+        Err(Self::error())
+    }
+    async fn assign(&self, _: &str, _: &str, _: SocketAddrV4) -> Result<(), LbError> {
+        Err(Self::error())
+    }
+    async fn enable(&self, _: &str, _: &str, _: &ServerOptions) -> Result<(), LbError> {
+        Err(Self::error())
+    }
+    async fn reconfigure(&self, _: &str, _: &str, _: &ServerOptions) -> Result<(), LbError> {
+        Err(Self::error())
+    }
+    async fn drain(&self, _: &str, _: &str) -> Result<(), LbError> {
+        Err(Self::error())
+    }
+    async fn release(&self, _: &str, _: &str) -> Result<(), LbError> {
+        Err(Self::error())
+    }
+    async fn healthy(&self) -> Option<bool> {
+        None
+    }
+}

@@ -1,0 +1,281 @@
+//! The status of each service, kept in memory and served by the HTTP API.
+//!
+//! Modelled on a Kubernetes Deployment's status: replica counts, conditions with a
+//! reason, a message and the time they last changed, and a short list of recent events
+//! (repeats of the same event are folded into a count, like `kubectl describe`). The
+//! controller loop is the only writer; readers get a snapshot. Nothing here is ever
+//! written into the user's spec files.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::plan::Counts;
+
+/// Events kept per service.
+pub const MAX_EVENTS: usize = 50;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum ConditionType {
+    /// At least `desired - maxUnavailable` replicas serve.
+    Available,
+    /// The replicas are moving toward the spec (or have reached it).
+    Progressing,
+    /// Replicas cannot be created or keep failing.
+    ReplicaFailure,
+    /// The last edit of the spec files did not validate; the previous spec is in force.
+    SpecInvalid,
+    /// The HAProxy backend matches the ready replicas.
+    LoadBalancerSynced,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: ConditionType,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    #[serde(with = "rfc3339")]
+    pub last_transition_time: SystemTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub reason: String,
+    pub message: String,
+    pub count: u32,
+    #[serde(with = "rfc3339")]
+    pub first_time: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub last_time: SystemTime,
+}
+
+/// What the autoscaler last decided, for status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub target: String,
+    pub demand: Option<f64>,
+    pub recommendation: Option<u32>,
+    pub desired: u32,
+    pub reason: String,
+    pub message: String,
+    #[serde(with = "rfc3339::option")]
+    pub last_scale_time: Option<SystemTime>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    pub name: String,
+    /// Bumped on every accepted change of this service's spec.
+    pub generation: u64,
+    /// The generation the last reconcile worked from.
+    pub observed_generation: u64,
+    pub template_hash: String,
+    pub replicas: Counts,
+    /// HAProxy backend, when the service has a load balancer.
+    pub backend: Option<String>,
+    pub autoscaler: Option<AutoscalerStatus>,
+    pub conditions: Vec<Condition>,
+    /// Oldest first.
+    pub events: VecDeque<Event>,
+    #[serde(with = "rfc3339")]
+    pub created: SystemTime,
+    /// Set once the service's document is removed and its replicas are going away.
+    pub deleting: bool,
+}
+
+impl ServiceStatus {
+    pub fn new(name: &str, now: SystemTime) -> Self {
+        ServiceStatus {
+            name: name.to_owned(),
+            generation: 1,
+            observed_generation: 0,
+            template_hash: String::new(),
+            replicas: Counts::default(),
+            backend: None,
+            autoscaler: None,
+            conditions: Vec::new(),
+            events: VecDeque::new(),
+            created: now,
+            deleting: false,
+        }
+    }
+
+    /// Sets a condition; the transition time moves only when its status flips.
+    /// Returns whether the status flipped (or the condition is new).
+    pub fn set_condition(
+        &mut self,
+        kind: ConditionType,
+        status: bool,
+        reason: &str,
+        message: &str,
+        now: SystemTime,
+    ) -> bool {
+        match self.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(c) => {
+                let flipped = c.status != status;
+                if flipped {
+                    c.last_transition_time = now;
+                }
+                c.status = status;
+                c.reason = reason.to_owned();
+                c.message = message.to_owned();
+                flipped
+            }
+            None => {
+                self.conditions.push(Condition {
+                    kind,
+                    status,
+                    reason: reason.to_owned(),
+                    message: message.to_owned(),
+                    last_transition_time: now,
+                });
+                self.conditions.sort_by_key(|c| c.kind);
+                true
+            }
+        }
+    }
+
+    pub fn condition(&self, kind: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+
+    /// Records an event, folding it into the last one when it repeats.
+    pub fn record(&mut self, kind: EventType, reason: &str, message: String, now: SystemTime) {
+        match kind {
+            EventType::Normal => tracing::info!(service = %self.name, reason, "{message}"),
+            EventType::Warning => tracing::warn!(service = %self.name, reason, "{message}"),
+        }
+        if let Some(last) = self.events.back_mut() {
+            if last.reason == reason && last.message == message && last.kind == kind {
+                last.count += 1;
+                last.last_time = now;
+                return;
+            }
+        }
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event {
+            kind,
+            reason: reason.to_owned(),
+            message,
+            count: 1,
+            first_time: now,
+            last_time: now,
+        });
+    }
+}
+
+/// The controller-wide status, shared read-only with the HTTP server.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerStatus {
+    pub services: BTreeMap<String, ServiceStatus>,
+    /// The last spec load error, while the files do not validate.
+    pub spec_errors: Vec<String>,
+    pub spec_loaded: bool,
+    pub docker_reachable: bool,
+    /// `None` when no service needs HAProxy.
+    pub haproxy_reachable: Option<bool>,
+}
+
+/// A cloneable handle on the status: the loop writes, the HTTP server reads.
+#[derive(Clone, Debug, Default)]
+pub struct StatusHandle(Arc<RwLock<ControllerStatus>>);
+
+impl StatusHandle {
+    pub fn read(&self) -> ControllerStatus {
+        // A writer that panicked leaves the data as it was; reading it is still fine.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn update<T>(&self, f: impl FnOnce(&mut ControllerStatus) -> T) -> T {
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+}
+
+/// RFC 3339 timestamps for `SystemTime` in JSON.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_seconds(*t))
+    }
+
+    pub mod option {
+        use std::time::SystemTime;
+
+        use serde::Serializer;
+
+        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_flips() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let t1 = t0 + Duration::from_secs(5);
+        let t2 = t0 + Duration::from_secs(9);
+        let mut s = ServiceStatus::new("w", t0);
+        assert!(s.set_condition(ConditionType::Available, true, "A", "m", t0));
+        assert!(!s.set_condition(ConditionType::Available, true, "B", "m2", t1));
+        let c = s.condition(ConditionType::Available).expect("set");
+        assert_eq!((c.reason.as_str(), c.last_transition_time), ("B", t0));
+        assert!(s.set_condition(ConditionType::Available, false, "C", "m3", t2));
+        assert_eq!(
+            s.condition(ConditionType::Available)
+                .expect("set")
+                .last_transition_time,
+            t2
+        );
+    }
+
+    #[test]
+    fn repeated_events_fold_and_old_ones_fall_off() {
+        let t = SystemTime::UNIX_EPOCH;
+        let mut s = ServiceStatus::new("w", t);
+        s.record(EventType::Warning, "BackOff", "again".into(), t);
+        s.record(EventType::Warning, "BackOff", "again".into(), t);
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].count, 2);
+        for i in 0..(MAX_EVENTS + 5) {
+            s.record(EventType::Normal, "Created", format!("replica {i}"), t);
+        }
+        assert_eq!(s.events.len(), MAX_EVENTS);
+        assert_eq!(
+            s.events.back().map(|e| e.message.as_str()),
+            Some("replica 54")
+        );
+    }
+}
