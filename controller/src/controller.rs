@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::docker::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
 use crate::lb::{LbError, LoadBalancer};
 use crate::manifest::{self, LoadedService};
+use crate::metrics::Metrics;
 use crate::plan::{self, Action, BackoffPolicy, Limits, Memory, Note, Now, PendingCreate, Plan};
 use crate::replica::{replica_name, template_hash, ContainerId, ContainerState, Replica};
 use crate::spec::ScaledService;
@@ -138,6 +139,7 @@ pub struct Controller<R: ContainerRuntime, L: LoadBalancer> {
     runtime: Arc<R>,
     lb: Arc<L>,
     status: StatusHandle,
+    metrics: Arc<Metrics>,
     services: BTreeMap<String, Entry>,
     tasks: JoinSet<Done>,
     /// The load-balancer sections last configured, to reconfigure only on change.
@@ -153,6 +155,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         runtime: Arc<R>,
         lb: Arc<L>,
         status: StatusHandle,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let now = SystemTime::now();
         status.update(|s| {
@@ -172,6 +175,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             runtime,
             lb,
             status,
+            metrics,
             services,
             tasks: JoinSet::new(),
             lb_configured: None,
@@ -298,6 +302,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let loaded = match manifest::load(&self.settings.paths) {
             Ok(loaded) => loaded,
             Err(errors) => {
+                self.metrics.spec_reloads_total.with_label_values(&["invalid"]).inc();
+                self.metrics.spec_valid.set(0);
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
                 let is_new = self.status.read().spec_errors != lines;
                 if is_new || changed {
@@ -329,6 +335,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 return;
             }
         };
+        self.metrics.spec_reloads_total.with_label_values(&["ok"]).inc();
+        self.metrics.spec_valid.set(1);
         let now = SystemTime::now();
         let mut seen = BTreeSet::new();
         let mut any_change = false;
@@ -463,6 +471,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 };
                 entry.memory.creating.remove(&name);
                 entry.wake(Instant::now());
+                let result_label = if result.is_ok() { "ok" } else { "error" };
+                self.metrics
+                    .container_starts_total
+                    .with_label_values(&[service.as_str(), result_label])
+                    .inc();
                 let event = match result {
                     Ok(id) => {
                         entry.create_error = None;
@@ -588,6 +601,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     }
 
     async fn reconcile_one(&mut self, name: &str, listed: &[Replica], observed: Observation) {
+        let _timer = self.metrics.reconcile_timer(name);
         let Some(entry) = self.services.get_mut(name) else {
             return;
         };
@@ -645,6 +659,23 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         } else {
             entry.failures += 1;
         }
+        let result = if errors.is_empty() { "ok" } else { "error" };
+        self.metrics.reconcile_total.with_label_values(&[name, result]).inc();
+        for (kind, _) in &errors {
+            self.metrics
+                .reconcile_errors_total
+                .with_label_values(&[name, kind])
+                .inc();
+        }
+        let counts = plan.counts;
+        for (gauge, value) in [
+            (&self.metrics.replicas_desired, counts.desired),
+            (&self.metrics.replicas_current, counts.current),
+            (&self.metrics.replicas_ready, counts.ready),
+            (&self.metrics.replicas_updated, counts.updated),
+        ] {
+            gauge.with_label_values(&[name]).set(i64::from(value));
+        }
         let backoff = (!errors.is_empty()).then(|| error_backoff(entry.failures));
         let requeue = match (plan.requeue_after, backoff) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -662,13 +693,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             tracing::info!(service = name, "service removed");
             self.services.remove(name);
             self.status.update(|s| s.services.remove(name));
+            self.metrics.forget_service(name);
             self.configure_lb().await;
         }
     }
 
     /// Applies a plan: load-balancer steps first (a server leaves rotation before its
     /// container stops), then Docker operations as background tasks.
-    async fn execute(&mut self, name: &str, plan: &Plan) -> Vec<String> {
+    async fn execute(&mut self, name: &str, plan: &Plan) -> Vec<(&'static str, String)> {
         let mut errors = Vec::new();
         let now = SystemTime::now();
         let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
@@ -712,7 +744,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 Action::EnsureNetwork => {
                     match self.runtime.ensure_network(spec.network.as_str()).await {
                         Ok(()) => entry.memory.network_ready = Some(spec.network.to_string()),
-                        Err(e) => errors.push(format!("network {}: {e}", spec.network)),
+                        Err(e) => errors.push((e.kind(), format!("network {}: {e}", spec.network))),
                     }
                     Ok(())
                 }
@@ -720,7 +752,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, ?action, "load balancer step failed");
-                errors.push(e.to_string());
+                errors.push((e.reason, e.to_string()));
             }
         }
 
@@ -771,6 +803,19 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 } => {
                     if !entry.memory.removing.insert(id.clone()) {
                         continue;
+                    }
+                    let reason_label = match reason {
+                        plan::RemoveReason::ScaleDown => "scale_down",
+                        plan::RemoveReason::Rollout => "rollout",
+                        plan::RemoveReason::Exited { .. } => "exited",
+                        plan::RemoveReason::NeverStarted => "never_started",
+                    };
+                    self.metrics
+                        .container_stops_total
+                        .with_label_values(&[name, reason_label])
+                        .inc();
+                    if matches!(reason, plan::RemoveReason::Exited { .. }) {
+                        self.metrics.container_restarts_total.with_label_values(&[name]).inc();
                     }
                     match reason {
                         plan::RemoveReason::Exited { code } => {
@@ -849,7 +894,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         name: &str,
         plan: &Plan,
         observed: &Observation,
-        errors: &[String],
+        errors: &[(&'static str, String)],
     ) {
         let Some(entry) = self.services.get_mut(name) else {
             return;
@@ -980,7 +1025,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         ))),
                         _ => None,
                     }))
-                    .or_else(|| errors.first().map(|e| ("CommandFailed", e.clone())));
+                    .or_else(|| errors.first().map(|(_, e)| ("CommandFailed", e.clone())));
                 match problem {
                     Some((reason, message)) => {
                         if svc.set_condition(ConditionType::LoadBalancerSynced, false, reason, &message, now) {

@@ -11,12 +11,19 @@
 //! - [`controller`]: the loop: triggers, observation, execution, status.
 //! - [`status`]: conditions, events and counts per service, served over HTTP.
 //! - [`watch`]: the spec file watch (parent directories, for rename-replaced files).
+//! - [`metrics`]: the Prometheus collectors.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the status API.
+//! - [`app`]: `dockscale run` as a function: everything wired together.
+//! - [`cli`]: the command line.
 
+pub mod app;
 pub mod cli;
 pub mod controller;
 pub mod docker;
+pub mod http;
 pub mod lb;
 pub mod manifest;
+pub mod metrics;
 pub mod plan;
 pub mod replica;
 pub mod spec;

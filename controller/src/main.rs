@@ -1,16 +1,8 @@
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
-use tokio::sync::mpsc;
 
 use dockscale::cli::{Cli, Command, LogFormat, RunArgs};
-use dockscale::controller::{Controller, Settings};
-use dockscale::docker::{ContainerRuntime, DockerRuntime};
-use dockscale::lb::NoLoadBalancer;
-use dockscale::plan::BackoffPolicy;
-use dockscale::status::StatusHandle;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -61,33 +53,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let services = dockscale::manifest::load(&args.paths)
-        .map_err(|e| anyhow::anyhow!("the spec does not validate:\n{e}"))?;
-    let runtime = Arc::new(
-        DockerRuntime::connect()
-            .await
-            .context("connecting to the Docker engine")?,
-    );
-    runtime.ping().await.context("pinging the Docker engine")?;
-    let settings = Settings {
-        paths: args.paths.clone(),
-        sync_period: args.sync_period.get(),
-        max_parallel: usize::from(args.max_parallel),
-        crash_backoff: BackoffPolicy {
-            base: args.crash_backoff_base.get(),
-            max: args.crash_backoff_max.get(),
-            reset_after: args.crash_backoff_reset.get(),
-        },
-        ..Settings::default()
-    };
-    let status = StatusHandle::default();
-    let lb = Arc::new(NoLoadBalancer);
-    let controller = Controller::new(settings, services, runtime, lb, status);
-
-    let (tx, rx) = mpsc::unbounded_channel();
-    let _watch = dockscale::watch::watch(&args.paths, tx).context("watching the spec paths")?;
-    tracing::info!(paths = ?args.paths, "dockscale running");
-    controller.run(rx, shutdown_signal()).await;
+    dockscale::app::run(args, shutdown_signal()).await?;
     Ok(())
 }
 

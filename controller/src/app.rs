@@ -1,0 +1,108 @@
+//! `dockscale run`, as a library function: wires the spec, Docker, the load balancer,
+//! the HTTP server and the controller loop together, and runs until `shutdown`.
+//!
+//! `main` calls it with Ctrl-C/SIGTERM as the shutdown signal; end-to-end tests call
+//! it with their own ports and a oneshot, like mini-redis's `server::run`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::RunArgs;
+use crate::controller::{Controller, Settings};
+use crate::docker::{ContainerRuntime, DockerError, DockerRuntime};
+use crate::http::{self, AppState};
+use crate::lb::NoLoadBalancer;
+use crate::manifest::{self, SpecErrors};
+use crate::metrics::Metrics;
+use crate::plan::BackoffPolicy;
+use crate::status::StatusHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("the spec does not validate:\n{0}")]
+    Spec(#[source] SpecErrors),
+    #[error("cannot listen on {addr}: {source} (is another dockscale running? choose another --listen)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Docker(#[source] DockerError),
+    #[error("{0}")]
+    Watch(#[source] crate::watch::WatchError),
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the controller until `shutdown` resolves; the replicas keep running after.
+pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let services = manifest::load(&args.paths).map_err(AppError::Spec)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    std::fs::create_dir_all(&args.state_dir).map_err(|source| AppError::StateDir {
+        path: args.state_dir.clone(),
+        source,
+    })?;
+    let runtime = Arc::new(DockerRuntime::connect().await.map_err(AppError::Docker)?);
+    runtime.ping().await.map_err(AppError::Docker)?;
+
+    let status = StatusHandle::default();
+    let metrics = Arc::new(Metrics::new());
+    let settings = Settings {
+        paths: args.paths.clone(),
+        sync_period: args.sync_period.get(),
+        max_parallel: usize::from(args.max_parallel),
+        crash_backoff: BackoffPolicy {
+            base: args.crash_backoff_base.get(),
+            max: args.crash_backoff_max.get(),
+            reset_after: args.crash_backoff_reset.get(),
+        },
+        ..Settings::default()
+    };
+    let lb = Arc::new(NoLoadBalancer);
+    let controller = Controller::new(
+        settings,
+        services,
+        runtime,
+        lb,
+        status.clone(),
+        metrics.clone(),
+    );
+
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let _watch = crate::watch::watch(&args.paths, changes_tx).map_err(AppError::Watch)?;
+
+    let (stop_http, mut http_stopped) = watch::channel(false);
+    let state = AppState {
+        status: status.clone(),
+        metrics,
+    };
+    let local = listener.local_addr().ok();
+    let server = tokio::spawn(http::serve(listener, state, async move {
+        let _ = http_stopped.wait_for(|stop| *stop).await;
+    }));
+    tracing::info!(paths = ?args.paths, listen = ?local, "dockscale running");
+
+    controller.run(changes_rx, shutdown).await;
+
+    let _ = stop_http.send(true);
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
+        Err(e) => tracing::warn!(error = %e, "http server task"),
+        Ok(Ok(())) => {}
+    }
+    Ok(())
+}

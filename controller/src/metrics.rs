@@ -1,0 +1,299 @@
+//! Prometheus metrics: one struct owns every collector and registers them in one place.
+//!
+//! Built on the `prometheus` crate (the one DESIGN.md names): mature, with the process
+//! collector (`process_resident_memory_bytes`, `process_cpu_seconds_total`) that the
+//! cost benchmark reads, and the text exposition Prometheus 2.x scrapes. Labels are
+//! bounded: service names come from the spec, commands and reasons from fixed sets.
+//! Every series is documented in the README's metrics reference.
+
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub reconcile_total: IntCounterVec,
+    pub reconcile_errors_total: IntCounterVec,
+    pub reconcile_duration_seconds: HistogramVec,
+    pub replicas_desired: IntGaugeVec,
+    pub replicas_current: IntGaugeVec,
+    pub replicas_ready: IntGaugeVec,
+    pub replicas_updated: IntGaugeVec,
+    pub autoscaler_recommendation: IntGaugeVec,
+    pub autoscaler_demand: GaugeVec,
+    pub autoscaler_decisions_total: IntCounterVec,
+    pub autoscaler_last_decision: IntGaugeVec,
+    pub backend_scur: GaugeVec,
+    pub backend_qcur: GaugeVec,
+    pub backend_qtime_seconds: GaugeVec,
+    pub haproxy_commands_total: IntCounterVec,
+    pub haproxy_command_duration_seconds: HistogramVec,
+    pub container_starts_total: IntCounterVec,
+    pub container_stops_total: IntCounterVec,
+    pub container_restarts_total: IntCounterVec,
+    pub spec_reloads_total: IntCounterVec,
+    pub spec_valid: IntGauge,
+    pub haproxy_restarts_total: IntCounter,
+    pub haproxy_reloads_total: IntCounterVec,
+    pub build_info: GaugeVec,
+    pub up_since: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("dockscale".to_owned()), None)
+            // Constant names and help texts: registration cannot fail.
+            .expect("valid registry prefix");
+        let m = Metrics {
+            reconcile_total: IntCounterVec::new(
+                Opts::new("reconcile_total", "Reconcile passes, by service and result (ok, error)."),
+                &["service", "result"],
+            )
+            .expect("valid metric"),
+            reconcile_errors_total: IntCounterVec::new(
+                Opts::new("reconcile_errors_total", "Reconcile errors, by service and kind."),
+                &["service", "kind"],
+            )
+            .expect("valid metric"),
+            reconcile_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "reconcile_duration_seconds",
+                    "Duration of a reconcile pass (observe, plan, execute; Docker creates and stops run in the background).",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                &["service"],
+            )
+            .expect("valid metric"),
+            replicas_desired: IntGaugeVec::new(
+                Opts::new("replicas_desired", "Replicas the service should have (spec or autoscaler)."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            replicas_current: IntGaugeVec::new(
+                Opts::new("replicas_current", "Running replicas that are not being removed."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            replicas_ready: IntGaugeVec::new(
+                Opts::new("replicas_ready", "Replicas serving: UP in HAProxy, or running without a load balancer."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            replicas_updated: IntGaugeVec::new(
+                Opts::new("replicas_updated", "Current replicas of the current template."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            autoscaler_recommendation: IntGaugeVec::new(
+                Opts::new("autoscaler_recommendation", "The autoscaler's raw recommendation before stabilization and rate limits."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            autoscaler_demand: GaugeVec::new(
+                Opts::new("autoscaler_demand", "Demand the autoscaler acts on: mean of scur + qcur over the scale period."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            autoscaler_decisions_total: IntCounterVec::new(
+                Opts::new("autoscaler_decisions_total", "Autoscaler decisions, by service and reason."),
+                &["service", "reason"],
+            )
+            .expect("valid metric"),
+            autoscaler_last_decision: IntGaugeVec::new(
+                Opts::new("autoscaler_last_decision", "1 for the reason of the autoscaler's last decision, 0 for the others."),
+                &["service", "reason"],
+            )
+            .expect("valid metric"),
+            backend_scur: GaugeVec::new(
+                Opts::new("haproxy_backend_scur", "Sessions being served by the backend, as the autoscaler last sampled."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            backend_qcur: GaugeVec::new(
+                Opts::new("haproxy_backend_qcur", "Requests queued in the backend, as the autoscaler last sampled."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            backend_qtime_seconds: GaugeVec::new(
+                Opts::new("haproxy_backend_qtime_seconds", "HAProxy's average queue time over the last 1024 requests, as last sampled."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            haproxy_commands_total: IntCounterVec::new(
+                Opts::new("haproxy_commands_total", "Runtime API commands sent to HAProxy, by command and result."),
+                &["command", "result"],
+            )
+            .expect("valid metric"),
+            haproxy_command_duration_seconds: HistogramVec::new(
+                HistogramOpts::new("haproxy_command_duration_seconds", "Round trip of a runtime API command.")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+                &["command"],
+            )
+            .expect("valid metric"),
+            container_starts_total: IntCounterVec::new(
+                Opts::new("container_starts_total", "Replicas created and started, by service and result."),
+                &["service", "result"],
+            )
+            .expect("valid metric"),
+            container_stops_total: IntCounterVec::new(
+                Opts::new("container_stops_total", "Replicas stopped and removed, by service and reason (scale_down, rollout, exited, never_started)."),
+                &["service", "reason"],
+            )
+            .expect("valid metric"),
+            container_restarts_total: IntCounterVec::new(
+                Opts::new("container_restarts_total", "Replicas that exited on their own and were replaced, by service."),
+                &["service"],
+            )
+            .expect("valid metric"),
+            spec_reloads_total: IntCounterVec::new(
+                Opts::new("spec_reloads_total", "Spec reads after a file change or resync, by result (ok, invalid)."),
+                &["result"],
+            )
+            .expect("valid metric"),
+            spec_valid: IntGauge::new("spec_valid", "1 when the spec files validate, 0 while the last good spec is kept.")
+                .expect("valid metric"),
+            haproxy_restarts_total: IntCounter::new("haproxy_restarts_total", "Times the managed HAProxy was found dead and started again.")
+                .expect("valid metric"),
+            haproxy_reloads_total: IntCounterVec::new(
+                Opts::new("haproxy_reloads_total", "Reloads of the managed HAProxy, by reason (services changed, slot capacity). Never for a replica change."),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            build_info: GaugeVec::new(
+                Opts::new("build_info", "Always 1; the version label says which dockscale runs."),
+                &["version"],
+            )
+            .expect("valid metric"),
+            up_since: Gauge::new("start_time_seconds", "Unix time the controller started.")
+                .expect("valid metric"),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.reconcile_total.clone()),
+            Box::new(m.reconcile_errors_total.clone()),
+            Box::new(m.reconcile_duration_seconds.clone()),
+            Box::new(m.replicas_desired.clone()),
+            Box::new(m.replicas_current.clone()),
+            Box::new(m.replicas_ready.clone()),
+            Box::new(m.replicas_updated.clone()),
+            Box::new(m.autoscaler_recommendation.clone()),
+            Box::new(m.autoscaler_demand.clone()),
+            Box::new(m.autoscaler_decisions_total.clone()),
+            Box::new(m.autoscaler_last_decision.clone()),
+            Box::new(m.backend_scur.clone()),
+            Box::new(m.backend_qcur.clone()),
+            Box::new(m.backend_qtime_seconds.clone()),
+            Box::new(m.haproxy_commands_total.clone()),
+            Box::new(m.haproxy_command_duration_seconds.clone()),
+            Box::new(m.container_starts_total.clone()),
+            Box::new(m.container_stops_total.clone()),
+            Box::new(m.container_restarts_total.clone()),
+            Box::new(m.spec_reloads_total.clone()),
+            Box::new(m.spec_valid.clone()),
+            Box::new(m.haproxy_restarts_total.clone()),
+            Box::new(m.haproxy_reloads_total.clone()),
+            Box::new(m.build_info.clone()),
+            Box::new(m.up_since.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        // The process collector is unprefixed (`process_*`), like every exporter's.
+        #[cfg(target_os = "linux")]
+        prometheus::default_registry()
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .ok();
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        m.up_since.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        m
+    }
+
+    /// The text exposition of every series (ours and the process collector's).
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut families = self.registry.gather();
+        families.extend(prometheus::default_registry().gather());
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&families, &mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+
+    /// Times a reconcile pass until dropped.
+    pub fn reconcile_timer(&self, service: &str) -> ReconcileTimer {
+        ReconcileTimer {
+            histogram: self.reconcile_duration_seconds.with_label_values(&[service]),
+            start: Instant::now(),
+        }
+    }
+
+    /// Removes the per-service series of a service that is gone.
+    pub fn forget_service(&self, service: &str) {
+        for g in [
+            &self.replicas_desired,
+            &self.replicas_current,
+            &self.replicas_ready,
+            &self.replicas_updated,
+            &self.autoscaler_recommendation,
+        ] {
+            let _ = g.remove_label_values(&[service]);
+        }
+        for g in [
+            &self.autoscaler_demand,
+            &self.backend_scur,
+            &self.backend_qcur,
+            &self.backend_qtime_seconds,
+        ] {
+            let _ = g.remove_label_values(&[service]);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Observes the elapsed time into the reconcile histogram when dropped.
+pub struct ReconcileTimer {
+    histogram: prometheus::Histogram,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_prefixed_and_renders() {
+        let m = Metrics::new();
+        m.replicas_ready.with_label_values(&["web"]).set(3);
+        m.reconcile_total.with_label_values(&["web", "ok"]).inc();
+        {
+            let _t = m.reconcile_timer("web");
+        }
+        let text = m.render().expect("renders");
+        assert!(text.contains("dockscale_replicas_ready{service=\"web\"} 3"));
+        assert!(text.contains("dockscale_reconcile_total{result=\"ok\",service=\"web\"} 1"));
+        assert!(text.contains("dockscale_reconcile_duration_seconds_count{service=\"web\"} 1"));
+        assert!(text.contains("dockscale_build_info{version="));
+        m.forget_service("web");
+        assert!(!m.render().expect("renders").contains("dockscale_replicas_ready{service=\"web\"}"));
+    }
+}
