@@ -25,7 +25,9 @@ use crate::status::StatusHandle;
 pub enum AppError {
     #[error("the spec does not validate:\n{0}")]
     Spec(#[source] SpecErrors),
-    #[error("cannot listen on {addr}: {source} (is another dockscale running? choose another --listen)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another dockscale running? choose another --listen)"
+    )]
     Listen {
         addr: std::net::SocketAddr,
         #[source]

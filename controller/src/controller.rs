@@ -302,7 +302,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let loaded = match manifest::load(&self.settings.paths) {
             Ok(loaded) => loaded,
             Err(errors) => {
-                self.metrics.spec_reloads_total.with_label_values(&["invalid"]).inc();
+                self.metrics
+                    .spec_reloads_total
+                    .with_label_values(&["invalid"])
+                    .inc();
                 self.metrics.spec_valid.set(0);
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
                 let is_new = self.status.read().spec_errors != lines;
@@ -335,7 +338,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 return;
             }
         };
-        self.metrics.spec_reloads_total.with_label_values(&["ok"]).inc();
+        self.metrics
+            .spec_reloads_total
+            .with_label_values(&["ok"])
+            .inc();
         self.metrics.spec_valid.set(1);
         let now = SystemTime::now();
         let mut seen = BTreeSet::new();
@@ -660,7 +666,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             entry.failures += 1;
         }
         let result = if errors.is_empty() { "ok" } else { "error" };
-        self.metrics.reconcile_total.with_label_values(&[name, result]).inc();
+        self.metrics
+            .reconcile_total
+            .with_label_values(&[name, result])
+            .inc();
         for (kind, _) in &errors {
             self.metrics
                 .reconcile_errors_total
@@ -815,7 +824,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         .with_label_values(&[name, reason_label])
                         .inc();
                     if matches!(reason, plan::RemoveReason::Exited { .. }) {
-                        self.metrics.container_restarts_total.with_label_values(&[name]).inc();
+                        self.metrics
+                            .container_restarts_total
+                            .with_label_values(&[name])
+                            .inc();
                     }
                     match reason {
                         plan::RemoveReason::Exited { code } => {

@@ -40,3 +40,15 @@ pub fn schema_json() -> String {
     text.push('\n');
     text
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_schema_is_the_generated_one() {
+        let committed = include_str!("../../crds/scaledservice.schema.json");
+        assert!(
+            committed == super::schema_json(),
+            "crds/scaledservice.schema.json is stale: run `cargo run -- schema > crds/scaledservice.schema.json`"
+        );
+    }
+}

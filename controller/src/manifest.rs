@@ -599,3 +599,224 @@ impl<'de> Deserialize<'de> for KeyText {
         d.deserialize_any(KeyVisitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+apiVersion: dockscale/v1alpha1
+kind: ScaledService
+metadata:
+  name: web
+spec:
+  replicas: 2
+  template:
+    image: dockscale-webapp:latest
+    port: 8080
+  loadBalancer:
+    backend: web
+    bind: 127.0.0.1:8080
+  autoscale:
+    minReplicas: 1
+    maxReplicas: 4
+    target: {inflightPerReplica: 8}
+";
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_str(Path::new("s.yaml"), text) {
+            Ok(services) => panic!("accepted: {services:?}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn one_error(text: &str) -> String {
+        let errs = errors(text);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        errs.into_iter().next().expect("one")
+    }
+
+    #[test]
+    fn a_good_spec_parses_with_its_defaults() {
+        let services = parse_str(Path::new("s.yaml"), GOOD).expect("valid");
+        let s = &services[0].service;
+        assert_eq!(s.name(), "web");
+        assert_eq!(s.spec.network.as_str(), "dockscale");
+        assert!(s.spec.template.init);
+        assert_eq!(s.spec.template.stop_grace_period.get().as_secs(), 10);
+        assert_eq!(s.spec.rollout.max_surge, 1);
+        let lb = s.spec.load_balancer.as_ref().expect("lb");
+        assert_eq!(lb.drain_timeout.get().as_secs(), 30);
+        assert!(lb.server.check);
+        assert_eq!(services[0].line, 1);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_located() {
+        // The flow sequence opened on line 9 is still open when line 10's `:` comes.
+        let text = GOOD.replace("    port: 8080", "    port: [8080");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:10:15: illegal placement of ':' indicator"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_located() {
+        let text = GOOD.replace("  replicas: 2", "  replicas: 2\n  replicaz: 3");
+        assert_eq!(one_error(&text), "s.yaml:7:3: unknown field `replicaz`, expected one of replicas, template, network, loadBalancer, autoscale, rollout");
+    }
+
+    #[test]
+    fn wrong_types_are_located() {
+        let text = GOOD.replace("image: dockscale-webapp:latest", "image: [a, b]");
+        assert!(
+            one_error(&text).starts_with("s.yaml:8:12: "),
+            "{}",
+            one_error(&text)
+        );
+    }
+
+    #[test]
+    fn negative_replicas_are_rejected_with_the_range() {
+        let text = GOOD.replace("replicas: 2", "replicas: -1");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:6:13: -1 is out of range: expected a whole number from 0 to 1000"
+        );
+    }
+
+    #[test]
+    fn replicas_above_max_replicas_point_at_replicas() {
+        let text = GOOD.replace("replicas: 2", "replicas: 5");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:6:13: replicas (5) is greater than autoscale.maxReplicas (4)"
+        );
+    }
+
+    #[test]
+    fn min_above_max_points_at_min_replicas() {
+        let text = GOOD
+            .replace("minReplicas: 1", "minReplicas: 6")
+            .replace("replicas: 2", "replicas: 4");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:14:18: minReplicas (6) is greater than maxReplicas (4)"
+        );
+    }
+
+    #[test]
+    fn bad_durations_and_quantities_are_located() {
+        let text = GOOD.replace("    port: 8080", "    port: 8080\n    stopGracePeriod: 10");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:10:22: invalid duration `10`: add a unit, e.g. `10s` or `10ms`"
+        );
+        let text = GOOD.replace(
+            "    port: 8080",
+            "    port: 8080\n    resources: {memory: 12Qi}",
+        );
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:10:25: invalid quantity `12Qi` (examples: 64Mi, 1Gi, 500M)"
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_dns_label_is_located() {
+        let text = GOOD.replace("name: web", "name: Web_1");
+        assert!(one_error(&text).starts_with("s.yaml:4:9: `Web_1` is not a DNS label"));
+    }
+
+    #[test]
+    fn every_document_is_checked_and_located_in_the_file() {
+        let second = GOOD
+            .replace("name: web", "name: api")
+            .replace("backend: web", "backend: api")
+            .replace("127.0.0.1:8080", "127.0.0.1:8081")
+            .replace("replicas: 2", "replicas: 9");
+        let third = GOOD.replace("maxReplicas: 4", "maxReplicas: nine");
+        let text = format!("{GOOD}---\n{second}---\n{third}");
+        assert_eq!(
+            errors(&text),
+            vec![
+                "s.yaml:23:13: replicas (9) is greater than autoscale.maxReplicas (4)".to_owned(),
+                "s.yaml:49:18: expected a whole number from 1 to 1000".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_names_backends_and_binds_are_reported_where_they_repeat() {
+        let text = format!("{GOOD}---\n{GOOD}");
+        assert_eq!(
+            errors(&text),
+            vec![
+                "s.yaml:21:9: duplicate metadata.name `web`: already used at s.yaml:4".to_owned(),
+                "s.yaml:28:14: duplicate loadBalancer.backend `web`: already used at s.yaml:11"
+                    .to_owned(),
+                "s.yaml:29:11: duplicate loadBalancer.bind `127.0.0.1:8080`: already used at s.yaml:12"
+                    .to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_documents_and_comments_are_fine() {
+        let text = format!("# leading comment\n---\n{GOOD}---\n...\n");
+        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].line, 3);
+    }
+
+    #[test]
+    fn no_input_makes_it_panic() {
+        let inputs = [
+            "", "---", "- a\n- b", "a: [", "{", "apiVersion: 3", "\0\u{1}", "spec: ~",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\nspec: {replicas: 99999999999999999999, template: {image: x}}",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\nspec: {template: {image: x, resources: {memory: 1e400, cpus: -1}}}",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\nspec: {template: {image: x, stopGracePeriod: 99999999999999999999999h}}",
+            "&a [*a]", "a: &x\n  b: *x\n", "? [a]\n: b",
+        ];
+        for input in inputs {
+            let _ = parse_str(Path::new("fuzz.yaml"), input);
+        }
+    }
+
+    #[test]
+    fn a_directory_skips_foreign_yaml_but_a_named_file_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            "global: {scrape_interval: 5s}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("web.yaml"), GOOD).expect("write");
+        std::fs::write(dir.path().join(".web.yaml.swp"), "garbage").expect("write");
+        let loaded = load(&[dir.path().to_owned()]).expect("valid");
+        assert_eq!(loaded.len(), 1);
+        let named = load(&[dir.path().join("prometheus.yml")]).expect_err("not a spec");
+        assert!(
+            named.0[0].to_string().contains("prometheus.yml:1:1: "),
+            "{named}"
+        );
+    }
+
+    #[test]
+    fn a_missing_path_is_an_error_not_an_empty_spec() {
+        let err = load(&[PathBuf::from("/nonexistent/dockscale.yaml")]).expect_err("missing");
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/dockscale.yaml: cannot read:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_example_manifests_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        let loaded = load(&[dir]).expect("manifests validate");
+        assert!(loaded.iter().any(|l| l.service.name() == "webapp"));
+    }
+}

@@ -205,7 +205,9 @@ impl Metrics {
         // The process collector is unprefixed (`process_*`), like every exporter's.
         #[cfg(target_os = "linux")]
         prometheus::default_registry()
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .ok();
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -231,7 +233,9 @@ impl Metrics {
     /// Times a reconcile pass until dropped.
     pub fn reconcile_timer(&self, service: &str) -> ReconcileTimer {
         ReconcileTimer {
-            histogram: self.reconcile_duration_seconds.with_label_values(&[service]),
+            histogram: self
+                .reconcile_duration_seconds
+                .with_label_values(&[service]),
             start: Instant::now(),
         }
     }
@@ -294,6 +298,9 @@ mod tests {
         assert!(text.contains("dockscale_reconcile_duration_seconds_count{service=\"web\"} 1"));
         assert!(text.contains("dockscale_build_info{version="));
         m.forget_service("web");
-        assert!(!m.render().expect("renders").contains("dockscale_replicas_ready{service=\"web\"}"));
+        assert!(!m
+            .render()
+            .expect("renders")
+            .contains("dockscale_replicas_ready{service=\"web\"}"));
     }
 }

@@ -40,7 +40,7 @@ impl ScaledService {
     }
 }
 
-/// `apiVersion`, accepted only as [`API_VERSION`].
+/// The spec's API version; only `dockscale/v1alpha1` is accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[schemars(with = "ApiVersionSchema")]
 pub struct ApiVersion;
@@ -71,7 +71,7 @@ impl<'de> Deserialize<'de> for ApiVersion {
     }
 }
 
-/// `kind`, accepted only as [`KIND`].
+/// The document kind; only `ScaledService` is accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[schemars(with = "KindSchema")]
 pub struct Kind;

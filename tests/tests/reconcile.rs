@@ -29,7 +29,8 @@ async fn scales_to_the_count_in_the_file_and_keeps_the_oldest() {
     println!("0 -> 3 replicas running in {took:?}");
     for c in &three {
         assert!(
-            c.name.starts_with(&format!("{}-", fixture.service)) && c.name.len() == fixture.service.len() + 6,
+            c.name.starts_with(&format!("{}-", fixture.service))
+                && c.name.len() == fixture.service.len() + 6,
             "replica name {}",
             c.name
         );
@@ -38,17 +39,28 @@ async fn scales_to_the_count_in_the_file_and_keeps_the_oldest() {
         "docker",
         &["inspect", "--format", "{{json .Config.Labels}} {{.HostConfig.Init}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}", &three[0].id],
     );
-    assert!(labels.contains("\"dockscale.managed-by\":\"dockscale\""), "{labels}");
-    assert!(labels.contains(&format!("\"dockscale.service\":\"{}\"", fixture.service)), "{labels}");
+    assert!(
+        labels.contains("\"dockscale.managed-by\":\"dockscale\""),
+        "{labels}"
+    );
+    assert!(
+        labels.contains(&format!("\"dockscale.service\":\"{}\"", fixture.service)),
+        "{labels}"
+    );
     assert!(labels.contains("\"dockscale.template-hash\":"), "{labels}");
-    assert!(labels.trim_end().ends_with("true 33554432 250000000"), "init and limits: {labels}");
+    assert!(
+        labels.trim_end().ends_with("true 33554432 250000000"),
+        "init and limits: {labels}"
+    );
 
     fixture.write_spec(&fixture.pool_spec(5));
     let (five, took) = wait_for("5 replicas", Duration::from_secs(30), exactly(&fixture, 5)).await;
     println!("3 -> 5 replicas running in {took:?}");
     let first_three: BTreeSet<String> = three.iter().map(|c| c.id.clone()).collect();
     assert!(
-        first_three.iter().all(|id| five.iter().any(|c| &c.id == id)),
+        first_three
+            .iter()
+            .all(|id| five.iter().any(|c| &c.id == id)),
         "scaling up replaced existing replicas"
     );
 
@@ -83,7 +95,10 @@ async fn a_killed_replica_is_replaced_on_the_docker_event_not_the_resync() {
     .await;
     println!("killed replica replaced in {took:?}");
     assert!(took < Duration::from_secs(5), "replacement took {took:?}");
-    assert!(after.iter().any(|c| c.id == before[1].id), "the healthy replica was touched");
+    assert!(
+        after.iter().any(|c| c.id == before[1].id),
+        "the healthy replica was touched"
+    );
     controller.stop().await;
 }
 
@@ -99,7 +114,15 @@ async fn an_unmanaged_container_named_like_a_replica_is_never_touched() {
     fixture.write_spec(&fixture.pool_spec(0));
     wait_for("0 replicas", Duration::from_secs(30), exactly(&fixture, 0)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let state = sh("docker", &["inspect", "--format", "{{.Id}} {{.State.Status}}", &impostor]);
+    let state = sh(
+        "docker",
+        &[
+            "inspect",
+            "--format",
+            "{{.Id}} {{.State.Status}}",
+            &impostor,
+        ],
+    );
     assert_eq!(state.trim(), format!("{impostor_id} running"));
     controller.stop().await;
 }
@@ -118,22 +141,37 @@ async fn an_invalid_edit_changes_nothing_and_fixing_it_resumes() {
     let during: BTreeSet<String> = fixture.running().into_iter().map(|c| c.id).collect();
     let before_ids: BTreeSet<String> = before.iter().map(|c| c.id.clone()).collect();
     assert_eq!(during, before_ids, "an invalid spec changed the replicas");
-    assert!(!controller.is_finished(), "the controller stopped on an invalid spec");
+    assert!(
+        !controller.is_finished(),
+        "the controller stopped on an invalid spec"
+    );
     let (code, body) = controller
         .get(&format!("/api/v1/services/{}", fixture.service))
         .await;
     assert_eq!(code, 200);
     assert!(body.contains("\"SpecInvalid\""), "{body}");
     assert!(body.contains("ValidationFailed"), "{body}");
-    assert!(body.contains("service.yaml:6:3"), "the error is located: {body}");
+    assert!(
+        body.contains("service.yaml:6:3"),
+        "the error is located: {body}"
+    );
 
     // A vanished spec file is an error too, never an order to delete everything.
     std::fs::remove_file(fixture.spec_path()).expect("remove spec");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(fixture.running().len(), 2, "a missing spec file removed replicas");
+    assert_eq!(
+        fixture.running().len(),
+        2,
+        "a missing spec file removed replicas"
+    );
 
     fixture.write_spec(&fixture.pool_spec(4));
-    wait_for("4 replicas after the fix", Duration::from_secs(30), exactly(&fixture, 4)).await;
+    wait_for(
+        "4 replicas after the fix",
+        Duration::from_secs(30),
+        exactly(&fixture, 4),
+    )
+    .await;
     controller.stop().await;
 }
 
@@ -149,9 +187,11 @@ async fn a_restarted_controller_adopts_the_running_replicas() {
     assert_eq!(fixture.running().len(), 3);
 
     let second = RunningController::start(&fixture.run_args(&[]));
-    wait_for("the second controller's HTTP server", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(second.listen).map_err(|e| e.to_string())
-    })
+    wait_for(
+        "the second controller's HTTP server",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(second.listen).map_err(|e| e.to_string()),
+    )
     .await;
     // Several passes of the second controller.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -171,6 +211,9 @@ async fn removing_the_document_removes_the_replicas() {
     fixture.write_spec("# nothing here any more\n");
     wait_for("0 replicas", Duration::from_secs(30), exactly(&fixture, 0)).await;
     let (_, body) = controller.get("/api/v1/services").await;
-    assert!(!body.contains(&fixture.service), "the service is still listed: {body}");
+    assert!(
+        !body.contains(&fixture.service),
+        "the service is still listed: {body}"
+    );
     controller.stop().await;
 }
