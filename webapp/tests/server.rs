@@ -1,0 +1,249 @@
+//! The server over real loopback HTTP: each test runs its own `run` on port 0 and talks
+//! to it with hyper's client, as HAProxy and curl would.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dockscale_webapp::{run, Config};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::header::{COOKIE, SET_COOKIE};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A server running in this test's runtime, stopped by `shutdown` or on drop.
+struct TestServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+/// What a test reads from one response.
+struct Answer {
+    status: StatusCode,
+    served_by: Option<String>,
+    set_cookie: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    /// The value of the body's `key: value` line for `key`.
+    fn field(&self, key: &str) -> Option<&str> {
+        self.body
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(": "))
+    }
+
+    /// The session id this answer started, from its `Set-Cookie`.
+    fn new_session(&self) -> Option<&str> {
+        let cookie = self.set_cookie.as_deref()?;
+        cookie.strip_prefix("DSSESSION=")?.split(';').next()
+    }
+}
+
+fn config() -> Config {
+    Config {
+        port: 0,
+        hostname: "webapp-test1".into(),
+        greeting: Some("hello".into()),
+        log_requests: false,
+    }
+}
+
+impl TestServer {
+    async fn start(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+            client,
+        }
+    }
+
+    async fn get(&self, path_and_query: &str, session: Option<&str>) -> Answer {
+        let mut request = Request::get(format!("http://{}{path_and_query}", self.addr));
+        if let Some(id) = session {
+            request = request.header(COOKIE, format!("theme=dark; DSSESSION={id}"));
+        }
+        let response = self
+            .client
+            .request(request.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &hyper::header::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        let (status, served_by, set_cookie) = (
+            response.status(),
+            header("x-served-by"),
+            header(SET_COOKIE.as_str()),
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            served_by,
+            set_cookie,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+        }
+    }
+
+    /// Signals shutdown and returns `run`'s result, waiting at most `limit`.
+    async fn shutdown(mut self, limit: Duration) -> std::io::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(limit, &mut self.task)
+            .await
+            .expect("run did not return in time")
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn answers_name_the_replica_in_header_and_body() {
+    let server = TestServer::start(config()).await;
+    let answer = server.get("/any/path", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.served_by.as_deref(), Some("webapp-test1"));
+    assert_eq!(answer.field("hostname"), Some("webapp-test1"));
+    assert_eq!(answer.field("greeting"), Some("hello"));
+    assert_eq!(answer.field("count"), Some("1"));
+}
+
+#[tokio::test]
+async fn greeting_line_is_left_out_when_unset() {
+    let server = TestServer::start(Config {
+        greeting: None,
+        ..config()
+    })
+    .await;
+    let answer = server.get("/", None).await;
+    assert_eq!(answer.field("greeting"), None);
+    assert_eq!(answer.body.lines().count(), 3, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn the_session_cookie_counts_requests_per_session() {
+    let server = TestServer::start(config()).await;
+
+    let first = server.get("/", None).await;
+    let a = first
+        .new_session()
+        .expect("first request sets a cookie")
+        .to_owned();
+    assert_eq!(first.field("session"), Some(a.as_str()));
+    assert_eq!(first.field("count"), Some("1"));
+
+    let again = server.get("/", Some(&a)).await;
+    assert_eq!(again.field("count"), Some("2"));
+    assert_eq!(again.set_cookie, None, "a known session keeps its cookie");
+
+    let other = server.get("/", None).await;
+    let b = other.new_session().unwrap().to_owned();
+    assert_ne!(a, b);
+    assert_eq!(other.field("count"), Some("1"));
+
+    assert_eq!(server.get("/", Some(&a)).await.field("count"), Some("3"));
+    assert_eq!(server.get("/", Some(&b)).await.field("count"), Some("2"));
+}
+
+#[tokio::test]
+async fn a_session_started_on_another_replica_is_adopted() {
+    let server = TestServer::start(config()).await;
+    let answer = server.get("/", Some("fromanotherreplica")).await;
+    assert_eq!(answer.field("session"), Some("fromanotherreplica"));
+    assert_eq!(answer.field("count"), Some("1"));
+    assert_eq!(answer.set_cookie, None);
+}
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let server = TestServer::start(config()).await;
+    let answer = server.get("/healthz", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "ok\n");
+    assert_eq!(answer.set_cookie, None);
+    assert_eq!(answer.served_by.as_deref(), Some("webapp-test1"));
+}
+
+#[tokio::test]
+async fn delay_holds_the_answer_back() {
+    let server = TestServer::start(config()).await;
+    let started = Instant::now();
+    let answer = server.get("/?delay=300", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let started = Instant::now();
+    assert_eq!(server.get("/healthz?delay=200", None).await.body, "ok\n");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn bad_delays_are_a_400_that_says_why() {
+    let server = TestServer::start(config()).await;
+    let answer = server.get("/?delay=soon", None).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer.body.contains("whole number of milliseconds"),
+        "{}",
+        answer.body
+    );
+
+    let answer = server.get("/healthz?delay=60001", None).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.body.contains("at most 60000 ms"), "{}", answer.body);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_a_request_in_flight_then_stops_listening() {
+    let server = TestServer::start(config()).await;
+    let addr = server.addr;
+    let client = server.client.clone();
+    let in_flight = tokio::spawn(async move {
+        let request = Request::get(format!("http://{addr}/?delay=500"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "returned after {waited:?}"
+    );
+
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("count: 1"), "{body}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}
