@@ -20,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod controller;
 pub mod docker;
+pub mod haproxy;
 pub mod http;
 pub mod lb;
 pub mod manifest;

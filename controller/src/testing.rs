@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::plan::{Admin, Slot};
 use crate::replica::{ContainerId, ContainerState, Replica};
-use crate::spec::{LoadBalancer, Rollout, ServiceSpec};
+use crate::spec::{Autoscale, LoadBalancer, Rollout, ScaledService, ServiceSpec};
 
 /// The network test replicas are on.
 pub const NET: &str = "dockscale";
@@ -57,8 +57,28 @@ impl SpecBuilder {
         self
     }
 
+    pub fn autoscale(mut self, min: u32, max: u32) -> Self {
+        self.spec.autoscale = Some(
+            serde_saphyr::from_str::<Autoscale>(&format!(
+                "minReplicas: {min}\nmaxReplicas: {max}\ntarget: {{inflightPerReplica: 8}}\n"
+            ))
+            .expect("fixture parses"),
+        );
+        self
+    }
+
     pub fn build(self) -> ServiceSpec {
         self.spec
+    }
+
+    /// A whole `ScaledService` named `name` with this spec.
+    pub fn build_service(self, name: &str) -> ScaledService {
+        let yaml = format!(
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: {name}}}\nspec: {{template: {{image: x}}}}\n"
+        );
+        let mut service: ScaledService = serde_saphyr::from_str(&yaml).expect("fixture parses");
+        service.spec = self.spec;
+        service
     }
 }
 
