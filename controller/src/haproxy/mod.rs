@@ -1,4 +1,12 @@
 //! HAProxy: the managed process and its configuration, the runtime API client, and
 //! the [`crate::lb::LoadBalancer`] implementation over them.
+//!
+//! - [`runtime_api`]: the admin socket client (one command per connection).
+//! - [`stats`]: parsers for its `show servers state`, `show stat`, `show info` replies.
+//! - [`config`]: the managed configuration, rendered from the services.
+//! - [`managed`]: the managed HAProxy process: start, adopt, reload, supervise.
+//! - [`balancer`]: [`HaproxyBalancer`], the load balancer the controller drives.
 
 pub mod config;
+pub mod runtime_api;
+pub mod stats;
