@@ -14,8 +14,10 @@ use tokio::sync::{mpsc, watch};
 use crate::cli::RunArgs;
 use crate::controller::{Controller, Settings};
 use crate::docker::{ContainerRuntime, DockerError, DockerRuntime};
+use crate::haproxy::managed::ManagedError;
+use crate::haproxy::runtime_api::{ApiError, Endpoint};
+use crate::haproxy::HaproxyBalancer;
 use crate::http::{self, AppState};
-use crate::lb::NoLoadBalancer;
 use crate::manifest::{self, SpecErrors};
 use crate::metrics::Metrics;
 use crate::plan::BackoffPolicy;
@@ -37,6 +39,10 @@ pub enum AppError {
     Docker(#[source] DockerError),
     #[error("{0}")]
     Watch(#[source] crate::watch::WatchError),
+    #[error("{0}")]
+    Haproxy(#[source] ManagedError),
+    #[error("{0}")]
+    ExternalHaproxy(#[source] ApiError),
     #[error("cannot create the state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -74,7 +80,29 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         },
         ..Settings::default()
     };
-    let lb = Arc::new(NoLoadBalancer);
+    let lb = match &args.haproxy_socket {
+        Some(socket) => {
+            HaproxyBalancer::external(Endpoint::parse(socket), metrics.clone(), status.clone())
+                .await
+                .map_err(AppError::ExternalHaproxy)?
+        }
+        None => {
+            let needs_haproxy = services
+                .iter()
+                .any(|l| l.service.spec.load_balancer.is_some());
+            if needs_haproxy {
+                crate::haproxy::managed::locate().map_err(AppError::Haproxy)?;
+            }
+            HaproxyBalancer::managed(
+                &args.state_dir,
+                args.haproxy_exporter,
+                metrics.clone(),
+                status.clone(),
+            )
+            .map_err(AppError::Haproxy)?
+        }
+    };
+    let lb = Arc::new(lb);
     let controller = Controller::new(
         settings,
         services,

@@ -57,6 +57,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH|HOST:PORT")]
     pub haproxy_socket: Option<String>,
 
+    /// Managed HAProxy only: where its Prometheus exporter listens (`/metrics`, and the
+    /// stats page at `/stats`).
+    #[arg(long, default_value = "127.0.0.1:9181")]
+    pub haproxy_exporter: SocketAddr,
+
     /// How often the autoscaler samples HAProxy's backend statistics.
     #[arg(long, default_value = "2s")]
     pub metrics_interval: Duration,

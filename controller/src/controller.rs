@@ -145,6 +145,9 @@ pub struct Controller<R: ContainerRuntime, L: LoadBalancer> {
     /// The load-balancer sections last configured, to reconfigure only on change.
     lb_configured: Option<Vec<ScaledService>>,
     lb_error: Option<String>,
+    /// Failed configurations in a row, and when to try again.
+    lb_failures: u32,
+    lb_retry_at: Option<Instant>,
 }
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
@@ -180,6 +183,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             tasks: JoinSet::new(),
             lb_configured: None,
             lb_error: None,
+            lb_failures: 0,
+            lb_retry_at: None,
         }
     }
 
@@ -201,6 +206,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let mut events_failures = 0u32;
         self.report_orphans().await;
         self.configure_lb().await;
+        let mut lb_restarts = self.lb.restarts();
 
         loop {
             let next = self
@@ -208,6 +214,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 .values()
                 .filter_map(|e| e.due)
                 .chain(reload_at)
+                .chain(self.lb_retry_at)
                 .chain(events.is_none().then_some(events_retry))
                 .min();
             let wake = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -237,6 +244,13 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         events_retry = Instant::now() + error_backoff(events_failures);
                     }
                 },
+                Ok(()) = lb_changed(&mut lb_restarts) => {
+                    // HAProxy lost its runtime state: restore every backend now.
+                    let now = Instant::now();
+                    for entry in self.services.values_mut() {
+                        entry.wake(now);
+                    }
+                }
                 _ = resync.tick() => {
                     self.reload(false).await;
                     let now = Instant::now();
@@ -249,6 +263,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     if reload_at.is_some_and(|at| at <= now) {
                         reload_at = None;
                         self.reload(true).await;
+                    }
+                    if self.lb_retry_at.is_some_and(|at| at <= now) {
+                        self.lb_retry_at = None;
+                        self.configure_lb().await;
                     }
                     if events.is_none() && events_retry <= now {
                         events = Some(self.runtime.events());
@@ -436,10 +454,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             Ok(()) => {
                 self.lb_configured = Some(wanted);
                 self.lb_error = None;
+                self.lb_failures = 0;
+                self.lb_retry_at = None;
             }
             Err(e) => {
                 tracing::error!(error = %e, "configuring the load balancer");
                 self.lb_error = Some(e.to_string());
+                self.lb_failures += 1;
+                self.lb_retry_at = Some(Instant::now() + error_backoff(self.lb_failures));
             }
         }
     }
@@ -1125,6 +1147,16 @@ async fn probe(
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// The next bump of the load balancer's restart counter (never, without one).
+async fn lb_changed(
+    restarts: &mut Option<tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match restarts {
+        Some(rx) => rx.changed().await,
+        None => futures::future::pending().await,
+    }
 }
 
 async fn next_event(

@@ -29,6 +29,19 @@ impl LbError {
     }
 }
 
+/// What the backend is carrying right now, for the autoscaler.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BackendLoad {
+    /// Requests being served by the backend's servers.
+    pub scur: f64,
+    /// Requests queued in the backend (every server at its `maxconn`).
+    pub qcur: f64,
+    /// Average queue time over the last 1024 requests, in milliseconds.
+    pub qtime_ms: f64,
+    /// Sessions per second over the last second.
+    pub rate: f64,
+}
+
 /// Slot operations on a backend, and the set of backends to serve.
 pub trait LoadBalancer: Send + Sync + 'static {
     /// Makes the load balancer serve exactly these services' backends (managed mode may
@@ -78,8 +91,18 @@ pub trait LoadBalancer: Send + Sync + 'static {
         slot: &str,
     ) -> impl Future<Output = Result<(), LbError>> + Send;
 
+    /// The backend's current load, for the autoscaler.
+    fn load(&self, backend: &str) -> impl Future<Output = Result<BackendLoad, LbError>> + Send;
+
     /// Whether the load balancer answers (for `/readyz`). `None` when none is in use.
     fn healthy(&self) -> impl Future<Output = Option<bool>> + Send;
+
+    /// Bumped each time the load balancer lost its runtime state (HAProxy restarted
+    /// or reloaded by someone else): every service should be reconciled at once.
+    /// `None` when it never does.
+    fn restarts(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// For a controller with no load balancer: services with a `loadBalancer` section get
@@ -116,6 +139,9 @@ impl LoadBalancer for NoLoadBalancer {
         Err(Self::error())
     }
     async fn release(&self, _: &str, _: &str) -> Result<(), LbError> {
+        Err(Self::error())
+    }
+    async fn load(&self, _: &str) -> Result<BackendLoad, LbError> {
         Err(Self::error())
     }
     async fn healthy(&self) -> Option<bool> {

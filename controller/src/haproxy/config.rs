@@ -1,34 +1,63 @@
 //! The managed HAProxy's configuration, rendered from the services. Pure.
 //!
 //! One frontend and one backend per service with a load balancer, each backend a pool
-//! of `server-template` slots (the HAProxy Kubernetes ingress controller's way): slots
-//! are filled and freed at runtime with `set server ... addr` and `state`, survive
-//! reloads through the server-state file, keep stickiness cookies (dynamic cookies
-//! derived from each server's address) and never take HAProxy 2.6's `del server`
-//! paths. Slots start free: in maintenance, weight 0, address 0.0.0.0.
+//! of server slots (the HAProxy Kubernetes ingress controller's way): slots are filled
+//! and freed at runtime with `set server ... addr` and `state`, keep stickiness cookies
+//! (dynamic cookies derived from each server's address) and never take HAProxy 2.6's
+//! `del server` paths. A free slot is in maintenance, weight 0, address 0.0.0.0.
 //!
-//! The configuration changes only when services (or their slot capacity) change;
-//! replica changes are runtime commands and never touch it.
+//! The configuration's *shape* (services, binds, slot counts, server options) changes
+//! only when services change; replica changes are runtime commands and never touch it.
+//! When the shape does change, the file is rendered with every slot's current address,
+//! weight and state written in (HAProxy 2.6 does not restore an IP-literal server's
+//! address from the server-state file), so a reload loses no server; the state file
+//! then carries over health and drain states.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::Path;
 
-use crate::spec::ScaledService;
+use sha2::{Digest, Sha256};
+
+use crate::spec::{ScaledService, ServerOptions};
 
 /// Prefix of slot names: `slot1`, `slot2`, ...
 pub const SLOT_PREFIX: &str = "slot";
 /// The stickiness cookie the managed backends insert.
 pub const COOKIE_NAME: &str = "DSSERVER";
+/// The first line of a rendered file, followed by its shape digest.
+const SHAPE_MARKER: &str = "# dockscale-config-shape: ";
 
 /// One service's frontend and backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BackendConfig {
     pub service: String,
     pub backend: String,
     pub bind: Option<SocketAddr>,
     pub port: u16,
     pub slots: u32,
+    pub server: ServerOptions,
+    /// Slots in use, by number (1-based), as observed just before rendering.
+    pub assigned: BTreeMap<u32, AssignedSlot>,
+}
+
+/// A slot's live settings, written into the file on a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AssignedSlot {
+    pub addr: SocketAddrV4,
+    pub weight: u32,
+    /// In rotation (ready or draining); otherwise it stays in maintenance.
+    pub enabled: bool,
+}
+
+/// The slot number of a slot's server name (`slot7` → 7), `None` for other servers.
+pub fn slot_number(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(SLOT_PREFIX)?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl BackendConfig {
@@ -41,6 +70,8 @@ impl BackendConfig {
             bind: lb.bind,
             port: service.spec.template.port.unwrap_or(80),
             slots: slots_for(service),
+            server: lb.server.clone(),
+            assigned: BTreeMap::new(),
         })
     }
 }
@@ -59,7 +90,7 @@ pub fn slots_for(service: &ScaledService) -> u32 {
 }
 
 /// Everything the managed configuration is made of.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ManagedConfig {
     pub socket: String,
     pub pidfile: String,
@@ -89,8 +120,28 @@ impl ManagedConfig {
         }
     }
 
+    /// A digest of everything but the slots' live settings: when it is unchanged the
+    /// running HAProxy needs no reload.
+    pub fn shape(&self) -> String {
+        let mut bare = self.clone();
+        for b in &mut bare.backends {
+            b.assigned.clear();
+        }
+        let digest = Sha256::digest(bare.render_body().as_bytes());
+        digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The shape recorded in a rendered file's first line.
+    pub fn shape_of(text: &str) -> Option<&str> {
+        text.lines().next()?.strip_prefix(SHAPE_MARKER)
+    }
+
     /// The configuration file's text.
     pub fn render(&self) -> String {
+        format!("{SHAPE_MARKER}{}\n{}", self.shape(), self.render_body())
+    }
+
+    fn render_body(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = write!(
@@ -104,7 +155,6 @@ global
     stats timeout 30s
     pidfile {pidfile}
     server-state-file {state}
-    maxconn 20000
     hard-stop-after 60s
 
 defaults
@@ -148,6 +198,16 @@ frontend {service}
                     backend = b.backend,
                 );
             }
+            let check = if b.server.check {
+                " check inter 1s fall 2 rise 2"
+            } else {
+                ""
+            };
+            let maxconn = b
+                .server
+                .maxconn
+                .map(|m| format!(" maxconn {m}"))
+                .unwrap_or_default();
             let _ = write!(
                 out,
                 "
@@ -155,13 +215,27 @@ backend {backend}
     balance roundrobin
     cookie {COOKIE_NAME} insert indirect nocache dynamic
     dynamic-cookie-key {key}
-    server-template {SLOT_PREFIX} 1-{slots} 0.0.0.0:{port} disabled weight 0 check inter 1s fall 2 rise 2
+    default-server{check}{maxconn}
 ",
                 backend = b.backend,
                 key = self.cookie_key,
-                slots = b.slots,
-                port = b.port,
             );
+            for n in 1..=b.slots {
+                let _ = match b.assigned.get(&n) {
+                    Some(a) => writeln!(
+                        out,
+                        "    server {SLOT_PREFIX}{n} {addr} weight {weight}{disabled}",
+                        addr = a.addr,
+                        weight = a.weight,
+                        disabled = if a.enabled { "" } else { " disabled" },
+                    ),
+                    None => writeln!(
+                        out,
+                        "    server {SLOT_PREFIX}{n} 0.0.0.0:{port} weight 0 disabled",
+                        port = b.port
+                    ),
+                };
+            }
         }
         out
     }
@@ -200,10 +274,72 @@ mod tests {
         assert!(text.contains("stats socket /run/ds/haproxy.sock mode 600 level admin"));
         assert!(text.contains("server-state-file /run/ds/haproxy.state"));
         assert!(text.contains("frontend web\n    bind 127.0.0.1:8080\n    default_backend web\n"));
-        assert!(text.contains(
-            "server-template slot 1-16 0.0.0.0:8080 disabled weight 0 check inter 1s fall 2 rise 2"
-        ));
+        assert!(text.contains("    default-server check inter 1s fall 2 rise 2\n"));
+        assert!(text.contains("    server slot1 0.0.0.0:8080 weight 0 disabled\n"));
+        assert!(text.contains("    server slot16 0.0.0.0:8080 weight 0 disabled\n"));
+        assert!(!text.contains("slot17"));
         assert!(text.contains("cookie DSSERVER insert indirect nocache dynamic"));
         assert!(text.contains("http-request use-service prometheus-exporter if { path /metrics }"));
+    }
+
+    fn config_with(assigned: &[(u32, &str, u32, bool)]) -> ManagedConfig {
+        let service = testing::spec().replicas(2).lb().build_service("web");
+        let mut backend = BackendConfig::of(&service).expect("has a load balancer");
+        for (n, addr, weight, enabled) in assigned {
+            backend.assigned.insert(
+                *n,
+                AssignedSlot {
+                    addr: addr.parse().expect("addr"),
+                    weight: *weight,
+                    enabled: *enabled,
+                },
+            );
+        }
+        ManagedConfig::new(
+            Path::new("/run/ds"),
+            "127.0.0.1:9181".parse().expect("addr"),
+            "secret",
+            vec![backend],
+        )
+    }
+
+    #[test]
+    fn a_reload_config_carries_every_slots_live_address_and_weight() {
+        let text = config_with(&[
+            (1, "10.0.0.2:8080", 100, true),
+            (3, "10.0.0.4:8080", 0, false),
+        ])
+        .render();
+        assert!(text.contains("    server slot1 10.0.0.2:8080 weight 100\n"));
+        assert!(text.contains("    server slot2 0.0.0.0:8080 weight 0 disabled\n"));
+        assert!(text.contains("    server slot3 10.0.0.4:8080 weight 0 disabled\n"));
+    }
+
+    #[test]
+    fn the_shape_ignores_live_slots_but_not_services() {
+        let empty = config_with(&[]);
+        let busy = config_with(&[(1, "10.0.0.2:8080", 100, true)]);
+        assert_eq!(empty.shape(), busy.shape());
+        assert_eq!(
+            ManagedConfig::shape_of(&busy.render()),
+            Some(empty.shape().as_str())
+        );
+        let mut more = empty.clone();
+        more.backends[0].slots = 24;
+        assert_ne!(more.shape(), empty.shape());
+        let mut no_check = empty.clone();
+        no_check.backends[0].server.check = false;
+        assert_ne!(no_check.shape(), empty.shape());
+    }
+
+    #[test]
+    fn only_slot_names_have_slot_numbers() {
+        assert_eq!(slot_number("slot1"), Some(1));
+        assert_eq!(slot_number("slot24"), Some(24));
+        for other in [
+            "slot", "slot0", "slot01", "slotx", "web1", "static1", "slot-1",
+        ] {
+            assert_eq!(slot_number(other), None, "{other}");
+        }
     }
 }

@@ -7,6 +7,10 @@
 //! - [`managed`]: the managed HAProxy process: start, adopt, reload, supervise.
 //! - [`balancer`]: [`HaproxyBalancer`], the load balancer the controller drives.
 
+pub mod balancer;
 pub mod config;
+pub mod managed;
 pub mod runtime_api;
 pub mod stats;
+
+pub use balancer::HaproxyBalancer;

@@ -294,6 +294,20 @@ impl RuntimeApi {
         .await
     }
 
+    /// `set server <backend>/<server> addr 0.0.0.0`: the slot points nowhere.
+    pub async fn clear_server_addr(&self, backend: &str, server: &str) -> Result<(), ApiError> {
+        let command = format!("set server {backend}/{server} addr 0.0.0.0");
+        self.run("set server addr", &command, |reply| {
+            let reply = reply.trim();
+            if reply.contains("changed") || reply.contains("no need to change") {
+                Ok(())
+            } else {
+                Err(refused(&command, reply))
+            }
+        })
+        .await
+    }
+
     /// `set server <backend>/<server> state ready|drain|maint`.
     pub async fn set_server_state(
         &self,

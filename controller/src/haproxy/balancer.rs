@@ -1,0 +1,528 @@
+//! [`HaproxyBalancer`]: the [`LoadBalancer`] the controller drives, over the runtime
+//! API, in managed or external mode.
+//!
+//! Both modes fill the backend's `slotN` servers at runtime; they differ in who owns
+//! the configuration. Managed: dockscale renders it, starts HAProxy on the first
+//! service with a load balancer, reloads it when services change and restarts it when
+//! it dies. External: the user's HAProxy must declare the backends and their slots
+//! (`manifests/haproxy.cfg`); a missing backend is an error on that service alone.
+//!
+//! A supervisor task asks HAProxy for its pid every second. A new pid means the
+//! runtime state was lost (a restart, or a reload without a state file): it bumps the
+//! [`LoadBalancer::restarts`] counter and the controller restores every server at once.
+//! It also keeps `/readyz`'s HAProxy check current.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::config::{slot_number, AssignedSlot, BackendConfig, ManagedConfig};
+use super::managed::{ManagedError, ManagedHaproxy, Paths, Started};
+use super::runtime_api::{AdminState, ApiError, Endpoint, RuntimeApi};
+use crate::lb::{BackendLoad, LbError, LoadBalancer};
+use crate::metrics::Metrics;
+use crate::plan::{Admin, Backend, Slot};
+use crate::spec::{ScaledService, ServerOptions};
+use crate::status::StatusHandle;
+
+/// How often the supervisor looks at HAProxy.
+pub const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+
+enum Mode {
+    Managed(Box<ManagedHaproxy>),
+    External,
+}
+
+struct Inner {
+    api: RuntimeApi,
+    mode: Mode,
+    /// The backends last configured (managed mode starts HAProxy again with them).
+    backends: Mutex<Vec<BackendConfig>>,
+    /// The slots in rotation as last observed, by backend: a HAProxy that died is
+    /// started again with them written in, so it serves from its first second.
+    last_seen: Mutex<BTreeMap<String, BTreeMap<u32, AssignedSlot>>>,
+    /// Backend ids by name, for `show stat` (names can be shared with a frontend).
+    ids: Mutex<BTreeMap<String, u32>>,
+    restarts: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    status: StatusHandle,
+}
+
+/// HAProxy as the controller's load balancer.
+pub struct HaproxyBalancer {
+    inner: Arc<Inner>,
+    supervisor: JoinHandle<()>,
+}
+
+impl Drop for HaproxyBalancer {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+impl HaproxyBalancer {
+    /// Managed mode: HAProxy from PATH, its files in `state_dir`, its Prometheus
+    /// exporter on `exporter`. Starts (or adopts) it on the first `configure` with a
+    /// service that has a load balancer.
+    pub fn managed(
+        state_dir: &Path,
+        exporter: SocketAddr,
+        metrics: Arc<Metrics>,
+        status: StatusHandle,
+    ) -> Result<Self, ManagedError> {
+        let paths = Paths::new(state_dir);
+        let api = api_for(ManagedHaproxy::endpoint(&paths), &metrics);
+        let managed = ManagedHaproxy::new(state_dir, exporter, api.clone())?;
+        Ok(Self::with_mode(
+            api,
+            Mode::Managed(Box::new(managed)),
+            metrics,
+            status,
+        ))
+    }
+
+    /// External mode: the HAProxy listening on `endpoint`, which must answer now.
+    pub async fn external(
+        endpoint: Endpoint,
+        metrics: Arc<Metrics>,
+        status: StatusHandle,
+    ) -> Result<Self, ApiError> {
+        let api = api_for(endpoint, &metrics);
+        let info = api.info().await?;
+        tracing::info!(endpoint = %api.endpoint(), version = %info.version, pid = info.pid, "driving an external HAProxy");
+        Ok(Self::with_mode(api, Mode::External, metrics, status))
+    }
+
+    fn with_mode(api: RuntimeApi, mode: Mode, metrics: Arc<Metrics>, status: StatusHandle) -> Self {
+        let (restarts, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            api,
+            mode,
+            backends: Mutex::new(Vec::new()),
+            last_seen: Mutex::new(BTreeMap::new()),
+            ids: Mutex::new(BTreeMap::new()),
+            restarts,
+            metrics,
+            status,
+        });
+        let supervisor = tokio::spawn(supervise(inner.clone()));
+        HaproxyBalancer { inner, supervisor }
+    }
+
+    /// The runtime API endpoint in use.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.inner.api.endpoint()
+    }
+}
+
+fn api_for(endpoint: Endpoint, metrics: &Arc<Metrics>) -> RuntimeApi {
+    let metrics = metrics.clone();
+    RuntimeApi::new(endpoint).with_observer(Arc::new(move |command, result, took| {
+        metrics
+            .haproxy_commands_total
+            .with_label_values(&[command, result])
+            .inc();
+        metrics
+            .haproxy_command_duration_seconds
+            .with_label_values(&[command])
+            .observe(took.as_secs_f64());
+    }))
+}
+
+fn lb_error(e: ApiError) -> LbError {
+    let reason = match e.kind() {
+        "unreachable" | "io" | "timeout" => "HaproxyUnreachable",
+        "no_such_backend" => "BackendMissing",
+        "no_such_server" => "ServerMissing",
+        "parse" => "HaproxyReplyUnreadable",
+        _ => "HaproxyRefused",
+    };
+    LbError::new(reason, e.to_string())
+}
+
+impl Inner {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        // The data is plain values; a panic elsewhere leaves nothing half-written.
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live slots of a backend, as the configuration would write them.
+    async fn live_slots(&self, backend: &str) -> BTreeMap<u32, AssignedSlot> {
+        let Ok(servers) = self.api.servers_state(backend).await else {
+            return BTreeMap::new();
+        };
+        servers
+            .into_iter()
+            .filter_map(|s| {
+                let n = slot_number(&s.name)?;
+                if s.addr.is_unspecified() || s.port == 0 {
+                    return None;
+                }
+                Some((
+                    n,
+                    AssignedSlot {
+                        addr: SocketAddrV4::new(s.addr, s.port),
+                        weight: s.user_weight,
+                        enabled: !s.in_maintenance(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Managed mode: make the running HAProxy serve exactly `backends`.
+    async fn apply(
+        &self,
+        managed: &ManagedHaproxy,
+        mut backends: Vec<BackendConfig>,
+    ) -> Result<(), LbError> {
+        let err = |e: ManagedError| LbError::new(e.kind(), e.to_string());
+        // Slots in use keep their number even if fewer are needed now.
+        for b in &mut backends {
+            b.assigned = self.live_slots(&b.backend).await;
+            if let Some(highest) = b.assigned.keys().max() {
+                b.slots = b.slots.max(*highest);
+            }
+        }
+        let config = managed.config(backends.clone());
+        if managed.master_pid().is_none() {
+            if backends.is_empty() {
+                // Nothing to serve and nothing running: start nothing.
+                *Self::lock(&self.backends) = backends;
+                return Ok(());
+            }
+            match managed.start(&config).await.map_err(err)? {
+                Started::Fresh => tracing::info!("managed HAProxy started"),
+                Started::Adopted => tracing::info!("managed HAProxy adopted"),
+            }
+        }
+        if managed.running_shape().as_deref() != Some(config.shape().as_str()) {
+            tracing::info!(
+                backends = ?backends.iter().map(|b| &b.backend).collect::<Vec<_>>(),
+                "services changed: reloading HAProxy with the current servers written in"
+            );
+            let result = managed.reload(&config).await.map_err(err);
+            self.metrics
+                .haproxy_reloads_total
+                .with_label_values(&[if result.is_ok() {
+                    "services_changed"
+                } else {
+                    "failed"
+                }])
+                .inc();
+            result?;
+            Self::lock(&self.ids).clear();
+        }
+        for b in &mut backends {
+            b.assigned.clear();
+        }
+        *Self::lock(&self.backends) = backends;
+        Ok(())
+    }
+
+    async fn backend_id(&self, backend: &str) -> Result<u32, LbError> {
+        if let Some(id) = Self::lock(&self.ids).get(backend) {
+            return Ok(*id);
+        }
+        let servers = self
+            .api
+            .servers_state(backend)
+            .await
+            .map_err(|e| self.missing(backend, e))?;
+        let id = servers
+            .first()
+            .map(|s| s.backend_id)
+            .ok_or_else(|| self.no_slots(backend))?;
+        Self::lock(&self.ids).insert(backend.to_owned(), id);
+        Ok(id)
+    }
+
+    fn missing(&self, backend: &str, e: ApiError) -> LbError {
+        if let ApiError::Refused { message, .. } = &e {
+            if message.starts_with("Can't find backend") || message.starts_with("No such backend") {
+                let hint = match self.mode {
+                    Mode::External => " (declare it in your haproxy.cfg with `slotN` servers: see manifests/haproxy.cfg)",
+                    Mode::Managed(_) => "",
+                };
+                return LbError::new(
+                    "BackendMissing",
+                    format!("HAProxy has no backend `{backend}`{hint}"),
+                );
+            }
+        }
+        lb_error(e)
+    }
+
+    fn no_slots(&self, backend: &str) -> LbError {
+        LbError::new(
+            "BackendHasNoSlots",
+            format!(
+                "backend `{backend}` has no `slotN` servers for replicas: declare them, e.g. \
+                 `server-template slot 1-32 0.0.0.0:8080 disabled weight 0 check` (see manifests/haproxy.cfg)"
+            ),
+        )
+    }
+}
+
+impl LoadBalancer for HaproxyBalancer {
+    async fn configure(&self, services: &[ScaledService]) -> Result<(), LbError> {
+        let backends: Vec<BackendConfig> = services.iter().filter_map(BackendConfig::of).collect();
+        match &self.inner.mode {
+            Mode::Managed(managed) => self.inner.apply(managed, backends).await,
+            Mode::External => {
+                let present = self.inner.api.backends().await.map_err(lb_error)?;
+                for b in &backends {
+                    if !present.contains(&b.backend) {
+                        tracing::error!(service = %b.service, backend = %b.backend, "the external HAProxy has no such backend");
+                    }
+                }
+                *Inner::lock(&self.inner.backends) = backends;
+                Ok(())
+            }
+        }
+    }
+
+    async fn backend(&self, backend: &str) -> Result<Backend, LbError> {
+        let inner = &self.inner;
+        let servers = inner
+            .api
+            .servers_state(backend)
+            .await
+            .map_err(|e| inner.missing(backend, e))?;
+        let mut slots: Vec<(u32, &super::stats::ServerState)> = servers
+            .iter()
+            .filter_map(|s| Some((slot_number(&s.name)?, s)))
+            .collect();
+        if slots.is_empty() {
+            return Err(inner.no_slots(backend));
+        }
+        slots.sort_by_key(|(n, _)| *n);
+        let id = slots[0].1.backend_id;
+        Inner::lock(&inner.ids).insert(backend.to_owned(), id);
+        let serving: BTreeMap<u32, AssignedSlot> = slots
+            .iter()
+            .filter(|(_, s)| s.running() && !s.addr.is_unspecified() && s.port != 0)
+            .map(|(n, s)| {
+                let slot = AssignedSlot {
+                    addr: SocketAddrV4::new(s.addr, s.port),
+                    weight: s.user_weight,
+                    enabled: true,
+                };
+                (*n, slot)
+            })
+            .collect();
+        Inner::lock(&inner.last_seen).insert(backend.to_owned(), serving);
+        let rows = inner.api.stat(id).await.map_err(lb_error)?;
+        let sessions: BTreeMap<&str, u32> = rows
+            .iter()
+            .filter(|r| r.pxname == backend && !r.is_backend())
+            .map(|r| {
+                let n = r.scur.unwrap_or(0) + r.qcur.unwrap_or(0);
+                (r.svname.as_str(), u32::try_from(n).unwrap_or(u32::MAX))
+            })
+            .collect();
+        Ok(Backend {
+            slots: slots
+                .into_iter()
+                .map(|(_, s)| Slot {
+                    name: s.name.clone(),
+                    addr: (!s.addr.is_unspecified() && s.port != 0)
+                        .then(|| SocketAddrV4::new(s.addr, s.port)),
+                    admin: if s.in_maintenance() {
+                        Admin::Maint
+                    } else if s.draining() {
+                        Admin::Drain
+                    } else {
+                        Admin::Ready
+                    },
+                    up: s.running(),
+                    weight: s.user_weight,
+                    sessions: sessions.get(s.name.as_str()).copied().unwrap_or(0),
+                })
+                .collect(),
+        })
+    }
+
+    async fn assign(&self, backend: &str, slot: &str, addr: SocketAddrV4) -> Result<(), LbError> {
+        let api = &self.inner.api;
+        api.set_server_state(backend, slot, AdminState::Maint)
+            .await
+            .map_err(lb_error)?;
+        api.set_server_weight(backend, slot, 0)
+            .await
+            .map_err(lb_error)?;
+        api.set_server_addr(backend, slot, addr)
+            .await
+            .map_err(lb_error)
+    }
+
+    async fn enable(
+        &self,
+        backend: &str,
+        slot: &str,
+        options: &ServerOptions,
+    ) -> Result<(), LbError> {
+        let api = &self.inner.api;
+        api.set_server_weight(backend, slot, options.weight)
+            .await
+            .map_err(lb_error)?;
+        if let Some(maxconn) = options.maxconn {
+            api.set_server_maxconn(backend, slot, maxconn)
+                .await
+                .map_err(lb_error)?;
+        }
+        if options.check {
+            // The replica was just seen answering: a slot that checks marked DOWN for
+            // an earlier replica must not wait `rise` checks for this one.
+            api.set_server_health_up(backend, slot)
+                .await
+                .map_err(lb_error)?;
+        }
+        api.set_server_state(backend, slot, AdminState::Ready)
+            .await
+            .map_err(lb_error)
+    }
+
+    async fn reconfigure(
+        &self,
+        backend: &str,
+        slot: &str,
+        options: &ServerOptions,
+    ) -> Result<(), LbError> {
+        let api = &self.inner.api;
+        api.set_server_weight(backend, slot, options.weight)
+            .await
+            .map_err(lb_error)?;
+        if let Some(maxconn) = options.maxconn {
+            api.set_server_maxconn(backend, slot, maxconn)
+                .await
+                .map_err(lb_error)?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&self, backend: &str, slot: &str) -> Result<(), LbError> {
+        self.inner
+            .api
+            .set_server_state(backend, slot, AdminState::Drain)
+            .await
+            .map_err(lb_error)
+    }
+
+    async fn release(&self, backend: &str, slot: &str) -> Result<(), LbError> {
+        let api = &self.inner.api;
+        api.set_server_state(backend, slot, AdminState::Maint)
+            .await
+            .map_err(lb_error)?;
+        api.set_server_weight(backend, slot, 0)
+            .await
+            .map_err(lb_error)?;
+        api.clear_server_addr(backend, slot).await.map_err(lb_error)
+    }
+
+    async fn load(&self, backend: &str) -> Result<BackendLoad, LbError> {
+        let inner = &self.inner;
+        let mut id = inner.backend_id(backend).await?;
+        let mut rows = inner.api.stat(id).await.map_err(lb_error)?;
+        if !rows.iter().any(|r| r.pxname == backend && r.is_backend()) {
+            // Ids move when the configuration changes: look the backend up again.
+            Inner::lock(&inner.ids).remove(backend);
+            id = inner.backend_id(backend).await?;
+            rows = inner.api.stat(id).await.map_err(lb_error)?;
+        }
+        let total = rows
+            .iter()
+            .find(|r| r.pxname == backend && r.is_backend())
+            .ok_or_else(|| {
+                LbError::new(
+                    "BackendMissing",
+                    format!("HAProxy has no backend `{backend}`"),
+                )
+            })?;
+        // The backend's own scur counts queued streams too: add the servers' instead.
+        let serving: u64 = rows
+            .iter()
+            .filter(|r| r.pxname == backend && !r.is_backend())
+            .filter_map(|r| r.scur)
+            .sum();
+        Ok(BackendLoad {
+            scur: serving as f64,
+            qcur: total.qcur.unwrap_or(0) as f64,
+            qtime_ms: total.qtime.unwrap_or(0) as f64,
+            rate: total.rate.unwrap_or(0) as f64,
+        })
+    }
+
+    async fn healthy(&self) -> Option<bool> {
+        Some(self.inner.api.info().await.is_ok())
+    }
+
+    fn restarts(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.restarts.subscribe())
+    }
+}
+
+/// Every second: is HAProxy there, and is it the same process as before?
+async fn supervise(inner: Arc<Inner>) {
+    let mut last_pid: Option<u32> = None;
+    let mut ticker = tokio::time::interval(SUPERVISE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Mode::Managed(managed) = &inner.mode {
+            let mut backends = Inner::lock(&inner.backends).clone();
+            let serving = !backends.is_empty();
+            if serving && managed.master_pid().is_none() {
+                tracing::error!(
+                    "the managed HAProxy is gone: starting it again with the servers it had"
+                );
+                let last_seen = Inner::lock(&inner.last_seen).clone();
+                for b in &mut backends {
+                    if let Some(slots) = last_seen.get(&b.backend) {
+                        b.assigned = slots.clone();
+                        if let Some(highest) = slots.keys().max() {
+                            b.slots = b.slots.max(*highest);
+                        }
+                    }
+                }
+                let config: ManagedConfig = managed.config(backends);
+                match managed.restart_if_dead(&config).await {
+                    Ok(true) => {
+                        inner.metrics.haproxy_restarts_total.inc();
+                        Inner::lock(&inner.ids).clear();
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "starting HAProxy again"),
+                }
+            }
+            if !serving && managed.master_pid().is_none() {
+                inner.status.update(|s| s.haproxy_reachable = None);
+                continue;
+            }
+        }
+        match inner.api.info().await {
+            Ok(info) => {
+                inner.status.update(|s| s.haproxy_reachable = Some(true));
+                if last_pid.is_some_and(|p| p != info.pid) {
+                    tracing::warn!(
+                        old = last_pid,
+                        new = info.pid,
+                        "HAProxy's process changed: restoring every server"
+                    );
+                    Inner::lock(&inner.ids).clear();
+                    inner.restarts.send_modify(|n| *n += 1);
+                }
+                last_pid = Some(info.pid);
+            }
+            Err(e) => {
+                inner.status.update(|s| s.haproxy_reachable = Some(false));
+                tracing::warn!(error = %e, "HAProxy does not answer");
+            }
+        }
+    }
+}
