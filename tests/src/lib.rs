@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 
 use dockscale::cli::{Cli, Command as CliCommand};
 
+pub mod haproxy;
+
 /// The demo image every test runs.
 pub const WEBAPP_IMAGE: &str = "dockscale-webapp:latest";
 
