@@ -54,12 +54,6 @@ pub enum AppError {
 /// Runs the controller until `shutdown` resolves; the replicas keep running after.
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let services = manifest::load(&args.paths).map_err(AppError::Spec)?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| AppError::Listen {
-            addr: args.listen,
-            source,
-        })?;
     std::fs::create_dir_all(&args.state_dir).map_err(|source| AppError::StateDir {
         path: args.state_dir.clone(),
         source,
@@ -112,6 +106,18 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         metrics.clone(),
     );
 
+    if args.dry_run {
+        let text = controller.dry_run().await.map_err(AppError::Docker)?;
+        print!("{text}");
+        return Ok(());
+    }
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: args.listen,
+            source,
+        })?;
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let _watch = crate::watch::watch(&args.paths, changes_tx).map_err(AppError::Watch)?;
 

@@ -282,6 +282,39 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         self.shutdown().await;
     }
 
+    /// Observes once and describes what the next pass would do for every service,
+    /// without executing anything (`dockscale run --dry-run`).
+    pub async fn dry_run(mut self) -> Result<String, DockerError> {
+        let listed = self.runtime.list_owned().await?;
+        let mut out = String::new();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let Some(entry) = self.services.get(&name) else {
+                continue;
+            };
+            let observed = observe(
+                self.runtime.clone(),
+                self.lb.clone(),
+                entry,
+                &listed,
+                self.settings.probe_timeout,
+            )
+            .await;
+            let Some(entry) = self.services.get_mut(&name) else {
+                continue;
+            };
+            let (plan, _, _) = plan_service(entry, &name, &listed, &observed, &self.settings);
+            let backend = entry
+                .spec
+                .spec
+                .load_balancer
+                .as_ref()
+                .map(|l| l.backend.to_string());
+            out.push_str(&describe_plan(&name, backend.as_deref(), &plan, &listed));
+        }
+        Ok(out)
+    }
+
     /// Lets Docker operations in flight finish (a create half done would leave a
     /// container to clean up), for a few seconds at most.
     async fn shutdown(&mut self) {
@@ -633,48 +666,21 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let Some(entry) = self.services.get_mut(name) else {
             return;
         };
-        let replicas: Vec<&Replica> = listed.iter().filter(|r| r.service == name).collect();
-        entry
-            .died
-            .retain(|id, _| replicas.iter().any(|r| &r.id == id));
-        let patched: Vec<Replica> = replicas
-            .iter()
-            .filter_map(|r| {
-                let code = entry.died.get(&r.id)?;
-                let mut dead = (*r).clone();
-                if dead.state == ContainerState::Running || dead.state == ContainerState::Paused {
-                    dead.state = ContainerState::Exited;
-                    dead.status = format!("Exited ({}) just now", code.unwrap_or(-1));
-                    dead.ips.clear();
+        let (plan, replica_count, exits) =
+            plan_service(entry, name, listed, &observed, &self.settings);
+        if !exits.is_empty() {
+            let now = SystemTime::now();
+            self.status.update(|s| {
+                if let Some(svc) = s.services.get_mut(name) {
+                    for (kind, reason, message) in exits {
+                        svc.record(kind, reason, message, now);
+                    }
                 }
-                Some(dead)
-            })
-            .collect();
-        let replicas: Vec<&Replica> = replicas
-            .into_iter()
-            .filter(|r| !entry.died.contains_key(&r.id))
-            .chain(patched.iter())
-            .collect();
-        let desired = entry.desired();
-        let input = plan::Input {
-            service: name,
-            spec: &entry.spec.spec,
-            desired,
-            template_hash: &entry.template_hash,
-            replicas: replicas.clone(),
-            image_present: observed.image_present,
-            backend: observed.backend.as_ref().ok(),
-            backend_error: observed.backend.as_ref().err().map(|e| e.message.as_str()),
-            answering: &observed.answering,
-            now: Now {
-                instant: Instant::now(),
-                unix_ns: unix_ns(SystemTime::now()),
-            },
-            limits: Limits {
-                max_parallel: self.settings.max_parallel,
-            },
+            });
+        }
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
         };
-        let plan = plan::plan(&input, &entry.memory);
         entry.memory.rollout = plan.rollout.clone();
         tracing::debug!(actions = ?plan.actions, counts = ?plan.counts, "planned");
 
@@ -716,7 +722,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             entry.wake(Instant::now() + after);
         }
         let finished = entry.deleting
-            && replicas.is_empty()
+            && replica_count == 0
             && entry.memory.creating.is_empty()
             && entry.memory.removing.is_empty();
         self.update_status(name, &plan, &observed, &errors);
@@ -830,7 +836,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     id,
                     name: replica,
                     reason,
-                    age,
+                    age: _,
                 } => {
                     if !entry.memory.removing.insert(id.clone()) {
                         continue;
@@ -852,33 +858,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                             .inc();
                     }
                     match reason {
-                        plan::RemoveReason::Exited { code } => {
-                            let delay = entry.memory.crash_loop.record_exit(
-                                plan::ExitRecord {
-                                    name: replica.clone(),
-                                    code: *code,
-                                },
-                                *age,
-                                Instant::now(),
-                                &self.settings.crash_backoff,
-                            );
-                            let code = code.map_or("unknown".to_owned(), |c| c.to_string());
-                            let message = if delay.is_zero() {
-                                format!("Replica {replica} exited (code {code}); replacing it")
-                            } else {
-                                format!(
-                                    "Replica {replica} exited (code {code}), {} exits in a row; back-off {} before replacing it",
-                                    entry.memory.crash_loop.consecutive,
-                                    humantime::format_duration(delay)
-                                )
-                            };
-                            let reason = if delay.is_zero() {
-                                "ReplicaExited"
-                            } else {
-                                "BackOff"
-                            };
-                            events.push((EventType::Warning, reason, message));
-                        }
+                        // Counted in the crash loop (and reported) before planning.
+                        plan::RemoveReason::Exited { .. } => {}
                         plan::RemoveReason::NeverStarted => events.push((
                             EventType::Warning,
                             "NeverStarted",
@@ -1036,7 +1017,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     humantime::format_duration(Duration::from_secs(until.saturating_duration_since(Instant::now()).as_secs()))
                 ))),
                 _ => None,
-            }).or_else(|| create_error.clone().map(|m| ("FailedCreate", m)));
+            }).or_else(|| create_error.clone().map(|m| ("FailedCreate", m)))
+            // Between back-offs (a replacement starting) the loop is still on, until the
+            // service is fully ready again.
+            .or_else(|| (crash.consecutive >= 2 && counts.ready < counts.desired).then(|| ("CrashLoopBackOff", format!(
+                "{} replica exits in a row (last: {}); replacing with back-off",
+                crash.consecutive,
+                crash.last_exit.as_ref().map_or("unknown".to_owned(), |e| format!("{} code {}", e.name, e.code.map_or("?".to_owned(), |c| c.to_string()))),
+            ))));
             let reason_was = svc.condition(ConditionType::ReplicaFailure).map(|c| (c.status, c.reason.clone()));
             match &failure {
                 Some((reason, message)) => {
@@ -1079,6 +1067,146 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     pub fn status(&self) -> StatusHandle {
         self.status.clone()
     }
+}
+
+/// A plan as an operator reads it: one line per action.
+pub fn describe_plan(
+    service: &str,
+    backend: Option<&str>,
+    plan: &Plan,
+    listed: &[Replica],
+) -> String {
+    use std::fmt::Write;
+    let c = plan.counts;
+    let mut out = format!(
+        "{service}: desired {}, current {}, ready {}, up-to-date {}\n",
+        c.desired, c.current, c.ready, c.updated
+    );
+    let name_of = |id: &ContainerId| {
+        listed
+            .iter()
+            .find(|r| &r.id == id)
+            .map_or_else(|| id.to_string(), |r| r.name.clone())
+    };
+    let backend = backend.unwrap_or("-");
+    let mut creates = 0;
+    for action in &plan.actions {
+        // Writing to a String cannot fail.
+        let _ = match action {
+            Action::EnsureNetwork => writeln!(out, "  create network (if missing)"),
+            Action::Create => {
+                creates += 1;
+                Ok(())
+            }
+            Action::Remove { name, reason, .. } => {
+                writeln!(out, "  stop and remove {name} ({reason:?})")
+            }
+            Action::AssignSlot { id, slot, addr } => writeln!(
+                out,
+                "  add server {backend}/{slot} -> {addr} for {} (maintenance, weight 0)",
+                name_of(id)
+            ),
+            Action::Enable { id, slot } => {
+                writeln!(out, "  enable server {backend}/{slot} ({})", name_of(id))
+            }
+            Action::Drain { id, slot, reason } => writeln!(
+                out,
+                "  drain server {backend}/{slot} ({}, {reason:?})",
+                name_of(id)
+            ),
+            Action::Release { slot } => {
+                writeln!(
+                    out,
+                    "  release server {backend}/{slot} (maintenance, freed)"
+                )
+            }
+            Action::Reconfigure { slot } => {
+                writeln!(out, "  re-apply weight and maxconn to {backend}/{slot}")
+            }
+        };
+    }
+    if creates > 0 {
+        let _ = writeln!(out, "  create {creates} replica(s)");
+    }
+    for note in &plan.notes {
+        let _ = writeln!(out, "  note: {note:?}");
+    }
+    if plan.actions.is_empty() {
+        out.push_str("  nothing to do\n");
+    }
+    out
+}
+
+/// Plans one service from the Docker list and its observation. A container Docker
+/// reported dead (`die` event) counts as exited even while the list still shows it
+/// running. Returns the plan and how many containers the service has.
+fn plan_service(
+    entry: &mut Entry,
+    name: &str,
+    listed: &[Replica],
+    observed: &Observation,
+    settings: &Settings,
+) -> (Plan, usize, Vec<(EventType, &'static str, String)>) {
+    let replicas: Vec<&Replica> = listed.iter().filter(|r| r.service == name).collect();
+    entry
+        .died
+        .retain(|id, _| replicas.iter().any(|r| &r.id == id));
+    let patched: Vec<Replica> = replicas
+        .iter()
+        .filter_map(|r| {
+            let code = entry.died.get(&r.id)?;
+            let mut dead = (*r).clone();
+            if dead.state == ContainerState::Running || dead.state == ContainerState::Paused {
+                dead.state = ContainerState::Exited;
+                dead.status = format!("Exited ({}) just now", code.unwrap_or(-1));
+                dead.ips.clear();
+            }
+            Some(dead)
+        })
+        .collect();
+    let replicas: Vec<&Replica> = replicas
+        .into_iter()
+        .filter(|r| !entry.died.contains_key(&r.id))
+        .chain(patched.iter())
+        .collect();
+    let now = Now {
+        instant: Instant::now(),
+        unix_ns: unix_ns(SystemTime::now()),
+    };
+    let exits = plan::record_exits(&mut entry.memory, &replicas, now, &settings.crash_backoff);
+    let input = plan::Input {
+        service: name,
+        spec: &entry.spec.spec,
+        desired: entry.desired(),
+        template_hash: &entry.template_hash,
+        replicas: replicas.clone(),
+        image_present: observed.image_present,
+        backend: observed.backend.as_ref().ok(),
+        backend_error: observed.backend.as_ref().err().map(|e| e.message.as_str()),
+        answering: &observed.answering,
+        now,
+        limits: Limits {
+            max_parallel: settings.max_parallel,
+        },
+    };
+    let plan = plan::plan(&input, &entry.memory);
+    let consecutive = entry.memory.crash_loop.consecutive;
+    let exits = exits
+        .into_iter()
+        .map(|(exit, delay)| {
+            let code = exit.code.map_or("unknown".to_owned(), |c| c.to_string());
+            let name = exit.name;
+            if delay.is_zero() {
+                (EventType::Warning, "ReplicaExited", format!("Replica {name} exited (code {code}); replacing it"))
+            } else {
+                (EventType::Warning, "BackOff", format!(
+                    "Replica {name} exited (code {code}), {consecutive} exits in a row; back-off {} before replacing it",
+                    humantime::format_duration(delay)
+                ))
+            }
+        })
+        .collect();
+    (plan, replicas.len(), exits)
 }
 
 /// What one service's observation found, besides the Docker list.

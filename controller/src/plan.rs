@@ -110,6 +110,8 @@ pub struct Memory {
     pub rollout: Option<RolloutProgress>,
     /// Operator holds already reported, so each is reported once.
     pub reported_holds: BTreeSet<ContainerId>,
+    /// Exited replicas already counted in the crash loop.
+    pub exits_seen: BTreeSet<ContainerId>,
 }
 
 #[derive(Clone, Debug)]
@@ -179,6 +181,36 @@ impl CrashLoop {
     pub fn backing_off(&self, now: Instant) -> Option<Instant> {
         self.next_create_at.filter(|at| *at > now)
     }
+}
+
+/// Counts every replica seen exited for the first time in the crash loop, before the
+/// pass is planned, so that the pass removing it already holds its replacement back.
+/// Returns the exits counted, with the back-off each one set.
+pub fn record_exits(
+    memory: &mut Memory,
+    replicas: &[&Replica],
+    now: Now,
+    policy: &BackoffPolicy,
+) -> Vec<(ExitRecord, Duration)> {
+    memory
+        .exits_seen
+        .retain(|id| replicas.iter().any(|r| &r.id == id));
+    let mut recorded = Vec::new();
+    for r in replicas {
+        let exited = matches!(r.state, ContainerState::Exited | ContainerState::Dead);
+        if exited && !memory.removing.contains(&r.id) && memory.exits_seen.insert(r.id.clone()) {
+            let exit = ExitRecord {
+                name: r.name.clone(),
+                code: r.exit_code(),
+            };
+            let delay =
+                memory
+                    .crash_loop
+                    .record_exit(exit.clone(), age_of(r, now), now.instant, policy);
+            recorded.push((exit, delay));
+        }
+    }
+    recorded
 }
 
 impl BackoffPolicy {
@@ -1403,5 +1435,44 @@ mod tests {
         }));
         assert_eq!(creates(&plan), 0);
         assert!(drained(&plan).is_empty(), "old replicas keep serving");
+    }
+
+    // Regression: the exit used to be counted only when its removal was executed, after
+    // the same pass had already created the replacement, so every other replacement
+    // skipped its back-off.
+    #[test]
+    fn the_pass_that_removes_an_exited_replica_already_backs_off() {
+        let mut w = World::new(testing::spec().replicas(1).build());
+        let policy = BackoffPolicy {
+            base: Duration::from_secs(1),
+            ..BackoffPolicy::default()
+        };
+        let mut delays = Vec::new();
+        for n in 0..4u8 {
+            // The current replica exits (the clock stands still: no back-off expires).
+            let mut exited = replica(n + 1, "h1");
+            exited.state = ContainerState::Exited;
+            exited.status = "Exited (1) just now".into();
+            w.replicas = vec![exited];
+            let now = w.now();
+            let refs: Vec<&Replica> = w.replicas.iter().collect();
+            let exits = record_exits(&mut w.memory, &refs, now, &policy);
+            assert_eq!(exits.len(), 1);
+            delays.push(exits[0].1);
+            // Counted once, however many passes see it.
+            assert!(record_exits(&mut w.memory, &refs, now, &policy).is_empty());
+            let plan = w.plan();
+            assert_eq!(
+                creates(&plan),
+                usize::from(n == 0),
+                "pass {n}: {:?}",
+                plan.actions
+            );
+        }
+        assert_eq!(
+            delays,
+            [0, 1, 2, 4].map(Duration::from_secs).to_vec(),
+            "0 for the first exit, then the base doubling"
+        );
     }
 }

@@ -73,6 +73,30 @@ pub fn require_docker() {
     );
 }
 
+/// Runs a future to completion from synchronous code inside a multi-threaded test
+/// (the polling closures of [`wait_for`]).
+pub fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// The `dockscale` binary of this build (`target/<profile>/dockscale`), for tests of
+/// the command line itself.
+pub fn dockscale_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps");
+    let bin = dir.join("dockscale");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p dockscale)",
+        bin.display()
+    );
+    bin
+}
+
 /// A unique DNS-label name: `<prefix>-<5 random>`.
 pub fn unique(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
