@@ -5,6 +5,7 @@
 //! - [`spec`]: the `ScaledService` types, source of the JSON Schema.
 //! - [`manifest`]: reading spec files into validated services, with located errors.
 //! - [`replica`]: the ownership labels, replica names and template hash.
+//! - [`autoscale`]: the pure autoscaler (HPA algorithm) from HAProxy's load.
 //! - [`plan`]: the pure planner: desired + observed + in-flight state → actions.
 //! - [`docker`]: the container runtime trait and its bollard implementation.
 //! - [`lb`]: the load balancer trait the controller drives.
@@ -17,6 +18,7 @@
 //! - [`cli`]: the command line.
 
 pub mod app;
+pub mod autoscale;
 pub mod cli;
 pub mod controller;
 pub mod docker;

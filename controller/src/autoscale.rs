@@ -1,0 +1,551 @@
+//! The autoscaler: HAProxy's backend load in, a replica count out. Pure: no I/O and
+//! no clock reads; time is passed in as a [`Duration`] since any fixed origin, so the
+//! controller, the simulator (`dockscale simulate`) and the tests drive the very same
+//! code.
+//!
+//! It follows the Kubernetes Horizontal Pod Autoscaler
+//! (<https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/>,
+//! "Algorithm details", "Stabilization window", "Scaling policies"):
+//!
+//! - **Signal.** Demand is the mean over `behavior.scaleUp.period` of `scur + qcur`:
+//!   requests being served plus requests HAProxy queued because every server was at
+//!   its `maxconn`. `desired = ceil(demand / inflightPerReplica)`. With a
+//!   `queueTimeMillis` target, `desired = ceil(current × qtime / target)` (the HPA's
+//!   `currentReplicas × currentMetric / desiredMetric`); `qtime` is HAProxy's average
+//!   over the last 1024 requests, so this target reacts more slowly.
+//! - **Tolerance.** When the ratio of demand to what the current replicas are meant to
+//!   carry is within `tolerance` of 1 (default 10%), nothing changes.
+//! - **Stabilization.** The HPA's rule: scale up to the *lowest* recommendation seen in
+//!   `scaleUp.stabilizationWindow`, scale down to the *highest* seen in
+//!   `scaleDown.stabilizationWindow`, so a spike shorter than the window moves nothing
+//!   and a dip does not drop replicas that will be needed a moment later.
+//! - **Rate limits.** At most `maxStep` replicas added per `scaleUp.period` and removed
+//!   per `scaleDown.period` (the HPA's `Pods` policy), counted over the changes this
+//!   autoscaler made in the period.
+//! - **Bounds.** Clamped to `[minReplicas, maxReplicas]`; the spec's `replicas` is only
+//!   the starting point.
+//!
+//! Where it differs: the base of every computation is the count the autoscaler last
+//! asked for, not the count that is ready, so replicas still starting count as if they
+//! served (no runaway scale-up while they start; the HPA gets the same effect from its
+//! readiness delay). A failed sample is a gap, never a zero: with no sample in the
+//! window nothing changes, and while the latest sample is missing the autoscaler only
+//! scales up.
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::lb::BackendLoad;
+use crate::spec::{Autoscale, Target};
+
+/// Why the autoscaler decided what it did. Bounded: used as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Reason {
+    ScaledUp,
+    ScaledDown,
+    /// The recommendation moved but the rate limit (`maxStep` per `period`) held it.
+    LimitedByMaxStep,
+    /// The recommendation moved but the stabilization window held it.
+    Stabilizing,
+    /// Demand is within the tolerance of what the replicas carry.
+    WithinTolerance,
+    /// The recommendation was below `minReplicas`.
+    AtMinReplicas,
+    /// The recommendation was above `maxReplicas`.
+    AtMaxReplicas,
+    /// The recommendation equals the current count.
+    Steady,
+    /// No usable sample: nothing changes.
+    NoMetrics,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::ScaledUp,
+        Reason::ScaledDown,
+        Reason::LimitedByMaxStep,
+        Reason::Stabilizing,
+        Reason::WithinTolerance,
+        Reason::AtMinReplicas,
+        Reason::AtMaxReplicas,
+        Reason::Steady,
+        Reason::NoMetrics,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ScaledUp => "ScaledUp",
+            Reason::ScaledDown => "ScaledDown",
+            Reason::LimitedByMaxStep => "LimitedByMaxStep",
+            Reason::Stabilizing => "Stabilizing",
+            Reason::WithinTolerance => "WithinTolerance",
+            Reason::AtMinReplicas => "AtMinReplicas",
+            Reason::AtMaxReplicas => "AtMaxReplicas",
+            Reason::Steady => "Steady",
+            Reason::NoMetrics => "NoMetrics",
+        }
+    }
+}
+
+/// One decision, with its inputs, for logs, status and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The replica count to run from now on.
+    pub desired: u32,
+    /// The count before this decision.
+    pub previous: u32,
+    /// The raw recommendation (demand over target, tolerance applied, clamped), before
+    /// stabilization and rate limits. `None` without metrics.
+    pub recommendation: Option<u32>,
+    /// Mean `scur + qcur` over the scale-up period.
+    pub demand: Option<f64>,
+    /// Mean `qtime` over the period, in milliseconds.
+    pub qtime_ms: Option<f64>,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Decision {
+    pub fn changed(&self) -> bool {
+        self.desired != self.previous
+    }
+}
+
+/// The autoscaler of one service.
+#[derive(Clone, Debug)]
+pub struct Autoscaler {
+    config: Autoscale,
+    desired: u32,
+    /// Samples within the averaging window; `None` is a failed sample.
+    samples: VecDeque<(Duration, Option<BackendLoad>)>,
+    /// Raw recommendations within the longest stabilization window.
+    recommendations: VecDeque<(Duration, u32)>,
+    /// Changes made, within the longest rate-limit period (signed).
+    changes: VecDeque<(Duration, i64)>,
+    /// When it started, and with what count: held as a scale-down recommendation for
+    /// the first scale-down window.
+    start: (Duration, u32),
+}
+
+impl Autoscaler {
+    /// Starts at `now` from `replicas` (the spec's count, or the replicas found
+    /// running when the controller starts), clamped to the bounds. The starting count
+    /// counts as a recommendation, so nothing is scaled down within the first
+    /// scale-down window.
+    pub fn new(config: &Autoscale, replicas: u32, now: Duration) -> Self {
+        let desired = replicas.clamp(config.min_replicas, config.max_replicas);
+        Autoscaler {
+            desired,
+            config: config.clone(),
+            samples: VecDeque::new(),
+            recommendations: VecDeque::new(),
+            changes: VecDeque::new(),
+            start: (now, desired),
+        }
+    }
+
+    /// Takes a new configuration (a spec edit), keeping the history; the current
+    /// count is clamped to the new bounds.
+    pub fn reconfigure(&mut self, config: &Autoscale) {
+        self.config = config.clone();
+        self.desired = self.desired.clamp(config.min_replicas, config.max_replicas);
+    }
+
+    pub fn config(&self) -> &Autoscale {
+        &self.config
+    }
+
+    /// The count the autoscaler currently asks for.
+    pub fn desired(&self) -> u32 {
+        self.desired
+    }
+
+    /// Takes one sample (`None`: the sample failed) taken at `now` and decides.
+    pub fn observe(&mut self, now: Duration, sample: Option<BackendLoad>) -> Decision {
+        let b = &self.config.behavior;
+        let window = b.scale_up.period.get();
+        self.samples.push_back((now, sample));
+        trim(&mut self.samples, now, window);
+        let longest_stabilization = b
+            .scale_up
+            .stabilization_window
+            .get()
+            .max(b.scale_down.stabilization_window.get());
+        trim(&mut self.recommendations, now, longest_stabilization);
+        let longest_period = b.scale_up.period.get().max(b.scale_down.period.get());
+        trim(&mut self.changes, now, longest_period);
+
+        let current = self.desired;
+        let valid: Vec<&BackendLoad> = self.samples.iter().filter_map(|(_, s)| s.as_ref()).collect();
+        if valid.is_empty() {
+            return Decision {
+                desired: current,
+                previous: current,
+                recommendation: None,
+                demand: None,
+                qtime_ms: None,
+                reason: Reason::NoMetrics,
+                message: format!(
+                    "autoscaler: no sample in the last {}, keeping {current}",
+                    humantime::format_duration(window)
+                ),
+            };
+        }
+        let n = valid.len() as f64;
+        let demand = valid.iter().map(|l| l.scur + l.qcur).sum::<f64>() / n;
+        let qtime = valid.iter().map(|l| l.qtime_ms).sum::<f64>() / n;
+        let latest_missing = sample.is_none();
+
+        // The raw recommendation, with the tolerance band.
+        let (ratio, target_text) = match self.config.target {
+            Target::InflightPerReplica(per) => (
+                demand / (f64::from(current.max(1)) * per),
+                format!("target {per}/replica"),
+            ),
+            Target::QueueTimeMillis(ms) => (
+                qtime / f64::from(ms),
+                format!("qtime {qtime:.0}ms, target {ms}ms"),
+            ),
+        };
+        let within_tolerance = current > 0 && (ratio - 1.0).abs() <= self.config.tolerance;
+        let unclamped = if within_tolerance {
+            current
+        } else {
+            let wanted = match self.config.target {
+                Target::InflightPerReplica(per) => (demand / per).ceil(),
+                Target::QueueTimeMillis(_) => (f64::from(current) * ratio).ceil(),
+            };
+            // Saturating float-to-int: NaN and negatives give 0, huge values u32::MAX.
+            wanted as u32
+        };
+        let (min, max) = (self.config.min_replicas, self.config.max_replicas);
+        let recommendation = unclamped.clamp(min, max);
+        self.recommendations.push_back((now, recommendation));
+
+        // Stabilization (the HPA's rule).
+        let in_window = |w: Duration| {
+            self.recommendations
+                .iter()
+                .filter(move |(t, _)| now.saturating_sub(*t) <= w)
+                .map(|(_, r)| *r)
+        };
+        let up_floor = in_window(b.scale_up.stabilization_window.get())
+            .min()
+            .unwrap_or(recommendation);
+        let down_window = b.scale_down.stabilization_window.get();
+        let starting = (now.saturating_sub(self.start.0) <= down_window).then_some(self.start.1);
+        let down_ceiling = in_window(down_window)
+            .chain(starting)
+            .max()
+            .unwrap_or(recommendation);
+        let mut stabilized = current;
+        if stabilized < up_floor {
+            stabilized = up_floor;
+        }
+        if stabilized > down_ceiling {
+            stabilized = down_ceiling;
+        }
+        if latest_missing && stabilized < current {
+            stabilized = current;
+        }
+
+        // Rate limits.
+        let moved = |period: Duration, up: bool| -> u32 {
+            self.changes
+                .iter()
+                .filter(|(t, _)| now.saturating_sub(*t) < period)
+                .map(|(_, d)| if up { (*d).max(0) } else { (-*d).max(0) })
+                .sum::<i64>()
+                .try_into()
+                .unwrap_or(u32::MAX)
+        };
+        let mut limited = stabilized;
+        if stabilized > current {
+            let room = b.scale_up.max_step.saturating_sub(moved(b.scale_up.period.get(), true));
+            limited = stabilized.min(current.saturating_add(room));
+        } else if stabilized < current {
+            let room = b.scale_down.max_step.saturating_sub(moved(b.scale_down.period.get(), false));
+            limited = stabilized.max(current.saturating_sub(room));
+        }
+        let desired = limited.clamp(min, max);
+
+        let reason = if desired > current {
+            if desired < stabilized { Reason::LimitedByMaxStep } else { Reason::ScaledUp }
+        } else if desired < current {
+            if desired > stabilized { Reason::LimitedByMaxStep } else { Reason::ScaledDown }
+        } else if stabilized != current {
+            Reason::LimitedByMaxStep
+        } else if recommendation != current {
+            Reason::Stabilizing
+        } else if within_tolerance {
+            Reason::WithinTolerance
+        } else if unclamped < min {
+            Reason::AtMinReplicas
+        } else if unclamped > max {
+            Reason::AtMaxReplicas
+        } else {
+            Reason::Steady
+        };
+
+        let mut message = format!(
+            "autoscaler: demand {demand:.1}, {target_text}, recommendation {recommendation}"
+        );
+        if recommendation != unclamped {
+            let _ = write!(message, " (clamped from {unclamped} to [{min}, {max}])");
+        }
+        if within_tolerance {
+            let _ = write!(message, " (within {:.0}% tolerance)", self.config.tolerance * 100.0);
+        }
+        if stabilized != recommendation {
+            let _ = write!(message, ", stabilized to {stabilized}");
+        }
+        if limited != stabilized {
+            let _ = write!(message, ", limited by maxStep to {limited}");
+        }
+        if latest_missing {
+            message.push_str(", latest sample missing (no scale-down)");
+        }
+        let _ = match desired.cmp(&current) {
+            std::cmp::Ordering::Greater => write!(message, ": scaling up from {current} to {desired}"),
+            std::cmp::Ordering::Less => write!(message, ": scaling down from {current} to {desired}"),
+            std::cmp::Ordering::Equal => write!(message, ": keeping {current}"),
+        };
+
+        if desired != current {
+            self.changes.push_back((now, i64::from(desired) - i64::from(current)));
+            self.desired = desired;
+        }
+        Decision {
+            desired,
+            previous: current,
+            recommendation: Some(recommendation),
+            demand: Some(demand),
+            qtime_ms: Some(qtime),
+            reason,
+            message,
+        }
+    }
+}
+
+/// Drops entries older than `window` before `now`.
+fn trim<T>(q: &mut VecDeque<(Duration, T)>, now: Duration, window: Duration) {
+    while q.front().is_some_and(|(t, _)| now.saturating_sub(*t) > window) {
+        q.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_secs(2);
+
+    /// min 1, max 10, 8 in flight per replica, scale up: no window, 4 per 15s; scale
+    /// down: 60s window, 1 per 30s (the demo's behaviour).
+    fn config() -> Autoscale {
+        serde_saphyr::from_str(
+            "minReplicas: 1\nmaxReplicas: 10\ntarget: {inflightPerReplica: 8}\n\
+             behavior:\n  scaleUp: {stabilizationWindow: 0s, maxStep: 4, period: 15s}\n  \
+             scaleDown: {stabilizationWindow: 60s, maxStep: 1, period: 30s}\n",
+        )
+        .expect("fixture parses")
+    }
+
+    fn load(inflight: f64) -> Option<BackendLoad> {
+        Some(BackendLoad {
+            scur: inflight,
+            qcur: 0.0,
+            qtime_ms: 0.0,
+            rate: 0.0,
+        })
+    }
+
+    /// Runs a series (one sample per tick) and returns the desired count after each.
+    fn run(a: &mut Autoscaler, series: impl IntoIterator<Item = Option<BackendLoad>>) -> Vec<u32> {
+        let start = a.samples.back().map_or(Duration::ZERO, |(t, _)| *t + TICK);
+        series
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| a.observe(start + TICK * i as u32, s).desired)
+            .collect()
+    }
+
+    fn direction_changes(trajectory: &[u32]) -> usize {
+        let moves: Vec<i64> = trajectory
+            .windows(2)
+            .map(|w| i64::from(w[1]) - i64::from(w[0]))
+            .filter(|d| *d != 0)
+            .map(i64::signum)
+            .collect();
+        moves.windows(2).filter(|w| w[0] != w[1]).count()
+    }
+
+    #[test]
+    fn a_step_up_scales_by_max_step_per_period() {
+        let mut a = Autoscaler::new(&config(), 1, Duration::ZERO);
+        // 80 in flight needs 10 replicas; the 15 s window averages in the step.
+        let t = run(&mut a, std::iter::repeat_n(load(80.0), 17));
+        // +4 at once, +4 once the 15 s period passed, then the last one.
+        assert_eq!(t, [5, 5, 5, 5, 5, 5, 5, 5, 9, 9, 9, 9, 9, 9, 9, 9, 10]);
+    }
+
+    #[test]
+    fn a_step_down_waits_for_the_window_then_removes_one_per_period() {
+        let mut a = Autoscaler::new(&config(), 6, Duration::ZERO);
+        run(&mut a, std::iter::repeat_n(load(48.0), 10));
+        assert_eq!(a.desired(), 6);
+        let t = run(&mut a, std::iter::repeat_n(load(8.0), 60));
+        // Nothing for the 60 s window, then one replica per 30 s.
+        let first_drop = t.iter().position(|d| *d < 6).expect("scales down");
+        assert_eq!(first_drop, 31, "{t:?}");
+        assert_eq!(&t[31..46], &[5; 15], "{t:?}");
+        assert_eq!(t[46], 4, "{t:?}");
+        assert_eq!(direction_changes(&t), 0);
+    }
+
+    #[test]
+    fn a_spike_shorter_than_the_scale_down_window_leaves_no_trace() {
+        let mut a = Autoscaler::new(&config(), 2, Duration::ZERO);
+        run(&mut a, std::iter::repeat_n(load(16.0), 10));
+        let mut series = vec![load(60.0); 2];
+        series.extend(vec![load(16.0); 50]);
+        let t = run(&mut a, series);
+        let peak = *t.iter().max().expect("non-empty");
+        // The 4 s spike averaged over 15 s asks for 4; it scales up (no up window)...
+        assert_eq!(peak, 4, "{t:?}");
+        // ...and down again only after the 60 s window, one at a time.
+        assert_eq!(t.iter().rposition(|d| *d == 4), Some(37), "{t:?}");
+        assert_eq!(t[38], 3, "{t:?}");
+        assert_eq!(direction_changes(&t), 1);
+    }
+
+    #[test]
+    fn with_an_up_window_a_short_spike_moves_nothing() {
+        let mut c = config();
+        // Longer than the 15 s the demand is averaged over.
+        c.behavior.scale_up.stabilization_window = crate::spec::Duration::from_secs(20);
+        let mut a = Autoscaler::new(&c, 2, Duration::ZERO);
+        run(&mut a, std::iter::repeat_n(load(16.0), 10));
+        let mut series = vec![load(200.0); 2];
+        series.extend(vec![load(16.0); 10]);
+        let t = run(&mut a, series);
+        assert!(t.iter().all(|d| *d == 2), "{t:?}");
+    }
+
+    #[test]
+    fn missing_samples_never_scale_down() {
+        let mut a = Autoscaler::new(&config(), 5, Duration::ZERO);
+        run(&mut a, std::iter::repeat_n(load(40.0), 10));
+        // Every sample fails for two minutes: nothing moves.
+        let t = run(&mut a, std::iter::repeat_n(None, 60));
+        assert!(t.iter().all(|d| *d == 5), "{t:?}");
+        let d = a.observe(Duration::from_secs(10_000), None);
+        assert_eq!(d.reason, Reason::NoMetrics);
+        // Gaps among low samples: no scale-down while the latest sample is missing.
+        let mut b = Autoscaler::new(&config(), 5, Duration::ZERO);
+        b.observe(Duration::ZERO, load(8.0));
+        let d = b.observe(TICK, None);
+        assert_eq!(d.desired, 5, "{}", d.message);
+    }
+
+    #[test]
+    fn noise_within_the_tolerance_changes_nothing() {
+        let mut a = Autoscaler::new(&config(), 4, Duration::ZERO);
+        // 32 in flight is exactly 4 × 8; ±8% noise around it.
+        let noisy = (0..200).map(|i| load(32.0 * (1.0 + 0.08 * ((i * 7 % 5) as f64 - 2.0) / 2.0)));
+        let t = run(&mut a, noisy);
+        assert!(t.iter().all(|d| *d == 4), "{t:?}");
+        let d = a.observe(Duration::from_secs(5000), load(33.0));
+        assert_eq!(d.reason, Reason::WithinTolerance, "{}", d.message);
+    }
+
+    #[test]
+    fn the_count_stays_within_min_and_max() {
+        let mut a = Autoscaler::new(&config(), 50, Duration::ZERO);
+        assert_eq!(a.desired(), 10, "the starting count is clamped");
+        let t = run(&mut a, std::iter::repeat_n(load(10_000.0), 30));
+        assert!(t.iter().all(|d| *d == 10), "{t:?}");
+        let d = a.observe(Duration::from_secs(1000), load(10_000.0));
+        assert_eq!(d.reason, Reason::AtMaxReplicas);
+        let t = run(&mut a, std::iter::repeat_n(load(0.0), 400));
+        assert_eq!(*t.last().expect("non-empty"), 1);
+        assert!(t.iter().all(|d| *d >= 1));
+        let d = a.observe(Duration::from_secs(100_000), load(0.0));
+        assert_eq!(d.reason, Reason::AtMinReplicas);
+    }
+
+    #[test]
+    fn the_rate_limit_is_reported_with_the_figures() {
+        let mut a = Autoscaler::new(&config(), 1, Duration::ZERO);
+        let d = a.observe(Duration::ZERO, load(300.0));
+        assert_eq!(d.desired, 5);
+        assert_eq!(d.reason, Reason::LimitedByMaxStep);
+        assert_eq!(
+            d.message,
+            "autoscaler: demand 300.0, target 8/replica, recommendation 10 (clamped from 38 to [1, 10]), \
+             limited by maxStep to 5: scaling up from 1 to 5"
+        );
+        // Within the same period no more replicas are added.
+        let d = a.observe(TICK, load(300.0));
+        assert_eq!((d.desired, d.reason), (5, Reason::LimitedByMaxStep));
+    }
+
+    #[test]
+    fn a_constant_load_never_oscillates_over_thirty_minutes() {
+        for inflight in [3.0, 20.0, 37.5, 61.0, 79.0] {
+            let mut a = Autoscaler::new(&config(), 1, Duration::ZERO);
+            let t = run(&mut a, std::iter::repeat_n(load(inflight), 900));
+            assert_eq!(direction_changes(&t), 0, "{inflight}: {t:?}");
+            let settled = f64::from(*t.last().expect("non-empty"));
+            let exact = (inflight / 8.0_f64).ceil();
+            // Settles on the exact need, or within the 10% tolerance of it.
+            assert!(
+                settled == exact || (inflight / (settled * 8.0) - 1.0).abs() <= 0.1,
+                "{inflight}: settled on {settled}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sine_wave_is_followed_without_flapping() {
+        let mut a = Autoscaler::new(&config(), 2, Duration::ZERO);
+        // Period 10 minutes, 8..72 in flight.
+        let sine = (0..900).map(|i| {
+            let phase = (i as f64) * 2.0 / 600.0 * std::f64::consts::TAU;
+            load(40.0 + 32.0 * phase.sin())
+        });
+        let t = run(&mut a, sine);
+        let (lo, hi) = (*t.iter().min().expect("n"), *t.iter().max().expect("n"));
+        assert!(hi >= 8 && lo <= 3, "follows the wave: {lo}..{hi}");
+        // One up and one down per wave period at most: 3 periods → ≤ 6 changes.
+        assert!(direction_changes(&t) <= 6, "{t:?}");
+    }
+
+    #[test]
+    fn a_queue_time_target_scales_on_the_ratio() {
+        let mut c = config();
+        c.target = Target::QueueTimeMillis(50);
+        let mut a = Autoscaler::new(&c, 2, Duration::ZERO);
+        let slow = Some(BackendLoad {
+            scur: 16.0,
+            qcur: 10.0,
+            qtime_ms: 150.0,
+            rate: 0.0,
+        });
+        let d = a.observe(Duration::ZERO, slow);
+        assert_eq!((d.recommendation, d.desired), (Some(6), 6), "{}", d.message);
+    }
+
+    #[test]
+    fn queued_requests_count_as_demand() {
+        let mut a = Autoscaler::new(&config(), 2, Duration::ZERO);
+        let queued = Some(BackendLoad {
+            scur: 16.0,
+            qcur: 16.0,
+            qtime_ms: 0.0,
+            rate: 0.0,
+        });
+        assert_eq!(a.observe(Duration::ZERO, queued).desired, 4);
+    }
+}
