@@ -66,6 +66,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let settings = Settings {
         paths: args.paths.clone(),
         sync_period: args.sync_period.get(),
+        metrics_interval: args.metrics_interval.get(),
         max_parallel: usize::from(args.max_parallel),
         crash_backoff: BackoffPolicy {
             base: args.crash_backoff_base.get(),

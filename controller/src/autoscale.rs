@@ -177,7 +177,11 @@ impl Autoscaler {
         trim(&mut self.changes, now, longest_period);
 
         let current = self.desired;
-        let valid: Vec<&BackendLoad> = self.samples.iter().filter_map(|(_, s)| s.as_ref()).collect();
+        let valid: Vec<&BackendLoad> = self
+            .samples
+            .iter()
+            .filter_map(|(_, s)| s.as_ref())
+            .collect();
         if valid.is_empty() {
             return Decision {
                 desired: current,
@@ -262,18 +266,32 @@ impl Autoscaler {
         };
         let mut limited = stabilized;
         if stabilized > current {
-            let room = b.scale_up.max_step.saturating_sub(moved(b.scale_up.period.get(), true));
+            let room = b
+                .scale_up
+                .max_step
+                .saturating_sub(moved(b.scale_up.period.get(), true));
             limited = stabilized.min(current.saturating_add(room));
         } else if stabilized < current {
-            let room = b.scale_down.max_step.saturating_sub(moved(b.scale_down.period.get(), false));
+            let room = b
+                .scale_down
+                .max_step
+                .saturating_sub(moved(b.scale_down.period.get(), false));
             limited = stabilized.max(current.saturating_sub(room));
         }
         let desired = limited.clamp(min, max);
 
         let reason = if desired > current {
-            if desired < stabilized { Reason::LimitedByMaxStep } else { Reason::ScaledUp }
+            if desired < stabilized {
+                Reason::LimitedByMaxStep
+            } else {
+                Reason::ScaledUp
+            }
         } else if desired < current {
-            if desired > stabilized { Reason::LimitedByMaxStep } else { Reason::ScaledDown }
+            if desired > stabilized {
+                Reason::LimitedByMaxStep
+            } else {
+                Reason::ScaledDown
+            }
         } else if stabilized != current {
             Reason::LimitedByMaxStep
         } else if recommendation != current {
@@ -295,7 +313,11 @@ impl Autoscaler {
             let _ = write!(message, " (clamped from {unclamped} to [{min}, {max}])");
         }
         if within_tolerance {
-            let _ = write!(message, " (within {:.0}% tolerance)", self.config.tolerance * 100.0);
+            let _ = write!(
+                message,
+                " (within {:.0}% tolerance)",
+                self.config.tolerance * 100.0
+            );
         }
         if stabilized != recommendation {
             let _ = write!(message, ", stabilized to {stabilized}");
@@ -307,13 +329,18 @@ impl Autoscaler {
             message.push_str(", latest sample missing (no scale-down)");
         }
         let _ = match desired.cmp(&current) {
-            std::cmp::Ordering::Greater => write!(message, ": scaling up from {current} to {desired}"),
-            std::cmp::Ordering::Less => write!(message, ": scaling down from {current} to {desired}"),
+            std::cmp::Ordering::Greater => {
+                write!(message, ": scaling up from {current} to {desired}")
+            }
+            std::cmp::Ordering::Less => {
+                write!(message, ": scaling down from {current} to {desired}")
+            }
             std::cmp::Ordering::Equal => write!(message, ": keeping {current}"),
         };
 
         if desired != current {
-            self.changes.push_back((now, i64::from(desired) - i64::from(current)));
+            self.changes
+                .push_back((now, i64::from(desired) - i64::from(current)));
             self.desired = desired;
         }
         Decision {
@@ -330,7 +357,10 @@ impl Autoscaler {
 
 /// Drops entries older than `window` before `now`.
 fn trim<T>(q: &mut VecDeque<(Duration, T)>, now: Duration, window: Duration) {
-    while q.front().is_some_and(|(t, _)| now.saturating_sub(*t) > window) {
+    while q
+        .front()
+        .is_some_and(|(t, _)| now.saturating_sub(*t) > window)
+    {
         q.pop_front();
     }
 }

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
+use crate::autoscale::{Autoscaler, Reason};
 use crate::docker::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
 use crate::lb::{LbError, LoadBalancer};
 use crate::manifest::{self, LoadedService};
@@ -49,6 +50,8 @@ pub struct Settings {
     pub debounce: Duration,
     /// How long a warming replica's port may take to accept a connection.
     pub probe_timeout: Duration,
+    /// How often autoscaled services sample their backend's load.
+    pub metrics_interval: Duration,
 }
 
 impl Default for Settings {
@@ -60,6 +63,7 @@ impl Default for Settings {
             crash_backoff: BackoffPolicy::default(),
             debounce: Duration::from_millis(200),
             probe_timeout: Duration::from_millis(500),
+            metrics_interval: Duration::from_secs(2),
         }
     }
 }
@@ -103,6 +107,11 @@ struct Entry {
     /// Containers Docker reported dead (`die` event) with their exit code. Docker's
     /// list can still show them running for a moment after the event; the event wins.
     died: BTreeMap<ContainerId, Option<i64>>,
+    /// The autoscaler, once the service's replicas were first seen (it starts from
+    /// the count found running, so a restart of dockscale does not reset it).
+    autoscaler: Option<Autoscaler>,
+    /// The autoscaler's last decision reason, to log repeats at debug level.
+    last_reason: Option<Reason>,
 }
 
 impl Entry {
@@ -117,12 +126,16 @@ impl Entry {
             last_desired: None,
             create_error: None,
             died: BTreeMap::new(),
+            autoscaler: None,
+            last_reason: None,
         }
     }
 
     fn desired(&self) -> u32 {
         if self.deleting {
             0
+        } else if let (Some(a), Some(_)) = (&self.autoscaler, &self.spec.spec.autoscale) {
+            a.desired()
         } else {
             self.spec.spec.replicas
         }
@@ -148,6 +161,8 @@ pub struct Controller<R: ContainerRuntime, L: LoadBalancer> {
     /// Failed configurations in a row, and when to try again.
     lb_failures: u32,
     lb_retry_at: Option<Instant>,
+    /// The autoscalers' time origin.
+    started: Instant,
 }
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
@@ -185,6 +200,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             lb_error: None,
             lb_failures: 0,
             lb_retry_at: None,
+            started: Instant::now(),
         }
     }
 
@@ -207,6 +223,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         self.report_orphans().await;
         self.configure_lb().await;
         let mut lb_restarts = self.lb.restarts();
+        let mut metrics_tick = tokio::time::interval(self.settings.metrics_interval);
+        metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             let next = self
@@ -251,6 +269,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         entry.wake(now);
                     }
                 }
+                _ = metrics_tick.tick() => self.autoscale().await,
                 _ = resync.tick() => {
                     self.reload(false).await;
                     let now = Instant::now();
@@ -313,6 +332,110 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             out.push_str(&describe_plan(&name, backend.as_deref(), &plan, &listed));
         }
         Ok(out)
+    }
+
+    /// The metrics tick: every autoscaled service samples its backend's load and its
+    /// autoscaler decides. A failed sample is passed on as a gap, never as a zero.
+    async fn autoscale(&mut self) {
+        let now = self.started.elapsed();
+        let names: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.autoscaler.is_some() && !e.deleting)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let Some(entry) = self.services.get(&name) else {
+                continue;
+            };
+            let sample = match &entry.spec.spec.load_balancer {
+                Some(lb) => match self.lb.load(lb.backend.as_str()).await {
+                    Ok(load) => Some(load),
+                    Err(e) => {
+                        tracing::debug!(service = %name, error = %e, "load sample failed: a gap");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let Some(entry) = self.services.get_mut(&name) else {
+                continue;
+            };
+            let Some(autoscaler) = entry.autoscaler.as_mut() else {
+                continue;
+            };
+            let decision = autoscaler.observe(now, sample);
+            let config = autoscaler.config().clone();
+            let m = &self.metrics;
+            if let Some(load) = sample {
+                m.backend_scur.with_label_values(&[&name]).set(load.scur);
+                m.backend_qcur.with_label_values(&[&name]).set(load.qcur);
+                m.backend_qtime_seconds
+                    .with_label_values(&[&name])
+                    .set(load.qtime_ms / 1000.0);
+            }
+            if let Some(d) = decision.demand {
+                m.autoscaler_demand.with_label_values(&[&name]).set(d);
+            }
+            if let Some(r) = decision.recommendation {
+                m.autoscaler_recommendation
+                    .with_label_values(&[&name])
+                    .set(i64::from(r));
+            }
+            m.autoscaler_decisions_total
+                .with_label_values(&[&name, decision.reason.as_str()])
+                .inc();
+            for reason in Reason::ALL {
+                m.autoscaler_last_decision
+                    .with_label_values(&[&name, reason.as_str()])
+                    .set(i64::from(reason == decision.reason));
+            }
+            let repeat = entry.last_reason == Some(decision.reason) && !decision.changed();
+            entry.last_reason = Some(decision.reason);
+            if repeat {
+                tracing::debug!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
+            } else {
+                tracing::info!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
+            }
+            if decision.changed() {
+                entry.wake(Instant::now());
+            }
+            let wall = SystemTime::now();
+            self.status.update(|s| {
+                let Some(svc) = s.services.get_mut(&name) else {
+                    return;
+                };
+                let last_scale_time = if decision.changed() {
+                    Some(wall)
+                } else {
+                    svc.autoscaler.as_ref().and_then(|a| a.last_scale_time)
+                };
+                svc.autoscaler = Some(crate::status::AutoscalerStatus {
+                    min_replicas: config.min_replicas,
+                    max_replicas: config.max_replicas,
+                    target: match config.target {
+                        crate::spec::Target::InflightPerReplica(n) => {
+                            format!("inflight {n}/replica")
+                        }
+                        crate::spec::Target::QueueTimeMillis(ms) => format!("qtime {ms}ms"),
+                    },
+                    demand: decision.demand,
+                    recommendation: decision.recommendation,
+                    desired: decision.desired,
+                    reason: decision.reason.as_str().to_owned(),
+                    message: decision.message.clone(),
+                    last_scale_time,
+                });
+                if decision.changed() {
+                    svc.record(
+                        EventType::Normal,
+                        "Autoscaled",
+                        decision.message.clone(),
+                        wall,
+                    );
+                }
+            });
+        }
     }
 
     /// Lets Docker operations in flight finish (a create half done would leave a
@@ -666,6 +789,24 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let Some(entry) = self.services.get_mut(name) else {
             return;
         };
+        match (&entry.spec.spec.autoscale, &mut entry.autoscaler) {
+            (Some(config), None) => {
+                // Start from what runs (a restarted dockscale keeps the scale it had).
+                let running = listed
+                    .iter()
+                    .filter(|r| r.service == name && r.state == ContainerState::Running)
+                    .count() as u32;
+                let start = if running > 0 {
+                    running
+                } else {
+                    entry.spec.spec.replicas
+                };
+                entry.autoscaler = Some(Autoscaler::new(config, start, self.started.elapsed()));
+            }
+            (Some(config), Some(a)) if a.config() != config => a.reconfigure(config),
+            (None, Some(_)) => entry.autoscaler = None,
+            _ => {}
+        }
         let (plan, replica_count, exits) =
             plan_service(entry, name, listed, &observed, &self.settings);
         if !exits.is_empty() {

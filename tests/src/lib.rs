@@ -313,6 +313,19 @@ impl RunningController {
         self.task.as_ref().is_none_or(|t| t.is_finished())
     }
 
+    /// Waits until the controller's HTTP server accepts connections.
+    pub async fn wait_listening(&self) {
+        let start = Instant::now();
+        while tokio::net::TcpStream::connect(self.listen).await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "dockscale never listened on {}",
+                self.listen
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// GETs a path of the controller's HTTP server.
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.listen, path).await
