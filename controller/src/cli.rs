@@ -31,6 +31,25 @@ pub enum Command {
     },
     /// Print the JSON Schema of the spec.
     Schema,
+    /// Replay a recorded load series through the autoscaler; print the timeline as CSV
+    /// (`t_seconds,demand,recommended,replicas,reason`).
+    Simulate {
+        /// The spec file (or directory) with the service.
+        spec: PathBuf,
+        /// The series: CSV `t_seconds,scur,qcur,qtime`, one row per sample; an empty
+        /// cell is a failed sample.
+        #[arg(long)]
+        series: PathBuf,
+        /// The service to simulate. Default: the only one with `autoscale`.
+        #[arg(long)]
+        service: Option<String>,
+        /// How long a new replica takes to become ready.
+        #[arg(long, default_value = "5s")]
+        startup_delay: Duration,
+        /// Also draw demand and replicas over time into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -10,6 +10,7 @@
 //! - [`docker`]: the container runtime trait and its bollard implementation.
 //! - [`lb`]: the load balancer trait the controller drives.
 //! - [`controller`]: the loop: triggers, observation, execution, status.
+//! - [`simulate`]: `dockscale simulate`: a recorded series through the autoscaler.
 //! - [`status`]: conditions, events and counts per service, served over HTTP.
 //! - [`watch`]: the spec file watch (parent directories, for rename-replaced files).
 //! - [`metrics`]: the Prometheus collectors.
@@ -29,6 +30,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod plan;
 pub mod replica;
+pub mod simulate;
 pub mod spec;
 pub mod status;
 #[cfg(test)]

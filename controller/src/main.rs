@@ -17,6 +17,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Simulate {
+            spec,
+            series,
+            service,
+            startup_delay,
+            plot,
+        } => match simulate(
+            &spec,
+            &series,
+            service.as_deref(),
+            startup_delay.get(),
+            plot.as_deref(),
+        ) {
+            Ok(csv) => {
+                print!("{csv}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Schema => {
             print!("{}", dockscale::schema_json());
             ExitCode::SUCCESS
@@ -40,6 +62,29 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn simulate(
+    spec: &std::path::Path,
+    series: &std::path::Path,
+    service: Option<&str>,
+    startup_delay: std::time::Duration,
+    plot: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use dockscale::simulate;
+    let services: Vec<_> = dockscale::manifest::load(&[spec.to_owned()])
+        .map_err(|e| anyhow::anyhow!("the spec does not validate:\n{e}"))?
+        .into_iter()
+        .map(|l| l.service)
+        .collect();
+    let service = simulate::pick_service(&services, service)?;
+    let rows = simulate::read_series(series)?;
+    let timeline = simulate::simulate(service, &rows, startup_delay)?;
+    if let Some(path) = plot {
+        let title = format!("{}: {}", service.name(), series.display());
+        simulate::plot(path, &title, &timeline)?;
+    }
+    Ok(simulate::to_csv(&timeline))
 }
 
 fn init_logging(format: LogFormat) {
