@@ -31,6 +31,18 @@ pub enum Command {
     },
     /// Print the JSON Schema of the spec.
     Schema,
+    /// Show the services of a running controller (a table), or one service's
+    /// conditions and events.
+    Status {
+        /// One service to describe.
+        name: Option<String>,
+        /// Address of the controller's HTTP server (its --listen).
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        addr: SocketAddr,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = crate::status_cli::Output::Table)]
+        output: crate::status_cli::Output,
+    },
     /// Replay a recorded load series through the autoscaler; print the timeline as CSV
     /// (`t_seconds,demand,recommended,replicas,reason`).
     Simulate {

@@ -12,6 +12,7 @@
 //! - [`controller`]: the loop: triggers, observation, execution, status.
 //! - [`simulate`]: `dockscale simulate`: a recorded series through the autoscaler.
 //! - [`status`]: conditions, events and counts per service, served over HTTP.
+//! - [`status_cli`]: `dockscale status`, the table and describe views.
 //! - [`watch`]: the spec file watch (parent directories, for rename-replaced files).
 //! - [`metrics`]: the Prometheus collectors.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the status API.
@@ -33,6 +34,7 @@ pub mod replica;
 pub mod simulate;
 pub mod spec;
 pub mod status;
+pub mod status_cli;
 #[cfg(test)]
 mod testing;
 pub mod watch;

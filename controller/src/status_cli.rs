@@ -1,0 +1,412 @@
+//! `dockscale status`: the running controller's status API, printed like `kubectl get`
+//! (a table), `kubectl describe` (one service) or as JSON.
+//!
+//! The formatting functions are pure (they take the JSON and the time) and tested
+//! here; only [`run`] talks to the controller.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot reach dockscale at http://{addr} ({source}); is `dockscale run` running with --listen {addr}?")]
+    Unreachable {
+        addr: SocketAddr,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("no service named `{0}` (see `dockscale status` for the list)")]
+    NotFound(String),
+    #[error("unexpected answer from http://{addr}{path}: {message}")]
+    Answer {
+        addr: SocketAddr,
+        path: String,
+        message: String,
+    },
+}
+
+/// Output format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A table (or a describe view with NAME).
+    Table,
+    /// The status API's JSON.
+    Json,
+}
+
+/// Fetches and renders the status; the text to print.
+pub async fn run(
+    addr: SocketAddr,
+    name: Option<&str>,
+    output: Output,
+) -> Result<String, StatusError> {
+    let path = match name {
+        Some(n) => format!("/api/v1/services/{n}"),
+        None => "/api/v1/services".to_owned(),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|source| StatusError::Unreachable { addr, source })?;
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .map_err(|source| StatusError::Unreachable { addr, source })?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(StatusError::NotFound(name.unwrap_or_default().to_owned()));
+    }
+    let answer = |message: String| StatusError::Answer {
+        addr,
+        path: path.clone(),
+        message,
+    };
+    if !response.status().is_success() {
+        return Err(answer(format!("HTTP {}", response.status())));
+    }
+    let body: Value = response.json().await.map_err(|e| answer(e.to_string()))?;
+    let now = SystemTime::now();
+    Ok(match (output, name) {
+        (Output::Json, _) => {
+            let mut text =
+                serde_json::to_string_pretty(&body).map_err(|e| answer(e.to_string()))?;
+            text.push('\n');
+            text
+        }
+        (Output::Table, Some(_)) => describe(&body, now),
+        (Output::Table, None) => {
+            let services = body["services"].as_array().cloned().unwrap_or_default();
+            let mut text = table(&services, now);
+            if let Some(errors) = body["specErrors"].as_array().filter(|e| !e.is_empty()) {
+                text.push_str(
+                    "\nThe spec files do not validate; the last good spec is in force:\n",
+                );
+                for e in errors {
+                    let _ = writeln!(text, "  {}", e.as_str().unwrap_or_default());
+                }
+            }
+            text
+        }
+    })
+}
+
+/// A kubectl-style age: `45s`, `3m`, `2h`, `5d`.
+pub fn age(since: Option<&str>, now: SystemTime) -> String {
+    let Some(t) = since.and_then(|s| humantime::parse_rfc3339(s).ok()) else {
+        return "-".to_owned();
+    };
+    let secs = now.duration_since(t).unwrap_or_default().as_secs();
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+fn num(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string())
+}
+
+fn autoscale_column(svc: &Value) -> String {
+    let a = &svc["autoscaler"];
+    if a.is_null() {
+        return "-".to_owned();
+    }
+    format!(
+        "{}/{}-{} {}",
+        num(&a["desired"]),
+        num(&a["minReplicas"]),
+        num(&a["maxReplicas"]),
+        a["target"].as_str().unwrap_or("")
+    )
+}
+
+fn condition<'a>(svc: &'a Value, kind: &str) -> Option<&'a Value> {
+    svc["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// The table of `dockscale status`.
+pub fn table(services: &[Value], now: SystemTime) -> String {
+    let header = [
+        "SERVICE",
+        "DESIRED",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "AUTOSCALE",
+        "AGE",
+        "LAST EVENT",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for svc in services {
+        let available = condition(svc, "Available").map_or("-", |c| {
+            if c["status"] == true {
+                "True"
+            } else {
+                "False"
+            }
+        });
+        let last_event = svc["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(|e| e["message"].as_str())
+            .map(|m| truncate(m, 60))
+            .unwrap_or_default();
+        rows.push(vec![
+            svc["name"].as_str().unwrap_or("?").to_owned(),
+            num(&svc["replicas"]["desired"]),
+            format!(
+                "{}/{}",
+                num(&svc["replicas"]["ready"]),
+                num(&svc["replicas"]["desired"])
+            ),
+            num(&svc["replicas"]["updated"]),
+            available.to_owned(),
+            autoscale_column(svc),
+            age(svc["created"].as_str(), now),
+            last_event,
+        ]);
+    }
+    columns(&rows)
+}
+
+/// The describe view of `dockscale status NAME`.
+pub fn describe(svc: &Value, now: SystemTime) -> String {
+    let mut out = String::new();
+    let r = &svc["replicas"];
+    let _ = writeln!(
+        out,
+        "Name:           {}",
+        svc["name"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
+        "Backend:        {}",
+        svc["backend"].as_str().unwrap_or("<none>")
+    );
+    let _ = writeln!(
+        out,
+        "Generation:     {} (observed {})",
+        num(&svc["generation"]),
+        num(&svc["observedGeneration"])
+    );
+    let _ = writeln!(
+        out,
+        "Template hash:  {}",
+        svc["templateHash"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        out,
+        "Replicas:       {} desired | {} updated | {} current | {} ready | {} starting | {} terminating",
+        num(&r["desired"]),
+        num(&r["updated"]),
+        num(&r["current"]),
+        num(&r["ready"]),
+        num(&r["pending"]),
+        num(&r["terminating"])
+    );
+    let a = &svc["autoscaler"];
+    if !a.is_null() {
+        let _ = writeln!(
+            out,
+            "Autoscaler:     {}..{} replicas, {}; demand {}; desired {} ({})",
+            num(&a["minReplicas"]),
+            num(&a["maxReplicas"]),
+            a["target"].as_str().unwrap_or(""),
+            a["demand"]
+                .as_f64()
+                .map_or("-".to_owned(), |d| format!("{d:.1}")),
+            num(&a["desired"]),
+            a["reason"].as_str().unwrap_or("")
+        );
+        let _ = writeln!(
+            out,
+            "                {}",
+            a["message"].as_str().unwrap_or("")
+        );
+    }
+    out.push_str("Conditions:\n");
+    let mut rows = vec![["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]
+        .map(str::to_owned)
+        .to_vec()];
+    for c in svc["conditions"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            c["type"].as_str().unwrap_or("").to_owned(),
+            if c["status"] == true { "True" } else { "False" }.to_owned(),
+            c["reason"].as_str().unwrap_or("").to_owned(),
+            age(c["lastTransitionTime"].as_str(), now),
+            c["message"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    for line in columns(&rows).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out.push_str("Events:\n");
+    let events = svc["events"].as_array().cloned().unwrap_or_default();
+    if events.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let mut rows = vec![["TYPE", "REASON", "AGE", "MESSAGE"]
+            .map(str::to_owned)
+            .to_vec()];
+        for e in &events {
+            let count = e["count"].as_u64().unwrap_or(1);
+            let mut when = age(e["lastTime"].as_str(), now);
+            if count > 1 {
+                let _ = write!(
+                    when,
+                    " (x{count} over {})",
+                    age(e["firstTime"].as_str(), now)
+                );
+            }
+            rows.push(vec![
+                e["type"].as_str().unwrap_or("").to_owned(),
+                e["reason"].as_str().unwrap_or("").to_owned(),
+                when,
+                e["message"].as_str().unwrap_or("").to_owned(),
+            ]);
+        }
+        for line in columns(&rows).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+/// Left-aligned columns separated by three spaces (the last one unpadded).
+fn columns(rows: &[Vec<String>]) -> String {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count();
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 3));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> SystemTime {
+        humantime::parse_rfc3339(s).expect("time")
+    }
+
+    fn webapp() -> Value {
+        serde_json::json!({
+            "name": "webapp", "generation": 3, "observedGeneration": 3, "templateHash": "ab12cd34ef",
+            "backend": "web", "created": "2026-11-24T10:00:00Z", "deleting": false,
+            "replicas": {"desired": 4, "current": 4, "ready": 3, "updated": 4, "readyUpdated": 3, "pending": 0, "terminating": 0},
+            "autoscaler": {"minReplicas": 2, "maxReplicas": 10, "target": "inflight 8/replica", "demand": 27.5,
+                "recommendation": 4, "desired": 4, "reason": "ScaledUp",
+                "message": "autoscaler: demand 27.5, target 8/replica, recommendation 4: scaling up from 2 to 4",
+                "lastScaleTime": "2026-11-24T10:59:00Z"},
+            "conditions": [
+                {"type": "Available", "status": true, "reason": "MinimumReplicasAvailable", "message": "3 of 4 replicas ready", "lastTransitionTime": "2026-11-24T10:00:05Z"},
+                {"type": "Progressing", "status": true, "reason": "ReplicasUpdating", "message": "3 of 4 ready", "lastTransitionTime": "2026-11-24T10:59:30Z"}
+            ],
+            "events": [
+                {"type": "Normal", "reason": "SuccessfulCreate", "message": "Created replica webapp-x1y2z", "count": 3, "firstTime": "2026-11-24T10:00:01Z", "lastTime": "2026-11-24T10:59:00Z"},
+                {"type": "Normal", "reason": "Autoscaled", "message": "autoscaler: scaling up from 2 to 4", "count": 1, "firstTime": "2026-11-24T10:59:00Z", "lastTime": "2026-11-24T10:59:00Z"}
+            ]
+        })
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now = at("2026-11-24T12:00:00Z");
+        assert_eq!(age(Some("2026-11-24T11:59:15Z"), now), "45s");
+        assert_eq!(age(Some("2026-11-24T11:57:00Z"), now), "3m");
+        assert_eq!(age(Some("2026-11-24T09:00:00Z"), now), "3h");
+        assert_eq!(age(Some("2026-11-19T12:00:00Z"), now), "5d");
+        assert_eq!(age(None, now), "-");
+        assert_eq!(age(Some("garbage"), now), "-");
+    }
+
+    #[test]
+    fn the_table_has_one_row_per_service() {
+        let pool = serde_json::json!({"name": "workers", "created": "2026-11-24T11:00:00Z",
+            "replicas": {"desired": 2, "ready": 2, "updated": 2}, "autoscaler": null, "conditions": [], "events": []});
+        let text = table(&[webapp(), pool], at("2026-11-24T11:00:00Z"));
+        assert_eq!(
+            text,
+            "SERVICE   DESIRED   READY   UP-TO-DATE   AVAILABLE   AUTOSCALE                   AGE   LAST EVENT\n\
+             webapp    4         3/4     4            True        4/2-10 inflight 8/replica   60m   autoscaler: scaling up from 2 to 4\n\
+             workers   2         2/2     2            -           -                           0s\n"
+        );
+    }
+
+    #[test]
+    fn describe_shows_conditions_and_events() {
+        let text = describe(&webapp(), at("2026-11-24T11:00:00Z"));
+        assert!(
+            text.starts_with("Name:           webapp\nBackend:        web\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Replicas:       4 desired | 4 updated | 4 current | 3 ready"),
+            "{text}"
+        );
+        assert!(text.contains("Autoscaler:     2..10 replicas, inflight 8/replica; demand 27.5; desired 4 (ScaledUp)"), "{text}");
+        assert!(
+            text.contains(
+                "  Available     True     MinimumReplicasAvailable   59m   3 of 4 replicas ready\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  Normal   SuccessfulCreate   60s (x3 over 59m)   Created replica webapp-x1y2z\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn odd_json_renders_without_panicking() {
+        let now = SystemTime::now();
+        for v in [
+            serde_json::json!(null),
+            serde_json::json!({}),
+            serde_json::json!({"replicas": 3, "events": "x"}),
+        ] {
+            let _ = describe(&v, now);
+            let _ = table(&[v], now);
+        }
+    }
+}
