@@ -63,6 +63,9 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 
     let status = StatusHandle::default();
     let metrics = Arc::new(Metrics::new());
+    // The first read of the spec counts like every later one.
+    metrics.spec_reloads_total.with_label_values(&["ok"]).inc();
+    metrics.spec_valid.set(1);
     let settings = Settings {
         paths: args.paths.clone(),
         sync_period: args.sync_period.get(),

@@ -385,6 +385,9 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             m.autoscaler_decisions_total
                 .with_label_values(&[&name, decision.reason.as_str()])
                 .inc();
+            m.autoscaler_max_replicas
+                .with_label_values(&[&name])
+                .set(i64::from(config.max_replicas));
             for reason in Reason::ALL {
                 m.autoscaler_last_decision
                     .with_label_values(&[&name, reason.as_str()])

@@ -16,6 +16,8 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every series name registered here, prefix included (for docs checks).
+    names: Vec<String>,
     pub reconcile_total: IntCounterVec,
     pub reconcile_errors_total: IntCounterVec,
     pub reconcile_duration_seconds: HistogramVec,
@@ -27,6 +29,7 @@ pub struct Metrics {
     pub autoscaler_demand: GaugeVec,
     pub autoscaler_decisions_total: IntCounterVec,
     pub autoscaler_last_decision: IntGaugeVec,
+    pub autoscaler_max_replicas: IntGaugeVec,
     pub backend_scur: GaugeVec,
     pub backend_qcur: GaugeVec,
     pub backend_qtime_seconds: GaugeVec,
@@ -48,7 +51,8 @@ impl Metrics {
         let registry = Registry::new_custom(Some("dockscale".to_owned()), None)
             // Constant names and help texts: registration cannot fail.
             .expect("valid registry prefix");
-        let m = Metrics {
+        let mut m = Metrics {
+            names: Vec::new(),
             reconcile_total: IntCounterVec::new(
                 Opts::new("reconcile_total", "Reconcile passes, by service and result (ok, error)."),
                 &["service", "result"],
@@ -106,6 +110,11 @@ impl Metrics {
             autoscaler_last_decision: IntGaugeVec::new(
                 Opts::new("autoscaler_last_decision", "1 for the reason of the autoscaler's last decision, 0 for the others."),
                 &["service", "reason"],
+            )
+            .expect("valid metric"),
+            autoscaler_max_replicas: IntGaugeVec::new(
+                Opts::new("autoscaler_max_replicas", "The service's autoscale.maxReplicas (for alerts on a queue at the ceiling)."),
+                &["service"],
             )
             .expect("valid metric"),
             backend_scur: GaugeVec::new(
@@ -182,6 +191,7 @@ impl Metrics {
             Box::new(m.replicas_updated.clone()),
             Box::new(m.autoscaler_recommendation.clone()),
             Box::new(m.autoscaler_demand.clone()),
+            Box::new(m.autoscaler_max_replicas.clone()),
             Box::new(m.autoscaler_decisions_total.clone()),
             Box::new(m.autoscaler_last_decision.clone()),
             Box::new(m.backend_scur.clone()),
@@ -200,6 +210,9 @@ impl Metrics {
             Box::new(m.up_since.clone()),
         ];
         for c in collectors {
+            for desc in c.desc() {
+                m.names.push(format!("dockscale_{}", desc.fq_name));
+            }
             m.registry.register(c).expect("metric names are unique");
         }
         // The process collector is unprefixed (`process_*`), like every exporter's.
@@ -219,6 +232,11 @@ impl Metrics {
                 .unwrap_or(0.0),
         );
         m
+    }
+
+    /// The names of dockscale's own series (`dockscale_*`).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The text exposition of every series (ours and the process collector's).
@@ -248,6 +266,7 @@ impl Metrics {
             &self.replicas_ready,
             &self.replicas_updated,
             &self.autoscaler_recommendation,
+            &self.autoscaler_max_replicas,
         ] {
             let _ = g.remove_label_values(&[service]);
         }
@@ -282,6 +301,59 @@ impl Drop for ReconcileTimer {
 
 #[cfg(test)]
 mod tests {
+    /// `dockscale_*` names used in a text, histogram suffixes removed.
+    fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("dockscale_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            out.insert(name.to_owned());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn dashboards_and_alerts_use_only_registered_metrics() {
+        let m = super::Metrics::new();
+        for (file, text) in [
+            (
+                "manifests/grafana-dashboard.json",
+                include_str!("../../manifests/grafana-dashboard.json"),
+            ),
+            (
+                "manifests/dockscale-alerts.yml",
+                include_str!("../../manifests/dockscale-alerts.yml"),
+            ),
+        ] {
+            for name in names_in(text) {
+                assert!(
+                    m.names().contains(&name),
+                    "{file} uses {name}, which is not registered"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_is_documented_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        for name in super::Metrics::new().names() {
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README.md does not document `{name}`"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
