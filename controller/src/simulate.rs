@@ -296,22 +296,11 @@ pub fn plot(path: &Path, title: &str, timeline: &[TimelineRow]) -> Result<(), Si
         .y_desc("requests in flight / replicas")
         .draw()
         .map_err(|e| err(&e))?;
-    let series: [(&str, RGBColor, Box<dyn Fn(&TimelineRow) -> Option<f64>>); 3] = [
-        (
-            "demand (scur + qcur, averaged)",
-            BLUE,
-            Box::new(|r| r.demand),
-        ),
-        (
-            "recommended",
-            RED,
-            Box::new(|r| Some(f64::from(r.recommended))),
-        ),
-        (
-            "ready replicas",
-            GREEN,
-            Box::new(|r| Some(f64::from(r.replicas))),
-        ),
+    type Value = fn(&TimelineRow) -> Option<f64>;
+    let series: [(&str, RGBColor, Value); 3] = [
+        ("demand (scur + qcur, averaged)", BLUE, |r| r.demand),
+        ("recommended", RED, |r| Some(f64::from(r.recommended))),
+        ("ready replicas", GREEN, |r| Some(f64::from(r.replicas))),
     ];
     for (label, color, value) in series {
         chart
