@@ -751,7 +751,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 e.due = None;
             }
         }
-        let listed = match self.runtime.list_owned().await {
+        let list_started = std::time::Instant::now();
+        let listed = self.runtime.list_owned().await;
+        self.metrics
+            .docker_list_duration_seconds
+            .observe(list_started.elapsed().as_secs_f64());
+        let listed = match listed {
             Ok(listed) => {
                 self.status.update(|s| s.docker_reachable = true);
                 listed

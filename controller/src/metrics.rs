@@ -21,6 +21,7 @@ pub struct Metrics {
     pub reconcile_total: IntCounterVec,
     pub reconcile_errors_total: IntCounterVec,
     pub reconcile_duration_seconds: HistogramVec,
+    pub docker_list_duration_seconds: prometheus::Histogram,
     pub replicas_desired: IntGaugeVec,
     pub replicas_current: IntGaugeVec,
     pub replicas_ready: IntGaugeVec,
@@ -70,6 +71,14 @@ impl Metrics {
                 )
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
                 &["service"],
+            )
+            .expect("valid metric"),
+            docker_list_duration_seconds: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "docker_list_duration_seconds",
+                    "The Docker list of owned containers each reconcile round starts with (shared by the services due).",
+                )
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             )
             .expect("valid metric"),
             replicas_desired: IntGaugeVec::new(
@@ -185,6 +194,7 @@ impl Metrics {
             Box::new(m.reconcile_total.clone()),
             Box::new(m.reconcile_errors_total.clone()),
             Box::new(m.reconcile_duration_seconds.clone()),
+            Box::new(m.docker_list_duration_seconds.clone()),
             Box::new(m.replicas_desired.clone()),
             Box::new(m.replicas_current.clone()),
             Box::new(m.replicas_ready.clone()),

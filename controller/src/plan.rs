@@ -27,7 +27,7 @@ use crate::spec::ServiceSpec;
 /// assumed lost (the ReplicaSet controller's expectations timeout is five).
 pub const CREATE_EXPECTATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How soon to look again while something is moving (warming, draining, creating).
-pub const ACTIVE_REQUEUE: Duration = Duration::from_millis(250);
+pub const ACTIVE_REQUEUE: Duration = Duration::from_millis(100);
 
 /// The moment a pass is planned for: a monotonic instant for deadlines and the wall
 /// clock for comparing with Docker's timestamps.

@@ -1,0 +1,108 @@
+//! dockscale's benchmarks, side by side with what a user would pick instead, in one run
+//! on one machine. `bench/run` builds everything and calls this binary; it prints a
+//! table and writes `bench/RESULTS.md` (and `bench/autoscale.svg`).
+//!
+//! Everything it creates carries a run id (containers, networks, HAProxy and dockscale
+//! processes, temporary directories) and is removed by [`Cleanup`] on the way out, on
+//! error too. Processes are ended by pid. Every load is bounded in time.
+
+mod measure;
+mod world;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use measure::{median_range, Stats};
+
+#[derive(Parser, Debug)]
+#[command(about = "dockscale benchmarks (see bench/README.md)")]
+struct Args {
+    /// One repetition, small sizes: for development, not for RESULTS.md.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the results (Markdown).
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    out: PathBuf,
+    /// Where to draw the autoscaling timeline.
+    #[arg(long, default_value = "bench/autoscale.svg")]
+    plot: PathBuf,
+    /// The dockscale binary to measure.
+    #[arg(long, default_value = "target/release/dockscale")]
+    dockscale: PathBuf,
+    /// Only these sections (convergence, backend, failure, autoscale, cost).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let reps = if args.quick { 1 } else { 3 };
+    let wants = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let mut world = world::World::new(&args.dockscale).await?;
+    let started = std::time::Instant::now();
+    let mut report = String::new();
+    let machine = measure::machine();
+    let _ = writeln!(report, "# dockscale benchmark results\n");
+    let _ = writeln!(
+        report,
+        "Command: `bench/run{}`. Date: {}. {} repetition(s) per figure; medians with min–max.\n",
+        if args.quick { " --quick" } else { "" },
+        measure::today(),
+        reps
+    );
+    let _ = writeln!(report, "## Machine\n\n{machine}\n");
+    println!("{machine}");
+
+    if wants("convergence") {
+        let sizes: &[u32] = if args.quick { &[10] } else { &[10, 50] };
+        let section = sections::convergence(&mut world, sizes, reps).await?;
+        println!("{section}");
+        report.push_str(&section);
+    }
+    if wants("backend") {
+        let secs = if args.quick { 10 } else { 20 };
+        let section = sections::backend_changes(&mut world, reps, secs).await?;
+        println!("{section}");
+        report.push_str(&section);
+    }
+    if wants("failure") {
+        let section = sections::failure(&mut world, reps).await?;
+        println!("{section}");
+        report.push_str(&section);
+    }
+    if wants("autoscale") {
+        let section = sections::autoscale(&mut world, &args.plot, args.quick).await?;
+        println!("{section}");
+        report.push_str(&section);
+    }
+    if wants("cost") {
+        let sizes: &[u32] = if args.quick { &[0, 20] } else { &[0, 50, 200] };
+        let section = sections::cost(&mut world, sizes).await?;
+        println!("{section}");
+        report.push_str(&section);
+    }
+    let _ = writeln!(
+        report,
+        "\nThe whole run took {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
+    world.cleanup().await;
+    std::fs::write(&args.out, &report)?;
+    println!("written to {}", args.out.display());
+    Ok(())
+}
+
+mod sections;
+
+/// Formats a duration list as "median (min–max)" in seconds.
+fn secs(samples: &[Duration]) -> String {
+    let s: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    match median_range(&s) {
+        Some(Stats { median, min, max }) => format!("{median:.2} s ({min:.2}–{max:.2})"),
+        None => "-".to_owned(),
+    }
+}
