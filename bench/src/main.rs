@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         "\nThe whole run took {:.0} s.",
         started.elapsed().as_secs_f64()
     );
-    world.cleanup().await;
+    world.cleanup();
     std::fs::write(&args.out, &report)?;
     println!("written to {}", args.out.display());
     Ok(())

@@ -182,7 +182,8 @@ impl World {
         self.pidfiles.push((pidfile, marker));
     }
 
-    pub async fn cleanup(&mut self) {
+    /// Ends every process and removes every container and the network of the run.
+    pub fn cleanup(&mut self) {
         for child in &mut self.children {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
             let _ = child.wait();
@@ -191,7 +192,7 @@ impl World {
         for (pidfile, marker) in self.pidfiles.drain(..) {
             end_haproxy(&pidfile, &marker);
         }
-        for s in &self.services {
+        for s in self.services.drain(..) {
             let _ = remove_by_label(&format!("dockscale.service={s}"));
         }
         let _ = remove_by_label(&format!("dockscale-bench.run={}", self.id));
@@ -200,25 +201,10 @@ impl World {
 }
 
 impl Drop for World {
+    /// On an error path too.
     fn drop(&mut self) {
-        if !self.children.is_empty() || !self.pidfiles.is_empty() {
-            let rt = tokio::runtime::Handle::try_current();
-            if rt.is_err() {
-                return;
-            }
-            // Best effort on an error path: the same steps, synchronously.
-            for child in &mut self.children {
-                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-                let _ = child.wait();
-            }
-            for (pidfile, marker) in self.pidfiles.drain(..) {
-                end_haproxy(&pidfile, &marker);
-            }
-            for s in &self.services {
-                let _ = remove_by_label(&format!("dockscale.service={s}"));
-            }
-            let _ = remove_by_label(&format!("dockscale-bench.run={}", self.id));
-            let _ = sh("docker", &["network", "rm", &self.network]);
+        if !self.children.is_empty() || !self.services.is_empty() || !self.pidfiles.is_empty() {
+            self.cleanup();
         }
     }
 }
@@ -237,7 +223,9 @@ pub fn remove_by_label(label: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ends the HAProxy master named by `pidfile` if its command line names `marker`.
+/// Ends the HAProxy master named by `pidfile` if its command line names `marker`,
+/// and waits until it is gone (a SIGTERM that lands during a reload is lost: it is
+/// sent again).
 pub fn end_haproxy(pidfile: &Path, marker: &Path) {
     let Some(pid) = std::fs::read_to_string(pidfile)
         .ok()
@@ -245,10 +233,23 @@ pub fn end_haproxy(pidfile: &Path, marker: &Path) {
     else {
         return;
     };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    if cmdline.contains("haproxy") && cmdline.contains(marker.to_string_lossy().as_ref()) {
+    let ours = || {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'));
+        !zombie
+            && cmdline.contains("haproxy")
+            && cmdline.contains(marker.to_string_lossy().as_ref())
+    };
+    for _ in 0..20 {
+        if !ours() {
+            return;
+        }
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -62,7 +62,7 @@ impl Default for Settings {
             max_parallel: 8,
             crash_backoff: BackoffPolicy::default(),
             debounce: Duration::from_millis(200),
-            probe_timeout: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(200),
             metrics_interval: Duration::from_secs(2),
         }
     }

@@ -138,20 +138,32 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Ends the HAProxy master named by `pidfile` (its workers follow), only if its
-/// command line names `marker` (never a pid that was reused).
+/// Ends the HAProxy master named by `pidfile` (its workers follow), only while its
+/// command line names `marker` (never a pid that was reused), and waits until it is
+/// gone: a SIGTERM that lands during a reload is lost, so it is sent again.
 pub fn end_haproxy(pidfile: &Path, marker: &Path) {
     let Some(pid) = read_pid(pidfile) else {
         return;
     };
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return;
+    let ours = || {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        !zombie
+            && cmdline.contains("haproxy")
+            && cmdline.contains(marker.to_string_lossy().as_ref())
     };
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    if cmdline.contains("haproxy") && cmdline.contains(marker.to_string_lossy().as_ref()) {
+    for _ in 0..20 {
+        if !ours() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -313,6 +325,30 @@ impl Drop for Load {
             h.abort();
         }
     }
+}
+
+/// A user's own HAProxy configuration for external mode: a frontend on `bind` and
+/// `backend` with 8 free `slotN` servers (`{dir}` is the HAProxy's own directory).
+pub fn external_config(bind: SocketAddr, backend: &str) -> String {
+    format!(
+        "global
+    master-worker
+    stats socket {{dir}}/admin.sock mode 600 level admin
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+    retries 3
+    option redispatch 1
+frontend web
+    bind {bind}
+    default_backend {backend}
+backend {backend}
+    balance roundrobin
+    server-template slot 1-8 0.0.0.0:8080 disabled weight 0 check inter 1s fall 2 rise 2
+"
+    )
 }
 
 /// An HAProxy the test starts itself from a configuration file (external mode),

@@ -333,12 +333,20 @@ impl RunningController {
 }
 
 impl Drop for RunningController {
+    /// On a test's panic: stop the controller and wait for it (bounded), so that
+    /// nothing it was starting (an HAProxy) outlives the fixture's cleanup.
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.abort();
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if multi_thread {
+                let _ = block(tokio::time::timeout(Duration::from_secs(15), task));
+            } else {
+                task.abort();
+            }
         }
     }
 }

@@ -248,31 +248,10 @@ async fn a_dead_haproxy_is_restarted_with_its_servers_and_a_dockscale_restart_lo
     controller.stop().await;
 }
 
-const EXTERNAL_CONFIG: &str = r#"
-global
-    master-worker
-    stats socket {dir}/admin.sock mode 600 level admin
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-    retries 3
-    option redispatch 1
-frontend web
-    bind 127.0.0.1:{port}
-    default_backend {backend}
-backend {backend}
-    balance roundrobin
-    server-template slot 1-8 0.0.0.0:8080 disabled weight 0 check inter 1s fall 2 rise 2
-"#;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_external_haproxy_is_driven_and_a_missing_backend_is_reported() {
     let fixture = LbFixture::new("e2e-lbext");
-    let config = EXTERNAL_CONFIG
-        .replace("{port}", &fixture.bind.port().to_string())
-        .replace("{backend}", &fixture.backend);
+    let config = dockscale_e2e::haproxy::external_config(fixture.bind, &fixture.backend);
     let haproxy = ExternalHaproxy::start(&config).await;
     // A second service whose backend the external HAProxy lacks.
     let missing = format!(

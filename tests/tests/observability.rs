@@ -243,27 +243,10 @@ async fn dockscale_status_shows_the_numbers_conditions_and_events() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach dockscale"));
 }
 
-const EXTERNAL: &str = r#"
-global
-    stats socket {dir}/admin.sock mode 600 level admin
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-frontend web
-    bind 127.0.0.1:{port}
-    default_backend {backend}
-backend {backend}
-    server-template slot 1-4 0.0.0.0:8080 disabled weight 0 check
-"#;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_turns_unready_when_the_haproxy_socket_is_gone() {
     let fixture = LbFixture::new("e2e-readyz");
-    let config = EXTERNAL
-        .replace("{port}", &fixture.bind.port().to_string())
-        .replace("{backend}", &fixture.backend);
+    let config = dockscale_e2e::haproxy::external_config(fixture.bind, &fixture.backend);
     let haproxy = ExternalHaproxy::start(&config).await;
     fixture.write_spec(&fixture.lb_spec(1, "hello", ""));
     let socket = haproxy.socket.display().to_string();

@@ -23,6 +23,36 @@ fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> Option<&'a serde_
         .find(|c| c["type"] == kind)
 }
 
+/// Waits until `n` servers are in rotation and UP, and `n` replicas run.
+async fn serving(fixture: &LbFixture, n: usize) {
+    wait_for("replicas serving", Duration::from_secs(60), || {
+        let s = dockscale_e2e::block(fixture.api().servers_state(&fixture.backend));
+        let up = s
+            .map(|s| s.iter().filter(|s| s.running() && !s.draining()).count())
+            .unwrap_or(0);
+        let running = fixture.running().len();
+        if up == n && running == n {
+            Ok(())
+        } else {
+            Err((up, running))
+        }
+    })
+    .await;
+}
+
+/// Waits until `n` replicas run.
+async fn running(fixture: &Fixture, n: usize) {
+    wait_for("replicas running", Duration::from_secs(60), || {
+        let running = fixture.running().len();
+        if running == n {
+            Ok(())
+        } else {
+            Err(running)
+        }
+    })
+    .await;
+}
+
 /// Template hashes of the running replicas.
 fn hashes(fixture: &Fixture) -> Vec<String> {
     fixture
@@ -50,18 +80,7 @@ async fn a_template_change_rolls_every_replica_under_load_without_a_failed_reque
     let rollout = "  rollout: {maxSurge: 1, maxUnavailable: 0}\n";
     fixture.write_spec(&fixture.lb_spec(6, "v1", rollout));
     let controller = RunningController::start(&fixture.lb_run_args(&[]));
-    wait_for("6 serving", Duration::from_secs(60), || {
-        let s = dockscale_e2e::block(fixture.api().servers_state(&fixture.backend));
-        let up = s
-            .map(|s| s.iter().filter(|s| s.running() && !s.draining()).count())
-            .unwrap_or(0);
-        if up == 6 {
-            Ok(())
-        } else {
-            Err(up)
-        }
-    })
-    .await;
+    serving(&fixture, 6).await;
     let old: BTreeSet<String> = fixture.running().into_iter().map(|c| c.id).collect();
     let old_hash = hashes(&fixture)[0].clone();
 
@@ -120,15 +139,7 @@ async fn a_missing_image_stops_the_rollout_and_the_old_replicas_keep_serving() {
     let fixture = LbFixture::new("e2e-noimg");
     fixture.write_spec(&fixture.lb_spec(2, "v1", ""));
     let controller = RunningController::start(&fixture.lb_run_args(&[]));
-    wait_for("2 running", Duration::from_secs(60), || {
-        let n = fixture.running().len();
-        if n == 2 {
-            Ok(())
-        } else {
-            Err(n)
-        }
-    })
-    .await;
+    serving(&fixture, 2).await;
     let old: BTreeSet<String> = fixture.running().into_iter().map(|c| c.id).collect();
 
     let broken = fixture
@@ -231,15 +242,7 @@ async fn dry_run_prints_the_plan_of_a_scale_change_and_changes_nothing() {
     let fixture = Fixture::new("e2e-dry");
     fixture.write_spec(&fixture.pool_spec(2));
     let controller = RunningController::start(&fixture.run_args(&[]));
-    wait_for("2 running", Duration::from_secs(60), || {
-        let n = fixture.running().len();
-        if n == 2 {
-            Ok(())
-        } else {
-            Err(n)
-        }
-    })
-    .await;
+    running(&fixture, 2).await;
     controller.stop().await;
     let before: BTreeSet<String> = fixture.containers().into_iter().map(|c| c.id).collect();
 

@@ -367,15 +367,8 @@ impl LoadBalancer for HaproxyBalancer {
         slot: &str,
         options: &ServerOptions,
     ) -> Result<(), LbError> {
+        self.reconfigure(backend, slot, options).await?;
         let api = &self.inner.api;
-        api.set_server_weight(backend, slot, options.weight)
-            .await
-            .map_err(lb_error)?;
-        if let Some(maxconn) = options.maxconn {
-            api.set_server_maxconn(backend, slot, maxconn)
-                .await
-                .map_err(lb_error)?;
-        }
         if options.check {
             // The replica was just seen answering: a slot that checks marked DOWN for
             // an earlier replica must not wait `rise` checks for this one.

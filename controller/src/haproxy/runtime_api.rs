@@ -281,22 +281,19 @@ impl RuntimeApi {
             addr.ip(),
             addr.port()
         );
-        self.run("set server addr", &command, |reply| {
-            let reply = reply.trim();
-            // "IP changed from ... by 'stats socket command'" or "no need to change
-            // the addr, no need to change the port by ..."
-            if reply.contains("changed") || reply.contains("no need to change") {
-                Ok(())
-            } else {
-                Err(refused(&command, reply))
-            }
-        })
-        .await
+        self.address_change(command).await
     }
 
     /// `set server <backend>/<server> addr 0.0.0.0`: the slot points nowhere.
     pub async fn clear_server_addr(&self, backend: &str, server: &str) -> Result<(), ApiError> {
-        let command = format!("set server {backend}/{server} addr 0.0.0.0");
+        self.address_change(format!("set server {backend}/{server} addr 0.0.0.0"))
+            .await
+    }
+
+    /// An address change answers "IP changed from ... by 'stats socket command'" or
+    /// "no need to change the addr, no need to change the port by ..."; anything else
+    /// is HAProxy's error.
+    async fn address_change(&self, command: String) -> Result<(), ApiError> {
         self.run("set server addr", &command, |reply| {
             let reply = reply.trim();
             if reply.contains("changed") || reply.contains("no need to change") {
