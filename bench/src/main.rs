@@ -32,7 +32,7 @@ struct Args {
     /// The dockscale binary to measure.
     #[arg(long, default_value = "target/release/dockscale")]
     dockscale: PathBuf,
-    /// Only these sections (convergence, backend, failure, autoscale, cost).
+    /// Only these sections (pool, convergence, backend, failure, autoscale, cost).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -57,6 +57,11 @@ async fn main() -> anyhow::Result<()> {
     let _ = writeln!(report, "## Machine\n\n{machine}\n");
     println!("{machine}");
 
+    if wants("pool") {
+        let section = sections::pool(&mut world, 20, reps).await?;
+        println!("{section}");
+        report.push_str(&section);
+    }
     if wants("convergence") {
         let sizes: &[u32] = if args.quick { &[10] } else { &[10, 50] };
         let section = sections::convergence(&mut world, sizes, reps).await?;

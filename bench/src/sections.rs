@@ -166,6 +166,73 @@ pub async fn convergence(world: &mut World, sizes: &[u32], reps: usize) -> anyho
     Ok(out)
 }
 
+/// `docker run -d` of the demo image `n` times, 8 at a time, as a shell user would
+/// (`seq N | xargs -P8 -I{} docker run -d ...`); the time until the last one returns.
+fn docker_run_parallel(world: &World, n: u32, tag: &str) -> anyhow::Result<Duration> {
+    let prefix = format!("{}-run{tag}", world.id);
+    let script = format!(
+        "seq {n} | xargs -P8 -I{{}} docker run -d --init --network {net} --memory 32m --label dockscale-bench.run={run} --name {prefix}-{{}} {IMAGE} >/dev/null",
+        net = world.network,
+        run = world.id,
+    );
+    let start = Instant::now();
+    sh("bash", &["-c", &script])?;
+    let took = start.elapsed();
+    let running = sh(
+        "docker",
+        &["ps", "-q", "--filter", &format!("name={prefix}-")],
+    )?
+    .split_whitespace()
+    .count();
+    crate::world::remove_by_label(&format!("dockscale-bench.run={}", world.id))?;
+    if running != n as usize {
+        bail!("docker run started {running} of {n}");
+    }
+    Ok(took)
+}
+
+/// A worker pool (no load balancer) scaled 0 → N: from the spec edit until dockscale's
+/// status reports N ready (running) replicas, against N `docker run -d`, 8 in parallel.
+pub async fn pool(world: &mut World, n: u32, reps: usize) -> anyhow::Result<String> {
+    let service = world.service("pool");
+    let d = world.dockscale(&service, Spec::pool(0)).await?;
+    let (mut ds, mut dr, mut fl) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..reps {
+        d.set_replicas(n)?;
+        let took = wait_until("N ready", Duration::from_secs(300), || async {
+            d.status().await["replicas"]["ready"].as_u64() == Some(u64::from(n))
+        })
+        .await?;
+        if d.running() != n as usize {
+            bail!(
+                "dockscale reported {n} ready but Docker runs {}",
+                d.running()
+            );
+        }
+        ds.push(took);
+        scale_to_zero(&d).await?;
+        dr.push(docker_run_parallel(world, n, &format!("{n}r{rep}"))?);
+        fl.push(floor(world, n, &format!("pool{n}r{rep}")).await?);
+        println!(
+            "pool N={n} rep {rep}: dockscale {took:?}, docker run -P8 {:?}, raw floor {:?}",
+            dr[rep], fl[rep]
+        );
+    }
+    world.stop_dockscale(&d);
+    let m = |v: &[Duration]| {
+        let s: Vec<f64> = v.iter().map(Duration::as_secs_f64).collect();
+        median_range(&s).map_or(f64::NAN, |s| s.median)
+    };
+    Ok(format!(
+        "## 0. Worker pool\n\nA service without a load balancer scaled from `replicas: 0` to {n} (spec edit) until dockscale's status reports {n} ready (running) replicas, against `seq {n} | xargs -P8 -I{{}} docker run -d --init --network NET --memory 32m dockscale-webapp:latest` until the last `docker run` returns, and the raw floor of section 1 (creates and starts straight through the Docker API, 8 in parallel).\n\n| N | dockscale | docker run -d, 8 in parallel | raw floor | dockscale / docker run | dockscale / floor |\n| --- | --- | --- | --- | --- | --- |\n| {n} | {} | {} | {} | {:.2}x | {:.2}x |\n",
+        secs(&ds),
+        secs(&dr),
+        secs(&fl),
+        m(&ds) / m(&dr),
+        m(&ds) / m(&fl)
+    ))
+}
+
 // 2. Backend changes under load -----------------------------------------------------------
 
 fn wrk(target: std::net::SocketAddr, secs: u64) -> anyhow::Result<std::process::Child> {

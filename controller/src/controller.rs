@@ -61,7 +61,7 @@ impl Default for Settings {
             sync_period: Duration::from_secs(10),
             max_parallel: 8,
             crash_backoff: BackoffPolicy::default(),
-            debounce: Duration::from_millis(200),
+            debounce: Duration::from_millis(100),
             probe_timeout: Duration::from_millis(200),
             metrics_interval: Duration::from_secs(2),
         }

@@ -411,7 +411,6 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     }
 
     // 1. Sort the listed containers: live, in flight, or failed.
-    let listed: BTreeSet<&str> = input.replicas.iter().map(|r| r.name.as_str()).collect();
     let mut live: Vec<&Replica> = Vec::new();
     let mut removing = 0u32;
     for r in &input.replicas {
@@ -453,13 +452,15 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
                 && !live.iter().any(|r| &r.name == *name)
         })
         .collect();
-    let pending_in_flight = memory
-        .creating
-        .keys()
-        .filter(|name| !listed.contains(name.as_str()))
-        .count();
-    if !pending.is_empty() {
-        plan.requeue(ACTIVE_REQUEUE);
+    // Every create task counts against the parallelism bound until it has also
+    // started its container: a created-but-not-started container is still work in
+    // flight for the engine.
+    let pending_in_flight = memory.creating.len();
+    // The executor wakes the service when a create task finishes, so creates in flight
+    // need no polling (which would only compete with the engine for its list calls);
+    // an expectation that never resolves is looked at again when it expires.
+    if let Some(oldest) = pending.iter().map(|(_, p)| p.since).min() {
+        plan.requeue((oldest + CREATE_EXPECTATION_TIMEOUT).saturating_duration_since(now.instant));
     }
 
     // 2. Match replicas with backend slots.
@@ -657,10 +658,8 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
             creates = 0;
         }
     }
+    // Creates beyond the bound wait for one in flight to finish, which wakes the pass.
     let room = input.limits.max_parallel.saturating_sub(pending_in_flight) as u32;
-    if creates > room {
-        plan.requeue(ACTIVE_REQUEUE);
-    }
     for _ in 0..creates.min(room) {
         plan.actions.push(Action::Create);
     }
@@ -1005,7 +1004,33 @@ mod tests {
         let w = World::new(testing::spec().replicas(20).build());
         let plan = w.plan();
         assert_eq!(creates(&plan), 8);
-        assert_eq!(plan.requeue_after, Some(ACTIVE_REQUEUE));
+        // No polling while they run: a finishing create wakes the pass.
+        assert_eq!(plan.requeue_after, None);
+    }
+
+    #[test]
+    fn the_bound_holds_while_created_containers_are_still_starting() {
+        let mut w = World::new(testing::spec().replicas(20).build()).with_replicas(1..=8, HASH);
+        for (i, r) in w.replicas.iter_mut().enumerate() {
+            r.state = ContainerState::Created;
+            w.memory.creating.insert(
+                r.name.clone(),
+                PendingCreate {
+                    template_hash: HASH.into(),
+                    since: w.t0,
+                },
+            );
+            if i >= 5 {
+                w.memory.creating.remove(&r.name);
+                r.state = ContainerState::Running;
+            }
+        }
+        // 5 creates still starting (listed as created): only 3 more may begin.
+        let plan = w.plan();
+        assert_eq!(creates(&plan), 3);
+        // Their finishing wakes the pass; the plan only asks to look again when the
+        // oldest expectation would expire.
+        assert_eq!(plan.requeue_after, Some(CREATE_EXPECTATION_TIMEOUT));
     }
 
     #[test]
