@@ -537,7 +537,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     entry.failures = 0;
                     entry.create_error = None;
                     entry.wake(Instant::now());
-                    let new_replicas = entry.spec.spec.replicas;
+                    let change = replicas_change(
+                        old_replicas,
+                        entry.spec.spec.replicas,
+                        entry.spec.spec.autoscale.is_some(),
+                    );
                     self.status.update(|s| {
                         if let Some(svc) = s.services.get_mut(&name) {
                             svc.generation += 1;
@@ -545,10 +549,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                             svc.record(
                                 EventType::Normal,
                                 "SpecChanged",
-                                format!(
-                                    "spec generation {} loaded (replicas {old_replicas} -> {new_replicas})",
-                                    svc.generation
-                                ),
+                                format!("spec generation {} loaded{change}", svc.generation),
                                 now,
                             );
                         }
@@ -1407,6 +1408,19 @@ async fn observe<R: ContainerRuntime, L: LoadBalancer>(
     }
 }
 
+/// How a spec change moved `replicas`, for the `SpecChanged` event. Under autoscaling
+/// the field is only the starting point, which the event says rather than let an
+/// operator wait for a count that will not come.
+fn replicas_change(old: u32, new: u32, autoscaled: bool) -> String {
+    match (old == new, autoscaled) {
+        (true, _) => String::new(),
+        (false, false) => format!(" (replicas {old} -> {new})"),
+        (false, true) => format!(
+            " (replicas {old} -> {new}: autoscaled, so only the starting point; the autoscaler sets the count within its bounds)"
+        ),
+    }
+}
+
 /// Which of these replicas accept a TCP connection on their port.
 async fn probe(
     targets: Vec<(ContainerId, SocketAddrV4)>,
@@ -1449,4 +1463,17 @@ fn unix_ns(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replicas_change;
+
+    #[test]
+    fn a_spec_change_says_how_replicas_moved_and_who_decides() {
+        assert_eq!(replicas_change(3, 3, false), "");
+        assert_eq!(replicas_change(3, 5, false), " (replicas 3 -> 5)");
+        let autoscaled = replicas_change(3, 5, true);
+        assert!(autoscaled.starts_with(" (replicas 3 -> 5: autoscaled"), "{autoscaled}");
+    }
 }
