@@ -111,3 +111,9 @@ fn secs(samples: &[Duration]) -> String {
         None => "-".to_owned(),
     }
 }
+
+/// The median of a duration list in seconds (NaN when empty).
+fn median_secs(samples: &[Duration]) -> f64 {
+    let s: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    median_range(&s).map_or(f64::NAN, |s| s.median)
+}

@@ -1,4 +1,5 @@
-//! The five comparisons. Each returns its Markdown section.
+//! The comparisons: worker pool, convergence, backend changes, failure reaction,
+//! autoscaling and controller cost. Each returns its Markdown section.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -10,9 +11,9 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use futures::StreamExt;
 
-use crate::measure::{fmt_stats, median_range, parse_wrk, proc_usage, WrkReport};
-use crate::secs;
+use crate::measure::{fmt_stats, parse_wrk, proc_usage, WrkReport};
 use crate::world::{sh, Dockscale, PlainHaproxy, Spec, World, IMAGE};
+use crate::{median_secs, secs};
 
 async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<Duration>
 where
@@ -148,18 +149,14 @@ pub async fn convergence(world: &mut World, sizes: &[u32], reps: usize) -> anyho
                 fl[rep], co[rep]
             );
         }
-        let m = |v: &[Duration]| {
-            let s: Vec<f64> = v.iter().map(Duration::as_secs_f64).collect();
-            median_range(&s).map_or(f64::NAN, |s| s.median)
-        };
         let _ = writeln!(
             out,
             "| {n} | {} | {} | {} | {:.2}x | {:.2}x |",
             secs(&ds),
             secs(&fl),
             secs(&co),
-            m(&ds) / m(&fl),
-            m(&ds) / m(&co)
+            median_secs(&ds) / median_secs(&fl),
+            median_secs(&ds) / median_secs(&co)
         );
     }
     world.stop_dockscale(&d);
@@ -219,17 +216,13 @@ pub async fn pool(world: &mut World, n: u32, reps: usize) -> anyhow::Result<Stri
         );
     }
     world.stop_dockscale(&d);
-    let m = |v: &[Duration]| {
-        let s: Vec<f64> = v.iter().map(Duration::as_secs_f64).collect();
-        median_range(&s).map_or(f64::NAN, |s| s.median)
-    };
     Ok(format!(
         "## 0. Worker pool\n\nA service without a load balancer scaled from `replicas: 0` to {n} (spec edit) until dockscale's status reports {n} ready (running) replicas, against `seq {n} | xargs -P8 -I{{}} docker run -d --init --network NET --memory 32m dockscale-webapp:latest` until the last `docker run` returns, and the raw floor of section 1 (creates and starts straight through the Docker API, 8 in parallel).\n\n| N | dockscale | docker run -d, 8 in parallel | raw floor | dockscale / docker run | dockscale / floor |\n| --- | --- | --- | --- | --- | --- |\n| {n} | {} | {} | {} | {:.2}x | {:.2}x |\n",
         secs(&ds),
         secs(&dr),
         secs(&fl),
-        m(&ds) / m(&dr),
-        m(&ds) / m(&fl)
+        median_secs(&ds) / median_secs(&dr),
+        median_secs(&ds) / median_secs(&fl)
     ))
 }
 

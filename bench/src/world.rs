@@ -196,7 +196,19 @@ impl World {
             let _ = remove_by_label(&format!("dockscale.service={s}"));
         }
         let _ = remove_by_label(&format!("dockscale-bench.run={}", self.id));
-        let _ = sh("docker", &["network", "rm", &self.network]);
+        // The engine may still be releasing the last endpoints of removed containers.
+        let mut last = None;
+        for _ in 0..40 {
+            match sh("docker", &["network", "rm", &self.network]) {
+                Ok(_) => return,
+                Err(e) if e.to_string().contains("No such network") => return,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if let Some(e) = last {
+            eprintln!("leftover network {}: {e:#}", self.network);
+        }
     }
 }
 

@@ -1474,6 +1474,9 @@ mod tests {
         assert_eq!(replicas_change(3, 3, false), "");
         assert_eq!(replicas_change(3, 5, false), " (replicas 3 -> 5)");
         let autoscaled = replicas_change(3, 5, true);
-        assert!(autoscaled.starts_with(" (replicas 3 -> 5: autoscaled"), "{autoscaled}");
+        assert!(
+            autoscaled.starts_with(" (replicas 3 -> 5: autoscaled"),
+            "{autoscaled}"
+        );
     }
 }
