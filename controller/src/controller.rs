@@ -46,7 +46,8 @@ pub struct Settings {
     /// Docker creates in flight per service.
     pub max_parallel: usize,
     pub crash_backoff: BackoffPolicy,
-    /// Quiet time after a spec file event before the spec is re-read.
+    /// Quiet time after a write to a spec file before the spec is re-read (a file
+    /// renamed into place is read at once).
     pub debounce: Duration,
     /// How long a warming replica's port may take to accept a connection.
     pub probe_timeout: Duration,
@@ -207,7 +208,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Runs until `shutdown` resolves. Replicas are left running.
     pub async fn run(
         mut self,
-        spec_changes: mpsc::UnboundedReceiver<()>,
+        spec_changes: mpsc::UnboundedReceiver<crate::watch::Change>,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut spec_changes = spec_changes;
@@ -242,9 +243,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     Ok(done) => self.finished(done),
                     Err(e) => tracing::error!(error = %e, "a docker task failed"),
                 },
-                Some(()) = spec_changes.recv() => {
-                    reload_at = Some(Instant::now() + self.settings.debounce);
-                }
+                Some(change) = spec_changes.recv() => match change {
+                    // A whole file renamed into place: read it now. Any write still
+                    // settling keeps its own deadline.
+                    crate::watch::Change::Replaced => self.reload(true).await,
+                    crate::watch::Change::Touched => {
+                        reload_at = Some(Instant::now() + self.settings.debounce);
+                    }
+                },
                 event = next_event(&mut events) => match event {
                     Some(Ok(event)) => {
                         events_failures = 0;

@@ -4,12 +4,14 @@
 //! renaming it over the original, which a watch on the file itself misses after the
 //! first time. So this watches the parent directory of each spec file (and each spec
 //! directory), non-recursively, and forwards any event that touches a spec path. It
-//! only signals "something changed": debouncing and re-reading are the controller's.
+//! only signals what kind of change it saw: debouncing and re-reading are the
+//! controller's.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{ModifyKind, RenameMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,28 +24,52 @@ pub enum WatchError {
     },
 }
 
+/// What happened to a spec path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A complete file was renamed into place (how editors and configuration tools
+    /// save): its content is whole, so it can be read at once.
+    Replaced,
+    /// Anything else (a write, a truncation, a removal): more may follow, so the
+    /// reader waits for the writes to settle.
+    Touched,
+}
+
+impl Change {
+    fn of(kind: &EventKind) -> Self {
+        match kind {
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Change::Replaced,
+            _ => Change::Touched,
+        }
+    }
+}
+
 /// Keeps the watches alive; dropping it stops them.
 pub struct SpecWatch {
     _watcher: RecommendedWatcher,
 }
 
-/// Watches `paths` (spec files or directories) and sends `()` on every relevant change.
+/// Watches `paths` (spec files or directories) and sends every relevant change.
 pub fn watch(
     paths: &[PathBuf],
-    changed: mpsc::UnboundedSender<()>,
+    changed: mpsc::UnboundedSender<Change>,
 ) -> Result<SpecWatch, WatchError> {
     let targets: Vec<Target> = paths.iter().map(|p| Target::new(p)).collect();
     let filter = targets.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
             Ok(event) => {
-                if event
+                // A rename is reported as `From` (the source), `To` (where it lands)
+                // and then `Both`; the first two say all of it.
+                let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+                let relevant = event
                     .paths
                     .iter()
-                    .any(|p| filter.iter().any(|t| t.matches(p)))
-                {
+                    .any(|p| filter.iter().any(|t| t.matches(p)));
+                let change = (relevant && event.kind != both).then(|| Change::of(&event.kind));
+                if let Some(change) = change {
                     // The receiver is gone only when the controller is stopping.
-                    let _ = changed.send(());
+                    let _ = changed.send(change);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "spec watch error"),
@@ -122,10 +148,41 @@ mod tests {
             let tmp = dir.path().join(format!(".app.yaml.tmp{round}"));
             std::fs::write(&tmp, format!("a: {round}\n")).expect("write");
             std::fs::rename(&tmp, &spec).expect("rename");
-            let seen = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-            assert!(matches!(seen, Ok(Some(()))), "round {round}: no event");
+            let seen = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(change) = rx.recv().await {
+                    if change == Change::Replaced {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            assert_eq!(
+                seen,
+                Ok(true),
+                "round {round}: the rename was not seen as one"
+            );
             while rx.try_recv().is_ok() {}
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_in_place_or_a_rename_away_waits_to_settle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = dir.path().join("app.yaml");
+        std::fs::write(&spec, "a: 1\n").expect("write");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watch = watch(std::slice::from_ref(&spec), tx).expect("watch");
+        std::fs::write(&spec, "a: 2\n").expect("write");
+        std::fs::rename(&spec, dir.path().join("app.yaml.bak")).expect("rename");
+        let mut seen = Vec::new();
+        while let Ok(Some(change)) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+        {
+            seen.push(change);
+        }
+        assert!(!seen.is_empty(), "no event");
+        assert!(seen.iter().all(|c| *c == Change::Touched), "{seen:?}");
     }
 
     #[tokio::test]
