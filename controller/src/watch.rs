@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use notify::event::{ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -66,7 +66,15 @@ pub fn watch(
                     .paths
                     .iter()
                     .any(|p| filter.iter().any(|t| t.matches(p)));
-                let change = (relevant && event.kind != both).then(|| Change::of(&event.kind));
+                // Reading a file is an event too (open, read, close): the controller's
+                // own reads must not count as changes, or every read would schedule
+                // the next one.
+                let read_only = matches!(
+                    event.kind,
+                    EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)
+                );
+                let change = (relevant && event.kind != both && !read_only)
+                    .then(|| Change::of(&event.kind));
                 if let Some(change) = change {
                     // The receiver is gone only when the controller is stopping.
                     let _ = changed.send(change);
@@ -183,6 +191,20 @@ mod tests {
         }
         assert!(!seen.is_empty(), "no event");
         assert!(seen.iter().all(|c| *c == Change::Touched), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn reading_the_spec_is_not_a_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = dir.path().join("app.yaml");
+        std::fs::write(&spec, "a: 1\n").expect("write");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watch = watch(std::slice::from_ref(&spec), tx).expect("watch");
+        for _ in 0..3 {
+            assert_eq!(std::fs::read_to_string(&spec).expect("read"), "a: 1\n");
+        }
+        let seen = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+        assert!(seen.is_err(), "a read was reported as a change: {seen:?}");
     }
 
     #[tokio::test]
