@@ -73,8 +73,8 @@ pub fn watch(
                     event.kind,
                     EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write)
                 );
-                let change = (relevant && event.kind != both && !read_only)
-                    .then(|| Change::of(&event.kind));
+                let change =
+                    (relevant && event.kind != both && !read_only).then(|| Change::of(&event.kind));
                 if let Some(change) = change {
                     // The receiver is gone only when the controller is stopping.
                     let _ = changed.send(change);
