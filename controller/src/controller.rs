@@ -908,8 +908,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             .unwrap_or_default();
         let options = spec.load_balancer.as_ref().map(|lb| lb.server.clone());
 
+        // A slot whose assignment failed in this pass is not enabled after it: it
+        // may still hold another address.
+        let mut unassigned: BTreeSet<&str> = BTreeSet::new();
         for action in &plan.actions {
             let result: Result<(), LbError> = match action {
+                Action::Enable { slot, .. } if unassigned.contains(slot.as_str()) => continue,
                 Action::Release { slot } => self.lb.release(&backend, slot).await,
                 Action::Drain { id, slot, reason } => {
                     let r = self.lb.drain(&backend, slot).await;
@@ -924,7 +928,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     r
                 }
                 Action::AssignSlot { slot, addr, .. } => {
-                    self.lb.assign(&backend, slot, *addr).await
+                    let r = self.lb.assign(&backend, slot, *addr).await;
+                    if r.is_err() {
+                        unassigned.insert(slot);
+                    }
+                    r
                 }
                 Action::Enable { slot, .. } => match &options {
                     Some(o) => self.lb.enable(&backend, slot, o).await,

@@ -755,6 +755,14 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
                             slot: slot.name.clone(),
                             addr,
                         });
+                        // It enters in maintenance either way; if its port already
+                        // answers, it is enabled right after, in this pass.
+                        if input.answering.contains(&l.replica.id) {
+                            plan.actions.push(Action::Enable {
+                                id: l.replica.id.clone(),
+                                slot: slot.name.clone(),
+                            });
+                        }
                         plan.requeue(ACTIVE_REQUEUE);
                     }
                     (Some(_), None) => waiting_for_slot += 1,
@@ -862,10 +870,12 @@ pub fn probe_targets(
     let Some(port) = spec.template.port else {
         return Vec::new();
     };
-    let warming: BTreeSet<SocketAddrV4> = backend
+    // Warming servers and replicas not in the backend yet: a replica that already
+    // answers is enabled in the same pass that gives it a slot.
+    let placed: BTreeSet<SocketAddrV4> = backend
         .slots
         .iter()
-        .filter(|s| s.admin == Admin::Maint && s.weight == 0)
+        .filter(|s| !(s.admin == Admin::Maint && s.weight == 0))
         .filter_map(|s| s.addr)
         .collect();
     replicas
@@ -873,7 +883,7 @@ pub fn probe_targets(
         .filter(|r| r.state == ContainerState::Running)
         .filter_map(|r| {
             let addr = SocketAddrV4::new(r.ip_on(spec.network.as_str())?, port);
-            warming.contains(&addr).then(|| (r.id.clone(), addr))
+            (!placed.contains(&addr)).then(|| (r.id.clone(), addr))
         })
         .collect()
 }
@@ -1210,16 +1220,41 @@ mod tests {
     }
 
     #[test]
-    fn probe_targets_are_the_warming_replicas() {
-        let spec = testing::spec().replicas(2).lb().build();
-        let replicas = [replica(1, HASH), replica(2, HASH)];
+    fn a_replica_that_already_answers_is_enabled_in_the_pass_that_gives_it_a_slot() {
+        let mut w = World::new(testing::spec().replicas(1).lb().build())
+            .with_replicas([1], HASH)
+            .with_slots(vec![free_slot(1)]);
+        w.answering.insert(ContainerId("id01".into()));
+        assert_eq!(
+            w.plan().actions,
+            vec![
+                Action::AssignSlot {
+                    id: ContainerId("id01".into()),
+                    slot: "web1".into(),
+                    addr: testing::addr(1),
+                },
+                Action::Enable {
+                    id: ContainerId("id01".into()),
+                    slot: "web1".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn probe_targets_are_the_replicas_not_in_rotation() {
+        let spec = testing::spec().replicas(3).lb().build();
+        let replicas = [replica(1, HASH), replica(2, HASH), replica(3, HASH)];
         let backend = Backend {
-            slots: vec![serving_slot(1, 1), warming_slot(2, 2)],
+            slots: vec![serving_slot(1, 1), warming_slot(2, 2), free_slot(3)],
         };
         let refs: Vec<&Replica> = replicas.iter().collect();
         assert_eq!(
             probe_targets(&spec, &refs, &backend),
-            vec![(ContainerId("id02".into()), testing::addr(2))]
+            vec![
+                (ContainerId("id02".into()), testing::addr(2)),
+                (ContainerId("id03".into()), testing::addr(3)),
+            ]
         );
     }
 
