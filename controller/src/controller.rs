@@ -35,6 +35,7 @@ use crate::plan::{self, Action, BackoffPolicy, Limits, Memory, Note, Now, Pendin
 use crate::replica::{replica_name, template_hash, ContainerId, ContainerState, Replica};
 use crate::spec::ScaledService;
 use crate::status::{ConditionType, EventType, ServiceStatus, StatusHandle};
+use crate::store::{Refresh, ReplicaStore};
 
 /// How the loop runs; the CLI fills it in.
 #[derive(Clone, Debug)]
@@ -164,6 +165,8 @@ pub struct Controller<R: ContainerRuntime, L: LoadBalancer> {
     lb_retry_at: Option<Instant>,
     /// The autoscalers' time origin.
     started: Instant,
+    /// The owned containers between two Docker lists.
+    store: ReplicaStore,
 }
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
@@ -197,6 +200,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             metrics,
             services,
             tasks: JoinSet::new(),
+            store: ReplicaStore::new(),
             lb_configured: None,
             lb_error: None,
             lb_failures: 0,
@@ -258,12 +262,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "docker event stream failed; resyncing");
+                        self.store.invalidate();
                         events = None;
                         events_failures += 1;
                         events_retry = Instant::now() + error_backoff(events_failures);
                     }
                     None => {
                         tracing::warn!("docker event stream ended; reconnecting");
+                        self.store.invalidate();
                         events = None;
                         events_retry = Instant::now() + error_backoff(events_failures);
                     }
@@ -278,6 +284,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 _ = metrics_tick.tick() => self.autoscale().await,
                 _ = resync.tick() => {
                     self.reload(false).await;
+                    // Read everything again: what no event announced is seen here.
+                    self.store.invalidate();
                     let now = Instant::now();
                     for entry in self.services.values_mut() {
                         entry.wake(now);
@@ -292,6 +300,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     if self.lb_retry_at.is_some_and(|at| at <= now) {
                         self.lb_retry_at = None;
                         self.configure_lb().await;
+                    }
+                    if events.is_none() {
+                        // Without events, every pass reads everything.
+                        self.store.invalidate();
                     }
                     if events.is_none() && events_retry <= now {
                         events = Some(self.runtime.events());
@@ -467,6 +479,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
 
     fn on_event(&mut self, event: ContainerEvent) {
         tracing::debug!(action = %event.action, container = %event.id, service = %event.service, "docker event");
+        self.store.touch(event.id.clone());
         if let Some(entry) = self.services.get_mut(&event.service) {
             if event.action == "die" {
                 // React now: the server leaves rotation and a replacement starts.
@@ -617,7 +630,23 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             return;
         }
         match self.lb.configure(&wanted).await {
-            Ok(()) => {
+            Ok(grown) => {
+                let now = SystemTime::now();
+                self.status.update(|s| {
+                    for g in grown {
+                        if let Some(svc) = s.services.get_mut(&g.service) {
+                            svc.record(
+                                EventType::Normal,
+                                "SlotPoolGrown",
+                                format!(
+                                    "{} replicas at once need more than the {} slots of {}: grown to {}, HAProxy reloaded with every server written in (pools never shrink while HAProxy runs; replica changes within the pool never reload)",
+                                    g.needed, g.from, g.backend, g.to
+                                ),
+                                now,
+                            );
+                        }
+                    }
+                });
                 self.lb_configured = Some(wanted);
                 self.lb_error = None;
                 self.lb_failures = 0;
@@ -665,6 +694,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 };
                 entry.memory.creating.remove(&name);
                 entry.wake(Instant::now());
+                match &result {
+                    Ok(id) => self.store.touch(id.clone()),
+                    // A failed create may leave a container behind: read everything.
+                    Err(_) => self.store.invalidate(),
+                }
                 let result_label = if result.is_ok() { "ok" } else { "error" };
                 self.metrics
                     .container_starts_total
@@ -720,6 +754,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 let Some(entry) = self.services.get_mut(&service) else {
                     return;
                 };
+                self.store.touch(id.clone());
                 entry.memory.removing.remove(&id);
                 entry.memory.draining.remove(&id);
                 entry.memory.reported_holds.remove(&id);
@@ -758,12 +793,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 e.due = None;
             }
         }
-        let list_started = std::time::Instant::now();
-        let listed = self.runtime.list_owned().await;
-        self.metrics
-            .docker_list_duration_seconds
-            .observe(list_started.elapsed().as_secs_f64());
-        let listed = match listed {
+        let listed = match self.refresh_store().await {
             Ok(listed) => {
                 self.status.update(|s| s.docker_reachable = true);
                 listed
@@ -797,6 +827,44 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 .instrument(span)
                 .await;
         }
+    }
+
+    /// Brings the store up to date: a full list when it may be incomplete, else one
+    /// inspect per container that changed since it was read.
+    async fn refresh_store(&mut self) -> Result<Vec<Replica>, DockerError> {
+        match self.store.take_refresh() {
+            Refresh::Nothing => {}
+            Refresh::List => {
+                let started = std::time::Instant::now();
+                let listed = self.runtime.list_owned().await;
+                self.metrics
+                    .docker_list_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match listed {
+                    Ok(listed) => self.store.listed(listed),
+                    Err(e) => {
+                        self.store.invalidate();
+                        return Err(e);
+                    }
+                }
+            }
+            Refresh::Inspect(ids) => {
+                let runtime = self.runtime.clone();
+                let read =
+                    futures::future::join_all(ids.iter().map(|id| runtime.inspect_owned(id))).await;
+                self.metrics.docker_inspects_total.inc_by(ids.len() as u64);
+                for (id, result) in ids.into_iter().zip(read) {
+                    match result {
+                        Ok(replica) => self.store.inspected(id, replica),
+                        Err(e) => {
+                            self.store.invalidate();
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(self.store.replicas())
     }
 
     async fn reconcile_one(&mut self, name: &str, listed: &[Replica], observed: Observation) {

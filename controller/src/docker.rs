@@ -104,6 +104,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Every container carrying `dockscale.managed-by=dockscale`, in any state.
     fn list_owned(&self) -> impl Future<Output = Result<Vec<Replica>, DockerError>> + Send;
 
+    /// One owned container, fresh; `None` when it is gone (or not dockscale's).
+    fn inspect_owned(
+        &self,
+        id: &ContainerId,
+    ) -> impl Future<Output = Result<Option<Replica>, DockerError>> + Send;
+
     /// Creates a bridge network when none of that name exists.
     fn ensure_network(&self, name: &str) -> impl Future<Output = Result<(), DockerError>> + Send;
 
@@ -180,6 +186,16 @@ impl ContainerRuntime for DockerRuntime {
             .into_iter()
             .filter_map(replica_from_summary)
             .collect())
+    }
+
+    async fn inspect_owned(&self, id: &ContainerId) -> Result<Option<Replica>, DockerError> {
+        match self.docker.inspect_container(&id.0, None).await {
+            Ok(inspected) => Ok(replica_from_inspect(inspected)),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(DockerError::from_bollard("inspect container", e)),
+        }
     }
 
     async fn ensure_network(&self, name: &str) -> Result<(), DockerError> {
@@ -400,4 +416,119 @@ fn replica_from_summary(summary: bollard::models::ContainerSummary) -> Option<Re
         status: summary.status.unwrap_or_default(),
         ips,
     })
+}
+
+/// The same [`Replica`] as [`replica_from_summary`], from an inspect. Docker's human
+/// status is not part of an inspect; it is rebuilt in the list's words (`Up`,
+/// `Exited (137)`), which is all the planner reads from it.
+fn replica_from_inspect(inspected: bollard::models::ContainerInspectResponse) -> Option<Replica> {
+    let config = inspected.config.unwrap_or_default();
+    let labels = config.labels.unwrap_or_default();
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+        return None;
+    }
+    let service = labels.get(LABEL_SERVICE)?.clone();
+    let name = inspected.name?.trim_start_matches('/').to_owned();
+    let created_at_ns = labels
+        .get(LABEL_CREATED_AT)
+        .and_then(|v| v.parse().ok())
+        .or_else(|| {
+            let created = humantime::parse_rfc3339_weak(inspected.created.as_deref()?).ok()?;
+            let since = created.duration_since(std::time::UNIX_EPOCH).ok()?;
+            i64::try_from(since.as_nanos()).ok()
+        })
+        .unwrap_or(0);
+    let docker_state = inspected.state.unwrap_or_default();
+    let state = docker_state
+        .status
+        .and_then(|s| ContainerState::parse(s.as_ref()))
+        .unwrap_or(ContainerState::Dead);
+    let status = match state {
+        ContainerState::Running => "Up".to_owned(),
+        ContainerState::Exited => format!("Exited ({})", docker_state.exit_code.unwrap_or(-1)),
+        other => format!("{other:?}"),
+    };
+    let ips: BTreeMap<String, Ipv4Addr> = inspected
+        .network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(net, endpoint)| {
+            let ip = endpoint.ip_address.filter(|ip| !ip.is_empty())?;
+            Some((net, ip.parse().ok()?))
+        })
+        .collect();
+    Some(Replica {
+        id: ContainerId(inspected.id?),
+        name,
+        service,
+        template_hash: labels.get(LABEL_TEMPLATE_HASH).cloned().unwrap_or_default(),
+        created_at_ns,
+        state,
+        status,
+        ips,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inspected(json: &str) -> bollard::models::ContainerInspectResponse {
+        serde_json::from_str(json).expect("a docker inspect")
+    }
+
+    // Captured from `docker inspect` of a replica (Docker 20.10, API 1.41).
+    const RUNNING: &str = include_str!("../testdata/docker-inspect-running.json");
+    const EXITED: &str = include_str!("../testdata/docker-inspect-exited.json");
+
+    #[test]
+    fn an_inspected_running_replica_reads_like_a_listed_one() {
+        let r = replica_from_inspect(inspected(RUNNING)).expect("an owned replica");
+        assert_eq!(r.name, "web-x7k2p");
+        assert_eq!(r.service, "web");
+        assert_eq!(r.template_hash, "3f9a1c2b7d4e");
+        assert_eq!(r.created_at_ns, 1_795_573_822_147_337_391);
+        assert_eq!(r.state, ContainerState::Running);
+        assert_eq!(r.id.0.len(), 64);
+        assert!(r.ip_on("capnet").is_some(), "{:?}", r.ips);
+        assert_eq!(r.exit_code(), None);
+    }
+
+    #[test]
+    fn an_inspected_killed_replica_is_exited_with_its_code_and_no_address() {
+        let r = replica_from_inspect(inspected(EXITED)).expect("an owned replica");
+        assert_eq!(r.state, ContainerState::Exited);
+        assert_eq!(r.exit_code(), Some(137));
+        assert_eq!(r.ip_on("capnet"), None);
+    }
+
+    #[test]
+    fn an_inspected_container_without_the_managed_by_label_is_not_a_replica() {
+        let mut foreign = inspected(RUNNING);
+        if let Some(labels) = foreign.config.as_mut().and_then(|c| c.labels.as_mut()) {
+            labels.remove(LABEL_MANAGED_BY);
+        }
+        assert_eq!(replica_from_inspect(foreign), None);
+        let mut other = inspected(RUNNING);
+        if let Some(labels) = other.config.as_mut().and_then(|c| c.labels.as_mut()) {
+            labels.insert(LABEL_MANAGED_BY.to_owned(), "someone-else".to_owned());
+        }
+        assert_eq!(replica_from_inspect(other), None);
+    }
+
+    #[test]
+    fn the_creation_time_falls_back_to_dockers_own() {
+        let mut unlabelled = inspected(RUNNING);
+        if let Some(labels) = unlabelled.config.as_mut().and_then(|c| c.labels.as_mut()) {
+            labels.remove(LABEL_CREATED_AT);
+        }
+        let r = replica_from_inspect(unlabelled).expect("an owned replica");
+        // 2026-11-25T02:38:23.057125519Z
+        assert!(
+            r.created_at_ns > 1_795_000_000_000_000_000,
+            "{}",
+            r.created_at_ns
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The load balancer as the controller sees it: the [`LoadBalancer`] trait.
 //!
-//! The planner works on [`Backend`]s of [`Slot`]s; this trait reads them and applies
+//! The planner works on [`Backend`]s of [`Slot`](crate::plan::Slot)s; this trait reads them and applies
 //! the slot operations the planner asks for. The HAProxy runtime-API implementation
 //! lives in [`crate::haproxy`]; this module holds only the contract, so that the
 //! controller loop does not depend on how a backend is reached.
@@ -42,16 +42,29 @@ pub struct BackendLoad {
     pub rate: f64,
 }
 
+/// A backend whose slot pool was too small for the replicas its service may run at
+/// once, grown by a reload (managed mode). Pools never shrink while HAProxy runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolGrown {
+    pub service: String,
+    pub backend: String,
+    pub from: u32,
+    pub to: u32,
+    /// Replicas the service may run at once (count or maximum, plus the surge).
+    pub needed: u32,
+}
+
 /// Slot operations on a backend, and the set of backends to serve.
 pub trait LoadBalancer: Send + Sync + 'static {
     /// Makes the load balancer serve exactly these services' backends (managed mode may
     /// regenerate its configuration and reload; external mode only checks they exist).
-    /// Called when the set of services or their load-balancer sections change, never
-    /// for a replica change.
+    /// Called when the services change. A replica change reloads nothing unless the
+    /// service may now run more replicas than its backend has slots: the pool then
+    /// grows (reported in the result).
     fn configure(
         &self,
         services: &[ScaledService],
-    ) -> impl Future<Output = Result<(), LbError>> + Send;
+    ) -> impl Future<Output = Result<Vec<PoolGrown>, LbError>> + Send;
 
     /// The backend's slots, with their state and sessions.
     fn backend(&self, backend: &str) -> impl Future<Output = Result<Backend, LbError>> + Send;
@@ -120,8 +133,8 @@ impl NoLoadBalancer {
 }
 
 impl LoadBalancer for NoLoadBalancer {
-    async fn configure(&self, _: &[ScaledService]) -> Result<(), LbError> {
-        Ok(())
+    async fn configure(&self, _: &[ScaledService]) -> Result<Vec<PoolGrown>, LbError> {
+        Ok(Vec::new())
     }
     async fn backend(&self, _: &str) -> Result<Backend, LbError> {
         Err(Self::error())

@@ -9,6 +9,7 @@
 //! - [`plan`]: the pure planner: desired + observed + in-flight state → actions.
 //! - [`docker`]: the container runtime trait and its bollard implementation.
 //! - [`lb`]: the load balancer trait the controller drives.
+//! - [`store`]: the owned containers between two Docker lists (an informer's store).
 //! - [`controller`]: the loop: triggers, observation, execution, status.
 //! - [`simulate`]: `dockscale simulate`: a recorded series through the autoscaler.
 //! - [`status`]: conditions, events and counts per service, served over HTTP.
@@ -35,6 +36,7 @@ pub mod simulate;
 pub mod spec;
 pub mod status;
 pub mod status_cli;
+pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod watch;

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub reconcile_errors_total: IntCounterVec,
     pub reconcile_duration_seconds: HistogramVec,
     pub docker_list_duration_seconds: prometheus::Histogram,
+    pub docker_inspects_total: IntCounter,
     pub replicas_desired: IntGaugeVec,
     pub replicas_current: IntGaugeVec,
     pub replicas_ready: IntGaugeVec,
@@ -76,9 +77,14 @@ impl Metrics {
             docker_list_duration_seconds: prometheus::Histogram::with_opts(
                 HistogramOpts::new(
                     "docker_list_duration_seconds",
-                    "The Docker list of owned containers each reconcile round starts with (shared by the services due).",
+                    "Full Docker lists of the owned containers: at start, every resync and after the event stream broke (shared by the services due).",
                 )
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            )
+            .expect("valid metric"),
+            docker_inspects_total: IntCounter::new(
+                "docker_inspects_total",
+                "Containers read again one by one between full lists (named by a Docker event, or just created or removed).",
             )
             .expect("valid metric"),
             replicas_desired: IntGaugeVec::new(
@@ -177,7 +183,7 @@ impl Metrics {
             haproxy_restarts_total: IntCounter::new("haproxy_restarts_total", "Times the managed HAProxy was found dead and started again.")
                 .expect("valid metric"),
             haproxy_reloads_total: IntCounterVec::new(
-                Opts::new("haproxy_reloads_total", "Reloads of the managed HAProxy, by reason (services changed, slot capacity). Never for a replica change."),
+                Opts::new("haproxy_reloads_total", "Reloads of the managed HAProxy, by reason: services_changed, slot_pool_grown (a service may now run more replicas than its backend has slots), failed."),
                 &["reason"],
             )
             .expect("valid metric"),
@@ -195,6 +201,7 @@ impl Metrics {
             Box::new(m.reconcile_errors_total.clone()),
             Box::new(m.reconcile_duration_seconds.clone()),
             Box::new(m.docker_list_duration_seconds.clone()),
+            Box::new(m.docker_inspects_total.clone()),
             Box::new(m.replicas_desired.clone()),
             Box::new(m.replicas_current.clone()),
             Box::new(m.replicas_ready.clone()),

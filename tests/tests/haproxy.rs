@@ -329,3 +329,68 @@ spec:
     controller.stop().await;
     drop(haproxy);
 }
+
+/// Worker pid, slot count and the `slot_pool_grown` reload counter.
+async fn pool_state(fixture: &LbFixture, controller: &RunningController) -> (u32, usize, String) {
+    let info = fixture.api().info().await.expect("show info");
+    let slots = servers(&fixture.api(), &fixture.backend).await.len();
+    let (_, metrics) = controller.get("/metrics").await;
+    let grown = metrics
+        .lines()
+        .find(|l| l.starts_with("dockscale_haproxy_reloads_total{reason=\"slot_pool_grown\"}"))
+        .unwrap_or("no slot_pool_grown reload")
+        .to_owned();
+    (info.pid, slots, grown)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outgrowing_the_slot_pool_reloads_once_and_scaling_back_never_does() {
+    let fixture = LbFixture::new("e2e-lbpool");
+    fixture.write_spec(&fixture.lb_spec(2, "hello", ""));
+    let controller = RunningController::start(&fixture.lb_run_args(&[]));
+    converged(&fixture, 2, Duration::from_secs(30)).await;
+    let (first_worker, slots, grown) = pool_state(&fixture, &controller).await;
+    assert_eq!(slots, 16, "a new backend's pool");
+    assert_eq!(grown, "no slot_pool_grown reload");
+
+    // 16 replicas and a surge of 1 do not fit in 16 slots: the pool grows, once.
+    fixture.write_spec(&fixture.lb_spec(16, "hello", ""));
+    converged(&fixture, 16, Duration::from_secs(60)).await;
+    let (grown_worker, slots, grown) = pool_state(&fixture, &controller).await;
+    assert_eq!(slots, 40, "2 x (16 + 1), in steps of 8");
+    assert_ne!(grown_worker, first_worker, "growing the pool reloads");
+    assert_eq!(
+        grown,
+        "dockscale_haproxy_reloads_total{reason=\"slot_pool_grown\"} 1"
+    );
+    let (_, status) = controller
+        .get(&format!("/api/v1/services/{}", fixture.service))
+        .await;
+    assert!(status.contains("SlotPoolGrown"), "the event: {status}");
+
+    // Back down and up again under load: the pool stays, nothing reloads, nothing fails.
+    let load = Load::start(fixture.bind, "/?delay=5", 16, LOAD_LIMIT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fixture.write_spec(&fixture.lb_spec(2, "hello", ""));
+    converged(&fixture, 2, Duration::from_secs(60)).await;
+    fixture.write_spec(&fixture.lb_spec(16, "hello", ""));
+    converged(&fixture, 16, Duration::from_secs(60)).await;
+    let report = load.finish().await;
+    println!(
+        "16 -> 2 -> 16 under load: {} ok, {} failed; first failures: {:?}",
+        report.ok, report.failed, report.failures
+    );
+    assert!(report.ok > 100, "the load ran: {report:?}");
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    let (worker, slots, grown) = pool_state(&fixture, &controller).await;
+    assert_eq!(slots, 40, "the pool never shrinks while HAProxy runs");
+    assert_eq!(
+        worker, grown_worker,
+        "scaling within the pool reloaded HAProxy"
+    );
+    assert_eq!(
+        grown,
+        "dockscale_haproxy_reloads_total{reason=\"slot_pool_grown\"} 1"
+    );
+    controller.stop().await;
+}

@@ -7,8 +7,9 @@
 //! it dies. External: the user's HAProxy must declare the backends and their slots
 //! (`manifests/haproxy.cfg`); a missing backend is an error on that service alone.
 //!
-//! A supervisor task asks HAProxy for its pid every second. A new pid means the
-//! runtime state was lost (a restart, or a reload without a state file): it bumps the
+//! A supervisor task asks HAProxy for its pid every second. A new pid that is not the
+//! worker of our own reload means the runtime state was lost (a restart, or someone
+//! else's reload without a state file): it bumps the
 //! [`LoadBalancer::restarts`] counter and the controller restores every server at once.
 //! It also keeps `/readyz`'s HAProxy check current.
 
@@ -24,7 +25,7 @@ use tokio::task::JoinHandle;
 use super::config::{slot_number, AssignedSlot, BackendConfig, ManagedConfig};
 use super::managed::{ManagedError, ManagedHaproxy, Paths, Started};
 use super::runtime_api::{AdminState, ApiError, Endpoint, RuntimeApi};
-use crate::lb::{BackendLoad, LbError, LoadBalancer};
+use crate::lb::{BackendLoad, LbError, LoadBalancer, PoolGrown};
 use crate::metrics::Metrics;
 use crate::plan::{Admin, Backend, Slot};
 use crate::spec::{ScaledService, ServerOptions};
@@ -48,6 +49,9 @@ struct Inner {
     last_seen: Mutex<BTreeMap<String, BTreeMap<u32, AssignedSlot>>>,
     /// Backend ids by name, for `show stat` (names can be shared with a frontend).
     ids: Mutex<BTreeMap<String, u32>>,
+    /// The worker last seen (or reloaded into by us): another one means HAProxy
+    /// restarted behind our back and lost its runtime state.
+    worker_pid: Mutex<Option<u32>>,
     restarts: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     status: StatusHandle,
@@ -106,6 +110,7 @@ impl HaproxyBalancer {
             backends: Mutex::new(Vec::new()),
             last_seen: Mutex::new(BTreeMap::new()),
             ids: Mutex::new(BTreeMap::new()),
+            worker_pid: Mutex::new(None),
             restarts,
             metrics,
             status,
@@ -151,12 +156,16 @@ impl Inner {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The live slots of a backend, as the configuration would write them.
-    async fn live_slots(&self, backend: &str) -> BTreeMap<u32, AssignedSlot> {
-        let Ok(servers) = self.api.servers_state(backend).await else {
-            return BTreeMap::new();
-        };
-        servers
+    /// The running pool of a backend (its number of slots) and the slots in use, as the
+    /// configuration would write them; `None` when HAProxy does not answer for it.
+    async fn live_pool(&self, backend: &str) -> Option<(u32, BTreeMap<u32, AssignedSlot>)> {
+        let servers = self.api.servers_state(backend).await.ok()?;
+        let pool = servers
+            .iter()
+            .filter_map(|s| slot_number(&s.name))
+            .max()
+            .unwrap_or(0);
+        let assigned = servers
             .into_iter()
             .filter_map(|s| {
                 let n = slot_number(&s.name)?;
@@ -172,7 +181,8 @@ impl Inner {
                     },
                 ))
             })
-            .collect()
+            .collect();
+        Some((pool, assigned))
     }
 
     /// Managed mode: make the running HAProxy serve exactly `backends`.
@@ -180,13 +190,31 @@ impl Inner {
         &self,
         managed: &ManagedHaproxy,
         mut backends: Vec<BackendConfig>,
-    ) -> Result<(), LbError> {
+    ) -> Result<Vec<PoolGrown>, LbError> {
         let err = |e: ManagedError| LbError::new(e.kind(), e.to_string());
-        // Slots in use keep their number even if fewer are needed now.
+        let configured: BTreeMap<String, u32> = Self::lock(&self.backends)
+            .iter()
+            .map(|b| (b.backend.clone(), b.slots))
+            .collect();
+        let mut grown = Vec::new();
         for b in &mut backends {
-            b.assigned = self.live_slots(&b.backend).await;
-            if let Some(highest) = b.assigned.keys().max() {
-                b.slots = b.slots.max(*highest);
+            // What HAProxy runs, or else what it was last given (it may not answer now).
+            let running = match self.live_pool(&b.backend).await {
+                Some((pool, assigned)) => {
+                    b.assigned = assigned;
+                    Some(pool)
+                }
+                None => configured.get(&b.backend).copied(),
+            };
+            b.slots = b.pool_size(running);
+            if let Some(from) = running.filter(|&r| r > 0 && r < b.slots) {
+                grown.push(PoolGrown {
+                    service: b.service.clone(),
+                    backend: b.backend.clone(),
+                    from,
+                    to: b.slots,
+                    needed: b.needed,
+                });
             }
         }
         let config = managed.config(backends.clone());
@@ -194,7 +222,7 @@ impl Inner {
             if backends.is_empty() {
                 // Nothing to serve and nothing running: start nothing.
                 *Self::lock(&self.backends) = backends;
-                return Ok(());
+                return Ok(Vec::new());
             }
             match managed.start(&config).await.map_err(err)? {
                 Started::Fresh => tracing::info!("managed HAProxy started"),
@@ -202,27 +230,44 @@ impl Inner {
             }
         }
         if managed.running_shape().as_deref() != Some(config.shape().as_str()) {
-            tracing::info!(
-                backends = ?backends.iter().map(|b| &b.backend).collect::<Vec<_>>(),
-                "services changed: reloading HAProxy with the current servers written in"
-            );
+            let reason = if grown.is_empty() {
+                tracing::info!(
+                    backends = ?backends.iter().map(|b| &b.backend).collect::<Vec<_>>(),
+                    "services changed: reloading HAProxy with the current servers written in"
+                );
+                "services_changed"
+            } else {
+                for g in &grown {
+                    tracing::warn!(
+                        service = %g.service,
+                        backend = %g.backend,
+                        from = g.from,
+                        to = g.to,
+                        "{} replicas at once do not fit the slot pool: growing it, HAProxy reloaded with the current servers written in",
+                        g.needed
+                    );
+                }
+                "slot_pool_grown"
+            };
             let result = managed.reload(&config).await.map_err(err);
             self.metrics
                 .haproxy_reloads_total
-                .with_label_values(&[if result.is_ok() {
-                    "services_changed"
-                } else {
-                    "failed"
-                }])
+                .with_label_values(&[if result.is_ok() { reason } else { "failed" }])
                 .inc();
             result?;
             Self::lock(&self.ids).clear();
+            // The new worker is ours: not a restart to recover from.
+            if let Ok(info) = self.api.info().await {
+                *Self::lock(&self.worker_pid) = Some(info.pid);
+            }
+        } else {
+            grown.clear();
         }
         for b in &mut backends {
             b.assigned.clear();
         }
         *Self::lock(&self.backends) = backends;
-        Ok(())
+        Ok(grown)
     }
 
     async fn backend_id(&self, backend: &str) -> Result<u32, LbError> {
@@ -270,7 +315,7 @@ impl Inner {
 }
 
 impl LoadBalancer for HaproxyBalancer {
-    async fn configure(&self, services: &[ScaledService]) -> Result<(), LbError> {
+    async fn configure(&self, services: &[ScaledService]) -> Result<Vec<PoolGrown>, LbError> {
         let backends: Vec<BackendConfig> = services.iter().filter_map(BackendConfig::of).collect();
         match &self.inner.mode {
             Mode::Managed(managed) => self.inner.apply(managed, backends).await,
@@ -282,7 +327,7 @@ impl LoadBalancer for HaproxyBalancer {
                     }
                 }
                 *Inner::lock(&self.inner.backends) = backends;
-                Ok(())
+                Ok(Vec::new())
             }
         }
     }
@@ -462,7 +507,6 @@ impl LoadBalancer for HaproxyBalancer {
 
 /// Every second: is HAProxy there, and is it the same process as before?
 async fn supervise(inner: Arc<Inner>) {
-    let mut last_pid: Option<u32> = None;
     let mut ticker = tokio::time::interval(SUPERVISE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -501,6 +545,7 @@ async fn supervise(inner: Arc<Inner>) {
         match inner.api.info().await {
             Ok(info) => {
                 inner.status.update(|s| s.haproxy_reachable = Some(true));
+                let last_pid = Inner::lock(&inner.worker_pid).replace(info.pid);
                 if last_pid.is_some_and(|p| p != info.pid) {
                     tracing::warn!(
                         old = last_pid,
@@ -510,7 +555,6 @@ async fn supervise(inner: Arc<Inner>) {
                     Inner::lock(&inner.ids).clear();
                     inner.restarts.send_modify(|n| *n += 1);
                 }
-                last_pid = Some(info.pid);
             }
             Err(e) => {
                 inner.status.update(|s| s.haproxy_reachable = Some(false));

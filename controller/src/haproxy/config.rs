@@ -7,7 +7,9 @@
 //! `del server` paths. A free slot is in maintenance, weight 0, address 0.0.0.0.
 //!
 //! The configuration's *shape* (services, binds, slot counts, server options) changes
-//! only when services change; replica changes are runtime commands and never touch it.
+//! only when services change, or when a service may run more replicas than its pool
+//! holds ([`BackendConfig::pool_size`]: pools grow, never shrink); other replica changes
+//! are runtime commands and never touch it.
 //! When the shape does change, the file is rendered with every slot's current address,
 //! weight and state written in (HAProxy 2.6 does not restore an IP-literal server's
 //! address from the server-state file), so a reload loses no server; the state file
@@ -36,7 +38,10 @@ pub struct BackendConfig {
     pub backend: String,
     pub bind: Option<SocketAddr>,
     pub port: u16,
+    /// Slots in the rendered backend.
     pub slots: u32,
+    /// Replicas the service may run at once: the least pool that holds them.
+    pub needed: u32,
     pub server: ServerOptions,
     /// Slots in use, by number (1-based), as observed just before rendering.
     pub assigned: BTreeMap<u32, AssignedSlot>,
@@ -70,23 +75,49 @@ impl BackendConfig {
             bind: lb.bind,
             port: service.spec.template.port.unwrap_or(80),
             slots: slots_for(service),
+            needed: slots_needed(service),
             server: lb.server.clone(),
             assigned: BTreeMap::new(),
         })
     }
 }
 
-/// Slots for a service: room for the most replicas it may run (its count or its
-/// autoscaling maximum) plus the rollout surge, doubled, in steps of 8 and at least 16,
-/// so that editing `replicas` almost never needs more slots (which would need a reload).
+/// Slots for a new backend: room for the most replicas the service may run at once
+/// ([`slots_needed`]), doubled, in steps of 8 and at least 16, so that editing
+/// `replicas` seldom outgrows the pool (growing it needs a reload).
 pub fn slots_for(service: &ScaledService) -> u32 {
+    slots_needed(service)
+        .saturating_mul(2)
+        .max(16)
+        .div_ceil(8)
+        .saturating_mul(8)
+}
+
+/// The most replicas a service may run at once: its count or its autoscaling maximum,
+/// plus the rollout surge.
+pub fn slots_needed(service: &ScaledService) -> u32 {
     let spec = &service.spec;
     let most = spec
         .autoscale
         .as_ref()
         .map_or(spec.replicas, |a| a.max_replicas.max(spec.replicas));
-    let needed = (most + spec.rollout.max_surge).saturating_mul(2);
-    needed.max(16).div_ceil(8) * 8
+    most.saturating_add(spec.rollout.max_surge)
+}
+
+impl BackendConfig {
+    /// The pool for this backend given the one HAProxy runs (`None`: not running yet).
+    /// A running pool is kept while it holds every replica the service may run: a
+    /// smaller count never shrinks it, so scaling down never reloads. It grows, to
+    /// [`slots_for`], only when it is too small. Slots in use are always kept.
+    pub fn pool_size(&self, running: Option<u32>) -> u32 {
+        let highest = self.assigned.keys().max().copied().unwrap_or(0);
+        let pool = match running {
+            Some(r) if r >= self.needed => r,
+            Some(r) => self.slots.max(r),
+            None => self.slots,
+        };
+        pool.max(highest)
+    }
 }
 
 /// Everything the managed configuration is made of.
@@ -258,6 +289,48 @@ mod tests {
             .autoscale(1, 10)
             .build_service("web");
         assert_eq!(slots_for(&scaled), 24);
+    }
+
+    fn backend_of(replicas: u32) -> BackendConfig {
+        BackendConfig::of(&testing::spec().replicas(replicas).lb().build_service("web"))
+            .expect("a load balancer")
+    }
+
+    #[test]
+    fn a_running_pool_is_kept_while_it_holds_every_replica() {
+        // Scaling down never shrinks the pool (a reload), whatever the new count needs.
+        assert_eq!(backend_of(0).pool_size(Some(104)), 104);
+        assert_eq!(backend_of(2).pool_size(Some(24)), 24);
+        // Growing within the pool keeps it: 60 replicas + the surge fit in 104.
+        assert_eq!(backend_of(60).pool_size(Some(104)), 104);
+        // Exactly full still fits.
+        assert_eq!(backend_of(15).pool_size(Some(16)), 16);
+    }
+
+    #[test]
+    fn a_pool_too_small_grows_to_twice_the_need() {
+        let fifty = backend_of(50);
+        assert_eq!(fifty.needed, 51);
+        assert_eq!(fifty.pool_size(Some(16)), 104);
+        assert_eq!(backend_of(16).pool_size(Some(16)), 40);
+        // A new backend gets the comfortable size.
+        assert_eq!(fifty.pool_size(None), 104);
+        assert_eq!(backend_of(0).pool_size(None), 16);
+    }
+
+    #[test]
+    fn a_pool_never_drops_a_slot_in_use() {
+        let mut b = backend_of(1);
+        b.assigned.insert(
+            40,
+            AssignedSlot {
+                addr: "10.0.0.9:8080".parse().expect("addr"),
+                weight: 100,
+                enabled: true,
+            },
+        );
+        assert_eq!(b.pool_size(None), 40);
+        assert_eq!(b.pool_size(Some(16)), 40);
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! What the controller knows of its containers between two full Docker lists, kept
+//! the way a Kubernetes informer keeps its store.
+//!
+//! A full list (`GET /containers/json`, every owned container) costs the engine work
+//! in proportion to the containers it has, and a burst of creates triggers a reconcile
+//! pass per finished create: listing every time competes with the creates themselves
+//! for the engine (on the 2-core bench machine, a list every 120 ms made a burst of 50
+//! creates 5–8% slower). So the store is filled by a full list when it is not known to
+//! be complete (at start, at every resync, after the event stream broke), and between
+//! lists only the containers something happened to are read again, one inspect each:
+//! those a Docker event named and those dockscale just created or removed. A change
+//! that neither an event nor dockscale caused is seen at the next resync.
+//!
+//! This module decides what to read; the controller does the reading.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::replica::{ContainerId, Replica};
+
+/// Above this many containers to read again, one list is cheaper than the inspects.
+pub const RELIST_ABOVE: usize = 16;
+
+/// What the next pass has to read from Docker before it plans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// Nothing changed since the last read.
+    Nothing,
+    /// These containers changed; the rest of the store is current.
+    Inspect(Vec<ContainerId>),
+    /// The store is incomplete or stale: list everything.
+    List,
+}
+
+/// The owned containers as last read.
+#[derive(Debug, Default)]
+pub struct ReplicaStore {
+    replicas: BTreeMap<ContainerId, Replica>,
+    /// A full list was read and no event was lost since.
+    complete: bool,
+    /// Containers changed since they were last read.
+    dirty: BTreeSet<ContainerId>,
+}
+
+impl ReplicaStore {
+    /// An empty store: the first pass lists.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next pass lists everything (a resync, a broken event stream, an error).
+    pub fn invalidate(&mut self) {
+        self.complete = false;
+    }
+
+    /// Something happened to this container: read it again before the next plan.
+    pub fn touch(&mut self, id: ContainerId) {
+        self.dirty.insert(id);
+    }
+
+    /// What to read now. Taking the work clears it: a change reported while the read
+    /// is under way marks the container again, for the pass after.
+    pub fn take_refresh(&mut self) -> Refresh {
+        if !self.complete || self.dirty.len() > RELIST_ABOVE {
+            self.dirty.clear();
+            return Refresh::List;
+        }
+        if self.dirty.is_empty() {
+            return Refresh::Nothing;
+        }
+        Refresh::Inspect(std::mem::take(&mut self.dirty).into_iter().collect())
+    }
+
+    /// A full list: the store becomes exactly that.
+    pub fn listed(&mut self, replicas: Vec<Replica>) {
+        self.replicas = replicas.into_iter().map(|r| (r.id.clone(), r)).collect();
+        self.complete = true;
+    }
+
+    /// One container read again: `None` means it is gone.
+    pub fn inspected(&mut self, id: ContainerId, replica: Option<Replica>) {
+        match replica {
+            Some(r) => {
+                self.replicas.insert(id, r);
+            }
+            None => {
+                self.replicas.remove(&id);
+            }
+        }
+    }
+
+    /// Every owned container, as the planner reads them.
+    pub fn replicas(&self) -> Vec<Replica> {
+        self.replicas.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::ContainerState;
+
+    fn replica(id: &str, state: ContainerState) -> Replica {
+        let mut r = crate::testing::replica(1, "h");
+        r.id = ContainerId(id.to_owned());
+        r.state = state;
+        r
+    }
+
+    fn id(s: &str) -> ContainerId {
+        ContainerId(s.to_owned())
+    }
+
+    #[test]
+    fn a_new_store_lists_first_and_then_reads_nothing_until_something_happens() {
+        let mut store = ReplicaStore::new();
+        store.touch(id("a"));
+        assert_eq!(store.take_refresh(), Refresh::List);
+        store.listed(vec![replica("a", ContainerState::Running)]);
+        assert_eq!(store.take_refresh(), Refresh::Nothing);
+        assert_eq!(store.replicas().len(), 1);
+    }
+
+    #[test]
+    fn touched_containers_are_inspected_once() {
+        let mut store = ReplicaStore::new();
+        store.listed(vec![]);
+        store.touch(id("b"));
+        store.touch(id("a"));
+        store.touch(id("b"));
+        assert_eq!(
+            store.take_refresh(),
+            Refresh::Inspect(vec![id("a"), id("b")])
+        );
+        assert_eq!(store.take_refresh(), Refresh::Nothing);
+    }
+
+    #[test]
+    fn an_inspect_updates_adds_or_removes_one_container() {
+        let mut store = ReplicaStore::new();
+        store.listed(vec![
+            replica("a", ContainerState::Running),
+            replica("b", ContainerState::Running),
+        ]);
+        store.inspected(id("a"), Some(replica("a", ContainerState::Exited)));
+        store.inspected(id("b"), None);
+        store.inspected(id("c"), Some(replica("c", ContainerState::Running)));
+        let states: Vec<(String, ContainerState)> = store
+            .replicas()
+            .into_iter()
+            .map(|r| (r.id.0, r.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("a".to_owned(), ContainerState::Exited),
+                ("c".to_owned(), ContainerState::Running)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_list_replaces_everything_known() {
+        let mut store = ReplicaStore::new();
+        store.listed(vec![replica("a", ContainerState::Running)]);
+        store.listed(vec![replica("b", ContainerState::Running)]);
+        let ids: Vec<String> = store.replicas().into_iter().map(|r| r.id.0).collect();
+        assert_eq!(ids, vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn an_invalidated_store_lists_again() {
+        let mut store = ReplicaStore::new();
+        store.listed(vec![]);
+        store.invalidate();
+        store.touch(id("a"));
+        assert_eq!(store.take_refresh(), Refresh::List);
+        // The list covered the touched container.
+        store.listed(vec![]);
+        assert_eq!(store.take_refresh(), Refresh::Nothing);
+    }
+
+    #[test]
+    fn many_changes_at_once_are_one_list() {
+        let mut store = ReplicaStore::new();
+        store.listed(vec![]);
+        for i in 0..=RELIST_ABOVE {
+            store.touch(id(&format!("c{i}")));
+        }
+        assert_eq!(store.take_refresh(), Refresh::List);
+        store.listed(vec![]);
+        assert_eq!(store.take_refresh(), Refresh::Nothing);
+    }
+}
