@@ -296,9 +296,11 @@ impl ContainerRuntime for DockerRuntime {
         filters.insert("type", vec!["container".to_owned()]);
         filters.insert(
             "event",
-            ["start", "die", "destroy", "oom", "stop", "kill"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "start", "die", "destroy", "oom", "stop", "kill", "pause", "unpause",
+            ]
+            .map(String::from)
+            .to_vec(),
         );
         let options = EventsOptionsBuilder::default().filters(&filters).build();
         self.events
