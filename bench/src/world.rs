@@ -420,7 +420,7 @@ impl PlainHaproxy {
     fn config(&self, servers: &[(String, String)]) -> String {
         let mut text = format!(
             "global\n    master-worker\n    stats socket {dir}/admin.sock mode 600 level admin expose-fd listeners\n    pidfile {dir}/haproxy.pid\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response response-timeout\n\
+             defaults\n    mode http\n    timeout connect 500ms\n    timeout client 30s\n    timeout server 30s\n    retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response response-timeout\n\
              frontend fe\n    bind {bind}\n    default_backend be\n\
              backend be\n    balance roundrobin\n",
             dir = self.dir.display(),

@@ -336,7 +336,7 @@ pub fn external_config(bind: SocketAddr, backend: &str) -> String {
     stats socket {{dir}}/admin.sock mode 600 level admin
 defaults
     mode http
-    timeout connect 2s
+    timeout connect 500ms
     timeout client 10s
     timeout server 10s
     retries 3

@@ -191,7 +191,9 @@ global
 defaults
     mode http
     option dontlognull
-    timeout connect 2s
+    # A dead container's address goes silent: a connect to it in the instant before
+    # it leaves rotation fails fast and is retried on another server.
+    timeout connect 500ms
     timeout client 60s
     timeout server 60s
     timeout queue 60s
