@@ -377,30 +377,34 @@ fn container_body(request: &CreateReplica) -> ContainerCreateBody {
     }
 }
 
-fn replica_from_summary(summary: bollard::models::ContainerSummary) -> Option<Replica> {
-    let labels = summary.labels.unwrap_or_default();
+/// What a list and an inspect both say of a container.
+struct Seen {
+    id: Option<String>,
+    name: Option<String>,
+    labels: HashMap<String, String>,
+    /// Docker's own creation time, for a container without our label.
+    created_ns: Option<i64>,
+    state: ContainerState,
+    status: String,
+    networks: Option<HashMap<String, EndpointSettings>>,
+}
+
+/// A replica from what Docker says of a container, `None` when it is not dockscale's.
+fn replica_from(seen: Seen) -> Option<Replica> {
     // The list is filtered on the label already; check again, since touching an
     // unowned container is the one thing dockscale must never do.
-    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+    if seen.labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
         return None;
     }
-    let service = labels.get(LABEL_SERVICE)?.clone();
-    let name = summary
-        .names
-        .unwrap_or_default()
-        .first()
-        .map(|n| n.trim_start_matches('/').to_owned())?;
-    let created_at_ns = labels
+    let service = seen.labels.get(LABEL_SERVICE)?.clone();
+    let created_at_ns = seen
+        .labels
         .get(LABEL_CREATED_AT)
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| summary.created.unwrap_or(0).saturating_mul(1_000_000_000));
-    let state = summary
-        .state
-        .and_then(|s| ContainerState::parse(s.as_ref()))
-        .unwrap_or(ContainerState::Dead);
-    let ips: BTreeMap<String, Ipv4Addr> = summary
-        .network_settings
-        .and_then(|n| n.networks)
+        .or(seen.created_ns)
+        .unwrap_or(0);
+    let ips: BTreeMap<String, Ipv4Addr> = seen
+        .networks
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(net, endpoint)| {
@@ -409,14 +413,33 @@ fn replica_from_summary(summary: bollard::models::ContainerSummary) -> Option<Re
         })
         .collect();
     Some(Replica {
-        id: ContainerId(summary.id?),
-        name,
+        id: ContainerId(seen.id?),
+        name: seen.name?.trim_start_matches('/').to_owned(),
         service,
-        template_hash: labels.get(LABEL_TEMPLATE_HASH).cloned().unwrap_or_default(),
+        template_hash: seen
+            .labels
+            .get(LABEL_TEMPLATE_HASH)
+            .cloned()
+            .unwrap_or_default(),
         created_at_ns,
-        state,
-        status: summary.status.unwrap_or_default(),
+        state: seen.state,
+        status: seen.status,
         ips,
+    })
+}
+
+fn replica_from_summary(summary: bollard::models::ContainerSummary) -> Option<Replica> {
+    replica_from(Seen {
+        id: summary.id,
+        name: summary.names.unwrap_or_default().into_iter().next(),
+        labels: summary.labels.unwrap_or_default(),
+        created_ns: summary.created.map(|s| s.saturating_mul(1_000_000_000)),
+        state: summary
+            .state
+            .and_then(|s| ContainerState::parse(s.as_ref()))
+            .unwrap_or(ContainerState::Dead),
+        status: summary.status.unwrap_or_default(),
+        networks: summary.network_settings.and_then(|n| n.networks),
     })
 }
 
@@ -424,22 +447,6 @@ fn replica_from_summary(summary: bollard::models::ContainerSummary) -> Option<Re
 /// status is not part of an inspect; it is rebuilt in the list's words (`Up`,
 /// `Exited (137)`), which is all the planner reads from it.
 fn replica_from_inspect(inspected: bollard::models::ContainerInspectResponse) -> Option<Replica> {
-    let config = inspected.config.unwrap_or_default();
-    let labels = config.labels.unwrap_or_default();
-    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
-        return None;
-    }
-    let service = labels.get(LABEL_SERVICE)?.clone();
-    let name = inspected.name?.trim_start_matches('/').to_owned();
-    let created_at_ns = labels
-        .get(LABEL_CREATED_AT)
-        .and_then(|v| v.parse().ok())
-        .or_else(|| {
-            let created = humantime::parse_rfc3339_weak(inspected.created.as_deref()?).ok()?;
-            let since = created.duration_since(std::time::UNIX_EPOCH).ok()?;
-            i64::try_from(since.as_nanos()).ok()
-        })
-        .unwrap_or(0);
     let docker_state = inspected.state.unwrap_or_default();
     let state = docker_state
         .status
@@ -450,25 +457,19 @@ fn replica_from_inspect(inspected: bollard::models::ContainerInspectResponse) ->
         ContainerState::Exited => format!("Exited ({})", docker_state.exit_code.unwrap_or(-1)),
         other => format!("{other:?}"),
     };
-    let ips: BTreeMap<String, Ipv4Addr> = inspected
-        .network_settings
-        .and_then(|n| n.networks)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(net, endpoint)| {
-            let ip = endpoint.ip_address.filter(|ip| !ip.is_empty())?;
-            Some((net, ip.parse().ok()?))
-        })
-        .collect();
-    Some(Replica {
-        id: ContainerId(inspected.id?),
-        name,
-        service,
-        template_hash: labels.get(LABEL_TEMPLATE_HASH).cloned().unwrap_or_default(),
-        created_at_ns,
+    let created_ns = inspected.created.as_deref().and_then(|c| {
+        let created = humantime::parse_rfc3339_weak(c).ok()?;
+        let since = created.duration_since(std::time::UNIX_EPOCH).ok()?;
+        i64::try_from(since.as_nanos()).ok()
+    });
+    replica_from(Seen {
+        id: inspected.id,
+        name: inspected.name,
+        labels: inspected.config.and_then(|c| c.labels).unwrap_or_default(),
+        created_ns,
         state,
         status,
-        ips,
+        networks: inspected.network_settings.and_then(|n| n.networks),
     })
 }
 

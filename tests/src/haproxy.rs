@@ -303,6 +303,23 @@ impl Load {
         self.ok.load(Ordering::Relaxed)
     }
 
+    /// Stops the load, prints its figures as `what`, and asserts that it ran and that
+    /// no request failed.
+    pub async fn finish_without_failures(self, what: &str) -> LoadReport {
+        let report = self.finish().await;
+        println!(
+            "{what}: {} ok, {} failed in {:?}; first failures: {:?}",
+            report.ok, report.failed, report.elapsed, report.failures
+        );
+        assert!(report.ok > 100, "{what}: the load ran: {report:?}");
+        assert_eq!(
+            report.failed, 0,
+            "{what}: failed requests: {:?}",
+            report.failures
+        );
+        report
+    }
+
     pub async fn finish(mut self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
         for h in std::mem::take(&mut self.handles) {
