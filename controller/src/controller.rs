@@ -479,7 +479,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
 
     fn on_event(&mut self, event: ContainerEvent) {
         tracing::debug!(action = %event.action, container = %event.id, service = %event.service, "docker event");
-        self.store.touch(event.id.clone());
+        match event.action.as_str() {
+            "die" => self.store.exited(&event.id, event.exit_code),
+            // Signals; the `die` that follows says what became of the container.
+            "kill" | "stop" | "oom" => {}
+            _ => self.store.touch(event.id.clone()),
+        }
         if let Some(entry) = self.services.get_mut(&event.service) {
             if event.action == "die" {
                 // React now: the server leaves rotation and a replacement starts.

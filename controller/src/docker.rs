@@ -130,8 +130,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = Result<(), DockerError>> + Send;
 
-    /// Events of owned containers, as they happen. The stream ends when the connection
-    /// breaks; the caller reconnects and resyncs.
+    /// Events of owned containers, from shortly before the call on (so that a list
+    /// taken after subscribing misses nothing in between: list-then-watch). The stream
+    /// ends when the connection breaks; the caller reconnects and lists again.
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent, DockerError>>;
 
     /// Whether the engine answers.
@@ -302,7 +303,17 @@ impl ContainerRuntime for DockerRuntime {
             .map(String::from)
             .to_vec(),
         );
-        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        // Replayed from a second back: a change between this call and the first poll
+        // of the stream (when the request is sent) is delivered all the same.
+        let since = std::time::SystemTime::now()
+            .checked_sub(Duration::from_secs(1))
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()));
+        let mut options = EventsOptionsBuilder::default().filters(&filters);
+        if let Some(since) = &since {
+            options = options.since(since);
+        }
+        let options = options.build();
         self.events
             .events(Some(options))
             .filter_map(|item| async move {

@@ -8,14 +8,15 @@
 //! creates 5–8% slower). So the store is filled by a full list when it is not known to
 //! be complete (at start, at every resync, after the event stream broke), and between
 //! lists only the containers something happened to are read again, one inspect each:
-//! those a Docker event named and those dockscale just created or removed. A change
-//! that neither an event nor dockscale caused is seen at the next resync.
+//! those a Docker event named and those dockscale just created or removed. A `die`
+//! event is applied as it comes (the process is gone), without a read. A change that
+//! neither an event nor dockscale caused is seen at the next resync.
 //!
 //! This module decides what to read; the controller does the reading.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::replica::{ContainerId, Replica};
+use crate::replica::{ContainerId, ContainerState, Replica};
 
 /// Above this many containers to read again, one list is cheaper than the inspects.
 pub const RELIST_ABOVE: usize = 16;
@@ -55,6 +56,17 @@ impl ReplicaStore {
     /// Something happened to this container: read it again before the next plan.
     pub fn touch(&mut self, id: ContainerId) {
         self.dirty.insert(id);
+    }
+
+    /// Docker reported the container's process gone (`die`): it is exited from now on,
+    /// without reading it again (an inspect waits on the container's lock, which the
+    /// engine holds while it tears the container down).
+    pub fn exited(&mut self, id: &ContainerId, code: Option<i64>) {
+        if let Some(r) = self.replicas.get_mut(id) {
+            r.state = ContainerState::Exited;
+            r.status = format!("Exited ({})", code.unwrap_or(-1));
+            r.ips.clear();
+        }
     }
 
     /// What to read now. Taking the work clears it: a change reported while the read
@@ -97,7 +109,6 @@ impl ReplicaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::ContainerState;
 
     fn replica(id: &str, state: ContainerState) -> Replica {
         let mut r = crate::testing::replica(1, "h");
@@ -156,6 +167,20 @@ mod tests {
                 ("c".to_owned(), ContainerState::Running)
             ]
         );
+    }
+
+    #[test]
+    fn a_die_event_makes_a_known_container_exited_without_a_read() {
+        let mut store = ReplicaStore::new();
+        store.listed(vec![replica("a", ContainerState::Running)]);
+        store.exited(&id("a"), Some(137));
+        store.exited(&id("unknown"), Some(1));
+        assert_eq!(store.take_refresh(), Refresh::Nothing);
+        let replicas = store.replicas();
+        assert_eq!(replicas.len(), 1);
+        assert_eq!(replicas[0].state, ContainerState::Exited);
+        assert_eq!(replicas[0].exit_code(), Some(137));
+        assert!(replicas[0].ips.is_empty());
     }
 
     #[test]

@@ -159,8 +159,18 @@ async fn a_killed_replica_leaves_rotation_on_the_die_event() {
 
     let load = Load::start(fixture.bind, "/?delay=5", 16, LOAD_LIMIT);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Through the API, not the CLI (a busy host can take a second to start `docker`),
+    // and watched while the call is under way: the engine answers a kill only once
+    // the container is down, which under load can be seconds after its `die` event.
+    let docker = dockscale::docker::DockerRuntime::connect()
+        .await
+        .expect("docker");
     let killed = Instant::now();
-    sh("docker", &["kill", &victim]);
+    tracing::info!(container = %victim, "killing a replica");
+    let kill = {
+        let victim = victim.clone();
+        tokio::spawn(async move { docker.client().kill_container(&victim, None).await })
+    };
     let out_of_rotation = loop {
         let rotation = in_rotation(&servers(&api, &fixture.backend).await);
         if !rotation.contains_key(&victim_addr) {
@@ -173,6 +183,7 @@ async fn a_killed_replica_leaves_rotation_on_the_die_event() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     println!("docker kill -> out of rotation in {out_of_rotation:?}");
+    kill.await.expect("kill task").expect("docker kill");
     // HAProxy's own checks (inter 1s, fall 2) need 2 s or more to notice; the die
     // event must be faster than that.
     assert!(

@@ -210,10 +210,20 @@ async fn removing_the_document_removes_the_replicas() {
     // The file still parses, with no document in it.
     fixture.write_spec("# nothing here any more\n");
     wait_for("0 replicas", Duration::from_secs(30), exactly(&fixture, 0)).await;
-    let (_, body) = controller.get("/api/v1/services").await;
-    assert!(
-        !body.contains(&fixture.service),
-        "the service is still listed: {body}"
-    );
+    // Forgotten once the controller has seen its last container go (the destroy
+    // event may reach it after `docker ps` shows none).
+    wait_for(
+        "the service to leave the API",
+        Duration::from_secs(10),
+        || {
+            let (_, body) = dockscale_e2e::block(controller.get("/api/v1/services"));
+            if body.contains(&fixture.service) {
+                Err(body)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     controller.stop().await;
 }
