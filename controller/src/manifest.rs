@@ -819,4 +819,55 @@ spec:
         let loaded = load(&[dir]).expect("manifests validate");
         assert!(loaded.iter().any(|l| l.service.name() == "webapp"));
     }
+
+    /// Every error names the file and, when it has a position, one inside the text.
+    fn check_located(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        if let Err(errors) = parse_str(Path::new("fuzz.yaml"), text) {
+            proptest::prop_assert!(!errors.0.is_empty());
+            let lines = text.split('\n').count() as u64;
+            for e in &errors.0 {
+                proptest::prop_assert_eq!(e.file.as_path(), Path::new("fuzz.yaml"));
+                proptest::prop_assert!(!e.message.is_empty(), "empty message: {e}");
+                if let Some((line, col)) = e.position {
+                    proptest::prop_assert!(
+                        (1..=lines + 1).contains(&line) && col >= 1,
+                        "{e} is outside the {lines}-line text"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+        #[test]
+        fn any_text_is_accepted_or_rejected_with_located_errors(text in "\\PC{0,200}") {
+            check_located(&text)?;
+        }
+
+        /// A valid spec with a few characters deleted, replaced or inserted: close to
+        /// what a user mistypes, and what reaches the deeper checks.
+        #[test]
+        fn a_mistyped_spec_is_accepted_or_rejected_with_located_errors(
+            edits in proptest::collection::vec(
+                (0usize..GOOD.len(), 0u8..3, proptest::sample::select(
+                    " :-[]{}&*!|>'\"#%@,?\n\t09-.xNn~".chars().collect::<Vec<_>>(),
+                )),
+                1..8,
+            )
+        ) {
+            let mut text: Vec<char> = GOOD.chars().collect();
+            for (at, op, c) in edits {
+                let at = at % (text.len() + 1);
+                match op {
+                    0 if at < text.len() => { text.remove(at); }
+                    1 if at < text.len() => text[at] = c,
+                    _ => text.insert(at, c),
+                }
+            }
+            check_located(&text.into_iter().collect::<String>())?;
+        }
+    }
 }
