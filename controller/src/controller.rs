@@ -1186,16 +1186,17 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             svc.template_hash = hash.clone();
             svc.replicas = counts;
             svc.backend = lb.map(|l| l.backend.to_string());
-            if let Some(prev) = last_desired {
-                if prev != counts.desired {
-                    let verb = if counts.desired > prev { "up" } else { "down" };
-                    svc.record(
-                        EventType::Normal,
-                        "ScalingReplicaSet",
-                        format!("Scaled {verb} from {prev} to {}", counts.desired),
-                        now,
-                    );
-                }
+            // The first pass compares with what runs: a new service is scaled up from
+            // 0, and a restarted controller that adopts the same count says nothing.
+            let prev = last_desired.unwrap_or(counts.current);
+            if prev != counts.desired {
+                let verb = if counts.desired > prev { "up" } else { "down" };
+                svc.record(
+                    EventType::Normal,
+                    "ScalingReplicaSet",
+                    format!("Scaled {verb} from {prev} to {}", counts.desired),
+                    now,
+                );
             }
             for (_, what) in &holds {
                 svc.record(

@@ -19,6 +19,20 @@ fn exactly(
     }
 }
 
+/// The messages of the service's `ScalingReplicaSet` events, oldest first.
+async fn scaling_events(controller: &RunningController, service: &str) -> Vec<String> {
+    let (code, body) = controller.get(&format!("/api/v1/services/{service}")).await;
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    status["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["reason"] == "ScalingReplicaSet")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scales_to_the_count_in_the_file_and_keeps_the_oldest() {
     let fixture = Fixture::new("e2e-scale");
@@ -71,6 +85,14 @@ async fn scales_to_the_count_in_the_file_and_keeps_the_oldest() {
         first_three.contains(&one[0].id),
         "the survivor {} is not one of the oldest replicas",
         one[0].name
+    );
+    assert_eq!(
+        scaling_events(&controller, &fixture.service).await,
+        [
+            "Scaled up from 0 to 3",
+            "Scaled up from 3 to 5",
+            "Scaled down from 5 to 1"
+        ]
     );
     controller.stop().await;
 }
@@ -198,6 +220,11 @@ async fn a_restarted_controller_adopts_the_running_replicas() {
     let after: BTreeSet<String> = fixture.containers().into_iter().map(|c| c.id).collect();
     let before: BTreeSet<String> = before.into_iter().map(|c| c.id).collect();
     assert_eq!(after, before, "the restarted controller recreated replicas");
+    assert_eq!(
+        scaling_events(&second, &fixture.service).await,
+        Vec::<String>::new(),
+        "adopting the same count is no scaling"
+    );
     second.stop().await;
 }
 
