@@ -127,10 +127,19 @@ async fn a_template_change_rolls_every_replica_under_load_without_a_failed_reque
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
     assert!(report.ok > 100, "{report:?}");
 
-    let s = status(&controller, &fixture.service).await;
-    assert_eq!(s["replicas"]["updated"], 6, "{s}");
-    let events = s["events"].to_string();
-    assert!(events.contains("Rollout complete"), "{events}");
+    // The controller completes the rollout once it has seen the last old container
+    // go, which Docker can show a moment before it tells the controller.
+    wait_for("Rollout complete", Duration::from_secs(10), || {
+        let s = dockscale_e2e::block(status(&controller, &fixture.service));
+        let complete =
+            s["replicas"]["updated"] == 6 && s["events"].to_string().contains("Rollout complete");
+        if complete {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
+    .await;
     controller.stop().await;
 }
 
