@@ -465,7 +465,7 @@ fn replica_from_inspect(inspected: bollard::models::ContainerInspectResponse) ->
         .unwrap_or(ContainerState::Dead);
     let status = match state {
         ContainerState::Running => "Up".to_owned(),
-        ContainerState::Exited => format!("Exited ({})", docker_state.exit_code.unwrap_or(-1)),
+        ContainerState::Exited => Replica::exited_status(docker_state.exit_code),
         other => format!("{other:?}"),
     };
     let created_ns = inspected.created.as_deref().and_then(|c| {

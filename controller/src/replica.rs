@@ -95,6 +95,12 @@ impl Replica {
         let rest = self.status.strip_prefix("Exited (")?;
         rest.split(')').next()?.parse().ok()
     }
+
+    /// An exited container's status in Docker's list words (`Exited (137)`), for what
+    /// was learnt elsewhere than from a list; [`Replica::exit_code`] reads it back.
+    pub fn exited_status(code: Option<i64>) -> String {
+        format!("Exited ({})", code.unwrap_or(-1))
+    }
 }
 
 /// The labels of a new replica: ownership first, then the user's (which cannot
@@ -166,5 +172,7 @@ mod tests {
         assert_eq!(r.exit_code(), Some(137));
         r.status = "Up 3 seconds".into();
         assert_eq!(r.exit_code(), None);
+        r.status = Replica::exited_status(Some(143));
+        assert_eq!(r.exit_code(), Some(143));
     }
 }

@@ -64,7 +64,7 @@ impl ReplicaStore {
     pub fn exited(&mut self, id: &ContainerId, code: Option<i64>) {
         if let Some(r) = self.replicas.get_mut(id) {
             r.state = ContainerState::Exited;
-            r.status = format!("Exited ({})", code.unwrap_or(-1));
+            r.status = Replica::exited_status(code);
             r.ips.clear();
         }
     }
