@@ -304,12 +304,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     if events.is_none() {
                         // Without events, every pass reads everything.
                         self.store.invalidate();
-                    }
-                    if events.is_none() && events_retry <= now {
-                        events = Some(self.runtime.events());
-                        // Events may have been missed while disconnected.
-                        for entry in self.services.values_mut() {
-                            entry.wake(now);
+                        if events_retry <= now {
+                            events = Some(self.runtime.events());
+                            // Events may have been missed while disconnected.
+                            for entry in self.services.values_mut() {
+                                entry.wake(now);
+                            }
                         }
                     }
                     self.reconcile_due().await;
