@@ -80,6 +80,20 @@ impl BackendConfig {
             assigned: BTreeMap::new(),
         })
     }
+
+    /// The pool for this backend given the one HAProxy runs (`None`: not running yet).
+    /// A running pool is kept while it holds every replica the service may run: a
+    /// smaller count never shrinks it, so scaling down never reloads. It grows, to
+    /// [`slots_for`], only when it is too small. Slots in use are always kept.
+    pub fn pool_size(&self, running: Option<u32>) -> u32 {
+        let highest = self.assigned.keys().max().copied().unwrap_or(0);
+        let pool = match running {
+            Some(r) if r >= self.needed => r,
+            Some(r) => self.slots.max(r),
+            None => self.slots,
+        };
+        pool.max(highest)
+    }
 }
 
 /// Slots for a new backend: room for the most replicas the service may run at once
@@ -102,22 +116,6 @@ pub fn slots_needed(service: &ScaledService) -> u32 {
         .as_ref()
         .map_or(spec.replicas, |a| a.max_replicas.max(spec.replicas));
     most.saturating_add(spec.rollout.max_surge)
-}
-
-impl BackendConfig {
-    /// The pool for this backend given the one HAProxy runs (`None`: not running yet).
-    /// A running pool is kept while it holds every replica the service may run: a
-    /// smaller count never shrinks it, so scaling down never reloads. It grows, to
-    /// [`slots_for`], only when it is too small. Slots in use are always kept.
-    pub fn pool_size(&self, running: Option<u32>) -> u32 {
-        let highest = self.assigned.keys().max().copied().unwrap_or(0);
-        let pool = match running {
-            Some(r) if r >= self.needed => r,
-            Some(r) => self.slots.max(r),
-            None => self.slots,
-        };
-        pool.max(highest)
-    }
 }
 
 /// Everything the managed configuration is made of.
