@@ -330,6 +330,13 @@ impl RunningController {
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.listen, path).await
     }
+
+    /// A service's status from the API (`/api/v1/services/{name}`), which must answer.
+    pub async fn service_status(&self, name: &str) -> serde_json::Value {
+        let (code, body) = self.get(&format!("/api/v1/services/{name}")).await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
 }
 
 impl Drop for RunningController {

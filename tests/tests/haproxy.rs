@@ -364,10 +364,11 @@ async fn outgrowing_the_slot_pool_reloads_once_and_scaling_back_never_does() {
         grown,
         "dockscale_haproxy_reloads_total{reason=\"slot_pool_grown\"} 1"
     );
-    let (_, status) = controller
-        .get(&format!("/api/v1/services/{}", fixture.service))
-        .await;
-    assert!(status.contains("SlotPoolGrown"), "the event: {status}");
+    let status = controller.service_status(&fixture.service).await;
+    assert!(
+        status["events"].to_string().contains("SlotPoolGrown"),
+        "the event: {status}"
+    );
 
     // Back down and up again under load: the pool stays, nothing reloads, nothing fails.
     let load = Load::start(fixture.bind, "/?delay=5", 16, LOAD_LIMIT);

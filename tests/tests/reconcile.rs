@@ -21,10 +21,7 @@ fn exactly(
 
 /// The messages of the service's `ScalingReplicaSet` events, oldest first.
 async fn scaling_events(controller: &RunningController, service: &str) -> Vec<String> {
-    let (code, body) = controller.get(&format!("/api/v1/services/{service}")).await;
-    assert_eq!(code, 200, "{body}");
-    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-    status["events"]
+    controller.service_status(service).await["events"]
         .as_array()
         .expect("events")
         .iter()

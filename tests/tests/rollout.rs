@@ -9,13 +9,6 @@ use dockscale_e2e::{sh, wait_for, Fixture, RunningController};
 
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 
-/// The service's status from the controller's API.
-async fn status(controller: &RunningController, name: &str) -> serde_json::Value {
-    let (code, body) = controller.get(&format!("/api/v1/services/{name}")).await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).expect("status JSON")
-}
-
 fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
     status["conditions"]
         .as_array()?
@@ -112,25 +105,21 @@ async fn a_template_change_rolls_every_replica_under_load_without_a_failed_reque
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let report = load.finish().await;
     println!(
-        "rollout of 6 replicas in {took:?}: {} ok, {} failed; ready servers min {} over {} samples",
-        report.ok,
-        report.failed,
+        "rollout of 6 replicas in {took:?}; ready servers min {} over {} samples",
         samples.iter().min().copied().unwrap_or(0),
         samples.len()
     );
+    load.finish_without_failures("rollout under load").await;
     assert!(
         samples.iter().all(|r| *r >= 6),
         "ready dropped below desired - maxUnavailable: {samples:?}"
     );
-    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
-    assert!(report.ok > 100, "{report:?}");
 
     // The controller completes the rollout once it has seen the last old container
     // go, which Docker can show a moment before it tells the controller.
     wait_for("Rollout complete", Duration::from_secs(10), || {
-        let s = dockscale_e2e::block(status(&controller, &fixture.service));
+        let s = dockscale_e2e::block(controller.service_status(&fixture.service));
         let complete =
             s["replicas"]["updated"] == 6 && s["events"].to_string().contains("Rollout complete");
         if complete {
@@ -156,7 +145,7 @@ async fn a_missing_image_stops_the_rollout_and_the_old_replicas_keep_serving() {
         .replace("dockscale-webapp:latest", "dockscale-no-such-image:1.0");
     fixture.write_spec(&broken);
     let (_, took) = wait_for("ImageNotFound reported", Duration::from_secs(30), || {
-        let s = dockscale_e2e::block(status(&controller, &fixture.service));
+        let s = dockscale_e2e::block(controller.service_status(&fixture.service));
         match condition(&s, "ReplicaFailure") {
             Some(c) if c["status"] == true && c["reason"] == "ImageNotFound" => Ok(s),
             _ => Err(s["conditions"].clone()),
@@ -164,7 +153,7 @@ async fn a_missing_image_stops_the_rollout_and_the_old_replicas_keep_serving() {
     })
     .await;
     println!("missing image reported in {took:?}");
-    let s = status(&controller, &fixture.service).await;
+    let s = controller.service_status(&fixture.service).await;
     let events = s["events"].to_string();
     assert!(events.contains("dockscale-no-such-image:1.0"), "{events}");
     // Old replicas still serve, none was touched.
@@ -184,7 +173,7 @@ async fn a_missing_image_stops_the_rollout_and_the_old_replicas_keep_serving() {
     // Fixing the spec resumes and completes the rollout.
     fixture.write_spec(&fixture.lb_spec(2, "v3", ""));
     let (_, took) = wait_for("rollout to v3", Duration::from_secs(60), || {
-        let s = dockscale_e2e::block(status(&controller, &fixture.service));
+        let s = dockscale_e2e::block(controller.service_status(&fixture.service));
         let running = fixture.running();
         let complete = running.len() == 2
             && running.iter().all(|c| !old.contains(&c.id))
@@ -240,7 +229,7 @@ async fn a_replica_that_keeps_exiting_is_replaced_with_growing_back_off() {
         "the back-off did not grow: {gaps:?}"
     );
 
-    let s = status(&controller, &fixture.service).await;
+    let s = controller.service_status(&fixture.service).await;
     let failure = condition(&s, "ReplicaFailure").expect("ReplicaFailure condition");
     assert_eq!(failure["reason"], "CrashLoopBackOff", "{s}");
     controller.stop().await;
