@@ -43,6 +43,12 @@ pub enum AppError {
     Haproxy(#[source] ManagedError),
     #[error("{0}")]
     ExternalHaproxy(#[source] ApiError),
+    #[error("cannot make {path} absolute: {source}")]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -53,6 +59,7 @@ pub enum AppError {
 
 /// Runs the controller until `shutdown` resolves; the replicas keep running after.
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let args = resolve_paths(args)?;
     let services = manifest::load(&args.paths).map_err(AppError::Spec)?;
     std::fs::create_dir_all(&args.state_dir).map_err(|source| AppError::StateDir {
         path: args.state_dir.clone(),
@@ -145,4 +152,24 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         Ok(Ok(())) => {}
     }
     Ok(())
+}
+
+/// Makes the spec paths and the state directory absolute, once, from the directory
+/// `run` was started in: every path that reaches HAProxy's configuration is absolute
+/// (HAProxy reads `stats socket .dockscale/haproxy.sock` as an address without a port),
+/// and nothing depends on the working directory afterwards.
+fn resolve_paths(mut args: RunArgs) -> Result<RunArgs, AppError> {
+    let absolute = |path: &std::path::Path| {
+        std::path::absolute(path).map_err(|source| AppError::Resolve {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    args.state_dir = absolute(&args.state_dir)?;
+    args.paths = args
+        .paths
+        .iter()
+        .map(|p| absolute(p))
+        .collect::<Result<_, _>>()?;
+    Ok(args)
 }
