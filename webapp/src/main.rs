@@ -2,7 +2,9 @@
 //! SIGTERM or SIGINT, then finishes the requests in flight and exits 0.
 //!
 //! Environment: `PORT` (default 8080), `GREETING`, `LOG_REQUESTS=1`, `HOSTNAME` (only
-//! if the system has no hostname). See the library docs for the HTTP surface.
+//! if the system has no hostname), and the fault knobs `FAIL_RATE`, `EXTRA_LATENCY_MS`
+//! and `HEALTH_FAIL_FILE`. See the library docs for the HTTP surface and what each knob
+//! does; an invalid value stops the process before it listens.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,6 +17,10 @@ use tokio::signal::unix::{signal, SignalKind};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_lookup(|name| std::env::var(name).ok())?;
+    let faults = config.faults();
+    if !faults.is_empty() {
+        eprintln!("dockscale-webapp: faults on: {}", faults.join(" "));
+    }
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let listener = TcpListener::bind(addr)
         .await

@@ -2,8 +2,10 @@
 //! to it with hyper's client, as HAProxy and curl would.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
+use dockscale_webapp::fault::FailRate;
 use dockscale_webapp::{run, Config};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -53,6 +55,29 @@ fn config() -> Config {
         hostname: "webapp-test1".into(),
         greeting: Some("hello".into()),
         log_requests: false,
+        fail_rate: FailRate::default(),
+        extra_latency: Duration::ZERO,
+        health_fail_file: None,
+    }
+}
+
+/// A path in the temporary directory that no other test uses, removed on drop.
+struct TempPath(PathBuf);
+
+impl TempPath {
+    fn new(name: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let file = format!("dockscale-webapp-{name}-{}-{nanos}", std::process::id());
+        Self(std::env::temp_dir().join(file))
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -246,4 +271,126 @@ async fn shutdown_finishes_a_request_in_flight_then_stops_listening() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
     );
+}
+
+#[tokio::test]
+async fn fail_rate_answers_that_share_of_requests_500_still_naming_the_replica() {
+    let server = TestServer::start(Config {
+        fail_rate: FailRate::new(0.25).unwrap(),
+        ..config()
+    })
+    .await;
+    let mut failed = Vec::new();
+    for n in 1..=20 {
+        let answer = server.get("/", None).await;
+        assert_eq!(answer.served_by.as_deref(), Some("webapp-test1"));
+        if answer.status == StatusCode::INTERNAL_SERVER_ERROR {
+            assert!(
+                answer.body.contains("injected failure: FAIL_RATE=0.25"),
+                "{}",
+                answer.body
+            );
+            assert_eq!(
+                answer.set_cookie, None,
+                "a failed request starts no session"
+            );
+            failed.push(n);
+        } else {
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+    }
+    assert_eq!(failed, [4, 8, 12, 16, 20], "every 4th request fails");
+}
+
+#[tokio::test]
+async fn fail_rate_spares_healthz_and_failed_requests_count_no_session() {
+    let server = TestServer::start(Config {
+        fail_rate: FailRate::new(0.5).unwrap(),
+        ..config()
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(server.get("/healthz", None).await.status, StatusCode::OK);
+    }
+    let first = server.get("/", None).await;
+    assert_eq!(
+        first.status,
+        StatusCode::OK,
+        "healthz requests are not counted"
+    );
+    let id = first.new_session().unwrap().to_owned();
+    let failed = server.get("/", Some(&id)).await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let next = server.get("/", Some(&id)).await;
+    assert_eq!(next.field("count"), Some("2"), "{}", next.body);
+}
+
+#[tokio::test]
+async fn extra_latency_is_added_to_every_answer_but_healthz() {
+    let server = TestServer::start(Config {
+        extra_latency: Duration::from_millis(400),
+        ..config()
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(server.get("/", None).await.status, StatusCode::OK);
+    let plain = started.elapsed();
+    assert!(plain >= Duration::from_millis(400), "answered in {plain:?}");
+
+    let started = Instant::now();
+    server.get("/?delay=200", None).await;
+    let delayed = started.elapsed();
+    assert!(
+        delayed >= Duration::from_millis(600),
+        "answered in {delayed:?}"
+    );
+
+    let started = Instant::now();
+    assert_eq!(server.get("/healthz", None).await.body, "ok\n");
+    let health = started.elapsed();
+    assert!(
+        health < Duration::from_millis(300),
+        "healthz took {health:?}"
+    );
+}
+
+#[tokio::test]
+async fn extra_latency_delays_failures_too() {
+    let server = TestServer::start(Config {
+        fail_rate: FailRate::new(1.0).unwrap(),
+        extra_latency: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let started = Instant::now();
+    let answer = server.get("/", None).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn healthz_fails_while_the_health_fail_file_exists() {
+    let flag = TempPath::new("health-flag");
+    let server = TestServer::start(Config {
+        health_fail_file: Some(flag.0.clone()),
+        ..config()
+    })
+    .await;
+    assert_eq!(server.get("/healthz", None).await.body, "ok\n");
+
+    std::fs::write(&flag.0, b"").unwrap();
+    let answer = server.get("/healthz", None).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.body.contains("exists"), "{}", answer.body);
+    assert_eq!(answer.served_by.as_deref(), Some("webapp-test1"));
+    assert_eq!(
+        server.get("/", None).await.status,
+        StatusCode::OK,
+        "other paths keep answering"
+    );
+
+    std::fs::remove_file(&flag.0).unwrap();
+    let answer = server.get("/healthz", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "ok\n");
 }
