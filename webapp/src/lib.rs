@@ -31,6 +31,12 @@
 //!   way that the server's uid cannot search) it answers `503` too, saying why, so a
 //!   test that mounted the flag directory wrongly sees it at once.
 //!
+//! `dockscale-webapp check` is the image's health probe (it has no shell or curl):
+//! it GETs `http://127.0.0.1:$PORT/healthz` with a 2 s timeout and exits 0 on a `2xx`,
+//! 1 otherwise (see [`probe`]). The image declares no `HEALTHCHECK`, so containers
+//! report no health unless asked to, e.g. by a spec's
+//! `template.healthcheck: {command: ["/dockscale-webapp", "check"]}`.
+//!
 //! It knows nothing of Docker or HAProxy, and reads the environment only through
 //! [`Config::from_lookup`].
 //!
@@ -39,8 +45,10 @@
 //!   until a shutdown future completes, then finishes the requests in flight.
 //! - [`session`]: the per-session counters and the cookie.
 //! - [`fault`]: `FAIL_RATE`'s schedule.
+//! - [`probe`]: the `GET /healthz` behind `dockscale-webapp check`.
 
 pub mod fault;
+pub mod probe;
 pub mod session;
 
 use std::future::Future;
@@ -78,8 +86,8 @@ const SESSION_CAPACITY: usize = 100_000;
 /// What the server is told by its environment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// `PORT`: where `main` binds on all interfaces. [`run`] takes a bound listener
-    /// instead, so tests can bind port 0.
+    /// `PORT`: where `main` binds on all interfaces, and what `check` probes. [`run`]
+    /// takes a bound listener instead, so tests can bind port 0.
     pub port: u16,
     /// Shown in every answer: in a container it is the container's hostname, which is
     /// what tells replicas apart.

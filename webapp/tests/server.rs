@@ -1,8 +1,10 @@
 //! The server over real loopback HTTP: each test runs its own `run` on port 0 and talks
-//! to it with hyper's client, as HAProxy and curl would.
+//! to it with hyper's client, as HAProxy and curl would. The tests of `check` run the
+//! built binary itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use dockscale_webapp::fault::FailRate;
@@ -61,6 +63,29 @@ fn config() -> Config {
     }
 }
 
+/// The binary under test.
+const WEBAPP: &str = env!("CARGO_BIN_EXE_dockscale-webapp");
+
+/// Runs the binary with `args` and only the environment `vars`, waiting at most
+/// `limit` for it to exit.
+async fn run_binary(args: &[&str], vars: &[(&str, &str)], limit: Duration) -> Output {
+    let child = tokio::process::Command::new(WEBAPP)
+        .args(args)
+        .env_clear()
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(limit, child)
+        .await
+        .expect("the binary did not exit in time")
+        .unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A path in the temporary directory that no other test uses, removed on drop.
 struct TempPath(PathBuf);
 
@@ -79,6 +104,12 @@ impl Drop for TempPath {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A loopback port that nothing listens on (bound, then released).
+async fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 impl TestServer {
@@ -393,4 +424,61 @@ async fn healthz_fails_while_the_health_fail_file_exists() {
     let answer = server.get("/healthz", None).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, "ok\n");
+}
+
+#[tokio::test]
+async fn check_exits_0_against_a_healthy_server() {
+    let server = TestServer::start(config()).await;
+    let port = server.addr.port().to_string();
+    let output = run_binary(&["check"], &[("PORT", &port)], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("healthy: 200"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_exits_1_against_a_closed_port() {
+    let port = closed_port().await.to_string();
+    let output = run_binary(&["check"], &[("PORT", &port)], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).starts_with("unhealthy: "),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn check_exits_1_while_healthz_fails() {
+    let flag = TempPath::new("check-flag");
+    std::fs::write(&flag.0, b"").unwrap();
+    let server = TestServer::start(Config {
+        health_fail_file: Some(flag.0.clone()),
+        ..config()
+    })
+    .await;
+    let port = server.addr.port().to_string();
+    let output = run_binary(&["check"], &[("PORT", &port)], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("503"), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn check_gives_up_on_a_server_that_does_not_answer() {
+    // Accepts connections (the kernel's backlog) but never reads them.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let started = Instant::now();
+    let output = run_binary(&["check"], &[("PORT", &port)], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("no answer"), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(silent);
+}
+
+#[tokio::test]
+async fn an_unknown_argument_is_a_usage_error() {
+    let output = run_binary(&["serve"], &[], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("usage: dockscale-webapp [check]"));
 }
