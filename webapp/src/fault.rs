@@ -1,10 +1,14 @@
 //! Misbehaviour on purpose: the knobs that let dockscale's tests see a replica fail.
 //!
-//! This module owns the deterministic schedule of `FAIL_RATE`'s `500`s. It reads no
-//! environment (see [`crate::Config`]) and does no I/O; the `/healthz` handler acts on
-//! `HEALTH_FAIL_FILE`.
+//! This module owns the deterministic schedule of `FAIL_RATE`'s `500`s and the memory
+//! ballast of `ALLOCATE_MB`. It reads no environment (see [`crate::Config`]) and does no
+//! I/O; `main` acts on `EXIT_AFTER_MS`, the `/healthz` handler on `HEALTH_FAIL_FILE`.
 
+use std::collections::TryReserveError;
 use std::fmt;
+
+/// One mebibyte, the unit of `ALLOCATE_MB`.
+pub const MIB: usize = 1 << 20;
 
 /// The share of requests answered `500`, from 0 (never, the default) to 1 (always).
 ///
@@ -40,6 +44,22 @@ impl fmt::Display for FailRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// `mib` MiB of memory, every byte written, so that the kernel charges all of it to
+/// the process (and its container's memory cgroup) at once.
+///
+/// Memory that is only reserved costs nothing until it is touched: without the writes
+/// a replica with a smaller memory limit would not be OOM-killed. Keep the result alive
+/// for as long as the memory is to stay in use.
+pub fn ballast(mib: usize) -> Result<Vec<u8>, TryReserveError> {
+    // A size past `usize` saturates, and reserving that much fails like any excess.
+    let bytes = mib.saturating_mul(MIB);
+    let mut ballast = Vec::new();
+    ballast.try_reserve_exact(bytes)?;
+    ballast.resize(bytes, 0xA5);
+    // The bytes are never read: keep the optimizer from dropping the writes.
+    Ok(std::hint::black_box(ballast))
 }
 
 #[cfg(test)]
@@ -90,5 +110,18 @@ mod tests {
         let rate = FailRate::new(0.1).unwrap();
         let failing: Vec<u64> = (0..40).filter(|&n| rate.fails(n)).collect();
         assert_eq!(failing, [9, 19, 29, 39]);
+    }
+
+    #[test]
+    fn ballast_holds_the_mebibytes_asked_for_all_written() {
+        let ballast = ballast(2).unwrap();
+        assert_eq!(ballast.len(), 2 * MIB);
+        assert!(ballast.iter().all(|&b| b == 0xA5));
+        assert!(super::ballast(0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_impossible_ballast_is_an_error_not_an_abort() {
+        assert!(ballast(usize::MAX / MIB).is_err());
     }
 }

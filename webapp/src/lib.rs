@@ -30,6 +30,12 @@
 //!   paths keep answering. If the path's existence cannot be told (a directory on the
 //!   way that the server's uid cannot search) it answers `503` too, saying why, so a
 //!   test that mounted the flag directory wrongly sees it at once.
+//! - `EXIT_AFTER_MS` with `EXIT_CODE` (0-255, default 1): the process exits with that
+//!   code that long after it starts listening, without finishing requests: a crash
+//!   for crash-loop tests. Logged on stderr when it fires.
+//! - `ALLOCATE_MB`: before listening, the process allocates and writes that many MiB and
+//!   holds them, so a replica with a smaller memory limit is OOM-killed. Logged on
+//!   stderr before and after.
 //!
 //! `dockscale-webapp check` is the image's health probe (it has no shell or curl):
 //! it GETs `http://127.0.0.1:$PORT/healthz` with a 2 s timeout and exits 0 on a `2xx`,
@@ -44,7 +50,7 @@
 //! - this file: [`Config`], the [`router`] and [`run`], which serves a bound listener
 //!   until a shutdown future completes, then finishes the requests in flight.
 //! - [`session`]: the per-session counters and the cookie.
-//! - [`fault`]: `FAIL_RATE`'s schedule.
+//! - [`fault`]: `FAIL_RATE`'s schedule and `ALLOCATE_MB`'s ballast.
 //! - [`probe`]: the `GET /healthz` behind `dockscale-webapp check`.
 
 pub mod fault;
@@ -67,7 +73,7 @@ use axum::Router;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use crate::fault::FailRate;
+use crate::fault::{FailRate, MIB};
 use crate::session::Sessions;
 
 /// The port served when `PORT` is not set; the image `EXPOSE`s it.
@@ -106,6 +112,13 @@ pub struct Config {
     /// `HEALTH_FAIL_FILE`: `/healthz` fails while this path exists, so a test can make a
     /// running replica unhealthy and healthy again without restarting it.
     pub health_fail_file: Option<PathBuf>,
+    /// `EXIT_AFTER_MS`: how long after it starts listening the process exits, for tests
+    /// of crash-loop back-off.
+    pub exit_after: Option<Duration>,
+    /// `EXIT_CODE` (default 1): the code of that exit.
+    pub exit_code: u8,
+    /// `ALLOCATE_MB`: MiB allocated and written at start, for tests of OOM detection.
+    pub allocate_mib: usize,
 }
 
 /// Why the environment gives no [`Config`]. Each message names the variable and the
@@ -122,6 +135,12 @@ pub enum ConfigError {
     ExtraLatency(String),
     #[error("HEALTH_FAIL_FILE must be a file path, got {0:?}")]
     HealthFailFile(String),
+    #[error("EXIT_AFTER_MS must be a whole number of milliseconds, got {0:?}")]
+    ExitAfter(String),
+    #[error("EXIT_CODE must be an exit code (0-255), got {0:?}")]
+    ExitCode(String),
+    #[error("ALLOCATE_MB must be a whole number of MiB that memory can address, got {0:?}")]
+    AllocateMb(String),
 }
 
 impl Config {
@@ -163,6 +182,24 @@ impl Config {
                 Some(raw) if raw.is_empty() => return Err(ConfigError::HealthFailFile(raw)),
                 Some(raw) => Some(PathBuf::from(raw)),
             },
+            exit_after: knob(&lookup, "EXIT_AFTER_MS", millis, ConfigError::ExitAfter)?,
+            exit_code: knob(
+                &lookup,
+                "EXIT_CODE",
+                |raw| raw.parse().ok(),
+                ConfigError::ExitCode,
+            )?
+            .unwrap_or(1),
+            allocate_mib: knob(
+                &lookup,
+                "ALLOCATE_MB",
+                |raw| {
+                    let mib: usize = raw.parse().ok()?;
+                    mib.checked_mul(MIB).map(|_| mib)
+                },
+                ConfigError::AllocateMb,
+            )?
+            .unwrap_or(0),
         })
     }
 
@@ -180,6 +217,16 @@ impl Config {
         }
         if let Some(path) = &self.health_fail_file {
             on.push(format!("HEALTH_FAIL_FILE={}", path.display()));
+        }
+        if let Some(after) = self.exit_after {
+            on.push(format!(
+                "EXIT_AFTER_MS={} EXIT_CODE={}",
+                after.as_millis(),
+                self.exit_code
+            ));
+        }
+        if self.allocate_mib > 0 {
+            on.push(format!("ALLOCATE_MB={}", self.allocate_mib));
         }
         on
     }
@@ -447,6 +494,9 @@ mod tests {
         assert_eq!(config.fail_rate.get(), 0.0);
         assert_eq!(config.extra_latency, Duration::ZERO);
         assert_eq!(config.health_fail_file, None);
+        assert_eq!(config.exit_after, None);
+        assert_eq!(config.exit_code, 1);
+        assert_eq!(config.allocate_mib, 0);
         assert!(config.faults().is_empty(), "{:?}", config.faults());
     }
 
@@ -476,16 +526,39 @@ mod tests {
     }
 
     #[test]
+    fn exit_after_is_read_in_milliseconds_with_its_exit_code() {
+        let config = config_of(&[("EXIT_AFTER_MS", "500")]).unwrap();
+        assert_eq!(config.exit_after, Some(Duration::from_millis(500)));
+        assert_eq!(config.exit_code, 1, "the default exit code is a failure");
+
+        let config = config_of(&[("EXIT_AFTER_MS", "0"), ("EXIT_CODE", "0")]).unwrap();
+        assert_eq!(config.exit_after, Some(Duration::ZERO));
+        assert_eq!(config.exit_code, 0);
+        let config = config_of(&[("EXIT_AFTER_MS", "10"), ("EXIT_CODE", "255")]).unwrap();
+        assert_eq!(config.exit_code, 255);
+    }
+
+    #[test]
+    fn allocate_mb_is_read_in_mebibytes() {
+        let config = config_of(&[("ALLOCATE_MB", "100")]).unwrap();
+        assert_eq!(config.allocate_mib, 100);
+    }
+
+    #[test]
     fn the_fault_knobs_that_are_on_are_listed_for_the_log() {
         let config = config_of(&[
             ("FAIL_RATE", "0.5"),
             ("EXTRA_LATENCY_MS", "20"),
             ("HEALTH_FAIL_FILE", "/flag"),
+            ("EXIT_AFTER_MS", "500"),
+            ("EXIT_CODE", "3"),
+            ("ALLOCATE_MB", "100"),
         ])
         .unwrap();
         assert_eq!(
             config.faults().join(" "),
-            "FAIL_RATE=0.5 EXTRA_LATENCY_MS=20 HEALTH_FAIL_FILE=/flag"
+            "FAIL_RATE=0.5 EXTRA_LATENCY_MS=20 HEALTH_FAIL_FILE=/flag \
+             EXIT_AFTER_MS=500 EXIT_CODE=3 ALLOCATE_MB=100"
         );
     }
 
@@ -512,6 +585,16 @@ mod tests {
             ("EXTRA_LATENCY_MS", "0.5"),
             ("EXTRA_LATENCY_MS", "1s"),
             ("HEALTH_FAIL_FILE", ""),
+            ("EXIT_AFTER_MS", "soon"),
+            ("EXIT_AFTER_MS", "-1"),
+            ("EXIT_AFTER_MS", ""),
+            ("EXIT_CODE", "256"),
+            ("EXIT_CODE", "-1"),
+            ("EXIT_CODE", "one"),
+            ("ALLOCATE_MB", "1.5"),
+            ("ALLOCATE_MB", "-1"),
+            ("ALLOCATE_MB", "100M"),
+            ("ALLOCATE_MB", "18446744073709551615"),
         ];
         for (name, value) in bad {
             let message = match config_of(&[(name, value)]) {

@@ -5,16 +5,17 @@
 //! exits 0 on a `2xx`, 1 otherwise: the image's health-check command.
 //!
 //! Environment: `PORT` (default 8080), `GREETING`, `LOG_REQUESTS=1`, `HOSTNAME` (only
-//! if the system has no hostname), and the fault knobs `FAIL_RATE`, `EXTRA_LATENCY_MS`
-//! and `HEALTH_FAIL_FILE`. See the library docs for what each does; an invalid value
-//! stops the process before it listens.
+//! if the system has no hostname), and the fault knobs `FAIL_RATE`, `EXTRA_LATENCY_MS`,
+//! `HEALTH_FAIL_FILE`, `EXIT_AFTER_MS`/`EXIT_CODE` and `ALLOCATE_MB`. See the library
+//! docs for what each does; an invalid value stops the process before it listens.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use dockscale_webapp::{probe, run, Config};
+use dockscale_webapp::{fault, probe, run, Config};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -39,6 +40,8 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if !faults.is_empty() {
         eprintln!("dockscale-webapp: faults on: {}", faults.join(" "));
     }
+    // Held until `main` returns, so the memory stays charged to the process.
+    let _ballast = allocate(config.allocate_mib)?;
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let listener = TcpListener::bind(addr)
         .await
@@ -51,9 +54,35 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         listener.local_addr()?,
         config.hostname
     );
+    if let Some(after) = config.exit_after {
+        tokio::spawn(exit_after(after, config.exit_code));
+    }
     run(listener, config, shutdown).await?;
     println!("dockscale-webapp stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ALLOCATE_MB`: the ballast, logged before (an OOM kill may follow) and after.
+fn allocate(mib: usize) -> anyhow::Result<Vec<u8>> {
+    if mib == 0 {
+        return Ok(Vec::new());
+    }
+    eprintln!("dockscale-webapp: ALLOCATE_MB={mib}: allocating and writing {mib} MiB");
+    let ballast =
+        fault::ballast(mib).with_context(|| format!("cannot allocate ALLOCATE_MB={mib} MiB"))?;
+    eprintln!("dockscale-webapp: ALLOCATE_MB={mib}: holding {mib} MiB");
+    Ok(ballast)
+}
+
+/// `EXIT_AFTER_MS`: exits the whole process with `code` once `after` has passed,
+/// dropping the requests in flight, as a crash would.
+async fn exit_after(after: Duration, code: u8) {
+    tokio::time::sleep(after).await;
+    eprintln!(
+        "dockscale-webapp: EXIT_AFTER_MS={} elapsed, exiting with code {code}",
+        after.as_millis()
+    );
+    std::process::exit(code.into());
 }
 
 /// `check`: one probe of this container's own server, reported on one line (Docker

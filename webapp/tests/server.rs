@@ -1,5 +1,6 @@
 //! The server over real loopback HTTP: each test runs its own `run` on port 0 and talks
-//! to it with hyper's client, as HAProxy and curl would. The tests of `check` run the
+//! to it with hyper's client, as HAProxy and curl would. The tests of `check` and of the
+//! knobs that act on the process (`EXIT_AFTER_MS`, `ALLOCATE_MB`, bad values) run the
 //! built binary itself.
 
 use std::net::SocketAddr;
@@ -60,6 +61,9 @@ fn config() -> Config {
         fail_rate: FailRate::default(),
         extra_latency: Duration::ZERO,
         health_fail_file: None,
+        exit_after: None,
+        exit_code: 1,
+        allocate_mib: 0,
     }
 }
 
@@ -474,6 +478,58 @@ async fn check_gives_up_on_a_server_that_does_not_answer() {
     assert!(stderr(&output).contains("no answer"), "{}", stderr(&output));
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(silent);
+}
+
+#[tokio::test]
+async fn exit_after_ms_exits_with_exit_code_and_says_so() {
+    let started = Instant::now();
+    let output = run_binary(
+        &[],
+        &[("PORT", "0"), ("EXIT_AFTER_MS", "300"), ("EXIT_CODE", "7")],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(7), "{}", stderr(&output));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        stderr(&output).contains("EXIT_AFTER_MS=300 elapsed, exiting with code 7"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn allocate_mb_logs_the_memory_it_holds() {
+    let output = run_binary(
+        &[],
+        &[
+            ("PORT", "0"),
+            ("ALLOCATE_MB", "16"),
+            ("EXIT_AFTER_MS", "100"),
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("ALLOCATE_MB=16: holding 16 MiB"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn a_bad_knob_stops_the_binary_at_start_with_a_message_not_a_panic() {
+    for (name, value) in [("FAIL_RATE", "2"), ("EXIT_CODE", "300"), ("PORT", "http")] {
+        let output = run_binary(&[], &[(name, value)], Duration::from_secs(10)).await;
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{name}={value}: {message}");
+        assert!(
+            message.contains(&format!("{name} must be ")) && message.contains(value),
+            "{name}={value}: {message}"
+        );
+        assert!(!message.contains("panicked"), "{message}");
+    }
 }
 
 #[tokio::test]
