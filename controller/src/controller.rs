@@ -31,7 +31,10 @@ use crate::docker::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError
 use crate::lb::{LbError, LoadBalancer};
 use crate::manifest::{self, LoadedService};
 use crate::metrics::Metrics;
-use crate::plan::{self, Action, BackoffPolicy, Limits, Memory, Note, Now, PendingCreate, Plan};
+use crate::plan::{
+    self, Action, BackoffPolicy, ExitRecord, Limits, Memory, Note, Now, PendingCreate, Plan,
+    Verdict,
+};
 use crate::replica::{replica_name, template_hash, ContainerId, ContainerState, Replica};
 use crate::spec::ScaledService;
 use crate::status::{ConditionType, EventType, ServiceStatus, StatusHandle};
@@ -78,6 +81,17 @@ fn error_backoff(failures: u32) -> Duration {
         .min(Duration::from_secs(60))
 }
 
+/// Retry of an engine that does not answer (its event stream, its lists): 250ms
+/// doubling to 2s. An engine restart (a package upgrade) takes a few seconds, and the
+/// replicas are back only once dockscale sees it answer again: a long back-off would
+/// hold them at zero long after it did. Each retry is one cheap request.
+fn engine_backoff(failures: u32) -> Duration {
+    Duration::from_millis(250)
+        .checked_mul(1 << failures.min(8))
+        .unwrap_or(Duration::MAX)
+        .min(Duration::from_secs(2))
+}
+
 /// A Docker operation started by the loop, as it finished.
 enum Done {
     Created {
@@ -106,9 +120,6 @@ struct Entry {
     last_desired: Option<u32>,
     /// The last create failure, shown until a create succeeds.
     create_error: Option<String>,
-    /// Containers Docker reported dead (`die` event) with their exit code. Docker's
-    /// list can still show them running for a moment after the event; the event wins.
-    died: BTreeMap<ContainerId, Option<i64>>,
     /// The autoscaler, once the service's replicas were first seen (it starts from
     /// the count found running, so a restart of dockscale does not reset it).
     autoscaler: Option<Autoscaler>,
@@ -127,7 +138,6 @@ impl Entry {
             failures: 0,
             last_desired: None,
             create_error: None,
-            died: BTreeMap::new(),
             autoscaler: None,
             last_reason: None,
         }
@@ -265,13 +275,13 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         self.store.invalidate();
                         events = None;
                         events_failures += 1;
-                        events_retry = Instant::now() + error_backoff(events_failures);
+                        events_retry = Instant::now() + engine_backoff(events_failures);
                     }
                     None => {
                         tracing::warn!("docker event stream ended; reconnecting");
                         self.store.invalidate();
                         events = None;
-                        events_retry = Instant::now() + error_backoff(events_failures);
+                        events_retry = Instant::now() + engine_backoff(events_failures);
                     }
                 },
                 Ok(()) = lb_changed(&mut lb_restarts) => {
@@ -478,22 +488,49 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     }
 
     fn on_event(&mut self, event: ContainerEvent) {
-        tracing::debug!(action = %event.action, container = %event.id, service = %event.service, "docker event");
-        match event.action.as_str() {
-            "die" => self.store.exited(&event.id, event.exit_code),
-            // Signals; the `die` that follows says what became of the container.
-            "kill" | "stop" | "oom" => {}
-            _ => self.store.touch(event.id.clone()),
-        }
-        if let Some(entry) = self.services.get_mut(&event.service) {
-            if event.action == "die" {
-                // React now: the server leaves rotation and a replacement starts.
-                entry.died.insert(event.id, event.exit_code);
-                entry.wake(Instant::now());
-            } else {
-                // A short delay folds a burst (start, destroy) into one pass.
-                entry.wake(Instant::now() + Duration::from_millis(10));
+        let now = Instant::now();
+        // A network's event names the container only: it matters if it is ours.
+        let Some(service) = event
+            .service
+            .clone()
+            .or_else(|| self.store.service_of(&event.id).map(str::to_owned))
+        else {
+            return;
+        };
+        tracing::debug!(action = %event.action, container = %event.id, service = %service, "docker event");
+        let wake = match event.action.as_str() {
+            // React now: the server leaves rotation and a replacement starts.
+            "die" => {
+                self.store.exited(&event.id, event.exit_code, now);
+                Some(now)
             }
+            // Signals say who ended the container; the `die` that follows acts.
+            "kill" => {
+                self.store.signalled(&event.id, now);
+                None
+            }
+            "oom" => {
+                self.store.oom_killed(&event.id);
+                None
+            }
+            "stop" => None,
+            "start" => {
+                self.store.started(event.id.clone());
+                Some(now + Duration::from_millis(10))
+            }
+            // Out of the service network: out of rotation now.
+            "disconnect" => {
+                self.store.touch(event.id.clone());
+                Some(now)
+            }
+            // A short delay folds a burst (start, destroy) into one pass.
+            _ => {
+                self.store.touch(event.id.clone());
+                Some(now + Duration::from_millis(10))
+            }
+        };
+        if let (Some(at), Some(entry)) = (wake, self.services.get_mut(&service)) {
+            entry.wake(at);
         }
     }
 
@@ -719,20 +756,26 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         )
                     }
                     Err(DockerError::ImageNotFound { image }) => {
+                        // Not a crash: nothing is created until the image is there.
+                        entry.memory.lines.restarts.remove(&name);
                         let message = format!(
                             "image `{image}` is not present locally (dockscale never pulls): build or load it"
                         );
                         entry.create_error = Some(message.clone());
                         (EventType::Warning, "ImageNotFound", message)
                     }
+                    Err(e @ DockerError::Unavailable(_)) => {
+                        // The engine went away: not the replica's doing.
+                        entry.memory.lines.restarts.remove(&name);
+                        let message = format!("Failed to create replica {name}: {e}");
+                        entry.create_error = Some(message.clone());
+                        (EventType::Warning, "FailedCreate", message)
+                    }
                     Err(e) => {
-                        // A replica that cannot start counts as a crash: back off.
-                        let delay = entry.memory.crash_loop.record_exit(
-                            plan::ExitRecord {
-                                name: name.clone(),
-                                code: None,
-                            },
-                            Duration::ZERO,
+                        // A replica that cannot start counts as a crash of its line.
+                        let delay = entry.memory.lines.create_failed(
+                            &name,
+                            &entry.template_hash,
                             Instant::now(),
                             &self.settings.crash_backoff,
                         );
@@ -809,7 +852,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 for name in &due {
                     if let Some(entry) = self.services.get_mut(name) {
                         entry.failures += 1;
-                        entry.wake(Instant::now() + error_backoff(entry.failures));
+                        entry.wake(Instant::now() + engine_backoff(entry.failures));
                     }
                 }
                 return;
@@ -898,10 +941,23 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let (plan, replica_count, exits) =
             plan_service(entry, name, listed, &observed, &self.settings);
         if !exits.is_empty() {
+            for (exit, verdict) in &exits {
+                self.metrics
+                    .replica_exits_total
+                    .with_label_values(&[name, exit.cause.label()])
+                    .inc();
+                if matches!(verdict, Verdict::Crash { .. }) {
+                    self.metrics
+                        .container_restarts_total
+                        .with_label_values(&[name])
+                        .inc();
+                }
+            }
             let now = SystemTime::now();
             self.status.update(|s| {
                 if let Some(svc) = s.services.get_mut(name) {
-                    for (kind, reason, message) in exits {
+                    for (exit, verdict) in &exits {
+                        let (kind, reason, message) = exit_event(exit, verdict);
                         svc.record(kind, reason, message, now);
                     }
                 }
@@ -1022,7 +1078,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     }
                     Ok(())
                 }
-                Action::Create | Action::Remove { .. } => Ok(()),
+                Action::Suspend { slot, .. } => self.lb.suspend(&backend, slot).await,
+                Action::Create { .. } | Action::Remove { .. } => Ok(()),
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, ?action, "load balancer step failed");
@@ -1033,9 +1090,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         // Docker operations, in the background. Nothing is created into a network
         // that could not be ensured.
         let network_ok = entry.memory.network_ready.as_deref() == Some(spec.network.as_str());
+        if let (Some(vacant), true) = (&plan.vacant, network_ok) {
+            entry.memory.lines.vacant = vacant.clone();
+        }
         for action in &plan.actions {
             match action {
-                Action::Create if network_ok => {
+                Action::Create { restarts } if network_ok => {
                     let mut rng = rand::rng();
                     let name_taken = |n: &String| entry.memory.creating.contains_key(n);
                     let replica = loop {
@@ -1044,6 +1104,13 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                             break candidate;
                         }
                     };
+                    if *restarts > 0 {
+                        entry
+                            .memory
+                            .lines
+                            .restarts
+                            .insert(replica.clone(), *restarts);
+                    }
                     entry.memory.creating.insert(
                         replica.clone(),
                         PendingCreate {
@@ -1078,25 +1145,21 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     if !entry.memory.removing.insert(id.clone()) {
                         continue;
                     }
-                    let reason_label = match reason {
-                        plan::RemoveReason::ScaleDown => "scale_down",
-                        plan::RemoveReason::Rollout => "rollout",
-                        plan::RemoveReason::Exited { .. } => "exited",
-                        plan::RemoveReason::NeverStarted => "never_started",
-                    };
                     self.metrics
                         .container_stops_total
-                        .with_label_values(&[name, reason_label])
+                        .with_label_values(&[name, reason.label()])
                         .inc();
-                    if matches!(reason, plan::RemoveReason::Exited { .. }) {
-                        self.metrics
-                            .container_restarts_total
-                            .with_label_values(&[name])
-                            .inc();
-                    }
                     match reason {
-                        // Counted in the crash loop (and reported) before planning.
+                        // Looked at (and reported) before planning.
                         plan::RemoveReason::Exited { .. } => {}
+                        plan::RemoveReason::NetworkLost => events.push((
+                            EventType::Warning,
+                            "NetworkLost",
+                            format!(
+                                "Replica {replica} lost its address on network {}: replacing it",
+                                spec.network
+                            ),
+                        )),
                         plan::RemoveReason::NeverStarted => events.push((
                             EventType::Warning,
                             "NeverStarted",
@@ -1161,7 +1224,35 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let lb_error = self.lb_error.clone();
         let rollout = entry.memory.rollout.clone();
         let hash = entry.template_hash.clone();
-        let crash = entry.memory.crash_loop.clone();
+        // Lines whose replacement runs or starts after crashing at least twice: the loop
+        // is still on until the service is fully ready again.
+        let looping = entry
+            .memory
+            .lines
+            .restarts
+            .values()
+            .filter(|&&n| n >= 2)
+            .count();
+        let instant = Instant::now();
+        let held: Vec<crate::plan::Vacancy> = plan
+            .notes
+            .iter()
+            .find_map(|n| match n {
+                Note::CrashLoopBackOff { held } => Some(held.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let back_off: Vec<crate::status::BackOffStatus> = held
+            .iter()
+            .map(|v| crate::status::BackOffStatus {
+                replica: v.last_exit.name.clone(),
+                exit_code: v.last_exit.code,
+                cause: v.last_exit.cause.label().to_owned(),
+                ran_for_seconds: v.last_exit.ran_for.as_secs_f64(),
+                restarts: v.restarts,
+                next_replacement: now + v.not_before.saturating_duration_since(instant),
+            })
+            .collect();
         let holds: Vec<(ContainerId, String)> = plan
             .notes
             .iter()
@@ -1248,21 +1339,23 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 Note::ImageMissing { image } => Some(("ImageNotFound", format!(
                     "image `{image}` is not present locally (dockscale never pulls): build or load it"
                 ))),
-                Note::CrashLoopBackOff { until, last_exit } => Some(("CrashLoopBackOff", format!(
-                    "{} replica exits in a row (last: {}); next replacement in {}",
-                    crash.consecutive,
-                    last_exit.as_ref().map_or("unknown".to_owned(), |e| format!("{} code {}", e.name, e.code.map_or("?".to_owned(), |c| c.to_string()))),
-                    humantime::format_duration(Duration::from_secs(until.saturating_duration_since(Instant::now()).as_secs()))
+                Note::CrashLoopBackOff { held } => Some(("CrashLoopBackOff", format!(
+                    "{} replica line(s) backing off: {}",
+                    held.len(),
+                    held.iter().map(|v| format!(
+                        "{} {} ({} crashes in a row; next replacement in {})",
+                        v.last_exit.name,
+                        v.last_exit.describe(),
+                        v.restarts,
+                        humantime::format_duration(Duration::from_secs(v.not_before.saturating_duration_since(instant).as_secs()))
+                    )).collect::<Vec<_>>().join("; ")
                 ))),
                 _ => None,
             }).or_else(|| create_error.clone().map(|m| ("FailedCreate", m)))
-            // Between back-offs (a replacement starting) the loop is still on, until the
-            // service is fully ready again.
-            .or_else(|| (crash.consecutive >= 2 && counts.ready < counts.desired).then(|| ("CrashLoopBackOff", format!(
-                "{} replica exits in a row (last: {}); replacing with back-off",
-                crash.consecutive,
-                crash.last_exit.as_ref().map_or("unknown".to_owned(), |e| format!("{} code {}", e.name, e.code.map_or("?".to_owned(), |c| c.to_string()))),
+            .or_else(|| (looping > 0 && counts.ready < counts.desired).then(|| ("CrashLoopBackOff", format!(
+                "{looping} replica line(s) crashed at least twice in a row; replacing them with back-off"
             ))));
+            svc.back_off = back_off;
             let reason_was = svc.condition(ConditionType::ReplicaFailure).map(|c| (c.status, c.reason.clone()));
             match &failure {
                 Some((reason, message)) => {
@@ -1332,7 +1425,7 @@ pub fn describe_plan(
         // Writing to a String cannot fail.
         let _ = match action {
             Action::EnsureNetwork => writeln!(out, "  create network (if missing)"),
-            Action::Create => {
+            Action::Create { .. } => {
                 creates += 1;
                 Ok(())
             }
@@ -1361,6 +1454,11 @@ pub fn describe_plan(
             Action::Reconfigure { slot } => {
                 writeln!(out, "  re-apply weight and maxconn to {backend}/{slot}")
             }
+            Action::Suspend { id, slot } => writeln!(
+                out,
+                "  suspend server {backend}/{slot} ({}, paused: maintenance until it runs again)",
+                name_of(id)
+            ),
         };
     }
     if creates > 0 {
@@ -1384,29 +1482,8 @@ fn plan_service(
     listed: &[Replica],
     observed: &Observation,
     settings: &Settings,
-) -> (Plan, usize, Vec<(EventType, &'static str, String)>) {
+) -> (Plan, usize, Vec<(ExitRecord, Verdict)>) {
     let replicas: Vec<&Replica> = listed.iter().filter(|r| r.service == name).collect();
-    entry
-        .died
-        .retain(|id, _| replicas.iter().any(|r| &r.id == id));
-    let patched: Vec<Replica> = replicas
-        .iter()
-        .filter_map(|r| {
-            let code = entry.died.get(&r.id)?;
-            let mut dead = (*r).clone();
-            if dead.state == ContainerState::Running || dead.state == ContainerState::Paused {
-                dead.state = ContainerState::Exited;
-                dead.status = format!("Exited ({}) just now", code.unwrap_or(-1));
-                dead.ips.clear();
-            }
-            Some(dead)
-        })
-        .collect();
-    let replicas: Vec<&Replica> = replicas
-        .into_iter()
-        .filter(|r| !entry.died.contains_key(&r.id))
-        .chain(patched.iter())
-        .collect();
     let now = Now {
         instant: Instant::now(),
         unix_ns: unix_ns(SystemTime::now()),
@@ -1428,23 +1505,34 @@ fn plan_service(
         },
     };
     let plan = plan::plan(&input, &entry.memory);
-    let consecutive = entry.memory.crash_loop.consecutive;
-    let exits = exits
-        .into_iter()
-        .map(|(exit, delay)| {
-            let code = exit.code.map_or("unknown".to_owned(), |c| c.to_string());
-            let name = exit.name;
-            if delay.is_zero() {
-                (EventType::Warning, "ReplicaExited", format!("Replica {name} exited (code {code}); replacing it"))
-            } else {
-                (EventType::Warning, "BackOff", format!(
-                    "Replica {name} exited (code {code}), {consecutive} exits in a row; back-off {} before replacing it",
-                    humantime::format_duration(delay)
-                ))
-            }
-        })
-        .collect();
     (plan, replicas.len(), exits)
+}
+
+/// The event of an exit the crash-loop lines looked at.
+fn exit_event(exit: &ExitRecord, verdict: &Verdict) -> (EventType, &'static str, String) {
+    let name = &exit.name;
+    let what = exit.describe();
+    match verdict {
+        Verdict::Replace => (
+            EventType::Warning,
+            "ReplicaStopped",
+            format!("Replica {name} {what}; replacing it at once (not a crash)"),
+        ),
+        Verdict::Crash { delay, .. } if delay.is_zero() => (
+            EventType::Warning,
+            "ReplicaExited",
+            format!("Replica {name} {what}; replacing it"),
+        ),
+        Verdict::Crash { restarts, delay } => (
+            EventType::Warning,
+            "BackOff",
+            format!(
+                "Replica {name} {what}: {restarts} crashes in a row on its line; back-off {} \
+                 before replacing it (other replicas are not held back)",
+                humantime::format_duration(*delay)
+            ),
+        ),
+    }
 }
 
 /// What one service's observation found, besides the Docker list.

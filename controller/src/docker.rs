@@ -25,8 +25,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use crate::replica::{
-    replica_labels, ContainerId, ContainerState, Replica, LABEL_CREATED_AT, LABEL_MANAGED_BY,
-    LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
+    replica_labels, ContainerId, ContainerState, ExitCause, Replica, LABEL_CREATED_AT,
+    LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
 };
 use crate::spec::ServiceSpec;
 
@@ -88,13 +88,16 @@ pub struct CreateReplica {
     pub spec: ServiceSpec,
 }
 
-/// A container event for an owned container.
+/// An event about a container: its own (owned containers only), or a network's
+/// `connect`/`disconnect` of it (any container: the network's event does not carry
+/// the container's labels, so the controller keeps those of its own replicas).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerEvent {
-    /// Docker's action: `start`, `die`, `destroy`, `oom`, ...
+    /// Docker's action: `start`, `die`, `destroy`, `oom`, `kill`, `disconnect`, ...
     pub action: String,
     pub id: ContainerId,
-    pub service: String,
+    /// The replica's service, from its labels; `None` for a network's event.
+    pub service: Option<String>,
     /// For `die`: the exit code Docker reports.
     pub exit_code: Option<i64>,
 }
@@ -297,12 +300,23 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
-        let mut filters = owned_filter();
-        filters.insert("type", vec!["container".to_owned()]);
+        // No label filter: it would apply to the networks' events too, and a network's
+        // labels are not its containers'. Owned containers are picked out below.
+        let mut filters = HashMap::new();
+        filters.insert("type", vec!["container".to_owned(), "network".to_owned()]);
         filters.insert(
             "event",
             [
-                "start", "die", "destroy", "oom", "stop", "kill", "pause", "unpause",
+                "start",
+                "die",
+                "destroy",
+                "oom",
+                "stop",
+                "kill",
+                "pause",
+                "unpause",
+                "connect",
+                "disconnect",
             ]
             .map(String::from)
             .to_vec(),
@@ -325,10 +339,24 @@ impl ContainerRuntime for DockerRuntime {
                     Ok(message) => {
                         let actor = message.actor?;
                         let attributes = actor.attributes.unwrap_or_default();
+                        let network_event =
+                            message.typ == Some(bollard::models::EventMessageTypeEnum::NETWORK);
+                        if network_event {
+                            return Some(Ok(ContainerEvent {
+                                action: message.action?,
+                                id: ContainerId(attributes.get("container")?.clone()),
+                                service: None,
+                                exit_code: None,
+                            }));
+                        }
+                        if attributes.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
+                        {
+                            return None;
+                        }
                         Some(Ok(ContainerEvent {
                             action: message.action?,
                             id: ContainerId(actor.id?),
-                            service: attributes.get(LABEL_SERVICE)?.clone(),
+                            service: Some(attributes.get(LABEL_SERVICE)?.clone()),
                             exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
                         }))
                     }
@@ -411,6 +439,8 @@ struct Seen {
     state: ContainerState,
     status: String,
     networks: Option<HashMap<String, EndpointSettings>>,
+    /// The kernel OOM-killed it (an inspect says so; a list does not).
+    oom_killed: bool,
 }
 
 /// A replica from what Docker says of a container, `None` when it is not dockscale's.
@@ -446,6 +476,15 @@ fn replica_from(seen: Seen) -> Option<Replica> {
             .cloned()
             .unwrap_or_default(),
         created_at_ns,
+        exit_cause: matches!(seen.state, ContainerState::Exited | ContainerState::Dead).then(
+            || {
+                if seen.oom_killed {
+                    ExitCause::OutOfMemory
+                } else {
+                    ExitCause::Unknown
+                }
+            },
+        ),
         state: seen.state,
         status: seen.status,
         ips,
@@ -464,6 +503,7 @@ fn replica_from_summary(summary: bollard::models::ContainerSummary) -> Option<Re
             .unwrap_or(ContainerState::Dead),
         status: summary.status.unwrap_or_default(),
         networks: summary.network_settings.and_then(|n| n.networks),
+        oom_killed: false,
     })
 }
 
@@ -494,6 +534,7 @@ fn replica_from_inspect(inspected: bollard::models::ContainerInspectResponse) ->
         state,
         status,
         networks: inspected.network_settings.and_then(|n| n.networks),
+        oom_killed: docker_state.oom_killed.unwrap_or(false),
     })
 }
 

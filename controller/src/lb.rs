@@ -97,6 +97,14 @@ pub trait LoadBalancer: Send + Sync + 'static {
     /// Stops new sessions to a slot; open ones finish.
     fn drain(&self, backend: &str, slot: &str) -> impl Future<Output = Result<(), LbError>> + Send;
 
+    /// Takes a slot out of rotation but keeps its address: maintenance, weight 0, as a
+    /// slot waiting to be enabled (its replica is paused).
+    fn suspend(
+        &self,
+        backend: &str,
+        slot: &str,
+    ) -> impl Future<Output = Result<(), LbError>> + Send;
+
     /// Takes a slot out of rotation and frees it: maintenance, weight 0.
     fn release(
         &self,
@@ -149,6 +157,9 @@ impl LoadBalancer for NoLoadBalancer {
         Err(Self::error())
     }
     async fn drain(&self, _: &str, _: &str) -> Result<(), LbError> {
+        Err(Self::error())
+    }
+    async fn suspend(&self, _: &str, _: &str) -> Result<(), LbError> {
         Err(Self::error())
     }
     async fn release(&self, _: &str, _: &str) -> Result<(), LbError> {

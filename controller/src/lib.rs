@@ -7,6 +7,7 @@
 //! - [`replica`]: the ownership labels, replica names and template hash.
 //! - [`autoscale`]: the pure autoscaler (HPA algorithm) from HAProxy's load.
 //! - [`plan`]: the pure planner: desired + observed + in-flight state → actions.
+//! - [`crashloop`]: crash-loop back-off per replica line (pure).
 //! - [`docker`]: the container runtime trait and its bollard implementation.
 //! - [`lb`]: the load balancer trait the controller drives.
 //! - [`store`]: the owned containers between two Docker lists (an informer's store).
@@ -26,6 +27,7 @@ pub mod autoscale;
 pub mod claim;
 pub mod cli;
 pub mod controller;
+pub mod crashloop;
 pub mod docker;
 pub mod haproxy;
 pub mod http;

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub container_starts_total: IntCounterVec,
     pub container_stops_total: IntCounterVec,
     pub container_restarts_total: IntCounterVec,
+    pub replica_exits_total: IntCounterVec,
     pub spec_reloads_total: IntCounterVec,
     pub spec_valid: IntGauge,
     pub haproxy_restarts_total: IntCounter,
@@ -169,8 +170,13 @@ impl Metrics {
             )
             .expect("valid metric"),
             container_restarts_total: IntCounterVec::new(
-                Opts::new("container_restarts_total", "Replicas that exited on their own and were replaced, by service."),
+                Opts::new("container_restarts_total", "Replicas that crashed (exited on their own or were OOM-killed) and were replaced, by service."),
                 &["service"],
+            )
+            .expect("valid metric"),
+            replica_exits_total: IntCounterVec::new(
+                Opts::new("replica_exits_total", "Replicas seen exited, by service and cause: own (its process exited), oom (killed under its memory limit), signalled (killed, stopped or removed from outside), unknown (found exited without its exit event)."),
+                &["service", "cause"],
             )
             .expect("valid metric"),
             spec_reloads_total: IntCounterVec::new(
@@ -219,6 +225,7 @@ impl Metrics {
             Box::new(m.container_starts_total.clone()),
             Box::new(m.container_stops_total.clone()),
             Box::new(m.container_restarts_total.clone()),
+            Box::new(m.replica_exits_total.clone()),
             Box::new(m.spec_reloads_total.clone()),
             Box::new(m.spec_valid.clone()),
             Box::new(m.haproxy_restarts_total.clone()),

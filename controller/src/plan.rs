@@ -20,12 +20,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::replica::{ContainerId, ContainerState, Replica};
+use crate::crashloop::CrashLines;
+pub use crate::crashloop::{BackoffPolicy, ExitRecord, Vacancy, Verdict};
+use crate::replica::{ContainerId, ContainerState, ExitCause, Replica};
 use crate::spec::ServiceSpec;
 
 /// A create that was issued but that Docker has not listed yet, after two minutes is
 /// assumed lost (the ReplicaSet controller's expectations timeout is five).
 pub const CREATE_EXPECTATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// A running replica has its address on the service network from its start; one
+/// without it this long after its creation was disconnected, and is replaced.
+pub const ADDRESS_GRACE: Duration = Duration::from_secs(2);
 /// How soon to look again while something is moving (warming, draining, creating).
 pub const ACTIVE_REQUEUE: Duration = Duration::from_millis(100);
 
@@ -104,14 +109,13 @@ pub struct Memory {
     pub removing: BTreeSet<ContainerId>,
     /// Replicas being drained, since when.
     pub draining: BTreeMap<ContainerId, Instant>,
-    pub crash_loop: CrashLoop,
+    /// Crash-loop back-off per replica line.
+    pub lines: CrashLines,
     /// The network that was last ensured.
     pub network_ready: Option<String>,
     pub rollout: Option<RolloutProgress>,
     /// Operator holds already reported, so each is reported once.
     pub reported_holds: BTreeSet<ContainerId>,
-    /// Exited replicas already counted in the crash loop.
-    pub exits_seen: BTreeSet<ContainerId>,
 }
 
 #[derive(Clone, Debug)]
@@ -120,112 +124,38 @@ pub struct PendingCreate {
     pub since: Instant,
 }
 
-/// Backoff of a service whose replicas keep exiting, after the kubelet's
-/// CrashLoopBackOff: the first replacement is immediate, then 10s doubling to 5m, reset
-/// once a replica has run for 10 minutes.
-#[derive(Clone, Debug, Default)]
-pub struct CrashLoop {
-    /// Consecutive exits of replicas that ran shorter than the reset time.
-    pub consecutive: u32,
-    /// No replacement is created before this.
-    pub next_create_at: Option<Instant>,
-    pub last_exit: Option<ExitRecord>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExitRecord {
-    pub name: String,
-    pub code: Option<i64>,
-}
-
-/// The crash-loop policy.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BackoffPolicy {
-    pub base: Duration,
-    pub max: Duration,
-    /// A replica that ran this long resets the count.
-    pub reset_after: Duration,
-}
-
-impl Default for BackoffPolicy {
-    fn default() -> Self {
-        BackoffPolicy {
-            base: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-            reset_after: Duration::from_secs(600),
-        }
-    }
-}
-
-impl CrashLoop {
-    /// Records an unexpected exit of a replica that ran for `ran_for`; returns the
-    /// delay before its replacement.
-    pub fn record_exit(
-        &mut self,
-        exit: ExitRecord,
-        ran_for: Duration,
-        now: Instant,
-        policy: &BackoffPolicy,
-    ) -> Duration {
-        if ran_for >= policy.reset_after {
-            self.consecutive = 0;
-        }
-        self.consecutive = self.consecutive.saturating_add(1);
-        let delay = policy.delay(self.consecutive);
-        self.next_create_at = Some(now + delay);
-        self.last_exit = Some(exit);
-        delay
-    }
-
-    /// Whether creates are held back at `now`.
-    pub fn backing_off(&self, now: Instant) -> Option<Instant> {
-        self.next_create_at.filter(|at| *at > now)
-    }
-}
-
-/// Counts every replica seen exited for the first time in the crash loop, before the
-/// pass is planned, so that the pass removing it already holds its replacement back.
-/// Returns the exits counted, with the back-off each one set.
+/// Looks at every replica seen exited for the first time, before the pass is planned,
+/// so that the pass removing it already holds its line's replacement back. Returns the
+/// exits looked at, each with its verdict.
 pub fn record_exits(
     memory: &mut Memory,
     replicas: &[&Replica],
     now: Now,
     policy: &BackoffPolicy,
-) -> Vec<(ExitRecord, Duration)> {
-    memory
-        .exits_seen
-        .retain(|id| replicas.iter().any(|r| &r.id == id));
+) -> Vec<(ExitRecord, Verdict)> {
+    let present: BTreeSet<&ContainerId> = replicas.iter().map(|r| &r.id).collect();
+    memory.lines.forget_gone(&present);
     let mut recorded = Vec::new();
     for r in replicas {
         let exited = matches!(r.state, ContainerState::Exited | ContainerState::Dead);
-        if exited && !memory.removing.contains(&r.id) && memory.exits_seen.insert(r.id.clone()) {
-            let exit = ExitRecord {
-                name: r.name.clone(),
-                code: r.exit_code(),
-            };
-            let delay =
-                memory
-                    .crash_loop
-                    .record_exit(exit.clone(), age_of(r, now), now.instant, policy);
-            recorded.push((exit, delay));
+        if !exited || memory.removing.contains(&r.id) {
+            continue;
+        }
+        let exit = ExitRecord {
+            name: r.name.clone(),
+            code: r.exit_code(),
+            cause: r.exit_cause.unwrap_or(ExitCause::Unknown),
+            ran_for: age_of(r, now),
+        };
+        if let Some(verdict) =
+            memory
+                .lines
+                .exited(&r.id, exit.clone(), &r.template_hash, now.instant, policy)
+        {
+            recorded.push((exit, verdict));
         }
     }
     recorded
-}
-
-impl BackoffPolicy {
-    /// The delay before the replacement of the `n`th consecutive exit (1-based): 0 for
-    /// the first, then `base`, doubling, capped at `max`.
-    pub fn delay(&self, n: u32) -> Duration {
-        if n <= 1 {
-            return Duration::ZERO;
-        }
-        let doublings = (n - 2).min(31);
-        self.base
-            .checked_mul(1u32 << doublings)
-            .unwrap_or(self.max)
-            .min(self.max)
-    }
 }
 
 /// Progress of a rollout to a template hash, for the progress deadline.
@@ -251,6 +181,22 @@ pub enum RemoveReason {
     Exited { code: Option<i64> },
     /// Docker created it but it never ran.
     NeverStarted,
+    /// It runs but lost its address on the service network (`docker network
+    /// disconnect`): nothing can reach it there any more.
+    NetworkLost,
+}
+
+impl RemoveReason {
+    /// A short, bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RemoveReason::ScaleDown => "scale_down",
+            RemoveReason::Rollout => "rollout",
+            RemoveReason::Exited { .. } => "exited",
+            RemoveReason::NeverStarted => "never_started",
+            RemoveReason::NetworkLost => "network_lost",
+        }
+    }
 }
 
 /// One step for the executor.
@@ -258,8 +204,9 @@ pub enum RemoveReason {
 pub enum Action {
     /// Create the service network if it does not exist.
     EnsureNetwork,
-    /// Create and start one replica of the current template.
-    Create,
+    /// Create and start one replica of the current template, on a line that carries
+    /// `restarts` crashes in a row (0: a fresh line).
+    Create { restarts: u32 },
     /// Stop (with the grace period) and remove a container.
     Remove {
         id: ContainerId,
@@ -286,6 +233,9 @@ pub enum Action {
     Release { slot: String },
     /// Re-apply weight and maxconn to a serving slot whose options drifted.
     Reconfigure { slot: String },
+    /// Take a paused replica's slot out of rotation, kept assigned (maintenance, weight
+    /// 0): it is enabled again once the replica runs and answers.
+    Suspend { id: ContainerId, slot: String },
 }
 
 /// Problems and facts worth a condition or an event.
@@ -294,9 +244,9 @@ pub enum Note {
     ImageMissing {
         image: String,
     },
+    /// Replica lines whose replacement waits its back-off, soonest first.
     CrashLoopBackOff {
-        until: Instant,
-        last_exit: Option<ExitRecord>,
+        held: Vec<Vacancy>,
     },
     NoFreeSlot {
         backend: String,
@@ -344,6 +294,8 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
     /// The rollout progress to remember.
     pub rollout: Option<RolloutProgress>,
+    /// The crash-loop vacancies left after this pass's creates, when it planned creates.
+    pub vacant: Option<Vec<Vacancy>>,
 }
 
 impl Plan {
@@ -368,6 +320,8 @@ enum Serving<'s> {
     Held(&'s Slot),
     /// Being drained by dockscale.
     Draining(&'s Slot),
+    /// In rotation, but its container is paused (`docker pause`).
+    Paused(&'s Slot),
 }
 
 impl Serving<'_> {
@@ -379,7 +333,7 @@ impl Serving<'_> {
     fn removal_rank(self) -> u8 {
         match self {
             Serving::Unassigned | Serving::Unknown => 0,
-            Serving::Warming(_) | Serving::Held(_) => 1,
+            Serving::Warming(_) | Serving::Held(_) | Serving::Paused(_) => 1,
             Serving::Unhealthy(_) => 2,
             Serving::Draining(_) => 3,
             Serving::Plain | Serving::Ready(_) => 4,
@@ -420,6 +374,16 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         }
         let age = age_of(r, now);
         match r.state {
+            ContainerState::Running | ContainerState::Paused
+                if r.ip_on(network).is_none() && age >= ADDRESS_GRACE =>
+            {
+                plan.actions.push(Action::Remove {
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                    reason: RemoveReason::NetworkLost,
+                    age,
+                });
+            }
             ContainerState::Running | ContainerState::Paused => live.push(r),
             ContainerState::Removing => removing += 1,
             ContainerState::Created | ContainerState::Restarting
@@ -523,6 +487,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
                             Serving::Draining(slot)
                         }
                         Admin::Drain => Serving::Held(slot),
+                        Admin::Ready if r.state == ContainerState::Paused => Serving::Paused(slot),
                         Admin::Ready if slot.up => Serving::Ready(slot),
                         Admin::Ready => Serving::Unhealthy(slot),
                     },
@@ -559,7 +524,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
             Serving::Plain | Serving::Unassigned => plan.actions.push(remove),
             // HAProxy unreadable: the server may still be in rotation, so wait.
             Serving::Unknown => plan.requeue(ACTIVE_REQUEUE),
-            Serving::Ready(slot) | Serving::Unhealthy(slot) => {
+            Serving::Ready(slot) | Serving::Unhealthy(slot) | Serving::Paused(slot) => {
                 plan.actions.push(Action::Drain {
                     id: l.replica.id.clone(),
                     slot: slot.name.clone(),
@@ -631,7 +596,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     // 6. How many to create.
     let new_total = live_new + pending_new;
     let total = live_new + live_old + pending.len() as u32;
-    let mut creates = if live_old > 0 {
+    let creates = if live_old > 0 {
         let max_total = desired.saturating_add(spec.rollout.max_surge);
         let room = max_total.saturating_sub(total);
         let wanted = desired.saturating_sub(new_total);
@@ -643,25 +608,26 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     } else {
         desired.saturating_sub(new_total)
     };
-    if creates > 0 {
-        if !input.image_present {
-            plan.notes.push(Note::ImageMissing {
-                image: spec.template.image.clone(),
-            });
-            creates = 0;
-        } else if let Some(until) = memory.crash_loop.backing_off(now.instant) {
-            plan.notes.push(Note::CrashLoopBackOff {
-                until,
-                last_exit: memory.crash_loop.last_exit.clone(),
-            });
-            plan.requeue(until - now.instant);
-            creates = 0;
+    if creates > 0 && !input.image_present {
+        plan.notes.push(Note::ImageMissing {
+            image: spec.template.image.clone(),
+        });
+    } else if !stalled {
+        // Creates beyond the bound wait for one in flight to finish, which wakes the
+        // pass. A line backing off holds its own place only.
+        let room = input.limits.max_parallel.saturating_sub(pending_in_flight) as u32;
+        let assignment = memory
+            .lines
+            .assign(creates, room, input.template_hash, now.instant);
+        let held: Vec<Vacancy> = assignment.held(now.instant).cloned().collect();
+        if let Some(first) = held.first() {
+            plan.requeue(first.not_before - now.instant);
+            plan.notes.push(Note::CrashLoopBackOff { held });
         }
-    }
-    // Creates beyond the bound wait for one in flight to finish, which wakes the pass.
-    let room = input.limits.max_parallel.saturating_sub(pending_in_flight) as u32;
-    for _ in 0..creates.min(room) {
-        plan.actions.push(Action::Create);
+        for restarts in assignment.creates {
+            plan.actions.push(Action::Create { restarts });
+        }
+        plan.vacant = Some(assignment.vacant);
     }
 
     // 7. What to remove.
@@ -728,7 +694,8 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
             | Serving::Unhealthy(slot)
             | Serving::Held(slot)
             | Serving::Warming(slot)
-            | Serving::Draining(slot) => {
+            | Serving::Draining(slot)
+            | Serving::Paused(slot) => {
                 plan.actions.push(Action::Drain {
                     id: l.replica.id.clone(),
                     slot: slot.name.clone(),
@@ -798,6 +765,10 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
                         });
                     }
                 }
+                Serving::Paused(slot) => plan.actions.push(Action::Suspend {
+                    id: l.replica.id.clone(),
+                    slot: slot.name.clone(),
+                }),
                 Serving::Plain | Serving::Unknown | Serving::Draining(_) => {}
             }
         }
@@ -966,7 +937,7 @@ mod tests {
     fn creates(plan: &Plan) -> usize {
         plan.actions
             .iter()
-            .filter(|a| matches!(a, Action::Create))
+            .filter(|a| matches!(a, Action::Create { .. }))
             .count()
     }
 
@@ -1134,55 +1105,6 @@ mod tests {
         assert!(plan.notes.contains(&Note::ImageMissing {
             image: "dockscale-webapp:latest".into()
         }));
-    }
-
-    #[test]
-    fn crash_loop_backoff_holds_creates_until_it_expires() {
-        let mut w = World::new(testing::spec().replicas(1).build());
-        let policy = BackoffPolicy::default();
-        let exit = ExitRecord {
-            name: "w-1".into(),
-            code: Some(1),
-        };
-        let first =
-            w.memory
-                .crash_loop
-                .record_exit(exit.clone(), Duration::from_secs(1), w.t0, &policy);
-        assert_eq!(first, Duration::ZERO, "the first replacement is immediate");
-        assert_eq!(creates(&w.plan()), 1);
-        let second = w
-            .memory
-            .crash_loop
-            .record_exit(exit, Duration::from_secs(1), w.t0, &policy);
-        assert_eq!(second, Duration::from_secs(10));
-        let plan = w.plan();
-        assert_eq!(creates(&plan), 0);
-        assert_eq!(plan.requeue_after, Some(Duration::from_secs(10)));
-        assert!(matches!(plan.notes[0], Note::CrashLoopBackOff { .. }));
-        w.at = Duration::from_secs(10);
-        assert_eq!(creates(&w.plan()), 1);
-    }
-
-    #[test]
-    fn backoff_doubles_from_the_base_to_the_cap_and_resets_after_a_long_run() {
-        let policy = BackoffPolicy::default();
-        let delays: Vec<u64> = (1..=8).map(|n| policy.delay(n).as_secs()).collect();
-        assert_eq!(delays, vec![0, 10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(policy.delay(u32::MAX), Duration::from_secs(300));
-
-        let mut crash = CrashLoop::default();
-        let t = Instant::now();
-        let exit = || ExitRecord {
-            name: "w".into(),
-            code: None,
-        };
-        for _ in 0..4 {
-            crash.record_exit(exit(), Duration::from_secs(5), t, &policy);
-        }
-        assert_eq!(crash.consecutive, 4);
-        let after_long_run = crash.record_exit(exit(), Duration::from_secs(601), t, &policy);
-        assert_eq!(crash.consecutive, 1);
-        assert_eq!(after_long_run, Duration::ZERO);
     }
 
     #[test]
@@ -1400,7 +1322,7 @@ mod tests {
             for action in plan.actions {
                 let slots = &mut w.backend.as_mut().expect("backend").slots;
                 match action {
-                    Action::Create => {
+                    Action::Create { .. } => {
                         next_n += 1;
                         w.replicas.push(replica(next_n, HASH));
                         w.answering.insert(ContainerId(format!("id{next_n:02}")));
@@ -1497,42 +1419,239 @@ mod tests {
         assert!(drained(&plan).is_empty(), "old replicas keep serving");
     }
 
+    fn exited(n: u8, cause: ExitCause) -> Replica {
+        let mut r = replica(n, HASH);
+        r.state = ContainerState::Exited;
+        r.status = Replica::exited_status(Some(1));
+        r.ips.clear();
+        r.exit_cause = Some(cause);
+        r
+    }
+
+    /// Records the exits the way the loop does before it plans, and returns the
+    /// verdicts.
+    fn record(w: &mut World, policy: &BackoffPolicy) -> Vec<Verdict> {
+        let now = w.now();
+        let refs: Vec<&Replica> = w.replicas.iter().collect();
+        record_exits(&mut w.memory, &refs, now, policy)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// What the executor keeps of a plan's creates: the vacancies left, and the line
+    /// each create joins (the new replicas are numbered from `first`).
+    fn apply_creates(w: &mut World, plan: &Plan, first: u8) {
+        if let Some(vacant) = &plan.vacant {
+            w.memory.lines.vacant = vacant.clone();
+        }
+        let mut n = first;
+        for action in &plan.actions {
+            if let Action::Create { restarts } = action {
+                w.memory
+                    .lines
+                    .restarts
+                    .insert(format!("w-{n:05}"), *restarts);
+                n += 1;
+            }
+        }
+    }
+
+    // Regression: five replicas removed from outside within a minute were counted as one
+    // service-wide crash loop (`5 exits in a row; back-off 1m 20s`) that held back every
+    // create, and the service sat at zero replicas.
+    #[test]
+    fn replicas_killed_from_outside_are_all_replaced_at_once() {
+        let mut w = World::new(testing::spec().replicas(5).build());
+        w.replicas = (1..=5).map(|n| exited(n, ExitCause::Signalled)).collect();
+        let verdicts = record(&mut w, &BackoffPolicy::default());
+        assert_eq!(verdicts, vec![Verdict::Replace; 5]);
+        let plan = w.plan();
+        assert_eq!(creates(&plan), 5, "{:?}", plan.actions);
+        assert_eq!(removed(&plan).len(), 5);
+        assert!(!plan
+            .notes
+            .iter()
+            .any(|n| matches!(n, Note::CrashLoopBackOff { .. })));
+        // Found exited without the exit seen (the engine restarted): replaced too.
+        let mut w = World::new(testing::spec().replicas(3).build());
+        w.replicas = (1..=3).map(|n| exited(n, ExitCause::Unknown)).collect();
+        assert_eq!(
+            record(&mut w, &BackoffPolicy::default()),
+            vec![Verdict::Replace; 3]
+        );
+        assert_eq!(creates(&w.plan()), 3);
+    }
+
+    #[test]
+    fn one_crash_looping_replica_never_holds_back_another_replacement_or_a_scale_up() {
+        let mut w = World::new(testing::spec().replicas(3).build()).with_replicas([1], HASH);
+        // Replica 2's line has crashed 3 times already; replica 3 was killed from outside.
+        w.memory.lines.restarts.insert("w-00002".into(), 3);
+        w.replicas.push(exited(2, ExitCause::Own));
+        w.replicas.push(exited(3, ExitCause::Signalled));
+        let verdicts = record(&mut w, &BackoffPolicy::default());
+        assert_eq!(
+            verdicts,
+            vec![
+                Verdict::Crash {
+                    restarts: 4,
+                    delay: Duration::from_secs(40)
+                },
+                Verdict::Replace
+            ]
+        );
+        let plan = w.plan();
+        assert_eq!(
+            creates(&plan),
+            1,
+            "the killed replica's replacement goes ahead"
+        );
+        match plan
+            .notes
+            .iter()
+            .find(|n| matches!(n, Note::CrashLoopBackOff { .. }))
+        {
+            Some(Note::CrashLoopBackOff { held }) => {
+                assert_eq!(held.len(), 1);
+                assert_eq!(held[0].last_exit.name, "w-00002");
+            }
+            other => panic!("no back-off note: {other:?}"),
+        }
+        assert_eq!(plan.requeue_after, Some(Duration::from_secs(40)));
+        apply_creates(&mut w, &plan, 10);
+        w.replicas = vec![replica(1, HASH), replica(10, HASH)];
+        // A scale-up meanwhile: the new replicas are fresh lines, created at once.
+        w.desired = 6;
+        let plan = w.plan();
+        assert_eq!(
+            plan.actions
+                .iter()
+                .filter(|a| matches!(a, Action::Create { restarts: 0 }))
+                .count(),
+            3,
+            "{:?}",
+            plan.actions
+        );
+        // When the back-off ends, the crashed line's replacement inherits its count.
+        apply_creates(&mut w, &plan, 11);
+        w.replicas
+            .extend([replica(11, HASH), replica(12, HASH), replica(13, HASH)]);
+        w.at = Duration::from_secs(40);
+        assert_eq!(w.plan().actions, vec![Action::Create { restarts: 4 }]);
+    }
+
     // Regression: the exit used to be counted only when its removal was executed, after
     // the same pass had already created the replacement, so every other replacement
     // skipped its back-off.
     #[test]
-    fn the_pass_that_removes_an_exited_replica_already_backs_off() {
+    fn the_pass_that_removes_a_crashed_replica_already_backs_its_line_off() {
         let mut w = World::new(testing::spec().replicas(1).build());
         let policy = BackoffPolicy {
             base: Duration::from_secs(1),
             ..BackoffPolicy::default()
         };
         let mut delays = Vec::new();
-        for n in 0..4u8 {
-            // The current replica exits (the clock stands still: no back-off expires).
-            let mut exited = replica(n + 1, "h1");
-            exited.state = ContainerState::Exited;
-            exited.status = "Exited (1) just now".into();
-            w.replicas = vec![exited];
-            let now = w.now();
-            let refs: Vec<&Replica> = w.replicas.iter().collect();
-            let exits = record_exits(&mut w.memory, &refs, now, &policy);
-            assert_eq!(exits.len(), 1);
-            delays.push(exits[0].1);
+        for n in 1..=4u8 {
+            // The line's current replica crashes.
+            w.replicas = vec![exited(n, ExitCause::Own)];
+            let verdicts = record(&mut w, &policy);
+            let [Verdict::Crash { restarts, delay }] = verdicts[..] else {
+                panic!("{verdicts:?}");
+            };
+            assert_eq!(restarts, u32::from(n));
+            delays.push(delay);
             // Counted once, however many passes see it.
-            assert!(record_exits(&mut w.memory, &refs, now, &policy).is_empty());
+            assert!(record(&mut w, &policy).is_empty());
             let plan = w.plan();
             assert_eq!(
                 creates(&plan),
-                usize::from(n == 0),
+                usize::from(delay.is_zero()),
                 "pass {n}: {:?}",
                 plan.actions
             );
+            // Once the back-off is over, the replacement joins the line.
+            w.at += delay;
+            let plan = w.plan();
+            assert_eq!(
+                plan.actions.last(),
+                Some(&Action::Create {
+                    restarts: u32::from(n)
+                })
+            );
+            apply_creates(&mut w, &plan, n + 1);
         }
         assert_eq!(
             delays,
             [0, 1, 2, 4].map(Duration::from_secs).to_vec(),
-            "0 for the first exit, then the base doubling"
+            "0 for the first crash, then the base doubling"
+        );
+    }
+
+    #[test]
+    fn a_new_template_is_not_held_back_by_the_old_ones_crash_loop() {
+        let mut w = World::new(testing::spec().replicas(2).build());
+        let mut old = exited(1, ExitCause::Own);
+        old.template_hash = "old".into();
+        w.memory.lines.restarts.insert("w-00001".into(), 5);
+        w.replicas = vec![old];
+        assert!(matches!(
+            record(&mut w, &BackoffPolicy::default())[..],
+            [Verdict::Crash { .. }]
+        ));
+        assert_eq!(creates(&w.plan()), 2);
+    }
+
+    #[test]
+    fn a_replica_that_lost_its_network_address_is_replaced() {
+        let mut w = World::new(testing::spec().replicas(2).lb().build())
+            .with_replicas(1..=2, HASH)
+            .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+        w.replicas[1].ips.clear();
+        let plan = w.plan();
+        assert!(
+            plan.actions.contains(&Action::Release {
+                slot: "web2".into()
+            }),
+            "out of rotation first"
+        );
+        assert_eq!(removed(&plan), vec!["w-00002"]);
+        assert_eq!(creates(&plan), 1);
+        // A replica just created may not be listed with its address yet.
+        let mut young = World::new(testing::spec().replicas(1).build());
+        let mut r = replica(1, HASH);
+        r.ips.clear();
+        r.created_at_ns = young.now().unix_ns - 500_000_000;
+        young.replicas = vec![r];
+        assert!(removed(&young.plan()).is_empty());
+    }
+
+    #[test]
+    fn a_paused_replica_leaves_rotation_and_comes_back_once_it_answers() {
+        let mut w = World::new(testing::spec().replicas(2).lb().build())
+            .with_replicas(1..=2, HASH)
+            .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+        w.replicas[1].state = ContainerState::Paused;
+        let plan = w.plan();
+        assert_eq!(
+            plan.actions,
+            vec![Action::Suspend {
+                id: ContainerId("id02".into()),
+                slot: "web2".into()
+            }]
+        );
+        assert_eq!(plan.counts.ready, 1);
+        // Suspended: maintenance, weight 0, still assigned: the warming path enables it
+        // once it runs and answers again.
+        w.backend.as_mut().expect("backend").slots[1] = warming_slot(2, 2);
+        w.replicas[1].state = ContainerState::Running;
+        w.answering.insert(ContainerId("id02".into()));
+        assert_eq!(
+            w.plan().actions,
+            vec![Action::Enable {
+                id: ContainerId("id02".into()),
+                slot: "web2".into()
+            }]
         );
     }
 }

@@ -68,6 +68,38 @@ impl ContainerState {
     }
 }
 
+/// Why a container's process ended, as far as dockscale can tell from Docker's events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCause {
+    /// Its own process exited: its `die` came with no signal from anyone before it.
+    Own,
+    /// The kernel killed it for exceeding the template's memory limit (`oom`, then `die`).
+    OutOfMemory,
+    /// Someone signalled it first (`kill`: `docker kill`, `docker stop`, `docker rm -f`,
+    /// or the engine stopping): not the replica's doing.
+    Signalled,
+    /// Found exited without its `die` having been seen (the event stream was down, or
+    /// dockscale was not running).
+    Unknown,
+}
+
+impl ExitCause {
+    /// Whether the exit counts toward a crash loop: only the replica's own doing.
+    pub fn is_crash(self) -> bool {
+        matches!(self, ExitCause::Own | ExitCause::OutOfMemory)
+    }
+
+    /// A short, bounded label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExitCause::Own => "own",
+            ExitCause::OutOfMemory => "oom",
+            ExitCause::Signalled => "signalled",
+            ExitCause::Unknown => "unknown",
+        }
+    }
+}
+
 /// One owned container, as listed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Replica {
@@ -82,6 +114,8 @@ pub struct Replica {
     pub status: String,
     /// Addresses by network name, once running.
     pub ips: BTreeMap<String, Ipv4Addr>,
+    /// Why it exited, once it has.
+    pub exit_cause: Option<ExitCause>,
 }
 
 impl Replica {
@@ -168,6 +202,7 @@ mod tests {
             state: ContainerState::Exited,
             status: "Exited (137) 3 seconds ago".into(),
             ips: BTreeMap::new(),
+            exit_cause: Some(ExitCause::Unknown),
         };
         assert_eq!(r.exit_code(), Some(137));
         r.status = "Up 3 seconds".into();

@@ -99,6 +99,25 @@ pub struct ServiceStatus {
     pub created: SystemTime,
     /// Set once the service's document is removed and its replicas are going away.
     pub deleting: bool,
+    /// Replica lines waiting out a crash-loop back-off, soonest first.
+    pub back_off: Vec<BackOffStatus>,
+}
+
+/// A replica line whose replacement waits its crash-loop back-off.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackOffStatus {
+    /// The replica that crashed last on this line.
+    pub replica: String,
+    pub exit_code: Option<i64>,
+    /// `own` (its process exited) or `oom` (killed under its memory limit).
+    pub cause: String,
+    /// How long it ran before it ended.
+    pub ran_for_seconds: f64,
+    /// Crashes in a row on this line.
+    pub restarts: u32,
+    #[serde(with = "rfc3339")]
+    pub next_replacement: SystemTime,
 }
 
 impl ServiceStatus {
@@ -115,6 +134,7 @@ impl ServiceStatus {
             events: VecDeque::new(),
             created: now,
             deleting: false,
+            back_off: Vec::new(),
         }
     }
 

@@ -12,14 +12,33 @@
 //! event is applied as it comes (the process is gone), without a read. A change that
 //! neither an event nor dockscale caused is seen at the next resync.
 //!
+//! The store also keeps what the events said of a container's end, which no list or
+//! inspect can tell: whether someone signalled it before it died (`kill`), or the
+//! kernel OOM-killed it, so that only a replica's own exit counts as a crash.
+//!
 //! This module decides what to read; the controller does the reading.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use crate::replica::{ContainerId, ContainerState, Replica};
+use tokio::time::Instant;
+
+use crate::replica::{ContainerId, ContainerState, ExitCause, Replica};
 
 /// Above this many containers to read again, one list is cheaper than the inspects.
 pub const RELIST_ABOVE: usize = 16;
+
+/// A `kill` explains a `die` that follows within this long (`docker stop` waits the
+/// grace period before its SIGKILL). An older one was a signal the replica survived
+/// (a SIGHUP to reload, say).
+pub const SIGNAL_EXPLAINS_EXIT_FOR: Duration = Duration::from_secs(60);
+
+/// What an event said of a container before its `die`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    Killed(Instant),
+    OutOfMemory,
+}
 
 /// What the next pass has to read from Docker before it plans.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +59,11 @@ pub struct ReplicaStore {
     complete: bool,
     /// Containers changed since they were last read.
     dirty: BTreeSet<ContainerId>,
+    /// Signals and OOM kills seen since a container last started.
+    signals: BTreeMap<ContainerId, Signal>,
+    /// Exits reported by `die` events, with their cause. They win over a list that still
+    /// shows the container running a moment after its process died.
+    exits: BTreeMap<ContainerId, (Option<i64>, ExitCause)>,
 }
 
 impl ReplicaStore {
@@ -58,15 +82,41 @@ impl ReplicaStore {
         self.dirty.insert(id);
     }
 
+    /// Someone sent the container a signal (`kill` event: `docker kill`, `docker stop`,
+    /// `docker rm -f`, the engine stopping, or dockscale's own stop).
+    pub fn signalled(&mut self, id: &ContainerId, now: Instant) {
+        if self.signals.get(id) != Some(&Signal::OutOfMemory) {
+            self.signals.insert(id.clone(), Signal::Killed(now));
+        }
+    }
+
+    /// The kernel OOM-killed a process of the container (`oom` event).
+    pub fn oom_killed(&mut self, id: &ContainerId) {
+        self.signals.insert(id.clone(), Signal::OutOfMemory);
+    }
+
+    /// The container (re)started: what was said of its last end no longer applies.
+    pub fn started(&mut self, id: ContainerId) {
+        self.signals.remove(&id);
+        self.exits.remove(&id);
+        self.touch(id);
+    }
+
     /// Docker reported the container's process gone (`die`): it is exited from now on,
     /// without reading it again (an inspect waits on the container's lock, which the
-    /// engine holds while it tears the container down).
-    pub fn exited(&mut self, id: &ContainerId, code: Option<i64>) {
-        if let Some(r) = self.replicas.get_mut(id) {
-            r.state = ContainerState::Exited;
-            r.status = Replica::exited_status(code);
-            r.ips.clear();
-        }
+    /// engine holds while it tears the container down). Its cause is what the events
+    /// said before: a recent signal, an OOM kill, or else its own doing.
+    pub fn exited(&mut self, id: &ContainerId, code: Option<i64>, now: Instant) {
+        let cause = match self.signals.remove(id) {
+            Some(Signal::OutOfMemory) => ExitCause::OutOfMemory,
+            Some(Signal::Killed(at))
+                if now.saturating_duration_since(at) <= SIGNAL_EXPLAINS_EXIT_FOR =>
+            {
+                ExitCause::Signalled
+            }
+            Some(Signal::Killed(_)) | None => ExitCause::Own,
+        };
+        self.exits.insert(id.clone(), (code, cause));
     }
 
     /// What to read now. Taking the work clears it: a change reported while the read
@@ -86,6 +136,9 @@ impl ReplicaStore {
     pub fn listed(&mut self, replicas: Vec<Replica>) {
         self.replicas = replicas.into_iter().map(|r| (r.id.clone(), r)).collect();
         self.complete = true;
+        let known = &self.replicas;
+        self.signals.retain(|id, _| known.contains_key(id));
+        self.exits.retain(|id, _| known.contains_key(id));
     }
 
     /// One container read again: `None` means it is gone.
@@ -96,13 +149,35 @@ impl ReplicaStore {
             }
             None => {
                 self.replicas.remove(&id);
+                self.signals.remove(&id);
+                self.exits.remove(&id);
             }
         }
     }
 
-    /// Every owned container, as the planner reads them.
+    /// The service of a known container.
+    pub fn service_of(&self, id: &ContainerId) -> Option<&str> {
+        self.replicas.get(id).map(|r| r.service.as_str())
+    }
+
+    /// Every owned container, as the planner reads them: a container whose `die` was
+    /// seen is exited, with the cause the events gave, whatever the last read said.
     pub fn replicas(&self) -> Vec<Replica> {
-        self.replicas.values().cloned().collect()
+        self.replicas
+            .values()
+            .map(|r| {
+                let mut r = r.clone();
+                if let Some((code, cause)) = self.exits.get(&r.id) {
+                    if matches!(r.state, ContainerState::Running | ContainerState::Paused) {
+                        r.state = ContainerState::Exited;
+                        r.status = Replica::exited_status(*code);
+                        r.ips.clear();
+                    }
+                    r.exit_cause = Some(*cause);
+                }
+                r
+            })
+            .collect()
     }
 }
 
@@ -172,15 +247,57 @@ mod tests {
     #[test]
     fn a_die_event_makes_a_known_container_exited_without_a_read() {
         let mut store = ReplicaStore::new();
+        let now = Instant::now();
         store.listed(vec![replica("a", ContainerState::Running)]);
-        store.exited(&id("a"), Some(137));
-        store.exited(&id("unknown"), Some(1));
+        store.exited(&id("a"), Some(137), now);
+        store.exited(&id("unknown"), Some(1), now);
         assert_eq!(store.take_refresh(), Refresh::Nothing);
         let replicas = store.replicas();
         assert_eq!(replicas.len(), 1);
         assert_eq!(replicas[0].state, ContainerState::Exited);
         assert_eq!(replicas[0].exit_code(), Some(137));
         assert!(replicas[0].ips.is_empty());
+        // A list taken a moment later may still show it running: the event wins.
+        store.listed(vec![replica("a", ContainerState::Running)]);
+        assert_eq!(store.replicas()[0].state, ContainerState::Exited);
+    }
+
+    #[test]
+    fn the_events_before_a_die_give_its_cause() {
+        let mut store = ReplicaStore::new();
+        let now = Instant::now();
+        let names = ["own", "killed", "oom", "old-signal", "restarted"];
+        store.listed(
+            names
+                .iter()
+                .map(|n| replica(n, ContainerState::Running))
+                .collect(),
+        );
+        store.exited(&id("own"), Some(1), now);
+        store.signalled(&id("killed"), now);
+        store.exited(&id("killed"), Some(137), now + Duration::from_secs(1));
+        store.oom_killed(&id("oom"));
+        store.signalled(&id("oom"), now);
+        store.exited(&id("oom"), Some(137), now);
+        store.signalled(&id("old-signal"), now);
+        store.exited(&id("old-signal"), Some(2), now + Duration::from_secs(61));
+        store.signalled(&id("restarted"), now);
+        store.exited(&id("restarted"), Some(143), now);
+        store.started(id("restarted"));
+        let causes: BTreeMap<String, Option<ExitCause>> = store
+            .replicas()
+            .into_iter()
+            .map(|r| (r.id.0, r.exit_cause))
+            .collect();
+        assert_eq!(causes["own"], Some(ExitCause::Own));
+        assert_eq!(causes["killed"], Some(ExitCause::Signalled));
+        assert_eq!(causes["oom"], Some(ExitCause::OutOfMemory));
+        assert_eq!(
+            causes["old-signal"],
+            Some(ExitCause::Own),
+            "a survived SIGHUP explains nothing"
+        );
+        assert_eq!(causes["restarted"], None, "running again");
     }
 
     #[test]

@@ -201,6 +201,55 @@ async fn a_killed_replica_leaves_rotation_on_the_die_event() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_sigkilled_haproxy_serves_again_with_its_servers_within_300ms() {
+    let fixture = LbFixture::new("e2e-lbsigkill");
+    fixture.write_spec(&fixture.lb_spec(3, "hello", ""));
+    let controller = RunningController::start(&fixture.lb_run_args(&[]));
+    converged(&fixture, 3, Duration::from_secs(30)).await;
+    let replicas: BTreeSet<String> = fixture.replica_addrs().into_keys().collect();
+    let none = BTreeMap::new();
+    let mut recoveries = Vec::new();
+    for round in 0..3 {
+        let master = fixture.master_pid().expect("master pid");
+        let pids = dockscale_e2e::haproxy::with_children(master);
+        assert!(pids.len() >= 2, "a master and its worker: {pids:?}");
+        let killed = Instant::now();
+        for pid in &pids {
+            sh("kill", &["-KILL", &pid.to_string()]);
+        }
+        // Serving again: a request through the frontend answered by one of the replicas.
+        let took = loop {
+            if let Ok((200, _, body)) = get_with_cookies(fixture.bind, "/", &none).await {
+                let host = hostname_of(&body).unwrap_or_default();
+                if fixture.running().iter().any(|c| c.id.starts_with(&host)) {
+                    break killed.elapsed();
+                }
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(10),
+                "HAProxy did not serve again within 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        println!("round {round}: SIGKILL of HAProxy (pids {pids:?}) -> serving again in {took:?}");
+        recoveries.push(took);
+        // Every server is back in rotation, the containers untouched.
+        converged(&fixture, 3, Duration::from_secs(10)).await;
+        let now: BTreeSet<String> = fixture.replica_addrs().into_keys().collect();
+        assert_eq!(now, replicas, "replicas were replaced");
+    }
+    let worst = recoveries.iter().max().copied().unwrap_or_default();
+    println!("HAProxy SIGKILL recovery: {recoveries:?}, worst {worst:?}");
+    assert!(
+        worst <= Duration::from_millis(300),
+        "serving again took {worst:?} (target 300ms)"
+    );
+    let status = controller.service_status(&fixture.service).await;
+    println!("status after the kills: {}", status["conditions"]);
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_dead_haproxy_is_restarted_with_its_servers_and_a_dockscale_restart_loses_nothing() {
     let fixture = LbFixture::new("e2e-lbrestart");
     fixture.write_spec(&fixture.lb_spec(3, "hello", ""));

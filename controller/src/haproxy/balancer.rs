@@ -7,7 +7,8 @@
 //! it dies. External: the user's HAProxy must declare the backends and their slots
 //! (`manifests/haproxy.cfg`); a missing backend is an error on that service alone.
 //!
-//! A supervisor task asks HAProxy for its pid every second. A new pid that is not the
+//! A supervisor task asks HAProxy for its pid every second, and watches the managed
+//! master through a pidfd, so that its death is noticed at once. A new pid that is not the
 //! worker of our own reload means the runtime state was lost (a restart, or someone
 //! else's reload without a state file): it bumps the
 //! [`LoadBalancer::restarts`] counter and the controller restores every server at once.
@@ -23,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::config::{slot_number, AssignedSlot, BackendConfig, ManagedConfig};
-use super::managed::{ManagedError, ManagedHaproxy, Paths, Started};
+use super::managed::{ManagedError, ManagedHaproxy, Paths, ProcessWatch, Started};
 use super::runtime_api::{AdminState, ApiError, Endpoint, RuntimeApi};
 use crate::lb::{BackendLoad, LbError, LoadBalancer, PoolGrown};
 use crate::metrics::Metrics;
@@ -452,6 +453,16 @@ impl LoadBalancer for HaproxyBalancer {
             .map_err(lb_error)
     }
 
+    async fn suspend(&self, backend: &str, slot: &str) -> Result<(), LbError> {
+        let api = &self.inner.api;
+        api.set_server_state(backend, slot, AdminState::Maint)
+            .await
+            .map_err(lb_error)?;
+        api.set_server_weight(backend, slot, 0)
+            .await
+            .map_err(lb_error)
+    }
+
     async fn release(&self, backend: &str, slot: &str) -> Result<(), LbError> {
         let api = &self.inner.api;
         api.set_server_state(backend, slot, AdminState::Maint)
@@ -505,12 +516,22 @@ impl LoadBalancer for HaproxyBalancer {
     }
 }
 
-/// Every second: is HAProxy there, and is it the same process as before?
+/// Is HAProxy there, and is it the same process as before? Asked every second, and at
+/// once when the managed master exits (a pidfd on it): a dead managed HAProxy is
+/// started again with its servers within milliseconds, not at the next poll.
 async fn supervise(inner: Arc<Inner>) {
     let mut ticker = tokio::time::interval(SUPERVISE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut master: Option<ProcessWatch> = None;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = ended(&master) => {
+                if let Some(m) = master.take() {
+                    tracing::warn!(pid = m.pid().as_raw(), "the managed HAProxy master exited");
+                }
+            }
+        }
         if let Mode::Managed(managed) = &inner.mode {
             let mut backends = Inner::lock(&inner.backends).clone();
             let serving = !backends.is_empty();
@@ -537,7 +558,17 @@ async fn supervise(inner: Arc<Inner>) {
                     Err(e) => tracing::error!(error = %e, "starting HAProxy again"),
                 }
             }
-            if !serving && managed.master_pid().is_none() {
+            let pid = managed.master_pid();
+            if master.as_ref().map(ProcessWatch::pid) != pid {
+                master = pid.and_then(|pid| match ProcessWatch::new(pid) {
+                    Ok(watch) => Some(watch),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the HAProxy master; polling it");
+                        None
+                    }
+                });
+            }
+            if !serving && pid.is_none() {
                 inner.status.update(|s| s.haproxy_reachable = None);
                 continue;
             }
@@ -561,5 +592,13 @@ async fn supervise(inner: Arc<Inner>) {
                 tracing::warn!(error = %e, "HAProxy does not answer");
             }
         }
+    }
+}
+
+/// Resolves when the watched master ends (never, without one).
+async fn ended(master: &Option<ProcessWatch>) {
+    match master {
+        Some(m) => m.exited().await,
+        None => std::future::pending().await,
     }
 }
