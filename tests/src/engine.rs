@@ -48,6 +48,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping engine may take before it is killed: more than dockerd's own
 /// 15 s shutdown timeout for containers plus its 10 s wait for containerd.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped engine's containerd may take to follow it before it is killed.
+const CONTAINERD_GRACE: Duration = Duration::from_secs(10);
 /// How long the sweep waits for killed processes and deleted links to go.
 const SWEEP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -280,10 +282,15 @@ impl PrivateEngine {
                 }
             }
         }
-        // dockerd waits for its containerd only so long; a new one must not meet it.
+        // dockerd stops its containerd and waits for it, but only 10 s; the next
+        // dockerd must not meet the old one.
         let containerd_config = self.dir.join("exec/containerd/containerd.toml");
         let marker = containerd_config.to_string_lossy();
-        end_processes(|p| p.cmdline.contains(marker.as_ref()), STOP_TIMEOUT);
+        end_processes(
+            |p| p.cmdline.contains(marker.as_ref()),
+            CONTAINERD_GRACE,
+            SWEEP_TIMEOUT,
+        );
         began.elapsed()
     }
 
@@ -569,6 +576,7 @@ fn sweep_slot(slot: u8) -> Vec<String> {
                 || p.cmdline.contains(&dir_prefix)
                 || p.in_cgroup_under(&cgroup_marker)
         },
+        Duration::ZERO,
         SWEEP_TIMEOUT,
     );
     failures.extend(left.into_iter().map(|p| format!("process {p}")));
@@ -632,27 +640,34 @@ fn sweep_slot(slot: u8) -> Vec<String> {
     failures
 }
 
-/// SIGKILLs every process (but this one) that `ours` picks, by pid, and waits until
-/// they are gone or zombies; returns the ones still alive after `timeout`.
-fn end_processes(ours: impl Fn(&Process) -> bool, timeout: Duration) -> Vec<String> {
+/// Ends every process (but this one) that `ours` picks, by pid: gives them `grace` to
+/// exit on their own, then SIGKILLs them, and waits until they are gone or zombies;
+/// returns the ones still alive after `grace + timeout`.
+fn end_processes(
+    ours: impl Fn(&Process) -> bool,
+    grace: Duration,
+    timeout: Duration,
+) -> Vec<String> {
     let me = std::process::id();
     let began = Instant::now();
     loop {
         let alive: Vec<Process> = processes()
             .into_iter()
-            .filter(|p| p.pid as u32 != me && !p.zombie && ours(p))
+            .filter(|p| u32::try_from(p.pid).is_ok_and(|pid| pid != me) && !p.zombie && ours(p))
             .collect();
         if alive.is_empty() {
             return Vec::new();
         }
-        if began.elapsed() > timeout {
+        if began.elapsed() > grace + timeout {
             return alive
                 .into_iter()
                 .map(|p| format!("{} ({})", p.pid, p.cmdline))
                 .collect();
         }
-        for p in &alive {
-            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        if began.elapsed() >= grace {
+            for p in &alive {
+                let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }

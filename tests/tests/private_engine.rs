@@ -124,13 +124,19 @@ async fn a_private_engine_runs_the_demo_image_and_leaves_nothing_behind() {
         );
     }
 
+    let cleaning = Instant::now();
     drop(engine);
+    println!("stopped and cleaned up in {:?}", cleaning.elapsed());
     assert_eq!(footprint.leftovers(), Vec::<String>::new());
 }
 
-#[test]
-fn an_engine_restart_stops_its_containers_and_answers_again() {
-    let mut engine = PrivateEngine::start("e2e-restart");
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_restart_stops_its_containers_and_answers_again() {
+    // What a Swarm test will need (services use the loaded image, ask no registry);
+    // here it shows that the environment survives a restart.
+    let mut engine = PrivateEngine::builder("e2e-restart")
+        .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
+        .start();
     engine.load_image(WEBAPP_IMAGE);
     engine.docker(&[
         "run",
@@ -142,6 +148,17 @@ fn an_engine_restart_stops_its_containers_and_answers_again() {
         "web",
         WEBAPP_IMAGE,
     ]);
+    // It says so once its SIGTERM handler is installed; a SIGTERM before that kills
+    // it (143 through docker-init), which a restart right after `docker run` did.
+    wait_for("the webapp to listen", Duration::from_secs(20), || {
+        let logs = engine.docker_quiet(&["logs", "web"]).unwrap_or_default();
+        if logs.contains("dockscale-webapp listening") {
+            Ok(())
+        } else {
+            Err(logs)
+        }
+    })
+    .await;
     let state = |engine: &PrivateEngine| {
         engine
             .docker(&[
@@ -164,15 +181,34 @@ fn an_engine_restart_stops_its_containers_and_answers_again() {
         down.starting
     );
     assert!(down.total() < Duration::from_secs(30), "{down:?}");
-    assert_ne!(engine.pid(), before, "a new dockerd");
+    let pid = engine.pid().expect("a running dockerd");
+    assert_ne!(Some(pid), before, "a new dockerd");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("dockerd's environment");
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1"),
+        "dockerd {pid} runs without the extra environment"
+    );
 
     let after = state(&engine);
     println!("after the restart the container is: {after}");
-    // The engine's shutdown sent SIGTERM (not SIGKILL after its timeout, 137): the
-    // webapp finishes its requests and exits 0 on SIGTERM.
+    // The engine's shutdown sent SIGTERM (not SIGKILL after its timeout, 137), and the
+    // webapp finished its requests and exited 0.
     assert_eq!(after, "exited 0");
+    let logs = engine.docker(&["logs", "web"]);
+    assert!(
+        logs.contains("SIGTERM, finishing requests in flight"),
+        "{logs}"
+    );
 
     // Same data root: the container is still there and starts again.
     engine.docker(&["start", "web"]);
     assert_eq!(state(&engine), "running 0");
+
+    let footprint = engine.footprint();
+    let cleaning = Instant::now();
+    drop(engine);
+    println!("stopped and cleaned up in {:?}", cleaning.elapsed());
+    assert_eq!(footprint.leftovers(), Vec::<String>::new());
 }
