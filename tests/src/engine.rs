@@ -39,11 +39,14 @@ const ENGINES_DIR: &str = "/tmp/dockscale-e2e-engines";
 /// Where `ip netns` keeps its namespaces.
 const NETNS_DIR: &str = "/var/run/netns";
 /// Where containerd 1.6 shims put their sockets (named by a hash, see
-/// [`shim_socket`]); a shim killed by SIGKILL leaves its socket behind.
+/// [`shim_sockets`]); a shim killed by SIGKILL leaves its socket behind.
 const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+/// A system containerd's address: dockerd 20.10 attaches to a containerd listening
+/// there rather than start its own (none does on this machine).
+const SYSTEM_CONTAINERD: &str = "/run/containerd/containerd.sock";
 /// Slots: 100.64.0.0/10 holds 64 pools of a /16, one per slot.
 const SLOTS: u8 = 64;
-/// How long a starting engine may take to answer `docker info` (here: 0.3 s to 1 s).
+/// How long a starting engine may take to answer `docker info` (here 0.3 to 1.6 s).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping engine may take before it is killed: more than dockerd's own
 /// 15 s shutdown timeout for containers plus its 10 s wait for containerd.
@@ -98,7 +101,13 @@ impl PrivateEngineBuilder {
     pub fn start(self) -> PrivateEngine {
         require_tools();
         let lease = Lease::take();
-        sweep_slot(lease.slot);
+        let stale = sweep_slot(lease.slot);
+        if !stale.is_empty() {
+            eprintln!(
+                "private engine slot {}: a crashed run left {stale:?}",
+                lease.slot
+            );
+        }
         let tag = unique(&lease.slot.to_string());
         let suffix = tag.rsplit('-').next().unwrap_or_default().to_owned();
         let dir = PathBuf::from(ENGINES_DIR).join(&tag);
@@ -366,11 +375,13 @@ impl PrivateEngine {
         let netns_inode = netns_inode(&self.netns);
         let dir = format!("{}/", self.dir.display());
         let cgroup = format!("/{}/", self.cgroup_parent);
+        let shim = format!("-namespace {} ", self.cgroup_parent);
         let processes = processes()
             .into_iter()
             .filter(|p| {
                 (netns_inode.is_some() && p.netns == netns_inode)
                     || p.cmdline.contains(&dir)
+                    || p.cmdline.contains(&shim)
                     || p.in_cgroup_under(&cgroup)
             })
             .map(|p| (p.pid, p.start_time, p.comm))
@@ -431,9 +442,9 @@ impl PrivateEngine {
             // 192.168/16) nor 10/8.
             "bip": format!("198.19.{slot}.1/24"),
             "default-address-pools": [{"base": format!("100.{}.0.0/16", 64 + slot), "size": 24}],
-            // Its own containerd is started by dockerd while no system containerd
-            // listens on /run/containerd/containerd.sock; should one appear, dockerd
-            // would attach to it, and its own namespaces keep the engines apart.
+            // dockerd starts a containerd of its own (under the exec root) unless one
+            // listens at SYSTEM_CONTAINERD; then it attaches to that one, and these
+            // namespaces keep the engines apart there.
             "containerd-namespace": self.cgroup_parent,
             "containerd-plugins-namespace": format!("{}-plugins", self.cgroup_parent),
             // From the root: relative to dockerd's cgroup would depend on the test's.
@@ -514,12 +525,17 @@ impl Footprint {
             left.push(format!("cgroup {}", group.display()));
         }
         let cgroup = format!("/{}/", self.cgroup_parent);
+        let shim = format!("-namespace {} ", self.cgroup_parent);
         for p in processes() {
             let was_ours = self
                 .processes
                 .iter()
                 .any(|(pid, start, _)| *pid == p.pid && *start == p.start_time);
-            if !p.zombie && (was_ours || p.cmdline.contains(&marker) || p.in_cgroup_under(&cgroup))
+            if !p.zombie
+                && (was_ours
+                    || p.cmdline.contains(&marker)
+                    || p.cmdline.contains(&shim)
+                    || p.in_cgroup_under(&cgroup))
             {
                 left.push(format!("process {} ({})", p.pid, p.cmdline));
             }
@@ -568,12 +584,15 @@ fn sweep_slot(slot: u8) -> Vec<String> {
     let namespaces = names_in(Path::new(NETNS_DIR), &netns_prefix);
     let inodes: Vec<u64> = namespaces.iter().filter_map(|n| netns_inode(n)).collect();
 
-    // Processes first: they hold mounts, cgroups and the namespace.
+    // Processes first: they hold mounts, cgroups and the namespace. Shims of a
+    // system containerd are in neither the namespace nor the directories.
     let cgroup_marker = format!("/{group_prefix}");
+    let shim_marker = format!("-namespace {group_prefix}");
     let left = end_processes(
         |p| {
             p.netns.is_some_and(|i| inodes.contains(&i))
                 || p.cmdline.contains(&dir_prefix)
+                || p.cmdline.contains(&shim_marker)
                 || p.in_cgroup_under(&cgroup_marker)
         },
         Duration::ZERO,
@@ -814,19 +833,29 @@ fn remove_cgroup(group: &Path) -> std::io::Result<()> {
 }
 
 /// The sockets the shims of an engine's containers would have in [`SHIM_SOCKET_DIR`]:
-/// containerd 1.6 names each `sha256(<containerd address>/<namespace>/<id>)`.
+/// containerd 1.6 names each `sha256(<containerd address>/<namespace>/<id>)`, the
+/// address being the engine's own containerd's or [`SYSTEM_CONTAINERD`].
 fn shim_sockets(dir: &Path, namespace: &str) -> Vec<PathBuf> {
-    let address = dir.join("exec/containerd/containerd.sock");
+    let own = dir.join("exec/containerd/containerd.sock");
+    let addresses = [
+        own.to_string_lossy().into_owned(),
+        SYSTEM_CONTAINERD.to_owned(),
+    ];
     names_in(&dir.join("data/containers"), "")
         .into_iter()
-        .map(|id| {
-            let key = format!("{}/{namespace}/{id}", address.display());
-            let digest = Sha256::digest(key.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            Path::new(SHIM_SOCKET_DIR).join(hex)
+        .flat_map(|id| {
+            addresses.iter().map(move |address| {
+                Path::new(SHIM_SOCKET_DIR).join(shim_socket_name(address, namespace, &id))
+            })
         })
         .filter(|p| p.exists())
         .collect()
+}
+
+/// The name of a shim's socket in [`SHIM_SOCKET_DIR`].
+fn shim_socket_name(address: &str, namespace: &str, id: &str) -> String {
+    let digest = Sha256::digest(format!("{address}/{namespace}/{id}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Names of the entries of `dir` that start with `prefix` (none if it is missing).
@@ -900,6 +929,19 @@ mod tests {
         assert!(!format!("{ENGINES_DIR}/12-abcde/exec").starts_with(&one));
         assert!(!"dse12habcde".starts_with("dse1h"));
         assert!(!"dse12-abcde-x".starts_with("dse1-"));
+    }
+
+    #[test]
+    fn a_shim_socket_is_named_as_containerd_names_it() {
+        // The socket a SIGKILLed shim of a private engine left on this machine.
+        assert_eq!(
+            shim_socket_name(
+                "/tmp/dse-manual/exec/containerd/containerd.sock",
+                "moby",
+                "cfac0ab0d709b6af29686fbc29ca649cd214462ce537bf02f37a48f747bdbd3b"
+            ),
+            "649018261fe4268d7df4f2fb9d5a1ccababcd87ba9c21c762ea1abd694fa58af"
+        );
     }
 
     #[test]
