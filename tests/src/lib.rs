@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use dockscale::cli::{Cli, Command as CliCommand};
 
+pub mod engine;
 pub mod haproxy;
 
 /// The demo image every test runs.
