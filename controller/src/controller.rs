@@ -232,7 +232,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await; // the first tick is immediate; services start due anyway
         let mut events: Option<BoxStream<'static, Result<ContainerEvent, DockerError>>> =
-            Some(self.runtime.events());
+            Some(self.subscribe());
         let mut events_retry = Instant::now();
         let mut events_failures = 0u32;
         self.report_orphans().await;
@@ -272,14 +272,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "docker event stream failed; resyncing");
-                        self.store.invalidate();
+                        self.store.events_lost();
                         events = None;
                         events_failures += 1;
                         events_retry = Instant::now() + engine_backoff(events_failures);
                     }
                     None => {
                         tracing::warn!("docker event stream ended; reconnecting");
-                        self.store.invalidate();
+                        self.store.events_lost();
                         events = None;
                         events_retry = Instant::now() + engine_backoff(events_failures);
                     }
@@ -315,7 +315,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         // Without events, every pass reads everything.
                         self.store.invalidate();
                         if events_retry <= now {
-                            events = Some(self.runtime.events());
+                            events = Some(self.subscribe());
                             // Events may have been missed while disconnected.
                             for entry in self.services.values_mut() {
                                 entry.wake(now);
@@ -327,6 +327,16 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             }
         }
         self.shutdown().await;
+    }
+
+    /// Subscribes to Docker's events; they are replayed from a second back, so every
+    /// container created since then has its `die` delivered.
+    fn subscribe(&mut self) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
+        let since = SystemTime::now()
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.store.events_connected(unix_ns(since));
+        self.runtime.events()
     }
 
     /// Observes once and describes what the next pass would do for every service,
@@ -912,7 +922,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 }
             }
         }
-        Ok(self.store.replicas())
+        Ok(self.store.replicas(Instant::now()))
     }
 
     async fn reconcile_one(&mut self, name: &str, listed: &[Replica], observed: Observation) {

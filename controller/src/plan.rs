@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::crashloop::CrashLines;
 pub use crate::crashloop::{BackoffPolicy, ExitRecord, Vacancy, Verdict};
-use crate::replica::{ContainerId, ContainerState, ExitCause, Replica};
+use crate::replica::{ContainerId, ContainerState, Replica};
 use crate::spec::ServiceSpec;
 
 /// A create that was issued but that Docker has not listed yet, after two minutes is
@@ -138,13 +138,17 @@ pub fn record_exits(
     let mut recorded = Vec::new();
     for r in replicas {
         let exited = matches!(r.state, ContainerState::Exited | ContainerState::Dead);
-        if !exited || memory.removing.contains(&r.id) {
+        // Without a cause yet, its verdict waits for its `die` event.
+        let (true, Some(cause)) = (exited, r.exit_cause) else {
+            continue;
+        };
+        if memory.removing.contains(&r.id) {
             continue;
         }
         let exit = ExitRecord {
             name: r.name.clone(),
             code: r.exit_code(),
-            cause: r.exit_cause.unwrap_or(ExitCause::Unknown),
+            cause,
             ran_for: age_of(r, now),
         };
         if let Some(verdict) =
@@ -367,6 +371,10 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     // 1. Sort the listed containers: live, in flight, or failed.
     let mut live: Vec<&Replica> = Vec::new();
     let mut removing = 0u32;
+    // Exited, its cause not known yet (its `die` event is on its way): it holds its
+    // place until the verdict, so that its line's back-off applies to its replacement.
+    let mut awaiting_new = 0u32;
+    let mut awaiting_old = 0u32;
     for r in &input.replicas {
         if memory.removing.contains(&r.id) {
             removing += 1;
@@ -395,6 +403,14 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
                     reason: RemoveReason::NeverStarted,
                     age,
                 });
+            }
+            ContainerState::Exited | ContainerState::Dead if r.exit_cause.is_none() => {
+                if r.template_hash == input.template_hash {
+                    awaiting_new += 1;
+                } else {
+                    awaiting_old += 1;
+                }
+                plan.requeue(ACTIVE_REQUEUE);
             }
             ContainerState::Exited | ContainerState::Dead => {
                 plan.actions.push(Action::Remove {
@@ -594,8 +610,8 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     plan.rollout = rollout;
 
     // 6. How many to create.
-    let new_total = live_new + pending_new;
-    let total = live_new + live_old + pending.len() as u32;
+    let new_total = live_new + pending_new + awaiting_new;
+    let total = live_new + live_old + pending.len() as u32 + awaiting_new + awaiting_old;
     let creates = if live_old > 0 {
         let max_total = desired.saturating_add(spec.rollout.max_surge);
         let room = max_total.saturating_sub(total);
@@ -862,6 +878,7 @@ pub fn probe_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replica::ExitCause;
     use crate::testing::{self, free_slot, replica, serving_slot, warming_slot};
 
     const HASH: &str = "new";
@@ -1065,6 +1082,7 @@ mod tests {
         let mut w = World::new(testing::spec().replicas(2).build()).with_replicas(1..=2, HASH);
         w.replicas[1].state = ContainerState::Exited;
         w.replicas[1].status = "Exited (137) 1 second ago".into();
+        w.replicas[1].exit_cause = Some(ExitCause::Signalled);
         let plan = w.plan();
         assert_eq!(removed(&plan), vec!["w-00002"]);
         assert!(plan.actions.contains(&Action::Remove {
@@ -1255,12 +1273,32 @@ mod tests {
             .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
         w.replicas[1].state = ContainerState::Exited;
         w.replicas[1].ips.clear();
+        w.replicas[1].exit_cause = Some(ExitCause::Own);
         let plan = w.plan();
         assert!(plan.actions.contains(&Action::Release {
             slot: "web2".into()
         }));
         assert_eq!(removed(&plan), vec!["w-00002"]);
         assert_eq!(creates(&plan), 1);
+    }
+
+    #[test]
+    fn an_exit_whose_cause_is_not_known_yet_holds_its_place_and_leaves_rotation() {
+        let mut w = World::new(testing::spec().replicas(2).lb().build())
+            .with_replicas(1..=2, HASH)
+            .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+        w.replicas[1].state = ContainerState::Exited;
+        w.replicas[1].ips.clear();
+        w.replicas[1].exit_cause = None;
+        let plan = w.plan();
+        assert_eq!(
+            plan.actions,
+            vec![Action::Release {
+                slot: "web2".into()
+            }],
+            "out of rotation now; removed and replaced once its cause is known"
+        );
+        assert_eq!(plan.requeue_after, Some(ACTIVE_REQUEUE));
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub struct Replica {
     pub status: String,
     /// Addresses by network name, once running.
     pub ips: BTreeMap<String, Ipv4Addr>,
-    /// Why it exited, once it has.
+    /// Why it exited, once it has; `None` for an exited container while its cause is not
+    /// known yet (its `die` event, which says, is on its way).
     pub exit_cause: Option<ExitCause>,
 }
 

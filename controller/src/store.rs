@@ -33,6 +33,10 @@ pub const RELIST_ABOVE: usize = 16;
 /// (a SIGHUP to reload, say).
 pub const SIGNAL_EXPLAINS_EXIT_FOR: Duration = Duration::from_secs(60);
 
+/// An exit a read found before its `die` event (the engine's answer to a create or an
+/// inspect can overtake the event stream) is explained by the event within this long.
+pub const EXIT_EVENT_GRACE: Duration = Duration::from_secs(1);
+
 /// What an event said of a container before its `die`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Signal {
@@ -64,6 +68,11 @@ pub struct ReplicaStore {
     /// Exits reported by `die` events, with their cause. They win over a list that still
     /// shows the container running a moment after its process died.
     exits: BTreeMap<ContainerId, (Option<i64>, ExitCause)>,
+    /// Exits a read found without their `die` event yet, since when.
+    unexplained: BTreeMap<ContainerId, Instant>,
+    /// Unix ns since the event stream has been connected without a break; `None`
+    /// while it is down. A container created since then has its `die` delivered.
+    events_since_ns: Option<i64>,
 }
 
 impl ReplicaStore {
@@ -75,6 +84,18 @@ impl ReplicaStore {
     /// The next pass lists everything (a resync, a broken event stream, an error).
     pub fn invalidate(&mut self) {
         self.complete = false;
+    }
+
+    /// The event stream is connected (again) from `unix_ns` on.
+    pub fn events_connected(&mut self, unix_ns: i64) {
+        self.events_since_ns = Some(unix_ns);
+    }
+
+    /// The event stream broke: what happened meanwhile is learnt from the next list,
+    /// without events.
+    pub fn events_lost(&mut self) {
+        self.events_since_ns = None;
+        self.invalidate();
     }
 
     /// Something happened to this container: read it again before the next plan.
@@ -139,6 +160,7 @@ impl ReplicaStore {
         let known = &self.replicas;
         self.signals.retain(|id, _| known.contains_key(id));
         self.exits.retain(|id, _| known.contains_key(id));
+        self.unexplained.retain(|id, _| known.contains_key(id));
     }
 
     /// One container read again: `None` means it is gone.
@@ -151,6 +173,7 @@ impl ReplicaStore {
                 self.replicas.remove(&id);
                 self.signals.remove(&id);
                 self.exits.remove(&id);
+                self.unexplained.remove(&id);
             }
         }
     }
@@ -160,24 +183,36 @@ impl ReplicaStore {
         self.replicas.get(id).map(|r| r.service.as_str())
     }
 
-    /// Every owned container, as the planner reads them: a container whose `die` was
-    /// seen is exited, with the cause the events gave, whatever the last read said.
-    pub fn replicas(&self) -> Vec<Replica> {
-        self.replicas
-            .values()
-            .map(|r| {
-                let mut r = r.clone();
-                if let Some((code, cause)) = self.exits.get(&r.id) {
-                    if matches!(r.state, ContainerState::Running | ContainerState::Paused) {
-                        r.state = ContainerState::Exited;
-                        r.status = Replica::exited_status(*code);
-                        r.ips.clear();
-                    }
-                    r.exit_cause = Some(*cause);
+    /// Every owned container, as the planner reads them at `now`: a container whose
+    /// `die` was seen is exited, with the cause the events gave, whatever the last read
+    /// said. One a read found exited first has no cause for a moment, while its `die`
+    /// is still due (the stream was up since before it was created); after that, or
+    /// when no event can come, its cause is unknown.
+    pub fn replicas(&mut self, now: Instant) -> Vec<Replica> {
+        let exits = &self.exits;
+        self.unexplained.retain(|id, _| !exits.contains_key(id));
+        let mut out = Vec::with_capacity(self.replicas.len());
+        for r in self.replicas.values() {
+            let mut r = r.clone();
+            if let Some((code, cause)) = self.exits.get(&r.id) {
+                if matches!(r.state, ContainerState::Running | ContainerState::Paused) {
+                    r.state = ContainerState::Exited;
+                    r.status = Replica::exited_status(*code);
+                    r.ips.clear();
                 }
-                r
-            })
-            .collect()
+                r.exit_cause = Some(*cause);
+            } else if r.exit_cause == Some(ExitCause::Unknown) {
+                let first_seen = *self.unexplained.entry(r.id.clone()).or_insert(now);
+                let event_due = self
+                    .events_since_ns
+                    .is_some_and(|since| r.created_at_ns >= since);
+                if event_due && now.saturating_duration_since(first_seen) < EXIT_EVENT_GRACE {
+                    r.exit_cause = None;
+                }
+            }
+            out.push(r);
+        }
+        out
     }
 }
 
@@ -203,7 +238,7 @@ mod tests {
         assert_eq!(store.take_refresh(), Refresh::List);
         store.listed(vec![replica("a", ContainerState::Running)]);
         assert_eq!(store.take_refresh(), Refresh::Nothing);
-        assert_eq!(store.replicas().len(), 1);
+        assert_eq!(store.replicas(Instant::now()).len(), 1);
     }
 
     #[test]
@@ -231,7 +266,7 @@ mod tests {
         store.inspected(id("b"), None);
         store.inspected(id("c"), Some(replica("c", ContainerState::Running)));
         let states: Vec<(String, ContainerState)> = store
-            .replicas()
+            .replicas(Instant::now())
             .into_iter()
             .map(|r| (r.id.0, r.state))
             .collect();
@@ -252,14 +287,51 @@ mod tests {
         store.exited(&id("a"), Some(137), now);
         store.exited(&id("unknown"), Some(1), now);
         assert_eq!(store.take_refresh(), Refresh::Nothing);
-        let replicas = store.replicas();
+        let replicas = store.replicas(Instant::now());
         assert_eq!(replicas.len(), 1);
         assert_eq!(replicas[0].state, ContainerState::Exited);
         assert_eq!(replicas[0].exit_code(), Some(137));
         assert!(replicas[0].ips.is_empty());
         // A list taken a moment later may still show it running: the event wins.
         store.listed(vec![replica("a", ContainerState::Running)]);
-        assert_eq!(store.replicas()[0].state, ContainerState::Exited);
+        assert_eq!(
+            store.replicas(Instant::now())[0].state,
+            ContainerState::Exited
+        );
+    }
+
+    #[test]
+    fn an_exit_read_before_its_die_event_waits_for_the_event_but_not_forever() {
+        let mut store = ReplicaStore::new();
+        let t = Instant::now();
+        store.events_connected(0);
+        let mut found = replica("a", ContainerState::Exited);
+        found.exit_cause = Some(ExitCause::Unknown);
+        store.listed(vec![found.clone()]);
+        assert_eq!(store.replicas(t)[0].exit_cause, None, "its die is due");
+        store.exited(&id("a"), Some(1), t);
+        assert_eq!(store.replicas(t)[0].exit_cause, Some(ExitCause::Own));
+        // No event comes: unknown once the grace is over.
+        let mut other = found.clone();
+        other.id = id("b");
+        store.inspected(id("b"), Some(other));
+        assert_eq!(store.replicas(t)[1].exit_cause, None);
+        assert_eq!(
+            store.replicas(t + EXIT_EVENT_GRACE)[1].exit_cause,
+            Some(ExitCause::Unknown)
+        );
+        // Created before the stream was connected (an engine restart, a dockscale
+        // start): no event can explain it, so it is unknown at once.
+        let mut old = found;
+        old.id = id("c");
+        store.events_connected(i64::MAX);
+        store.inspected(id("c"), Some(old));
+        let causes: Vec<_> = store
+            .replicas(t)
+            .into_iter()
+            .map(|r| r.exit_cause)
+            .collect();
+        assert_eq!(causes[2], Some(ExitCause::Unknown));
     }
 
     #[test]
@@ -285,7 +357,7 @@ mod tests {
         store.exited(&id("restarted"), Some(143), now);
         store.started(id("restarted"));
         let causes: BTreeMap<String, Option<ExitCause>> = store
-            .replicas()
+            .replicas(Instant::now())
             .into_iter()
             .map(|r| (r.id.0, r.exit_cause))
             .collect();
@@ -305,7 +377,11 @@ mod tests {
         let mut store = ReplicaStore::new();
         store.listed(vec![replica("a", ContainerState::Running)]);
         store.listed(vec![replica("b", ContainerState::Running)]);
-        let ids: Vec<String> = store.replicas().into_iter().map(|r| r.id.0).collect();
+        let ids: Vec<String> = store
+            .replicas(Instant::now())
+            .into_iter()
+            .map(|r| r.id.0)
+            .collect();
         assert_eq!(ids, vec!["b".to_owned()]);
     }
 
