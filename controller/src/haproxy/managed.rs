@@ -199,11 +199,14 @@ impl ManagedHaproxy {
     }
 
     async fn start_locked(&self, config: &ManagedConfig) -> Result<(), ManagedError> {
+        let began = std::time::Instant::now();
         // A state file from a previous process would put old states on free slots.
         let _ = std::fs::remove_file(&self.paths.state);
         let text = config.render();
         self.check(&text).await?;
+        let checked = began.elapsed();
         write_atomically(&self.paths.config, &text)?;
+        let written = began.elapsed();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -230,6 +233,7 @@ impl ManagedHaproxy {
                 binary: binary.to_owned(),
                 source,
             })?;
+        let spawned = began.elapsed();
         if !status.success() {
             return Err(ManagedError::Start(format!(
                 "{} exited with {status}; its output:\n{}",
@@ -243,6 +247,10 @@ impl ManagedHaproxy {
                 tracing::info!(
                     pid = self.master_pid().map(|p| p.as_raw()),
                     config = %self.paths.config.display(),
+                    checked_ms = checked.as_millis(),
+                    written_ms = written.as_millis(),
+                    daemonized_ms = spawned.as_millis(),
+                    answering_ms = began.elapsed().as_millis(),
                     "HAProxy started"
                 );
                 return Ok(());
