@@ -17,7 +17,10 @@ use tokio::task::JoinHandle;
 
 use dockscale::cli::{Cli, Command as CliCommand};
 
+pub mod chaos;
 pub mod haproxy;
+pub mod load;
+pub mod process;
 
 /// The demo image every test runs.
 pub const WEBAPP_IMAGE: &str = "dockscale-webapp:latest";
