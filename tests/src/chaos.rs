@@ -168,18 +168,6 @@ impl FaultKind {
     pub fn sigkills_replica(self) -> bool {
         matches!(self, FaultKind::DockerKill | FaultKind::DockerRm)
     }
-
-    fn needs_replica(self) -> bool {
-        matches!(
-            self,
-            FaultKind::DockerKill
-                | FaultKind::DockerStop
-                | FaultKind::DockerRm
-                | FaultKind::DockerRestart
-                | FaultKind::DockerPause
-                | FaultKind::NetworkDisconnect
-        )
-    }
 }
 
 impl fmt::Display for FaultKind {
@@ -858,6 +846,13 @@ fn between(rng: &mut StdRng, range: &RangeInclusive<Duration>) -> Duration {
     Duration::from_millis(rng.random_range(lo..=hi))
 }
 
+/// What a fault was done to.
+#[derive(Debug, Default)]
+struct Outcome {
+    target: String,
+    victim_id: Option<String>,
+}
+
 /// The soak's moving parts.
 struct Soak<'a> {
     fixture: &'a LbFixture,
@@ -886,7 +881,13 @@ impl Soak<'_> {
         self.deck.pop().expect("a refilled deck")
     }
 
-    fn write_spec(&mut self, replicas: u32, version: u32) {
+    /// Writes a valid spec and records its `replicas` value as in force.
+    async fn write_spec(
+        &mut self,
+        replicas: u32,
+        version: u32,
+        in_place: bool,
+    ) -> Result<(), String> {
         self.ledger
             .lock()
             .expect("ledger lock")
@@ -894,8 +895,15 @@ impl Soak<'_> {
             .push((Instant::now(), replicas));
         self.replicas = replicas;
         self.version = version;
-        self.fixture
-            .write_spec(&spec_text(self.fixture, replicas, version));
+        let text = spec_text(self.fixture, replicas, version);
+        if in_place {
+            write_in_place(&self.fixture.spec_path(), &text)
+                .await
+                .map_err(|e| format!("in-place write: {e}"))
+        } else {
+            self.fixture.write_spec(&text);
+            Ok(())
+        }
     }
 
     fn other_replicas(&mut self) -> u32 {
@@ -940,158 +948,30 @@ impl Soak<'_> {
     /// Does one fault and records it.
     async fn inject(&mut self, kind: FaultKind) {
         let start = Instant::now();
-        let mut target = String::new();
-        let mut victim_id = None;
-        let mut note = None;
-        let docker = self.docker.clone();
-        let result: Result<(), String> = async {
-            if kind.needs_replica() {
-                let v = self.victim().await?;
-                target = v.name.clone();
-                victim_id = Some(v.id.clone());
-                let id = v.id.as_str();
-                let within = Duration::from_secs(20);
-                let call = async {
-                    match kind {
-                        FaultKind::DockerKill => docker.kill_container(id, None).await,
-                        FaultKind::DockerStop => docker.stop_container(id, None).await,
-                        FaultKind::DockerRm => {
-                            let force =
-                                RemoveContainerOptionsBuilder::default().force(true).build();
-                            docker.remove_container(id, Some(force)).await
-                        }
-                        FaultKind::DockerRestart => docker.restart_container(id, None).await,
-                        FaultKind::DockerPause => {
-                            docker.pause_container(id).await?;
-                            tokio::time::sleep(HOLD).await;
-                            docker.unpause_container(id).await
-                        }
-                        _ => {
-                            let request = NetworkDisconnectRequest {
-                                container: id.to_owned(),
-                                force: Some(false),
-                            };
-                            docker
-                                .disconnect_network(&self.fixture.network, request)
-                                .await
-                        }
-                    }
-                };
-                return match tokio::time::timeout(within, call).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(format!("{kind} of {target}: {e}")),
-                    Err(_) => Err(format!("{kind} of {target} took over {within:?}")),
-                };
+        let mut outcome = Outcome::default();
+        let result = match kind {
+            FaultKind::ReplicasEdit
+            | FaultKind::InPlaceEdit
+            | FaultKind::TemplateEdit
+            | FaultKind::InvalidEdit => self.edit_spec(kind, &mut outcome).await,
+            FaultKind::DockscaleKill | FaultKind::DockscaleStop => {
+                self.hit_controller(kind, &mut outcome).await
             }
-            match kind {
-                FaultKind::ReplicasEdit => {
-                    let n = self.other_replicas();
-                    target = format!("replicas {} -> {n}", self.replicas);
-                    let version = self.version;
-                    self.write_spec(n, version);
-                }
-                FaultKind::InPlaceEdit => {
-                    let n = self.other_replicas();
-                    target = format!("replicas {} -> {n}", self.replicas);
-                    self.ledger
-                        .lock()
-                        .expect("ledger lock")
-                        .desired
-                        .push((Instant::now(), n));
-                    self.replicas = n;
-                    let text = spec_text(self.fixture, n, self.version);
-                    write_in_place(&self.fixture.spec_path(), &text)
-                        .await
-                        .map_err(|e| format!("in-place write: {e}"))?;
-                }
-                FaultKind::TemplateEdit => {
-                    target = format!("GREETING v{} -> v{}", self.version, self.version + 1);
-                    let (replicas, version) = (self.replicas, self.version + 1);
-                    self.write_spec(replicas, version);
-                }
-                FaultKind::InvalidEdit => {
-                    let which = self.rng.random_range(0..INVALID_EDITS.len());
-                    let hold = between(
-                        &mut self.rng,
-                        &(Duration::from_secs(2)..=Duration::from_secs(3)),
-                    );
-                    target = format!(
-                        "{}, fixed after {:.1}s",
-                        INVALID_EDITS[which],
-                        hold.as_secs_f64()
-                    );
-                    let valid = spec_text(self.fixture, self.replicas, self.version);
-                    self.fixture.write_spec(&invalid_text(&valid, which));
-                    tokio::time::sleep(hold).await;
-                    self.fixture.write_spec(&valid);
-                }
-                FaultKind::DockscaleKill => {
-                    let pause = between(
-                        &mut self.rng,
-                        &(Duration::from_millis(200)..=Duration::from_millis(1000)),
-                    );
-                    target = format!(
-                        "pid {}, restarted after {:.1}s",
-                        self.process.pid().unwrap_or(0),
-                        pause.as_secs_f64()
-                    );
-                    self.mark_down();
-                    self.process.kill();
-                    tokio::time::sleep(pause).await;
-                    self.process.restart();
-                    self.mark_up();
-                    self.process.wait_listening(Duration::from_secs(20)).await?;
-                }
-                FaultKind::DockscaleStop => {
-                    target = format!("pid {}", self.process.pid().unwrap_or(0));
-                    self.mark_down();
-                    self.process.suspend();
-                    tokio::time::sleep(HOLD).await;
-                    self.process.resume();
-                    self.mark_up();
-                }
-                FaultKind::HaproxyKill => {
-                    let killed = Instant::now();
-                    let pids = kill_haproxy(&self.fixture.state_dir())?;
-                    target = format!("pids {pids:?}");
-                    let index = {
-                        let mut w = self.windows.lock().expect("windows lock");
-                        w.push(HaproxyWindow {
-                            killed,
-                            recovered: None,
-                            pids,
-                            new_master: None,
-                        });
-                        w.len() - 1
-                    };
-                    let probe = probe_recovery(
-                        format!("http://{}/", self.fixture.bind),
-                        self.fixture.state_dir().join("haproxy.pid"),
-                        self.windows.clone(),
-                        index,
-                        self.config.haproxy_recovery_limit,
-                    );
-                    self.probes.push(AbortOnDrop(Some(tokio::spawn(probe))));
-                }
-                _ => unreachable!("replica faults are handled above"),
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            note = Some(e);
-        }
+            FaultKind::HaproxyKill => self.kill_haproxy(&mut outcome),
+            _ => self.hit_replica(kind, &mut outcome).await,
+        };
         let end = Instant::now();
-        if target.is_empty() {
-            target = "-".to_owned();
-        }
         let record = FaultRecord {
             kind,
             at: start.duration_since(self.origin),
             took: end.duration_since(start),
-            target,
-            victim_id,
-            note,
+            target: if outcome.target.is_empty() {
+                "-".to_owned()
+            } else {
+                outcome.target
+            },
+            victim_id: outcome.victim_id,
+            note: result.err(),
             start,
             end,
         };
@@ -1108,6 +988,140 @@ impl Soak<'_> {
         );
         self.timeline.push(record);
         self.check_alive();
+    }
+
+    /// `docker kill`, `stop`, `rm -f`, `restart`, `pause` or `network disconnect` of a
+    /// running replica.
+    async fn hit_replica(&mut self, kind: FaultKind, outcome: &mut Outcome) -> Result<(), String> {
+        let victim = self.victim().await?;
+        outcome.target = victim.name.clone();
+        outcome.victim_id = Some(victim.id.clone());
+        let (docker, id) = (&self.docker, victim.id.as_str());
+        let call = async {
+            match kind {
+                FaultKind::DockerKill => docker.kill_container(id, None).await,
+                FaultKind::DockerStop => docker.stop_container(id, None).await,
+                FaultKind::DockerRm => {
+                    let force = RemoveContainerOptionsBuilder::default().force(true).build();
+                    docker.remove_container(id, Some(force)).await
+                }
+                FaultKind::DockerRestart => docker.restart_container(id, None).await,
+                FaultKind::DockerPause => {
+                    docker.pause_container(id).await?;
+                    tokio::time::sleep(HOLD).await;
+                    docker.unpause_container(id).await
+                }
+                _ => {
+                    let request = NetworkDisconnectRequest {
+                        container: id.to_owned(),
+                        force: Some(false),
+                    };
+                    docker
+                        .disconnect_network(&self.fixture.network, request)
+                        .await
+                }
+            }
+        };
+        let within = Duration::from_secs(20);
+        match tokio::time::timeout(within, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{kind}: {e}")),
+            Err(_) => Err(format!("{kind} took over {within:?}")),
+        }
+    }
+
+    /// A `replicas` edit (renamed into place or written in place), a template edit,
+    /// or an invalid edit fixed a moment later.
+    async fn edit_spec(&mut self, kind: FaultKind, outcome: &mut Outcome) -> Result<(), String> {
+        match kind {
+            FaultKind::ReplicasEdit | FaultKind::InPlaceEdit => {
+                let n = self.other_replicas();
+                outcome.target = format!("replicas {} -> {n}", self.replicas);
+                let version = self.version;
+                self.write_spec(n, version, kind == FaultKind::InPlaceEdit)
+                    .await
+            }
+            FaultKind::TemplateEdit => {
+                outcome.target = format!("GREETING v{} -> v{}", self.version, self.version + 1);
+                let (replicas, version) = (self.replicas, self.version + 1);
+                self.write_spec(replicas, version, false).await
+            }
+            _ => {
+                let which = self.rng.random_range(0..INVALID_EDITS.len());
+                let hold = between(
+                    &mut self.rng,
+                    &(Duration::from_secs(2)..=Duration::from_secs(3)),
+                );
+                outcome.target = format!(
+                    "{}, fixed after {:.1}s",
+                    INVALID_EDITS[which],
+                    hold.as_secs_f64()
+                );
+                let valid = spec_text(self.fixture, self.replicas, self.version);
+                self.fixture.write_spec(&invalid_text(&valid, which));
+                tokio::time::sleep(hold).await;
+                self.fixture.write_spec(&valid);
+                Ok(())
+            }
+        }
+    }
+
+    /// SIGKILL of dockscale and a restart, or SIGSTOP for a while and SIGCONT.
+    async fn hit_controller(
+        &mut self,
+        kind: FaultKind,
+        outcome: &mut Outcome,
+    ) -> Result<(), String> {
+        let pid = self.process.pid().unwrap_or(0);
+        self.mark_down();
+        if kind == FaultKind::DockscaleKill {
+            let pause = between(
+                &mut self.rng,
+                &(Duration::from_millis(200)..=Duration::from_millis(1000)),
+            );
+            outcome.target = format!("pid {pid}, restarted after {:.1}s", pause.as_secs_f64());
+            self.process.kill();
+            tokio::time::sleep(pause).await;
+            self.process.restart();
+            self.mark_up();
+            self.process
+                .wait_listening(Duration::from_secs(20))
+                .await
+                .map(|_| ())
+        } else {
+            outcome.target = format!("pid {pid}");
+            self.process.suspend();
+            tokio::time::sleep(HOLD).await;
+            self.process.resume();
+            self.mark_up();
+            Ok(())
+        }
+    }
+
+    /// SIGKILL of HAProxy's master and workers; a probe times its recovery.
+    fn kill_haproxy(&mut self, outcome: &mut Outcome) -> Result<(), String> {
+        let killed = Instant::now();
+        let pids = kill_haproxy(&self.fixture.state_dir())?;
+        outcome.target = format!("pids {pids:?}");
+        let index = {
+            let mut w = self.windows.lock().expect("windows lock");
+            w.push(HaproxyWindow {
+                killed,
+                recovered: None,
+                pids,
+                new_master: None,
+            });
+            w.len() - 1
+        };
+        let probe = probe_recovery(
+            format!("http://{}/", self.fixture.bind),
+            self.fixture.state_dir().join("haproxy.pid"),
+            self.windows.clone(),
+            index,
+            self.config.haproxy_recovery_limit,
+        );
+        self.probes.push(AbortOnDrop(Some(tokio::spawn(probe))));
+        Ok(())
     }
 
     /// A dockscale that exited on its own is a violation; it is started again (as
@@ -1218,6 +1232,49 @@ impl Soak<'_> {
         }
     }
 
+    /// What the controller's status says is wrong: its conditions that are not as
+    /// they should be, and its last warning.
+    async fn controller_says(&self) -> String {
+        let status = match self.process.service_status(&self.fixture.service).await {
+            Ok(s) => s,
+            Err(e) => return format!("the status API did not answer: {e}"),
+        };
+        let healthy =
+            |kind: &str| matches!(kind, "Available" | "Progressing" | "LoadBalancerSynced");
+        let mut said: Vec<String> = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                let kind = c["type"].as_str().unwrap_or_default();
+                c["status"].as_bool() != Some(healthy(kind))
+            })
+            .map(|c| {
+                format!(
+                    "{}={} {}: {}",
+                    c["type"].as_str().unwrap_or("?"),
+                    c["status"],
+                    c["reason"].as_str().unwrap_or(""),
+                    c["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let warning = status["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+            .find(|e| e["type"] == "Warning");
+        if let Some(w) = warning {
+            said.push(format!(
+                "last warning: {} {}",
+                w["reason"].as_str().unwrap_or(""),
+                w["message"].as_str().unwrap_or("")
+            ));
+        }
+        format!("the controller says: {}", said.join("; "))
+    }
+
     /// Polls [`Self::converged`] until it holds or `within` passes.
     async fn converge(&self, within: Duration) -> Result<Duration, String> {
         let start = Instant::now();
@@ -1225,7 +1282,9 @@ impl Soak<'_> {
             let state = self.converged().await;
             match state {
                 Ok(()) => return Ok(start.elapsed()),
-                Err(off) if start.elapsed() > within => return Err(off),
+                Err(off) if start.elapsed() > within => {
+                    return Err(format!("{off}; {}", self.controller_says().await))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
@@ -1350,6 +1409,65 @@ pub async fn run(fixture: &LbFixture, bin: &Path, config: &SoakConfig) -> SoakRe
     judge(soak, load, monitor, windows, convergence, last_end)
 }
 
+/// A replica the soak SIGKILLed, which may excuse one response cut mid-body.
+#[derive(Clone, Debug)]
+struct ReplicaKill {
+    at: Instant,
+    /// Its container id (`X-Served-By` carries the first 12 characters).
+    id: String,
+}
+
+/// Failures sorted by the soak's rules.
+#[derive(Debug, Default)]
+struct Sorted {
+    outside: BTreeMap<FailureClass, u64>,
+    outside_samples: Vec<(Duration, FailureClass, Option<String>)>,
+    inside: BTreeMap<FailureClass, u64>,
+    allowed_cuts: u64,
+}
+
+/// Sorts failures into those inside an HAProxy-kill window, the mid-body cuts a
+/// replica SIGKILL explains (one per kill, from the killed replica, ending after the
+/// kill) and the rest, which fail the soak.
+fn sort_failures(
+    failures: &[Failure],
+    windows: &[HaproxyWindow],
+    kills: &[ReplicaKill],
+    limit: Duration,
+    origin: Instant,
+) -> Sorted {
+    let mut sorted = Sorted::default();
+    let mut used = vec![false; kills.len()];
+    for f in failures {
+        if windows.iter().any(|w| w.covers(f, limit)) {
+            *sorted.inside.entry(f.class).or_default() += 1;
+            continue;
+        }
+        if f.class == FailureClass::MidBody {
+            if let Some(by) = f.served_by.as_deref().filter(|b| !b.is_empty()) {
+                let kill = kills
+                    .iter()
+                    .enumerate()
+                    .find(|(i, k)| !used[*i] && f.end >= k.at && k.id.starts_with(by));
+                if let Some((i, _)) = kill {
+                    used[i] = true;
+                    sorted.allowed_cuts += 1;
+                    continue;
+                }
+            }
+        }
+        *sorted.outside.entry(f.class).or_default() += 1;
+        if sorted.outside_samples.len() < 20 {
+            sorted.outside_samples.push((
+                f.end.saturating_duration_since(origin),
+                f.class,
+                f.served_by.clone(),
+            ));
+        }
+    }
+    sorted
+}
+
 /// Sorts the failures and collects the violations.
 fn judge(
     mut soak: Soak<'_>,
@@ -1361,45 +1479,29 @@ fn judge(
 ) -> SoakReport {
     let config = soak.config;
     let origin = soak.origin;
-    // Replica SIGKILLs that may each excuse one cut: (time, container id).
-    let mut kills: Vec<(Instant, String, bool)> = soak
+    let kills: Vec<ReplicaKill> = soak
         .timeline
         .iter()
         .filter(|f| f.kind.sigkills_replica() && f.note.is_none())
-        .filter_map(|f| Some((f.start, f.victim_id.clone()?, false)))
+        .filter_map(|f| {
+            Some(ReplicaKill {
+                at: f.start,
+                id: f.victim_id.clone()?,
+            })
+        })
         .collect();
-    let mut outside: BTreeMap<FailureClass, u64> = BTreeMap::new();
-    let mut outside_samples = Vec::new();
-    let mut inside: BTreeMap<FailureClass, u64> = BTreeMap::new();
-    let mut allowed_cuts = 0;
-    for f in &load.failures {
-        if windows
-            .iter()
-            .any(|w| w.covers(f, config.haproxy_recovery_limit))
-        {
-            *inside.entry(f.class).or_default() += 1;
-            continue;
-        }
-        if f.class == FailureClass::MidBody {
-            let by = f.served_by.as_deref().unwrap_or("?");
-            let kill = kills.iter_mut().find(|(at, id, used)| {
-                !*used && f.end >= *at && !by.is_empty() && id.starts_with(by)
-            });
-            if let Some(kill) = kill {
-                kill.2 = true;
-                allowed_cuts += 1;
-                continue;
-            }
-        }
-        *outside.entry(f.class).or_default() += 1;
-        if outside_samples.len() < 20 {
-            outside_samples.push((
-                f.end.saturating_duration_since(origin),
-                f.class,
-                f.served_by.clone(),
-            ));
-        }
-    }
+    let Sorted {
+        mut outside,
+        outside_samples,
+        inside,
+        allowed_cuts,
+    } = sort_failures(
+        &load.failures,
+        &windows,
+        &kills,
+        config.haproxy_recovery_limit,
+        origin,
+    );
     // Failures beyond the kept ones cannot be placed: they count against the soak.
     let unplaced = load.failed_total() - load.failures.len() as u64;
     if unplaced > 0 {
@@ -1532,6 +1634,69 @@ mod tests {
         };
         assert!(open.covers(&f(24.0, 24.0), limit));
         assert!(!open.covers(&f(26.0, 26.0), limit), "the limit closes it");
+    }
+
+    #[test]
+    fn a_cut_is_excused_once_per_sigkill_of_the_replica_that_sent_it() {
+        let t0 = Instant::now();
+        let cut = |secs: f64, by: &str| Failure {
+            class: FailureClass::MidBody,
+            start: at(t0, secs - 0.05),
+            end: at(t0, secs),
+            served_by: Some(by.to_owned()),
+        };
+        let kills = [ReplicaKill {
+            at: at(t0, 10.0),
+            id: "0123456789abcdef".to_owned(),
+        }];
+        let limit = Duration::from_secs(15);
+        let sorted = sort_failures(
+            &[
+                cut(9.0, "0123456789ab"),   // before the kill
+                cut(10.01, "0123456789ab"), // the kill's own cut
+                cut(10.02, "0123456789ab"), // a second one
+                cut(10.03, "ffffffffffff"), // another replica
+            ],
+            &[],
+            &kills,
+            limit,
+            t0,
+        );
+        assert_eq!(sorted.allowed_cuts, 1);
+        assert_eq!(sorted.outside.get(&FailureClass::MidBody), Some(&3));
+        assert!(sorted.inside.is_empty());
+    }
+
+    #[test]
+    fn failures_in_a_window_are_counted_apart_and_the_rest_fail() {
+        let t0 = Instant::now();
+        let window = HaproxyWindow {
+            killed: at(t0, 10.0),
+            recovered: Some(at(t0, 11.0)),
+            pids: vec![1],
+            new_master: None,
+        };
+        let failure = |secs: f64, class| Failure {
+            class,
+            start: at(t0, secs),
+            end: at(t0, secs),
+            served_by: None,
+        };
+        let sorted = sort_failures(
+            &[
+                failure(10.5, FailureClass::Refused),
+                failure(10.6, FailureClass::NoResponse),
+                failure(20.0, FailureClass::Status5xx),
+            ],
+            &[window],
+            &[],
+            Duration::from_secs(15),
+            t0,
+        );
+        assert_eq!(sorted.inside.values().sum::<u64>(), 2);
+        assert_eq!(sorted.outside.get(&FailureClass::Status5xx), Some(&1));
+        assert_eq!(sorted.outside_samples.len(), 1);
+        assert_eq!(sorted.outside_samples[0].0, Duration::from_secs(20));
     }
 
     #[test]
