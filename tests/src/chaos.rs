@@ -1272,7 +1272,11 @@ impl Soak<'_> {
                 w["message"].as_str().unwrap_or("")
             ));
         }
-        format!("the controller says: {}", said.join("; "))
+        if said.is_empty() {
+            "the controller reports nothing wrong".to_owned()
+        } else {
+            format!("the controller says: {}", said.join("; "))
+        }
     }
 
     /// Polls [`Self::converged`] until it holds or `within` passes.
