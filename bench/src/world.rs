@@ -111,6 +111,10 @@ impl World {
             .arg(listen.to_string())
             .arg("--haproxy-exporter")
             .arg(exporter.to_string())
+            // Several controllers of one run may drive the engine at once, each its own
+            // services: each claims the engine in a directory of its own.
+            .arg("--lock-dir")
+            .arg(dir.join("lock"))
             .args(&d.spec.extra_args)
             .stdout(Stdio::null())
             .stderr(log)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::claim::{self, Attempt, Claim, ClaimError, EngineLock, Holder};
 use crate::cli::RunArgs;
 use crate::controller::{Controller, Settings};
 use crate::docker::{ContainerRuntime, DockerError, DockerRuntime};
@@ -43,6 +44,19 @@ pub enum AppError {
     Haproxy(#[source] ManagedError),
     #[error("{0}")]
     ExternalHaproxy(#[source] ApiError),
+    #[error(
+        "another dockscale already drives this Docker engine ({holder}; claim {lock}): \
+         stop it first, or start this one with --standby to take over when it stops"
+    )]
+    Claimed { holder: String, lock: PathBuf },
+    #[error("{0}")]
+    Claim(#[source] ClaimError),
+    #[error("cannot make {path} absolute: {source}")]
+    Resolve {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the state directory {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -53,6 +67,7 @@ pub enum AppError {
 
 /// Runs the controller until `shutdown` resolves; the replicas keep running after.
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let args = resolve_paths(args)?;
     let services = manifest::load(&args.paths).map_err(AppError::Spec)?;
     std::fs::create_dir_all(&args.state_dir).map_err(|source| AppError::StateDir {
         path: args.state_dir.clone(),
@@ -63,6 +78,138 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 
     let status = StatusHandle::default();
     let metrics = Arc::new(Metrics::new());
+
+    if args.dry_run {
+        // Changes nothing, so it needs no claim on the engine.
+        let controller = controller(&args, services, runtime, &status, &metrics).await?;
+        let text = controller.dry_run().await.map_err(AppError::Docker)?;
+        print!("{text}");
+        return Ok(());
+    }
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let (stop_http, mut http_stopped) = watch::channel(false);
+    let state = AppState {
+        status: status.clone(),
+        metrics: metrics.clone(),
+    };
+    let local = listener.local_addr().ok();
+    let server = tokio::spawn(http::serve(listener, state, async move {
+        let _ = http_stopped.wait_for(|stop| *stop).await;
+    }));
+
+    tokio::pin!(shutdown);
+    let engine = runtime.engine_id().await.map_err(AppError::Docker)?;
+    let lock_dir = args
+        .lock_dir
+        .clone()
+        .unwrap_or_else(claim::default_lock_dir);
+    let mut claim = EngineLock::new(&lock_dir, &engine).map_err(AppError::Claim)?;
+    let me = Holder::this_process(
+        &local.map_or_else(|| args.listen.to_string(), |a| a.to_string()),
+        &args.state_dir,
+    );
+    let claimed = tokio::select! {
+        claimed = take_claim(&mut claim, &me, args.standby, &status) => claimed,
+        () = &mut shutdown => Ok(false),
+    };
+    let result = match claimed {
+        Ok(true) => {
+            tracing::info!(engine = %engine, lock = %claim.path().display(), "claimed the Docker engine");
+            match controller(&args, services, runtime, &status, &metrics).await {
+                Ok(controller) => {
+                    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+                    match crate::watch::watch(&args.paths, changes_tx) {
+                        Ok(_watch) => {
+                            tracing::info!(paths = ?args.paths, listen = ?local, "dockscale running");
+                            let stop = async {
+                                tokio::select! {
+                                    () = &mut shutdown => {}
+                                    () = claim.lost() => tracing::error!(
+                                        "the claim on the Docker engine was lost: stopping"
+                                    ),
+                                }
+                            };
+                            controller.run(changes_rx, stop).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(AppError::Watch(e)),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
+
+    let _ = stop_http.send(true);
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
+        Err(e) => tracing::warn!(error = %e, "http server task"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// Takes the claim on the engine. Held by another: an error naming it, or with
+/// `standby`, waits (shown by `/readyz`) until it is free. `Ok(true)` once held.
+async fn take_claim(
+    claim: &mut EngineLock,
+    me: &Holder,
+    standby: bool,
+    status: &StatusHandle,
+) -> Result<bool, AppError> {
+    let mut announced = None;
+    loop {
+        match claim.try_acquire(me).map_err(AppError::Claim)? {
+            Attempt::Acquired => {
+                status.update(|s| s.standby_for = None);
+                return Ok(true);
+            }
+            Attempt::HeldBy(holder) if !standby => {
+                // The holder may not have written its name yet: look once more.
+                let holder = match holder {
+                    Some(h) => Some(h),
+                    None => {
+                        tokio::time::sleep(claim::STANDBY_POLL).await;
+                        match claim.try_acquire(me).map_err(AppError::Claim)? {
+                            Attempt::Acquired => return Ok(true),
+                            Attempt::HeldBy(h) => h,
+                        }
+                    }
+                };
+                return Err(AppError::Claimed {
+                    holder: holder.map_or_else(|| "holder unknown".to_owned(), |h| h.to_string()),
+                    lock: claim.path().to_owned(),
+                });
+            }
+            Attempt::HeldBy(holder) => {
+                let who = holder.map_or_else(|| "holder unknown".to_owned(), |h| h.to_string());
+                if announced.as_ref() != Some(&who) {
+                    tracing::info!(holder = %who, "standby: another dockscale drives the Docker engine; taking over when it stops");
+                    status.update(|s| s.standby_for = Some(who.clone()));
+                    announced = Some(who);
+                }
+                tokio::time::sleep(claim::STANDBY_POLL).await;
+            }
+        }
+    }
+}
+
+/// The load balancer the flags ask for and the controller over it.
+async fn controller(
+    args: &RunArgs,
+    services: Vec<manifest::LoadedService>,
+    runtime: Arc<DockerRuntime>,
+    status: &StatusHandle,
+    metrics: &Arc<Metrics>,
+) -> Result<Controller<DockerRuntime, HaproxyBalancer>, AppError> {
     // The first read of the spec counts like every later one.
     metrics.spec_reloads_total.with_label_values(&["ok"]).inc();
     metrics.spec_valid.set(1);
@@ -100,49 +247,32 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             .map_err(AppError::Haproxy)?
         }
     };
-    let lb = Arc::new(lb);
-    let controller = Controller::new(
+    Ok(Controller::new(
         settings,
         services,
         runtime,
-        lb,
+        Arc::new(lb),
         status.clone(),
         metrics.clone(),
-    );
+    ))
+}
 
-    if args.dry_run {
-        let text = controller.dry_run().await.map_err(AppError::Docker)?;
-        print!("{text}");
-        return Ok(());
-    }
-
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| AppError::Listen {
-            addr: args.listen,
+/// Makes the spec paths and the state directory absolute, once, from the directory
+/// `run` was started in: every path that reaches HAProxy's configuration is absolute
+/// (HAProxy reads `stats socket .dockscale/haproxy.sock` as an address without a port),
+/// and nothing depends on the working directory afterwards.
+fn resolve_paths(mut args: RunArgs) -> Result<RunArgs, AppError> {
+    let absolute = |path: &std::path::Path| {
+        std::path::absolute(path).map_err(|source| AppError::Resolve {
+            path: path.to_owned(),
             source,
-        })?;
-    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    let _watch = crate::watch::watch(&args.paths, changes_tx).map_err(AppError::Watch)?;
-
-    let (stop_http, mut http_stopped) = watch::channel(false);
-    let state = AppState {
-        status: status.clone(),
-        metrics,
+        })
     };
-    let local = listener.local_addr().ok();
-    let server = tokio::spawn(http::serve(listener, state, async move {
-        let _ = http_stopped.wait_for(|stop| *stop).await;
-    }));
-    tracing::info!(paths = ?args.paths, listen = ?local, "dockscale running");
-
-    controller.run(changes_rx, shutdown).await;
-
-    let _ = stop_http.send(true);
-    match server.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
-        Err(e) => tracing::warn!(error = %e, "http server task"),
-        Ok(Ok(())) => {}
-    }
-    Ok(())
+    args.state_dir = absolute(&args.state_dir)?;
+    args.paths = args
+        .paths
+        .iter()
+        .map(|p| absolute(p))
+        .collect::<Result<_, _>>()?;
+    Ok(args)
 }

@@ -113,6 +113,18 @@ pub struct RunArgs {
     #[arg(long, default_value = "10m")]
     pub crash_backoff_reset: Duration,
 
+    /// Where the claim on the Docker engine lives: a controller that finds the engine
+    /// claimed by another (in the same directory) exits naming it, or waits with
+    /// --standby. Every dockscale driving one engine must use the same directory.
+    /// Default: /run/dockscale as root, else $XDG_RUNTIME_DIR/dockscale.
+    #[arg(long, value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+
+    /// When another dockscale drives the engine, wait and take over once it stops or
+    /// dies (checked every 200ms) instead of exiting.
+    #[arg(long)]
+    pub standby: bool,
+
     /// Observe once, print the plan for every service and exit without changing
     /// anything.
     #[arg(long)]

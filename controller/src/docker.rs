@@ -137,6 +137,10 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Whether the engine answers.
     fn ping(&self) -> impl Future<Output = Result<(), DockerError>> + Send;
+
+    /// The engine's own id (`docker info`'s `ID`), stable across its restarts: what a
+    /// controller claims.
+    fn engine_id(&self) -> impl Future<Output = Result<String, DockerError>> + Send;
 }
 
 /// [`ContainerRuntime`] over the local Docker engine.
@@ -332,6 +336,15 @@ impl ContainerRuntime for DockerRuntime {
                 }
             })
             .boxed()
+    }
+
+    async fn engine_id(&self) -> Result<String, DockerError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| DockerError::from_bollard("info", e))?;
+        Ok(info.id.unwrap_or_default())
     }
 
     async fn ping(&self) -> Result<(), DockerError> {

@@ -62,6 +62,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn readyz(State(state): State<AppState>) -> Response {
     let status = state.status.read();
     let mut problems = Vec::new();
+    let standby;
+    if let Some(holder) = &status.standby_for {
+        standby = format!("standby while another dockscale drives the engine ({holder})");
+        problems.push(standby.as_str());
+    }
     if !status.spec_loaded {
         problems.push("spec not loaded");
     }

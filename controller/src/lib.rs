@@ -17,11 +17,13 @@
 //! - [`watch`]: the spec file watch (parent directories, for rename-replaced files).
 //! - [`metrics`]: the Prometheus collectors.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the status API.
+//! - [`claim`]: one controller per Docker engine (the claim a running controller holds).
 //! - [`app`]: `dockscale run` as a function: everything wired together.
 //! - [`cli`]: the command line.
 
 pub mod app;
 pub mod autoscale;
+pub mod claim;
 pub mod cli;
 pub mod controller;
 pub mod docker;

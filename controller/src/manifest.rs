@@ -678,6 +678,19 @@ spec:
     }
 
     #[test]
+    fn host_and_none_networks_are_rejected_with_the_reason() {
+        for (network, why) in [("host", "share the host's address"), ("none", "no address")] {
+            let text = GOOD.replace(
+                "  loadBalancer:",
+                &format!("  network: {network}\n  loadBalancer:"),
+            );
+            let error = one_error(&text);
+            assert!(error.starts_with("s.yaml:10:12: "), "{error}");
+            assert!(error.contains(why), "{error}");
+        }
+    }
+
+    #[test]
     fn negative_replicas_are_rejected_with_the_range() {
         let text = GOOD.replace("replicas: 2", "replicas: -1");
         assert_eq!(

@@ -462,13 +462,27 @@ impl FromStr for NetworkName {
         let valid = s.len() <= 128
             && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
             && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if valid {
-            Ok(NetworkName(s.to_owned()))
-        } else {
-            Err(format!(
+        if !valid {
+            return Err(format!(
                 "`{s}` is not a Docker network name: use letters, digits, '_', '.' and '-', \
                  starting with a letter or digit"
-            ))
+            ));
+        }
+        match s {
+            "host" => Err(
+                "`host` cannot be a service's network: replicas on the host network \
+                 share the host's address and ports, so two replicas of one port cannot both \
+                 run and HAProxy cannot tell them apart; give them a bridge network of their \
+                 own (the default, `dockscale`)"
+                    .to_owned(),
+            ),
+            "none" => Err(
+                "`none` cannot be a service's network: replicas on it have no \
+                 address, so nothing can reach them; give them a bridge network of their own \
+                 (the default, `dockscale`)"
+                    .to_owned(),
+            ),
+            _ => Ok(NetworkName(s.to_owned())),
         }
     }
 }

@@ -195,6 +195,8 @@ pub struct ControllerStatus {
     pub docker_reachable: bool,
     /// `None` when no service needs HAProxy.
     pub haproxy_reachable: Option<bool>,
+    /// Set while this controller waits (`--standby`) for the one that drives the engine.
+    pub standby_for: Option<String>,
 }
 
 /// A cloneable handle on the status: the loop writes, the HTTP server reads.

@@ -157,6 +157,11 @@ impl Fixture {
         self.dir.path().join("state")
     }
 
+    /// Where this fixture's controllers claim the engine.
+    pub fn lock_dir(&self) -> PathBuf {
+        self.dir.path().join("lock")
+    }
+
     /// A worker-pool spec (no load balancer) for this fixture's service.
     pub fn pool_spec(&self, replicas: u32) -> String {
         format!(
@@ -240,6 +245,10 @@ spec:
             self.state_dir().display().to_string(),
             "--listen".to_owned(),
             format!("127.0.0.1:{}", free_port()),
+            // Tests run side by side on one engine: each claims it in its own directory
+            // (a shared one would let only one of them act).
+            "--lock-dir".to_owned(),
+            self.lock_dir().display().to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args

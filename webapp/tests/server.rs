@@ -1,9 +1,14 @@
 //! The server over real loopback HTTP: each test runs its own `run` on port 0 and talks
-//! to it with hyper's client, as HAProxy and curl would.
+//! to it with hyper's client, as HAProxy and curl would. The tests of `check` and of the
+//! knobs that act on the process (`EXIT_AFTER_MS`, `ALLOCATE_MB`, bad values) run the
+//! built binary itself.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
+use dockscale_webapp::fault::FailRate;
 use dockscale_webapp::{run, Config};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -53,7 +58,62 @@ fn config() -> Config {
         hostname: "webapp-test1".into(),
         greeting: Some("hello".into()),
         log_requests: false,
+        fail_rate: FailRate::default(),
+        extra_latency: Duration::ZERO,
+        health_fail_file: None,
+        exit_after: None,
+        exit_code: 1,
+        allocate_mib: 0,
     }
+}
+
+/// The binary under test.
+const WEBAPP: &str = env!("CARGO_BIN_EXE_dockscale-webapp");
+
+/// Runs the binary with `args` and only the environment `vars`, waiting at most
+/// `limit` for it to exit.
+async fn run_binary(args: &[&str], vars: &[(&str, &str)], limit: Duration) -> Output {
+    let child = tokio::process::Command::new(WEBAPP)
+        .args(args)
+        .env_clear()
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(limit, child)
+        .await
+        .expect("the binary did not exit in time")
+        .unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A path in the temporary directory that no other test uses, removed on drop.
+struct TempPath(PathBuf);
+
+impl TempPath {
+    fn new(name: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let file = format!("dockscale-webapp-{name}-{}-{nanos}", std::process::id());
+        Self(std::env::temp_dir().join(file))
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A loopback port that nothing listens on (bound, then released).
+async fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 impl TestServer {
@@ -246,4 +306,235 @@ async fn shutdown_finishes_a_request_in_flight_then_stops_listening() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
     );
+}
+
+#[tokio::test]
+async fn fail_rate_answers_that_share_of_requests_500_still_naming_the_replica() {
+    let server = TestServer::start(Config {
+        fail_rate: FailRate::new(0.25).unwrap(),
+        ..config()
+    })
+    .await;
+    let mut failed = Vec::new();
+    for n in 1..=20 {
+        let answer = server.get("/", None).await;
+        assert_eq!(answer.served_by.as_deref(), Some("webapp-test1"));
+        if answer.status == StatusCode::INTERNAL_SERVER_ERROR {
+            assert!(
+                answer.body.contains("injected failure: FAIL_RATE=0.25"),
+                "{}",
+                answer.body
+            );
+            assert_eq!(
+                answer.set_cookie, None,
+                "a failed request starts no session"
+            );
+            failed.push(n);
+        } else {
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+    }
+    assert_eq!(failed, [4, 8, 12, 16, 20], "every 4th request fails");
+}
+
+#[tokio::test]
+async fn fail_rate_spares_healthz_and_failed_requests_count_no_session() {
+    let server = TestServer::start(Config {
+        fail_rate: FailRate::new(0.5).unwrap(),
+        ..config()
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(server.get("/healthz", None).await.status, StatusCode::OK);
+    }
+    let first = server.get("/", None).await;
+    assert_eq!(
+        first.status,
+        StatusCode::OK,
+        "healthz requests are not counted"
+    );
+    let id = first.new_session().unwrap().to_owned();
+    let failed = server.get("/", Some(&id)).await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let next = server.get("/", Some(&id)).await;
+    assert_eq!(next.field("count"), Some("2"), "{}", next.body);
+}
+
+#[tokio::test]
+async fn extra_latency_is_added_to_every_answer_but_healthz() {
+    let server = TestServer::start(Config {
+        extra_latency: Duration::from_millis(400),
+        ..config()
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(server.get("/", None).await.status, StatusCode::OK);
+    let plain = started.elapsed();
+    assert!(plain >= Duration::from_millis(400), "answered in {plain:?}");
+
+    let started = Instant::now();
+    server.get("/?delay=200", None).await;
+    let delayed = started.elapsed();
+    assert!(
+        delayed >= Duration::from_millis(600),
+        "answered in {delayed:?}"
+    );
+
+    let started = Instant::now();
+    assert_eq!(server.get("/healthz", None).await.body, "ok\n");
+    let health = started.elapsed();
+    assert!(
+        health < Duration::from_millis(300),
+        "healthz took {health:?}"
+    );
+}
+
+#[tokio::test]
+async fn extra_latency_delays_failures_too() {
+    let server = TestServer::start(Config {
+        fail_rate: FailRate::new(1.0).unwrap(),
+        extra_latency: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let started = Instant::now();
+    let answer = server.get("/", None).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn healthz_fails_while_the_health_fail_file_exists() {
+    let flag = TempPath::new("health-flag");
+    let server = TestServer::start(Config {
+        health_fail_file: Some(flag.0.clone()),
+        ..config()
+    })
+    .await;
+    assert_eq!(server.get("/healthz", None).await.body, "ok\n");
+
+    std::fs::write(&flag.0, b"").unwrap();
+    let answer = server.get("/healthz", None).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.body.contains("exists"), "{}", answer.body);
+    assert_eq!(answer.served_by.as_deref(), Some("webapp-test1"));
+    assert_eq!(
+        server.get("/", None).await.status,
+        StatusCode::OK,
+        "other paths keep answering"
+    );
+
+    std::fs::remove_file(&flag.0).unwrap();
+    let answer = server.get("/healthz", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "ok\n");
+}
+
+#[tokio::test]
+async fn check_exits_0_against_a_healthy_server() {
+    let server = TestServer::start(config()).await;
+    let port = server.addr.port().to_string();
+    let output = run_binary(&["check"], &[("PORT", &port)], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("healthy: 200"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_exits_1_against_a_closed_port() {
+    let port = closed_port().await.to_string();
+    let output = run_binary(&["check"], &[("PORT", &port)], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).starts_with("unhealthy: "),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn check_exits_1_while_healthz_fails() {
+    let flag = TempPath::new("check-flag");
+    std::fs::write(&flag.0, b"").unwrap();
+    let server = TestServer::start(Config {
+        health_fail_file: Some(flag.0.clone()),
+        ..config()
+    })
+    .await;
+    let port = server.addr.port().to_string();
+    let output = run_binary(&["check"], &[("PORT", &port)], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("503"), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn check_gives_up_on_a_server_that_does_not_answer() {
+    // Accepts connections (the kernel's backlog) but never reads them.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let started = Instant::now();
+    let output = run_binary(&["check"], &[("PORT", &port)], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("no answer"), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(silent);
+}
+
+#[tokio::test]
+async fn exit_after_ms_exits_with_exit_code_and_says_so() {
+    let started = Instant::now();
+    let output = run_binary(
+        &[],
+        &[("PORT", "0"), ("EXIT_AFTER_MS", "300"), ("EXIT_CODE", "7")],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(7), "{}", stderr(&output));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        stderr(&output).contains("EXIT_AFTER_MS=300 elapsed, exiting with code 7"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn allocate_mb_logs_the_memory_it_holds() {
+    let output = run_binary(
+        &[],
+        &[
+            ("PORT", "0"),
+            ("ALLOCATE_MB", "16"),
+            ("EXIT_AFTER_MS", "100"),
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("ALLOCATE_MB=16: holding 16 MiB"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn a_bad_knob_stops_the_binary_at_start_with_a_message_not_a_panic() {
+    for (name, value) in [("FAIL_RATE", "2"), ("EXIT_CODE", "300"), ("PORT", "http")] {
+        let output = run_binary(&[], &[(name, value)], Duration::from_secs(10)).await;
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{name}={value}: {message}");
+        assert!(
+            message.contains(&format!("{name} must be ")) && message.contains(value),
+            "{name}={value}: {message}"
+        );
+        assert!(!message.contains("panicked"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_argument_is_a_usage_error() {
+    let output = run_binary(&["serve"], &[], Duration::from_secs(10)).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("usage: dockscale-webapp [check]"));
 }

@@ -24,6 +24,9 @@ use tokio::sync::Mutex;
 use super::config::ManagedConfig;
 use super::runtime_api::{Endpoint, RuntimeApi};
 
+/// The longest unix socket path the kernel takes (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// How long a start or a reload may take before it is reported as failed.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +49,11 @@ pub enum ManagedError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the admin socket path {path} is longer than a unix socket address allows \
+         ({MAX_SOCKET_PATH} bytes): choose a shorter --state-dir"
+    )]
+    SocketPathTooLong { path: PathBuf },
     #[error("HAProxy rejected the generated configuration {path}:\n{output}")]
     InvalidConfig { path: PathBuf, output: String },
     #[error("HAProxy did not start: {0}")]
@@ -58,7 +66,9 @@ impl ManagedError {
     pub fn kind(&self) -> &'static str {
         match self {
             ManagedError::Missing => "HaproxyMissing",
-            ManagedError::Write { .. } | ManagedError::Spawn { .. } => "HaproxyStartFailed",
+            ManagedError::Write { .. }
+            | ManagedError::Spawn { .. }
+            | ManagedError::SocketPathTooLong { .. } => "HaproxyStartFailed",
             ManagedError::InvalidConfig { .. } => "HaproxyConfigInvalid",
             ManagedError::Start(_) => "HaproxyStartFailed",
             ManagedError::Reload(_) => "HaproxyReloadFailed",
@@ -122,6 +132,9 @@ impl ManagedHaproxy {
     ) -> Result<Self, ManagedError> {
         let binary = locate().ok();
         let paths = Paths::new(state_dir);
+        if paths.socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ManagedError::SocketPathTooLong { path: paths.socket });
+        }
         std::fs::create_dir_all(&paths.dir).map_err(|source| ManagedError::Write {
             path: paths.dir.clone(),
             source,
@@ -285,9 +298,9 @@ impl ManagedHaproxy {
         let candidate = self.paths.dir.join("haproxy.cfg.new");
         write_atomically(&candidate, text)?;
         let binary = self.binary()?;
+        // Not `-q`: quiet mode drops the ALERT lines that say what is wrong.
         let output = tokio::process::Command::new(binary)
             .arg("-c")
-            .arg("-q")
             .arg("-f")
             .arg(&candidate)
             .stdin(std::process::Stdio::null())
@@ -302,7 +315,7 @@ impl ManagedHaproxy {
         } else {
             Err(ManagedError::InvalidConfig {
                 path: candidate,
-                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+                output: alerts(&output.stdout, &output.stderr),
             })
         }
     }
@@ -370,9 +383,62 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), ManagedError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// What `haproxy -c` said was wrong: its ALERT lines (and the WARNING lines around
+/// them), or everything it printed when it printed no such line.
+fn alerts(stdout: &[u8], stderr: &[u8]) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(stderr),
+        String::from_utf8_lossy(stdout)
+    );
+    let flagged: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("[ALERT]") || l.starts_with("[WARNING]"))
+        .collect();
+    if flagged.is_empty() {
+        text.trim().to_owned()
+    } else {
+        flagged.join("\n")
+    }
+}
+
 /// The last `n` lines of a file, for error messages.
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Captured from HAProxy 2.6.12's `haproxy -c` of a relative socket path.
+    const REJECTED: &str = "\
+[NOTICE]   (10924) : haproxy version is 2.6.12-1+deb12u4
+[NOTICE]   (10924) : path to executable is /usr/sbin/haproxy
+[ALERT]    (10924) : config : parsing [t.cfg:2] : 'stats socket' : missing port specification in '.dockscale/haproxy.sock'
+
+[ALERT]    (10924) : config : Error(s) found in configuration file : t.cfg
+[ALERT]    (10924) : config : Fatal errors found in configuration.
+";
+
+    #[test]
+    fn a_rejected_configuration_is_reported_with_haproxys_alert_lines() {
+        let said = alerts(b"", REJECTED.as_bytes());
+        assert_eq!(said.lines().count(), 3, "{said}");
+        assert!(
+            said.starts_with("[ALERT]    (10924) : config : parsing [t.cfg:2] : 'stats socket'"),
+            "{said}"
+        );
+        assert!(!said.contains("NOTICE"), "{said}");
+    }
+
+    #[test]
+    fn output_without_alert_lines_is_reported_whole() {
+        assert_eq!(
+            alerts(b"Configuration file is valid\n", b""),
+            "Configuration file is valid"
+        );
+    }
 }
