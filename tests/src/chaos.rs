@@ -35,6 +35,12 @@
 //!   controller's current `dockscale.template-hash` (from its status API, which
 //!   reports the final `replicas`); and no other container with the service's label
 //!   exists (nothing exited, created or paused is left over).
+//! - **Replacement.** Within [`SoakConfig::replace_within`] of controller time after
+//!   a `docker kill`, `docker stop` or `docker rm -f` of a replica, the replicas
+//!   running are back to the `replicas` value in force (issue 14: a container removed
+//!   from outside is replaced at once, every time; DESIGN invariant 7). This catches a
+//!   back-off on external removals whatever comes after it (a dockscale restart forgets
+//!   the back-off, so the convergence check alone can miss it).
 //! - **HAProxy.** It serves again within [`SoakConfig::haproxy_recovery_limit`] of
 //!   each kill (otherwise the window would excuse everything after it).
 //! - **dockscale** never exits on its own, and the load ran.
@@ -163,6 +169,14 @@ impl FaultKind {
         }
     }
 
+    /// Whether the fault takes a replica away for good (it must be replaced).
+    pub fn removes_replica(self) -> bool {
+        matches!(
+            self,
+            FaultKind::DockerKill | FaultKind::DockerStop | FaultKind::DockerRm
+        )
+    }
+
     /// Whether the fault SIGKILLs a replica's process (a response it was sending may
     /// be cut mid-body).
     pub fn sigkills_replica(self) -> bool {
@@ -202,6 +216,9 @@ pub struct SoakConfig {
     pub client_timeout: Duration,
     /// The convergence deadline after the last fault.
     pub converge_within: Duration,
+    /// After a replica is killed, stopped or removed, the replicas must be back to the
+    /// desired count within this much controller time.
+    pub replace_within: Duration,
     /// An HAProxy kill's window closes by this long at the latest.
     pub haproxy_recovery_limit: Duration,
     /// Flags added to `dockscale run` (the soak itself adds none: the defaults are
@@ -225,6 +242,7 @@ impl SoakConfig {
             path: "/?delay=20".to_owned(),
             client_timeout: Duration::from_secs(10),
             converge_within: Duration::from_secs(10),
+            replace_within: Duration::from_secs(10),
             haproxy_recovery_limit: Duration::from_secs(15),
             dockscale_args: Vec::new(),
         }
@@ -312,6 +330,8 @@ pub struct MonitorReport {
     pub over_samples: Vec<String>,
     /// (since origin, replicas counted, bound) whenever the count changed.
     pub changes: Vec<(Duration, u32, u32)>,
+    /// Every sample: when, and the replicas counted.
+    pub series: Vec<(Instant, u32)>,
 }
 
 /// What a soak saw, and its verdict.
@@ -329,6 +349,9 @@ pub struct SoakReport {
     /// Responses cut mid-body by a SIGKILL of their replica.
     pub allowed_cuts: u64,
     pub windows: Vec<HaproxyWindow>,
+    /// Each replica killed, stopped or removed: the fault, and how long (in controller
+    /// time) until the replicas were back to the desired count, if they were.
+    pub replacements: Vec<(Duration, FaultKind, String, Option<Duration>)>,
     pub monitor: MonitorReport,
     /// Time from the end of the last fault to convergence, or what was still off.
     pub convergence: Result<Duration, String>,
@@ -476,6 +499,21 @@ impl fmt::Display for SoakReport {
                     f,
                     "HAProxy SIGKILL at +{at:.3}s (pids {:?}): not serving again",
                     w.pids
+                )?,
+            }
+        }
+        for (at, kind, target, took) in &self.replacements {
+            match took {
+                Some(t) => writeln!(
+                    f,
+                    "{kind} of {target} at +{:.3}s: back to the desired count after {:.3}s",
+                    at.as_secs_f64(),
+                    t.as_secs_f64()
+                )?,
+                None => writeln!(
+                    f,
+                    "{kind} of {target} at +{:.3}s: NOT back to the desired count",
+                    at.as_secs_f64()
                 )?,
             }
         }
@@ -663,6 +701,7 @@ async fn monitor(
             Ok(seen) => {
                 report.samples += 1;
                 let n = seen.iter().filter(|c| counts_as_replica(&c.state)).count() as u32;
+                report.series.push((now, n));
                 let (desired, bound) = {
                     let l = ledger.lock().expect("ledger lock");
                     (l.desired_at(now), l.bound(now))
@@ -1350,6 +1389,7 @@ pub async fn run(fixture: &LbFixture, bin: &Path, config: &SoakConfig) -> SoakRe
             inside_windows: BTreeMap::new(),
             allowed_cuts: 0,
             windows: Vec::new(),
+            replacements: Vec::new(),
             monitor: MonitorReport::default(),
             convergence: Err(off),
             final_replicas: soak.replicas,
@@ -1472,6 +1512,28 @@ fn sort_failures(
     sorted
 }
 
+/// How long after `from`, in controller time, the replicas counted first reached the
+/// `replicas` value in force, within `limit`.
+fn replacement_time(
+    series: &[(Instant, u32)],
+    ledger: &Ledger,
+    from: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    series
+        .iter()
+        .filter(|(t, _)| *t >= from)
+        .map(|(t, n)| {
+            (
+                ledger.controller_time(from, *t),
+                *n >= ledger.desired_at(*t),
+            )
+        })
+        .take_while(|(took, _)| *took <= limit)
+        .find(|(_, enough)| *enough)
+        .map(|(took, _)| took)
+}
+
 /// Sorts the failures and collects the violations.
 fn judge(
     mut soak: Soak<'_>,
@@ -1512,7 +1574,27 @@ fn judge(
         *outside.entry(FailureClass::Other).or_default() += unplaced;
     }
 
+    let replacements: Vec<(Duration, FaultKind, String, Option<Duration>)> = {
+        let ledger = soak.ledger.lock().expect("ledger lock");
+        soak.timeline
+            .iter()
+            .filter(|f| f.kind.removes_replica() && f.note.is_none())
+            .map(|f| {
+                let took = replacement_time(&monitor.series, &ledger, f.end, config.replace_within);
+                (f.at, f.kind, f.target.clone(), took)
+            })
+            .collect()
+    };
     let mut violations = std::mem::take(&mut soak.violations);
+    for (at, kind, target, took) in &replacements {
+        if took.is_none() {
+            violations.push(format!(
+                "{kind} of {target} at +{:.3}s: the replicas were not back to the desired count within {:?}",
+                at.as_secs_f64(),
+                config.replace_within
+            ));
+        }
+    }
     let outside_total: u64 = outside.values().sum();
     if outside_total > 0 {
         violations.push(format!(
@@ -1555,6 +1637,7 @@ fn judge(
         inside_windows: inside,
         allowed_cuts,
         windows,
+        replacements,
         monitor,
         convergence,
         final_replicas: soak.replicas,
@@ -1609,6 +1692,35 @@ mod tests {
         assert_eq!(ledger.recent_desired(at(t0, 9.0)), 3);
         assert_eq!(ledger.recent_desired(at(t0, 10.0)), 5);
         assert_eq!(ledger.recent_desired(at(t0, 100.0)), 5);
+    }
+
+    #[test]
+    fn a_replacement_is_timed_in_controller_time_until_the_count_is_back() {
+        let t0 = Instant::now();
+        let ledger = Ledger {
+            desired: vec![(t0, 4)],
+            down: vec![(at(t0, 11.0), Some(at(t0, 14.0)))],
+        };
+        let series: Vec<(Instant, u32)> = [(9.0, 4), (10.0, 3), (12.0, 3), (16.0, 4)]
+            .iter()
+            .map(|(s, n)| (at(t0, *s), *n))
+            .collect();
+        let limit = Duration::from_secs(10);
+        let took = replacement_time(&series, &ledger, at(t0, 10.0), limit).expect("replaced");
+        assert!(
+            (took.as_secs_f64() - 3.0).abs() < 1e-6,
+            "{took:?}: 6 s less 3 s stopped"
+        );
+        let tight = Duration::from_secs(2);
+        assert_eq!(
+            replacement_time(&series, &ledger, at(t0, 10.0), tight),
+            None
+        );
+        let none_after = &series[..3];
+        assert_eq!(
+            replacement_time(none_after, &ledger, at(t0, 10.0), limit),
+            None
+        );
     }
 
     #[test]
