@@ -361,7 +361,7 @@ pub struct SoakReport {
     pub last_fault_end: Duration,
     /// Everything that fails the soak (empty: it passed).
     pub violations: Vec<String>,
-    /// The end of dockscale's log.
+    /// dockscale's warnings and errors and the end of its log.
     pub log_tail: String,
     origin: Instant,
 }
@@ -401,7 +401,7 @@ impl SoakReport {
     pub fn assert_passed(&self) {
         println!("{self}");
         if !self.passed() {
-            println!("--- the end of dockscale's log ---\n{}", self.log_tail);
+            println!("--- dockscale's log ---\n{}", self.log_tail);
             panic!(
                 "the soak failed (replay: SOAK_SEED={}):\n- {}",
                 self.seed,
@@ -1379,7 +1379,7 @@ pub async fn run(fixture: &LbFixture, bin: &Path, config: &SoakConfig) -> SoakRe
     if let Err(off) = initial {
         soak.violations
             .push(format!("never converged at the start: {off}"));
-        let log_tail = soak.process.log_tail(80);
+        let log_tail = soak.process.log_digest(200, 80);
         return SoakReport {
             seed: config.seed,
             timeline: Vec::new(),
@@ -1642,7 +1642,7 @@ fn judge(
         convergence,
         final_replicas: soak.replicas,
         violations,
-        log_tail: soak.process.log_tail(120),
+        log_tail: soak.process.log_digest(200, 60),
         origin,
     }
 }

@@ -167,9 +167,26 @@ impl DockscaleProcess {
 
     /// The last `lines` lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = strip_colors(&std::fs::read_to_string(&self.log).unwrap_or_default());
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// What a failing test prints of the log (which goes with its temporary
+    /// directory): every start and every warning or error (the first `warnings` of
+    /// them), then the last `tail` lines.
+    pub fn log_digest(&self, warnings: usize, tail: usize) -> String {
+        let text = strip_colors(&std::fs::read_to_string(&self.log).unwrap_or_default());
+        let notable: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("=== start") || l.contains(" WARN ") || l.contains(" ERROR "))
+            .take(warnings)
+            .collect();
+        format!(
+            "{}\n--- warnings and errors above, the last {tail} lines below ---\n{}",
+            notable.join("\n"),
+            self.log_tail(tail)
+        )
     }
 
     pub fn log_path(&self) -> &Path {
@@ -196,4 +213,22 @@ impl Drop for DockscaleProcess {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_colors(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
