@@ -26,8 +26,11 @@
 //!   value in force during the last [`SCALE_DOWN_GRACE`] of the controller's own
 //!   running time (time it spent SIGSTOPped or dead does not count: a scale-down
 //!   drains and stops its replicas only while the controller runs), and the `+1` is the
-//!   replacement in flight: a replica replacing one killed, disconnected or rolled
-//!   out, while the one it replaces has not yet stopped.
+//!   replacement in flight: a rollout's old replica drains and stops after the new one
+//!   that replaces it serves, and the next new one may start meanwhile. Each `docker
+//!   restart`, `docker pause` and `network disconnect` within that same grace adds 1
+//!   more: the container comes back (or runs on, unreachable) while a replacement the
+//!   controller may have started for it is in flight, and both count until one goes.
 //! - **Convergence.** Within [`SoakConfig::converge_within`] of the end of the last
 //!   fault: the HAProxy servers in rotation (not in maintenance) are exactly the
 //!   running replicas' addresses on the service network and `template.port`, each UP
@@ -574,6 +577,9 @@ struct Ledger {
     desired: Vec<(Instant, u32)>,
     /// When dockscale was dead or SIGSTOPped: (from, until).
     down: Vec<(Instant, Option<Instant>)>,
+    /// When a replica was restarted, paused or disconnected: it may come back, or run
+    /// on, beside its replacement.
+    returns: Vec<Instant>,
 }
 
 impl Ledger {
@@ -617,7 +623,12 @@ impl Ledger {
     }
 
     fn bound(&self, t: Instant) -> u32 {
-        self.recent_desired(t) + MAX_SURGE + 1
+        let returning = self
+            .returns
+            .iter()
+            .filter(|r| **r <= t && self.controller_time(**r, t) < SCALE_DOWN_GRACE)
+            .count() as u32;
+        self.recent_desired(t) + MAX_SURGE + 1 + returning
     }
 }
 
@@ -1033,6 +1044,16 @@ impl Soak<'_> {
     /// running replica.
     async fn hit_replica(&mut self, kind: FaultKind, outcome: &mut Outcome) -> Result<(), String> {
         let victim = self.victim().await?;
+        if matches!(
+            kind,
+            FaultKind::DockerRestart | FaultKind::DockerPause | FaultKind::NetworkDisconnect
+        ) {
+            self.ledger
+                .lock()
+                .expect("ledger lock")
+                .returns
+                .push(Instant::now());
+        }
         outcome.target = victim.name.clone();
         outcome.victim_id = Some(victim.id.clone());
         let (docker, id) = (&self.docker, victim.id.as_str());
@@ -1607,7 +1628,7 @@ fn judge(
     }
     if monitor.over > 0 {
         violations.push(format!(
-            "{} samples with more replicas than desired + maxSurge + 1 (first: {})",
+            "{} samples with more replicas than the bound (desired + maxSurge + 1, +1 per replica restarted, paused or disconnected lately; first: {})",
             monitor.over,
             monitor.over_samples.first().map_or("", String::as_str)
         ));
@@ -1661,6 +1682,7 @@ mod tests {
         let ledger = Ledger {
             desired: vec![(t0, 5), (at(t0, 10.0), 3)],
             down: vec![(at(t0, 12.0), Some(at(t0, 15.0)))],
+            returns: Vec::new(),
         };
         assert_eq!(ledger.recent_desired(at(t0, 5.0)), 5);
         assert_eq!(
@@ -1683,11 +1705,26 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_or_disconnected_replica_raises_the_bound_for_the_grace() {
+        let t0 = Instant::now();
+        let ledger = Ledger {
+            desired: vec![(t0, 4)],
+            down: Vec::new(),
+            returns: vec![at(t0, 10.0), at(t0, 15.0)],
+        };
+        assert_eq!(ledger.bound(at(t0, 9.0)), 6);
+        assert_eq!(ledger.bound(at(t0, 16.0)), 8);
+        assert_eq!(ledger.bound(at(t0, 23.0)), 7);
+        assert_eq!(ledger.bound(at(t0, 28.0)), 6);
+    }
+
+    #[test]
     fn a_higher_replicas_value_counts_from_its_write() {
         let t0 = Instant::now();
         let ledger = Ledger {
             desired: vec![(t0, 3), (at(t0, 10.0), 5)],
             down: Vec::new(),
+            returns: Vec::new(),
         };
         assert_eq!(ledger.recent_desired(at(t0, 9.0)), 3);
         assert_eq!(ledger.recent_desired(at(t0, 10.0)), 5);
@@ -1700,6 +1737,7 @@ mod tests {
         let ledger = Ledger {
             desired: vec![(t0, 4)],
             down: vec![(at(t0, 11.0), Some(at(t0, 14.0)))],
+            returns: Vec::new(),
         };
         let series: Vec<(Instant, u32)> = [(9.0, 4), (10.0, 3), (12.0, 3), (16.0, 4)]
             .iter()
