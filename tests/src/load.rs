@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How many failures keep a printable description.
+/// How many failures keep a printable description (and the first of each class).
 pub const FAILURE_SAMPLES: usize = 20;
 
 /// Failures kept with their times; beyond this only counters grow (a service at zero
@@ -120,7 +120,7 @@ pub struct LoadReport {
     pub failed: BTreeMap<FailureClass, u64>,
     /// Every failure with its times (up to a bound; `failed` counts all).
     pub failures: Vec<Failure>,
-    /// The first failures, in words.
+    /// The first failures, and the first of each class, in words.
     pub samples: Vec<FailureSample>,
     pub started: Option<Instant>,
     pub elapsed: Duration,
@@ -253,8 +253,10 @@ fn record(
     detail: String,
 ) {
     let mut t = tally.lock().expect("tally lock");
-    *t.failed.entry(class).or_default() += 1;
-    if t.samples.len() < FAILURE_SAMPLES {
+    let count = t.failed.entry(class).or_default();
+    *count += 1;
+    let first_of_class = *count == 1;
+    if t.samples.len() < FAILURE_SAMPLES || first_of_class {
         let detail = match &served_by {
             Some(r) => format!("{detail} (served by {r})"),
             None => detail,
