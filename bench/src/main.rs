@@ -7,6 +7,7 @@
 //! error too. Processes are ended by pid. Every load is bounded in time.
 
 mod measure;
+mod soak;
 mod world;
 
 use std::fmt::Write as _;
@@ -32,7 +33,9 @@ struct Args {
     /// The dockscale binary to measure.
     #[arg(long, default_value = "target/release/dockscale")]
     dockscale: PathBuf,
-    /// Only these sections (pool, convergence, backend, failure, autoscale, cost).
+    /// Only these sections (pool, convergence, backend, failure, autoscale, cost;
+    /// and soak, about 10 minutes, which runs only when named and writes SOAK.md
+    /// beside --out instead).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -90,14 +93,32 @@ async fn main() -> anyhow::Result<()> {
         println!("{section}");
         report.push_str(&section);
     }
-    let _ = writeln!(
-        report,
-        "\nThe whole run took {:.0} s.",
-        started.elapsed().as_secs_f64()
-    );
+    // The soak is not part of the full run (it would add 10 minutes to 18) and keeps
+    // its own file, so that `--only soak` leaves RESULTS.md as the last full run wrote it.
+    if args.only.iter().any(|o| o == "soak") {
+        let soak_started = std::time::Instant::now();
+        let section = soak::soak(&args.dockscale, args.quick).await?;
+        println!("{section}");
+        let path = args.out.with_file_name("SOAK.md");
+        let text = format!(
+            "# dockscale chaos soak\n\nCommand: `bench/run --only soak{}`. Date: {}.\n\n## Machine\n\n{machine}\n\n{section}\nThe soak took {:.0} s.\n",
+            if args.quick { " --quick" } else { "" },
+            measure::today(),
+            soak_started.elapsed().as_secs_f64()
+        );
+        std::fs::write(&path, text)?;
+        println!("written to {}", path.display());
+    }
     world.cleanup();
-    std::fs::write(&args.out, &report)?;
-    println!("written to {}", args.out.display());
+    if args.only.is_empty() || args.only.iter().any(|o| o != "soak") {
+        let _ = writeln!(
+            report,
+            "\nThe whole run took {:.0} s.",
+            started.elapsed().as_secs_f64()
+        );
+        std::fs::write(&args.out, &report)?;
+        println!("written to {}", args.out.display());
+    }
     Ok(())
 }
 

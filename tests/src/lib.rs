@@ -17,8 +17,11 @@ use tokio::task::JoinHandle;
 
 use dockscale::cli::{Cli, Command as CliCommand};
 
+pub mod chaos;
 pub mod engine;
 pub mod haproxy;
+pub mod load;
+pub mod process;
 
 /// The demo image every test runs.
 pub const WEBAPP_IMAGE: &str = "dockscale-webapp:latest";
