@@ -22,6 +22,8 @@ pub struct DockscaleProcess {
     /// The arguments after the program name (`run`, paths, flags).
     args: Vec<String>,
     log: PathBuf,
+    /// Environment variables set for it (e.g. `DOCKER_HOST`), on top of the test's.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Whether it was SIGSTOPped and not SIGCONTed since.
     stopped: bool,
@@ -36,6 +38,17 @@ impl DockscaleProcess {
     /// Starts `bin` with `args` (without the program name; `--listen` must be among
     /// them), its output appended to `log`.
     pub fn spawn(bin: &Path, args: Vec<String>, log: PathBuf) -> Self {
+        Self::spawn_with_env(bin, args, log, Vec::new())
+    }
+
+    /// Like [`Self::spawn`], with these environment variables set for it (and its
+    /// restarts): `DOCKER_HOST` to drive another engine, say.
+    pub fn spawn_with_env(
+        bin: &Path,
+        args: Vec<String>,
+        log: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let listen = args
             .iter()
             .position(|a| a == "--listen")
@@ -46,6 +59,7 @@ impl DockscaleProcess {
             bin: bin.to_owned(),
             args,
             log,
+            env,
             child: None,
             stopped: false,
             listen,
@@ -78,6 +92,7 @@ impl DockscaleProcess {
         let stderr = log.try_clone().expect("log file handle");
         let child = Command::new(&self.bin)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
