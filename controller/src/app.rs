@@ -93,17 +93,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             addr: args.listen,
             source,
         })?;
-    let (stop_http, mut http_stopped) = watch::channel(false);
-    let state = AppState {
-        status: status.clone(),
-        metrics: metrics.clone(),
-    };
     let local = listener.local_addr().ok();
-    let server = tokio::spawn(http::serve(listener, state, async move {
-        let _ = http_stopped.wait_for(|stop| *stop).await;
-    }));
-
-    tokio::pin!(shutdown);
     let engine = runtime.engine_id().await.map_err(AppError::Docker)?;
     let lock_dir = args
         .lock_dir
@@ -114,6 +104,23 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         &local.map_or_else(|| args.listen.to_string(), |a| a.to_string()),
         &args.state_dir,
     );
+    // A standby says so from its first answer on.
+    if let Attempt::HeldBy(Some(holder)) = claim.try_acquire(&me).map_err(AppError::Claim)? {
+        if args.standby {
+            status.update(|s| s.standby_for = Some(holder.to_string()));
+        }
+    }
+
+    let (stop_http, mut http_stopped) = watch::channel(false);
+    let state = AppState {
+        status: status.clone(),
+        metrics: metrics.clone(),
+    };
+    let server = tokio::spawn(http::serve(listener, state, async move {
+        let _ = http_stopped.wait_for(|stop| *stop).await;
+    }));
+
+    tokio::pin!(shutdown);
     let claimed = tokio::select! {
         claimed = take_claim(&mut claim, &me, args.standby, &status) => claimed,
         () = &mut shutdown => Ok(false),

@@ -202,6 +202,14 @@ defaults
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout
+    # A replica that vanishes without a word (its network cut, its node gone) leaves
+    # requests waiting on a dead connection for the whole server timeout: TCP keepalive
+    # finds such a connection dead within about 3 s, and its request is retried on
+    # another server (empty-response) instead.
+    option srvtcpka
+    srvtcpka-idle 1s
+    srvtcpka-intvl 1s
+    srvtcpka-cnt 2
     load-server-state-from-file global
 
 frontend dockscale-haproxy-metrics
