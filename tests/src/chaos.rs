@@ -328,6 +328,16 @@ impl HaproxyWindow {
     }
 }
 
+/// A failed request that fails the soak, for the report.
+#[derive(Clone, Debug)]
+pub struct OutsideFailure {
+    /// Since the soak's origin.
+    pub sent: Duration,
+    pub ended: Duration,
+    pub class: FailureClass,
+    pub served_by: Option<String>,
+}
+
 /// What the invariant monitor saw.
 #[derive(Clone, Debug, Default)]
 pub struct MonitorReport {
@@ -358,7 +368,7 @@ pub struct SoakReport {
     /// Failed requests that fail the soak, by class.
     pub outside: BTreeMap<FailureClass, u64>,
     /// The first of them: (since origin, class, replica).
-    pub outside_samples: Vec<(Duration, FailureClass, Option<String>)>,
+    pub outside_samples: Vec<OutsideFailure>,
     /// Failed requests inside HAProxy-kill windows, by class.
     pub inside_windows: BTreeMap<FailureClass, u64>,
     /// Responses cut mid-body by a SIGKILL of their replica.
@@ -487,10 +497,26 @@ impl fmt::Display for SoakReport {
             classes(&self.inside_windows),
             self.allowed_cuts
         )?;
-        for (at, class, by) in &self.outside_samples {
-            write!(f, "  outside: +{:.3}s {class}", at.as_secs_f64())?;
-            if let Some(by) = by {
-                write!(f, " (served by {by})")?;
+        for o in &self.outside_samples {
+            write!(
+                f,
+                "  outside: {} sent +{:.3}s, given up +{:.3}s",
+                o.class,
+                o.sent.as_secs_f64(),
+                o.ended.as_secs_f64()
+            )?;
+            if let Some(by) = &o.served_by {
+                write!(f, ", served by {by}")?;
+            }
+            // The faults done while it was in flight (or just before it was sent).
+            let during: Vec<String> = self
+                .timeline
+                .iter()
+                .filter(|r| r.at + Duration::from_secs(1) >= o.sent && r.at <= o.ended)
+                .map(|r| format!("{} {} at +{:.3}s", r.kind, r.target, r.at.as_secs_f64()))
+                .collect();
+            if !during.is_empty() {
+                write!(f, "; in flight during: {}", during.join(", "))?;
             }
             writeln!(f)?;
         }
@@ -1514,7 +1540,7 @@ struct ReplicaKill {
 #[derive(Debug, Default)]
 struct Sorted {
     outside: BTreeMap<FailureClass, u64>,
-    outside_samples: Vec<(Duration, FailureClass, Option<String>)>,
+    outside_samples: Vec<OutsideFailure>,
     inside: BTreeMap<FailureClass, u64>,
     allowed_cuts: u64,
 }
@@ -1551,11 +1577,12 @@ fn sort_failures(
         }
         *sorted.outside.entry(f.class).or_default() += 1;
         if sorted.outside_samples.len() < 20 {
-            sorted.outside_samples.push((
-                f.end.saturating_duration_since(origin),
-                f.class,
-                f.served_by.clone(),
-            ));
+            sorted.outside_samples.push(OutsideFailure {
+                sent: f.start.saturating_duration_since(origin),
+                ended: f.end.saturating_duration_since(origin),
+                class: f.class,
+                served_by: f.served_by.clone(),
+            });
         }
     }
     sorted
@@ -1878,7 +1905,7 @@ mod tests {
         assert_eq!(sorted.inside.values().sum::<u64>(), 2);
         assert_eq!(sorted.outside.get(&FailureClass::Status5xx), Some(&1));
         assert_eq!(sorted.outside_samples.len(), 1);
-        assert_eq!(sorted.outside_samples[0].0, Duration::from_secs(20));
+        assert_eq!(sorted.outside_samples[0].ended, Duration::from_secs(20));
     }
 
     #[test]

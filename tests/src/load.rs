@@ -32,7 +32,9 @@ pub enum FailureClass {
     Status4xx,
     /// Any other status that is not 200.
     StatusOther,
-    /// The frontend refused the connection (nothing listening: HAProxy is down).
+    /// The frontend refused the connection, or reset it before it was established
+    /// (nothing listening, or a listener that died with the connection in its
+    /// backlog: HAProxy is down).
     Refused,
     /// No complete answer within the client timeout.
     Timeout,
@@ -63,7 +65,7 @@ impl FailureClass {
             FailureClass::Status5xx => "HTTP 5xx",
             FailureClass::Status4xx => "HTTP 4xx",
             FailureClass::StatusOther => "HTTP other",
-            FailureClass::Refused => "connect refused",
+            FailureClass::Refused => "connect refused/reset",
             FailureClass::Timeout => "timeout",
             FailureClass::NoResponse => "closed before response",
             FailureClass::MidBody => "cut mid-body",
@@ -338,7 +340,11 @@ fn classify_send(e: &reqwest::Error) -> FailureClass {
     let io_kind = io_error_kind(e);
     if e.is_connect() {
         return match io_kind {
-            Some(std::io::ErrorKind::ConnectionRefused) => FailureClass::Refused,
+            Some(
+                std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted,
+            ) => FailureClass::Refused,
             Some(std::io::ErrorKind::TimedOut) => FailureClass::Timeout,
             _ => FailureClass::Other,
         };
