@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use dockscale::haproxy::runtime_api::{Endpoint, RuntimeApi};
+use dockscale::lb::haproxy::runtime_api::{Endpoint, RuntimeApi};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;

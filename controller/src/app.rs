@@ -11,18 +11,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::claim::{self, Attempt, Claim, ClaimError, EngineLock, Holder};
 use crate::cli::RunArgs;
+use crate::controller::claim::{self, Attempt, Claim, ClaimError, EngineLock, Holder};
 use crate::controller::{Controller, Settings};
-use crate::docker::{ContainerRuntime, DockerError, DockerRuntime};
-use crate::haproxy::managed::ManagedError;
-use crate::haproxy::runtime_api::{ApiError, Endpoint};
-use crate::haproxy::HaproxyBalancer;
-use crate::http::{self, AppState};
-use crate::manifest::{self, SpecErrors};
-use crate::metrics::Metrics;
-use crate::plan::BackoffPolicy;
-use crate::status::StatusHandle;
+use crate::lb::haproxy::managed::ManagedError;
+use crate::lb::haproxy::runtime_api::{ApiError, Endpoint};
+use crate::lb::haproxy::HaproxyBalancer;
+use crate::reconcile::BackoffPolicy;
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::{ContainerRuntime, DockerError};
+use crate::serve::http::{self, AppState};
+use crate::serve::metrics::Metrics;
+use crate::serve::status::StatusHandle;
+use crate::spec::manifest::{self, SpecErrors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -39,7 +40,7 @@ pub enum AppError {
     #[error("{0}")]
     Docker(#[source] DockerError),
     #[error("{0}")]
-    Watch(#[source] crate::watch::WatchError),
+    Watch(#[source] crate::controller::watch::WatchError),
     #[error("{0}")]
     Haproxy(#[source] ManagedError),
     #[error("{0}")]
@@ -131,7 +132,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             match controller(&args, services, runtime, &status, &metrics).await {
                 Ok(controller) => {
                     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-                    match crate::watch::watch(&args.paths, changes_tx) {
+                    match crate::controller::watch::watch(&args.paths, changes_tx) {
                         Ok(_watch) => {
                             tracing::info!(paths = ?args.paths, listen = ?local, "dockscale running");
                             let stop = async {
@@ -243,7 +244,7 @@ async fn controller(
                 .iter()
                 .any(|l| l.service.spec.load_balancer.is_some());
             if needs_haproxy {
-                crate::haproxy::managed::locate().map_err(AppError::Haproxy)?;
+                crate::lb::haproxy::managed::locate().map_err(AppError::Haproxy)?;
             }
             HaproxyBalancer::managed(
                 &args.state_dir,

@@ -2,48 +2,41 @@
 //! HAProxy.
 //!
 //! # Layout
-//! - [`spec`]: the `ScaledService` types, source of the JSON Schema.
-//! - [`manifest`]: reading spec files into validated services, with located errors.
-//! - [`replica`]: the ownership labels, replica names and template hash.
-//! - [`autoscale`]: the pure autoscaler (HPA algorithm) from HAProxy's load.
-//! - [`plan`]: the pure planner: desired + observed + in-flight state → actions.
-//! - [`crashloop`]: crash-loop back-off per replica line (pure).
-//! - [`docker`]: the container runtime trait and its bollard implementation.
-//! - [`lb`]: the load balancer trait the controller drives.
-//! - [`store`]: the owned containers between two Docker lists (an informer's store).
-//! - [`controller`]: the loop: triggers, observation, execution, status.
-//! - [`simulate`]: `dockscale simulate`: a recorded series through the autoscaler.
-//! - [`status`]: conditions, events and counts per service, served over HTTP.
+//! Folders by role: what the user writes, what adapters and planner share, the pure
+//! decisions, the loop that applies them, the adapters, and what is shown.
+//! - [`spec`]: the `ScaledService` types (source of the JSON Schema), their units, and
+//!   [`spec::manifest`]: reading spec files into validated services with located errors.
+//! - [`model`]: what the planner and the adapters share: [`model::replica`] (ownership
+//!   labels, names, the template hash) and [`model::backend`] (slots, load).
+//! - [`reconcile`]: the pure planner (desired + observed + in flight → actions), with
+//!   [`reconcile::crash_loop`], the crash-loop back-off per replica line.
+//! - [`autoscale`]: the pure autoscaler (HPA algorithm) from HAProxy's load, and
+//!   [`autoscale::simulate`], a recorded series replayed through it.
+//! - [`controller`]: the loop: triggers, observation, execution; with
+//!   [`controller::store`] (the owned containers between two Docker lists),
+//!   [`controller::watch`] (the spec file watch) and [`controller::claim`] (one
+//!   controller per engine).
+//! - [`runtime`]: the container runtime trait, and [`runtime::docker`], over bollard.
+//! - [`lb`]: the load balancer trait, and [`lb::haproxy`]: the runtime API client, the
+//!   managed process, its configuration and the balancer over them.
+//! - [`serve`]: the status kept per service, the Prometheus metrics, the HTTP server.
 //! - [`status_cli`]: `dockscale status`, the table and describe views.
-//! - [`watch`]: the spec file watch (parent directories, for rename-replaced files).
-//! - [`metrics`]: the Prometheus collectors.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz` and the status API.
-//! - [`claim`]: one controller per Docker engine (the claim a running controller holds).
 //! - [`app`]: `dockscale run` as a function: everything wired together.
 //! - [`cli`]: the command line.
 
 pub mod app;
 pub mod autoscale;
-pub mod claim;
 pub mod cli;
 pub mod controller;
-pub mod crashloop;
-pub mod docker;
-pub mod haproxy;
-pub mod http;
 pub mod lb;
-pub mod manifest;
-pub mod metrics;
-pub mod plan;
-pub mod replica;
-pub mod simulate;
+pub mod model;
+pub mod reconcile;
+pub mod runtime;
+pub mod serve;
 pub mod spec;
-pub mod status;
 pub mod status_cli;
-pub mod store;
 #[cfg(test)]
 mod testing;
-pub mod watch;
 
 /// The JSON Schema of a `ScaledService` document, as `dockscale schema` prints it.
 pub fn schema_json() -> String {

@@ -7,7 +7,7 @@ use dockscale::cli::{Cli, Command, LogFormat, RunArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { paths } => match dockscale::manifest::load(&paths) {
+        Command::Validate { paths } => match dockscale::spec::manifest::load(&paths) {
             Ok(services) => {
                 println!("{} service(s) valid", services.len());
                 ExitCode::SUCCESS
@@ -93,8 +93,8 @@ fn simulate(
     startup_delay: std::time::Duration,
     plot: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
-    use dockscale::simulate;
-    let services: Vec<_> = dockscale::manifest::load(&[spec.to_owned()])
+    use dockscale::autoscale::simulate;
+    let services: Vec<_> = dockscale::spec::manifest::load(&[spec.to_owned()])
         .map_err(|e| anyhow::anyhow!("the spec does not validate:\n{e}"))?
         .into_iter()
         .map(|l| l.service)

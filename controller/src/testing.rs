@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::plan::{Admin, Slot};
-use crate::replica::{ContainerId, ContainerState, Replica};
+use crate::model::backend::{Admin, Slot};
+use crate::model::replica::{ContainerId, ContainerState, Replica};
 use crate::spec::{Autoscale, LoadBalancer, Rollout, ScaledService, ServiceSpec};
 
 /// The network test replicas are on.

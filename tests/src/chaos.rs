@@ -1913,11 +1913,11 @@ mod tests {
         let fixture = LbFixture::new("unit-soakspec");
         let valid = spec_text(&fixture, 4, 1);
         let path = fixture.spec_path();
-        dockscale::manifest::parse_str(&path, &valid).expect("the soak's spec is valid");
+        dockscale::spec::manifest::parse_str(&path, &valid).expect("the soak's spec is valid");
         for (i, what) in INVALID_EDITS.iter().enumerate() {
             let text = invalid_text(&valid, i);
             assert!(
-                dockscale::manifest::parse_str(&path, &text).is_err(),
+                dockscale::spec::manifest::parse_str(&path, &text).is_err(),
                 "{what} passed validation:\n{text}"
             );
         }

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dockscale::haproxy::runtime_api::{Endpoint, RuntimeApi};
-use dockscale::haproxy::stats::ServerState;
+use dockscale::lb::haproxy::runtime_api::{Endpoint, RuntimeApi};
+use dockscale::lb::haproxy::stats::ServerState;
 
 use crate::{free_port, Fixture, WEBAPP_IMAGE};
 

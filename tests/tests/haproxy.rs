@@ -162,7 +162,7 @@ async fn a_killed_replica_leaves_rotation_on_the_die_event() {
     // Through the API, not the CLI (a busy host can take a second to start `docker`),
     // and watched while the call is under way: the engine answers a kill only once
     // the container is down, which under load can be seconds after its `die` event.
-    let docker = dockscale::docker::DockerRuntime::connect()
+    let docker = dockscale::runtime::docker::DockerRuntime::connect()
         .await
         .expect("docker");
     let killed = Instant::now();

@@ -3,8 +3,10 @@
 //! These types are the single source of the JSON Schema (`dockscale schema`) and of
 //! deserialization. Scalars with units (durations, memory sizes, names) are newtypes that
 //! parse once, at the edge, so the rest of the controller never re-parses strings.
-//! Cross-field rules (`replicas <= maxReplicas`, unique names) live in [`crate::manifest`],
+//! Cross-field rules (`replicas <= maxReplicas`, unique names) live in [`crate::spec::manifest`],
 //! which knows where each value came from; this module must not do any I/O.
+
+pub mod manifest;
 
 use std::collections::BTreeMap;
 use std::fmt;

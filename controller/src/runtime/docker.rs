@@ -2,12 +2,11 @@
 //!
 //! A thin adapter over bollard. It lists the containers dockscale owns (by label),
 //! creates, starts, stops and removes replicas, ensures networks and streams container
-//! events. It decides nothing: what to create or remove comes from [`crate::plan`].
+//! events. It decides nothing: what to create or remove comes from [`crate::reconcile`].
 //! Every call that changes a container is given its id, and only ids that the list
 //! (filtered on `dockscale.managed-by=dockscale`) returned ever reach it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -24,127 +23,12 @@ use bollard::Docker;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::replica::{
+use crate::model::replica::{
     replica_labels, ContainerId, ContainerState, ExitCause, Replica, LABEL_CREATED_AT,
     LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
 };
-use crate::spec::ServiceSpec;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    #[error("cannot reach the Docker engine: {0}")]
-    Unavailable(#[source] BollardError),
-    #[error(
-        "image `{image}` is not present locally (dockscale never pulls): build or load it first"
-    )]
-    ImageNotFound { image: String },
-    #[error("docker refused {action}: {message}")]
-    Api {
-        action: &'static str,
-        status: u16,
-        message: String,
-    },
-}
-
-impl DockerError {
-    fn from_bollard(action: &'static str, e: BollardError) -> Self {
-        match e {
-            BollardError::DockerResponseServerError {
-                status_code,
-                message,
-            } => DockerError::Api {
-                action,
-                status: status_code,
-                message,
-            },
-            other => DockerError::Unavailable(other),
-        }
-    }
-
-    fn status(&self) -> Option<u16> {
-        match self {
-            DockerError::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// A short, bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DockerError::Unavailable(_) => "docker_unavailable",
-            DockerError::ImageNotFound { .. } => "image_not_found",
-            DockerError::Api { .. } => "docker_api",
-        }
-    }
-}
-
-/// What one new replica is.
-#[derive(Clone, Debug)]
-pub struct CreateReplica {
-    pub name: String,
-    pub service: String,
-    pub template_hash: String,
-    pub created_at_ns: i64,
-    pub spec: ServiceSpec,
-}
-
-/// An event about a container: its own (owned containers only), or a network's
-/// `connect`/`disconnect` of it (any container: the network's event does not carry
-/// the container's labels, so the controller keeps those of its own replicas).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerEvent {
-    /// Docker's action: `start`, `die`, `destroy`, `oom`, `kill`, `disconnect`, ...
-    pub action: String,
-    pub id: ContainerId,
-    /// The replica's service, from its labels; `None` for a network's event.
-    pub service: Option<String>,
-    /// For `die`: the exit code Docker reports.
-    pub exit_code: Option<i64>,
-}
-
-/// The container operations the controller needs.
-pub trait ContainerRuntime: Send + Sync + 'static {
-    /// Every container carrying `dockscale.managed-by=dockscale`, in any state.
-    fn list_owned(&self) -> impl Future<Output = Result<Vec<Replica>, DockerError>> + Send;
-
-    /// One owned container, fresh; `None` when it is gone (or not dockscale's).
-    fn inspect_owned(
-        &self,
-        id: &ContainerId,
-    ) -> impl Future<Output = Result<Option<Replica>, DockerError>> + Send;
-
-    /// Creates a bridge network when none of that name exists.
-    fn ensure_network(&self, name: &str) -> impl Future<Output = Result<(), DockerError>> + Send;
-
-    fn image_present(&self, image: &str) -> impl Future<Output = Result<bool, DockerError>> + Send;
-
-    /// Creates and starts a replica. A container that was created but failed to start
-    /// is removed again before the error is returned.
-    fn create_and_start(
-        &self,
-        request: CreateReplica,
-    ) -> impl Future<Output = Result<ContainerId, DockerError>> + Send;
-
-    /// Stops a replica with SIGTERM and `grace` before SIGKILL, then removes it. A
-    /// container that is already gone is not an error.
-    fn stop_and_remove(
-        &self,
-        id: &ContainerId,
-        grace: Duration,
-    ) -> impl Future<Output = Result<(), DockerError>> + Send;
-
-    /// Events of owned containers, from shortly before the call on (so that a list
-    /// taken after subscribing misses nothing in between: list-then-watch). The stream
-    /// ends when the connection breaks; the caller reconnects and lists again.
-    fn events(&self) -> BoxStream<'static, Result<ContainerEvent, DockerError>>;
-
-    /// Whether the engine answers.
-    fn ping(&self) -> impl Future<Output = Result<(), DockerError>> + Send;
-
-    /// The engine's own id (`docker info`'s `ID`), stable across its restarts: what a
-    /// controller claims.
-    fn engine_id(&self) -> impl Future<Output = Result<String, DockerError>> + Send;
-}
+use super::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
 
 /// [`ContainerRuntime`] over the local Docker engine.
 #[derive(Clone)]
@@ -547,8 +431,8 @@ mod tests {
     }
 
     // Captured from `docker inspect` of a replica (Docker 20.10, API 1.41).
-    const RUNNING: &str = include_str!("../testdata/docker-inspect-running.json");
-    const EXITED: &str = include_str!("../testdata/docker-inspect-exited.json");
+    const RUNNING: &str = include_str!("../../testdata/docker-inspect-running.json");
+    const EXITED: &str = include_str!("../../testdata/docker-inspect-exited.json");
 
     #[test]
     fn an_inspected_running_replica_reads_like_a_listed_one() {

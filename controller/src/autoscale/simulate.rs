@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::autoscale::Autoscaler;
-use crate::lb::BackendLoad;
+use crate::model::backend::BackendLoad;
 use crate::spec::ScaledService;
 
 #[derive(Debug, thiserror::Error)]
@@ -335,7 +335,8 @@ mod tests {
     }
 
     fn service() -> ScaledService {
-        let loaded = crate::manifest::load(&[testdata("autoscale.yaml")]).expect("spec loads");
+        let loaded =
+            crate::spec::manifest::load(&[testdata("autoscale.yaml")]).expect("spec loads");
         loaded[0].service.clone()
     }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::replica::{ContainerId, ContainerState, ExitCause, Replica};
+use crate::model::replica::{ContainerId, ContainerState, ExitCause, Replica};
 
 /// Above this many containers to read again, one list is cheaper than the inspects.
 pub const RELIST_ABOVE: usize = 16;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::replica::{ContainerId, ExitCause};
+use crate::model::replica::{ContainerId, ExitCause};
 
 /// The crash-loop policy: the first replacement is immediate, then `base` doubling to
 /// `max`; a replica that ran `reset_after` resets its line.

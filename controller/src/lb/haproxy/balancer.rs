@@ -26,11 +26,11 @@ use tokio::task::JoinHandle;
 use super::config::{slot_number, AssignedSlot, BackendConfig, ManagedConfig};
 use super::managed::{ManagedError, ManagedHaproxy, Paths, ProcessWatch, Started};
 use super::runtime_api::{AdminState, ApiError, Endpoint, RuntimeApi};
-use crate::lb::{BackendLoad, LbError, LoadBalancer, PoolGrown};
-use crate::metrics::Metrics;
-use crate::plan::{Admin, Backend, Slot};
+use crate::lb::{LbError, LoadBalancer};
+use crate::model::backend::{Admin, Backend, BackendLoad, PoolGrown, Slot};
+use crate::serve::metrics::Metrics;
+use crate::serve::status::StatusHandle;
 use crate::spec::{ScaledService, ServerOptions};
-use crate::status::StatusHandle;
 
 /// How often the supervisor looks at HAProxy.
 pub const SUPERVISE_EVERY: Duration = Duration::from_secs(1);

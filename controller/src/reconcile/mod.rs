@@ -14,15 +14,18 @@
 //! maintenance with a real weight was taken out of rotation by someone else and is
 //! reported, never fought over.
 
+pub mod crash_loop;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::crashloop::CrashLines;
-pub use crate::crashloop::{BackoffPolicy, ExitRecord, Vacancy, Verdict};
-use crate::replica::{ContainerId, ContainerState, Replica};
+use crate::model::backend::{Admin, Backend, Slot};
+use crate::model::replica::{ContainerId, ContainerState, Replica};
+use crate::reconcile::crash_loop::CrashLines;
+pub use crate::reconcile::crash_loop::{BackoffPolicy, ExitRecord, Vacancy, Verdict};
 use crate::spec::ServiceSpec;
 
 /// A create that was issued but that Docker has not listed yet, after two minutes is
@@ -47,34 +50,6 @@ pub struct Now {
 pub struct Limits {
     /// Docker creates (and removals) in flight at once, per service.
     pub max_parallel: usize,
-}
-
-/// One HAProxy server slot of the service's backend, as observed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slot {
-    pub name: String,
-    /// `None` while the slot points nowhere (0.0.0.0 or port 0).
-    pub addr: Option<SocketAddrV4>,
-    pub admin: Admin,
-    /// HAProxy considers it UP (operational state running, checks passing).
-    pub up: bool,
-    pub weight: u32,
-    /// Sessions being served and requests queued on this server.
-    pub sessions: u32,
-}
-
-/// A server's administrative state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admin {
-    Ready,
-    Drain,
-    Maint,
-}
-
-/// The observed backend.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Backend {
-    pub slots: Vec<Slot>,
 }
 
 /// Everything one pass is planned from.
@@ -878,7 +853,7 @@ pub fn probe_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::ExitCause;
+    use crate::model::replica::ExitCause;
     use crate::testing::{self, free_slot, replica, serving_slot, warming_slot};
 
     const HASH: &str = "new";

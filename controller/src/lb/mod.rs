@@ -1,14 +1,16 @@
 //! The load balancer as the controller sees it: the [`LoadBalancer`] trait.
 //!
-//! The planner works on [`Backend`]s of [`Slot`](crate::plan::Slot)s; this trait reads them and applies
+//! The planner works on [`Backend`]s of [`Slot`](crate::reconcile::Slot)s; this trait reads them and applies
 //! the slot operations the planner asks for. The HAProxy runtime-API implementation
-//! lives in [`crate::haproxy`]; this module holds only the contract, so that the
+//! lives in [`crate::lb::haproxy`]; this module holds only the contract, so that the
 //! controller loop does not depend on how a backend is reached.
+
+pub mod haproxy;
 
 use std::future::Future;
 use std::net::SocketAddrV4;
 
-use crate::plan::Backend;
+use crate::model::backend::{Backend, BackendLoad, PoolGrown};
 use crate::spec::{ScaledService, ServerOptions};
 
 /// A load balancer failure, as the controller reports it.
@@ -27,31 +29,6 @@ impl LbError {
             message: message.into(),
         }
     }
-}
-
-/// What the backend is carrying right now, for the autoscaler.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct BackendLoad {
-    /// Requests being served by the backend's servers.
-    pub scur: f64,
-    /// Requests queued in the backend (every server at its `maxconn`).
-    pub qcur: f64,
-    /// Average queue time over the last 1024 requests, in milliseconds.
-    pub qtime_ms: f64,
-    /// Sessions per second over the last second.
-    pub rate: f64,
-}
-
-/// A backend whose slot pool was too small for the replicas its service may run at
-/// once, grown by a reload (managed mode). Pools never shrink while HAProxy runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PoolGrown {
-    pub service: String,
-    pub backend: String,
-    pub from: u32,
-    pub to: u32,
-    /// Replicas the service may run at once (count or maximum, plus the surge).
-    pub needed: u32,
 }
 
 /// Slot operations on a backend, and the set of backends to serve.

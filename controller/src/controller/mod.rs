@@ -3,7 +3,7 @@
 //! The loop waits on spec-file changes (debounced), Docker events for owned
 //! containers, completions of its own Docker operations, the resync timer and
 //! shutdown. When a service is due it observes (one Docker list for all services, the
-//! service's HAProxy backend, port probes of warming replicas), asks [`crate::plan`]
+//! service's HAProxy backend, port probes of warming replicas), asks [`crate::reconcile`]
 //! what to do, and executes: load-balancer commands inline (they take milliseconds),
 //! Docker creates and stops as background tasks (a stop may wait a whole grace
 //! period) whose completion comes back to the loop. What is in flight is recorded in
@@ -11,6 +11,10 @@
 //!
 //! Errors requeue the failing service with capped exponential backoff; other
 //! services go on. The status the HTTP server shows is written here and only here.
+
+pub mod claim;
+pub mod store;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -27,18 +31,18 @@ use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::autoscale::{Autoscaler, Reason};
-use crate::docker::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
+use crate::controller::store::{Refresh, ReplicaStore};
 use crate::lb::{LbError, LoadBalancer};
-use crate::manifest::{self, LoadedService};
-use crate::metrics::Metrics;
-use crate::plan::{
+use crate::model::replica::{replica_name, template_hash, ContainerId, ContainerState, Replica};
+use crate::reconcile::{
     self, Action, BackoffPolicy, ExitRecord, Limits, Memory, Note, Now, PendingCreate, Plan,
     Verdict,
 };
-use crate::replica::{replica_name, template_hash, ContainerId, ContainerState, Replica};
+use crate::runtime::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
+use crate::serve::metrics::Metrics;
+use crate::serve::status::{ConditionType, EventType, ServiceStatus, StatusHandle};
+use crate::spec::manifest::{self, LoadedService};
 use crate::spec::ScaledService;
-use crate::status::{ConditionType, EventType, ServiceStatus, StatusHandle};
-use crate::store::{Refresh, ReplicaStore};
 
 /// How the loop runs; the CLI fills it in.
 #[derive(Clone, Debug)]
@@ -222,7 +226,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Runs until `shutdown` resolves. Replicas are left running.
     pub async fn run(
         mut self,
-        spec_changes: mpsc::UnboundedReceiver<crate::watch::Change>,
+        spec_changes: mpsc::UnboundedReceiver<crate::controller::watch::Change>,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut spec_changes = spec_changes;
@@ -260,8 +264,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 Some(change) = spec_changes.recv() => match change {
                     // A whole file renamed into place: read it now. Any write still
                     // settling keeps its own deadline.
-                    crate::watch::Change::Replaced => self.reload(true).await,
-                    crate::watch::Change::Touched => {
+                    crate::controller::watch::Change::Replaced => self.reload(true).await,
+                    crate::controller::watch::Change::Touched => {
                         reload_at = Some(Instant::now() + self.settings.debounce);
                     }
                 },
@@ -451,7 +455,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 } else {
                     svc.autoscaler.as_ref().and_then(|a| a.last_scale_time)
                 };
-                svc.autoscaler = Some(crate::status::AutoscalerStatus {
+                svc.autoscaler = Some(crate::serve::status::AutoscalerStatus {
                     min_replicas: config.min_replicas,
                     max_replicas: config.max_replicas,
                     target: match config.target {
@@ -1161,8 +1165,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         .inc();
                     match reason {
                         // Looked at (and reported) before planning.
-                        plan::RemoveReason::Exited { .. } => {}
-                        plan::RemoveReason::NetworkLost => events.push((
+                        reconcile::RemoveReason::Exited { .. } => {}
+                        reconcile::RemoveReason::NetworkLost => events.push((
                             EventType::Warning,
                             "NetworkLost",
                             format!(
@@ -1170,12 +1174,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                                 spec.network
                             ),
                         )),
-                        plan::RemoveReason::NeverStarted => events.push((
+                        reconcile::RemoveReason::NeverStarted => events.push((
                             EventType::Warning,
                             "NeverStarted",
                             format!("Removing replica {replica}: it was created but never ran"),
                         )),
-                        plan::RemoveReason::ScaleDown | plan::RemoveReason::Rollout => {
+                        reconcile::RemoveReason::ScaleDown | reconcile::RemoveReason::Rollout => {
                             events.push((
                                 EventType::Normal,
                                 "SuccessfulDelete",
@@ -1244,7 +1248,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             .filter(|&&n| n >= 2)
             .count();
         let instant = Instant::now();
-        let held: Vec<crate::plan::Vacancy> = plan
+        let held: Vec<crate::reconcile::Vacancy> = plan
             .notes
             .iter()
             .find_map(|n| match n {
@@ -1252,9 +1256,9 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 _ => None,
             })
             .unwrap_or_default();
-        let back_off: Vec<crate::status::BackOffStatus> = held
+        let back_off: Vec<crate::serve::status::BackOffStatus> = held
             .iter()
-            .map(|v| crate::status::BackOffStatus {
+            .map(|v| crate::serve::status::BackOffStatus {
                 replica: v.last_exit.name.clone(),
                 exit_code: v.last_exit.code,
                 cause: v.last_exit.cause.label().to_owned(),
@@ -1498,8 +1502,8 @@ fn plan_service(
         instant: Instant::now(),
         unix_ns: unix_ns(SystemTime::now()),
     };
-    let exits = plan::record_exits(&mut entry.memory, &replicas, now, &settings.crash_backoff);
-    let input = plan::Input {
+    let exits = reconcile::record_exits(&mut entry.memory, &replicas, now, &settings.crash_backoff);
+    let input = reconcile::Input {
         service: name,
         spec: &entry.spec.spec,
         desired: entry.desired(),
@@ -1514,7 +1518,7 @@ fn plan_service(
             max_parallel: settings.max_parallel,
         },
     };
-    let plan = plan::plan(&input, &entry.memory);
+    let plan = reconcile::plan(&input, &entry.memory);
     (plan, replicas.len(), exits)
 }
 
@@ -1547,7 +1551,7 @@ fn exit_event(exit: &ExitRecord, verdict: &Verdict) -> (EventType, &'static str,
 
 /// What one service's observation found, besides the Docker list.
 struct Observation {
-    backend: Result<plan::Backend, LbError>,
+    backend: Result<crate::model::backend::Backend, LbError>,
     answering: BTreeSet<ContainerId>,
     image_present: bool,
 }
@@ -1570,7 +1574,7 @@ async fn observe<R: ContainerRuntime, L: LoadBalancer>(
         )),
     };
     let answering = match &backend {
-        Ok(b) => probe(plan::probe_targets(spec, &replicas, b), probe_timeout).await,
+        Ok(b) => probe(reconcile::probe_targets(spec, &replicas, b), probe_timeout).await,
         Err(_) => BTreeSet::new(),
     };
     // Only ask Docker about the image when a create may be needed.

@@ -351,11 +351,11 @@ mod tests {
         for (file, text) in [
             (
                 "manifests/grafana-dashboard.json",
-                include_str!("../../manifests/grafana-dashboard.json"),
+                include_str!("../../../manifests/grafana-dashboard.json"),
             ),
             (
                 "manifests/dockscale-alerts.yml",
-                include_str!("../../manifests/dockscale-alerts.yml"),
+                include_str!("../../../manifests/dockscale-alerts.yml"),
             ),
         ] {
             for name in names_in(text) {
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn every_metric_is_documented_in_the_readme() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         for name in super::Metrics::new().names() {
             assert!(
                 readme.contains(&format!("`{name}`")),

@@ -14,8 +14,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
-use crate::status::StatusHandle;
+use crate::serve::metrics::Metrics;
+use crate::serve::status::StatusHandle;
 
 /// What the handlers read.
 #[derive(Clone)]

@@ -32,11 +32,13 @@
 //! window nothing changes, and while the latest sample is missing the autoscaler only
 //! scales up.
 
+pub mod simulate;
+
 use std::collections::VecDeque;
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::lb::BackendLoad;
+use crate::model::backend::BackendLoad;
 use crate::spec::{Autoscale, Target};
 
 /// Why the autoscaler decided what it did. Bounded: used as a metric label.

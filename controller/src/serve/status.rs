@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::plan::Counts;
+use crate::reconcile::Counts;
 
 /// Events kept per service.
 pub const MAX_EVENTS: usize = 50;

@@ -1,0 +1,58 @@
+//! A load balancer's backend as the planner, the autoscaler and the load-balancer
+//! adapters all see it: slots (servers) with their state, and the backend's load.
+//! Plain data: this module calls nothing and decides nothing.
+
+use std::net::SocketAddrV4;
+
+/// One HAProxy server slot of the service's backend, as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub name: String,
+    /// `None` while the slot points nowhere (0.0.0.0 or port 0).
+    pub addr: Option<SocketAddrV4>,
+    pub admin: Admin,
+    /// HAProxy considers it UP (operational state running, checks passing).
+    pub up: bool,
+    pub weight: u32,
+    /// Sessions being served and requests queued on this server.
+    pub sessions: u32,
+}
+
+/// A server's administrative state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    Ready,
+    Drain,
+    Maint,
+}
+
+/// The observed backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub slots: Vec<Slot>,
+}
+
+/// What the backend is carrying right now, for the autoscaler.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BackendLoad {
+    /// Requests being served by the backend's servers.
+    pub scur: f64,
+    /// Requests queued in the backend (every server at its `maxconn`).
+    pub qcur: f64,
+    /// Average queue time over the last 1024 requests, in milliseconds.
+    pub qtime_ms: f64,
+    /// Sessions per second over the last second.
+    pub rate: f64,
+}
+
+/// A backend whose slot pool was too small for the replicas its service may run at
+/// once, grown by a reload (managed mode). Pools never shrink while HAProxy runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolGrown {
+    pub service: String,
+    pub backend: String,
+    pub from: u32,
+    pub to: u32,
+    /// Replicas the service may run at once (count or maximum, plus the surge).
+    pub needed: u32,
+}
