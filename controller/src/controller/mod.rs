@@ -13,12 +13,12 @@
 //! services go on. The status the HTTP server shows is written here and only here.
 
 pub mod claim;
+pub mod clock;
 pub mod store;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,12 +31,12 @@ use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::autoscale::{Autoscaler, Reason};
+use crate::controller::clock::{unix_ns, Clock};
 use crate::controller::store::{Refresh, ReplicaStore};
 use crate::lb::{LbError, LoadBalancer};
 use crate::model::replica::{replica_name, template_hash, ContainerId, ContainerState, Replica};
 use crate::reconcile::{
-    self, Action, BackoffPolicy, ExitRecord, Limits, Memory, Note, Now, PendingCreate, Plan,
-    Verdict,
+    self, Action, BackoffPolicy, ExitRecord, Limits, Memory, Note, PendingCreate, Plan, Verdict,
 };
 use crate::runtime::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
 use crate::serve::metrics::Metrics;
@@ -61,6 +61,8 @@ pub struct Settings {
     pub probe_timeout: Duration,
     /// How often autoscaled services sample their backend's load.
     pub metrics_interval: Duration,
+    /// The wall clock (the system's, or one following tokio's paused time in tests).
+    pub clock: Clock,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             debounce: Duration::from_millis(100),
             probe_timeout: Duration::from_millis(200),
             metrics_interval: Duration::from_secs(2),
+            clock: Clock::System,
         }
     }
 }
@@ -193,7 +196,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         status: StatusHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let now = SystemTime::now();
+        let now = settings.clock.wall();
         status.update(|s| {
             s.spec_loaded = true;
             for loaded in &services {
@@ -336,7 +339,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Subscribes to Docker's events; they are replayed from a second back, so every
     /// container created since then has its `die` delivered.
     fn subscribe(&mut self) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
-        let since = SystemTime::now()
+        let since = self
+            .settings
+            .clock
+            .wall()
             .checked_sub(Duration::from_secs(1))
             .unwrap_or(SystemTime::UNIX_EPOCH);
         self.store.events_connected(unix_ns(since));
@@ -445,7 +451,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             if decision.changed() {
                 entry.wake(Instant::now());
             }
-            let wall = SystemTime::now();
+            let wall = self.settings.clock.wall();
             self.status.update(|s| {
                 let Some(svc) = s.services.get_mut(&name) else {
                     return;
@@ -566,7 +572,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         tracing::error!("spec rejected, last good spec kept: {line}");
                     }
                 }
-                let now = SystemTime::now();
+                let now = self.settings.clock.wall();
                 let message = lines.join("; ");
                 self.status.update(|s| {
                     s.spec_errors = lines.clone();
@@ -595,7 +601,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             .with_label_values(&["ok"])
             .inc();
         self.metrics.spec_valid.set(1);
-        let now = SystemTime::now();
+        let now = self.settings.clock.wall();
         let mut seen = BTreeSet::new();
         let mut any_change = false;
         for l in loaded {
@@ -687,7 +693,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         }
         match self.lb.configure(&wanted).await {
             Ok(grown) => {
-                let now = SystemTime::now();
+                let now = self.settings.clock.wall();
                 self.status.update(|s| {
                     for g in grown {
                         if let Some(svc) = s.services.get_mut(&g.service) {
@@ -738,7 +744,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     }
 
     fn finished(&mut self, done: Done) {
-        let now = SystemTime::now();
+        let now = self.settings.clock.wall();
         match done {
             Done::Created {
                 service,
@@ -967,7 +973,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         .inc();
                 }
             }
-            let now = SystemTime::now();
+            let now = self.settings.clock.wall();
             self.status.update(|s| {
                 if let Some(svc) = s.services.get_mut(name) {
                     for (exit, verdict) in &exits {
@@ -1038,7 +1044,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// container stops), then Docker operations as background tasks.
     async fn execute(&mut self, name: &str, plan: &Plan) -> Vec<(&'static str, String)> {
         let mut errors = Vec::new();
-        let now = SystemTime::now();
+        let now = self.settings.clock.wall();
         let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
         let Some(entry) = self.services.get_mut(name) else {
             return errors;
@@ -1136,7 +1142,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         name: replica.clone(),
                         service: name.to_owned(),
                         template_hash: entry.template_hash.clone(),
-                        created_at_ns: unix_ns(SystemTime::now()),
+                        created_at_ns: unix_ns(self.settings.clock.wall()),
                         spec: spec.clone(),
                     };
                     let runtime = self.runtime.clone();
@@ -1228,7 +1234,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let Some(entry) = self.services.get_mut(name) else {
             return;
         };
-        let now = SystemTime::now();
+        let now = self.settings.clock.wall();
         let counts = plan.counts;
         let last_desired = entry.last_desired.replace(counts.desired);
         let spec = &entry.spec.spec;
@@ -1498,10 +1504,7 @@ fn plan_service(
     settings: &Settings,
 ) -> (Plan, usize, Vec<(ExitRecord, Verdict)>) {
     let replicas: Vec<&Replica> = listed.iter().filter(|r| r.service == name).collect();
-    let now = Now {
-        instant: Instant::now(),
-        unix_ns: unix_ns(SystemTime::now()),
-    };
+    let now = settings.clock.now();
     let exits = reconcile::record_exits(&mut entry.memory, &replicas, now, &settings.crash_backoff);
     let input = reconcile::Input {
         service: name,
@@ -1574,7 +1577,11 @@ async fn observe<R: ContainerRuntime, L: LoadBalancer>(
         )),
     };
     let answering = match &backend {
-        Ok(b) => probe(reconcile::probe_targets(spec, &replicas, b), probe_timeout).await,
+        Ok(b) => {
+            runtime
+                .answering(reconcile::probe_targets(spec, &replicas, b), probe_timeout)
+                .await
+        }
         Err(_) => BTreeSet::new(),
     };
     // Only ask Docker about the image when a create may be needed.
@@ -1611,25 +1618,6 @@ fn replicas_change(old: u32, new: u32, autoscaled: bool) -> String {
     }
 }
 
-/// Which of these replicas accept a TCP connection on their port.
-async fn probe(
-    targets: Vec<(ContainerId, SocketAddrV4)>,
-    timeout: Duration,
-) -> BTreeSet<ContainerId> {
-    let checks = targets.into_iter().map(|(id, addr)| async move {
-        let connect = tokio::net::TcpStream::connect(addr);
-        match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(_)) => Some(id),
-            _ => None,
-        }
-    });
-    futures::future::join_all(checks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
 /// The next bump of the load balancer's restart counter (never, without one).
 async fn lb_changed(
     restarts: &mut Option<tokio::sync::watch::Receiver<u64>>,
@@ -1647,12 +1635,6 @@ async fn next_event(
         Some(stream) => stream.next().await,
         None => futures::future::pending().await,
     }
-}
-
-fn unix_ns(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

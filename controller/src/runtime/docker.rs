@@ -250,6 +250,14 @@ impl ContainerRuntime for DockerRuntime {
             .boxed()
     }
 
+    async fn answering(
+        &self,
+        targets: Vec<(ContainerId, std::net::SocketAddrV4)>,
+        timeout: Duration,
+    ) -> std::collections::BTreeSet<ContainerId> {
+        super::tcp_answering(targets, timeout).await
+    }
+
     async fn engine_id(&self) -> Result<String, DockerError> {
         let info = self
             .docker

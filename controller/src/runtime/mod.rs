@@ -4,7 +4,9 @@
 //! The controller reaches containers only through this trait, so that a test can put
 //! an in-memory runtime in its place. Nothing here decides what to create or remove.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -129,4 +131,31 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The engine's own id (`docker info`'s `ID`), stable across its restarts: what a
     /// controller claims.
     fn engine_id(&self) -> impl Future<Output = Result<String, DockerError>> + Send;
+
+    /// Which of these replicas answer on their address now (the readiness gate before a
+    /// server is enabled), each given `timeout`.
+    fn answering(
+        &self,
+        targets: Vec<(ContainerId, SocketAddrV4)>,
+        timeout: Duration,
+    ) -> impl Future<Output = BTreeSet<ContainerId>> + Send;
+}
+
+/// Which of these addresses accept a TCP connection within `timeout`, all at once.
+pub async fn tcp_answering(
+    targets: Vec<(ContainerId, SocketAddrV4)>,
+    timeout: Duration,
+) -> BTreeSet<ContainerId> {
+    let checks = targets.into_iter().map(|(id, addr)| async move {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(_)) => Some(id),
+            _ => None,
+        }
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
