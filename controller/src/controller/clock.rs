@@ -13,18 +13,13 @@ use tokio::time::Instant;
 
 use crate::reconcile::Now;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub enum Clock {
     /// The system's wall clock.
+    #[default]
     System,
     /// Wall time = `wall` + (now - `instant`), on tokio's (pausable) clock.
     FollowingTokio { instant: Instant, wall: SystemTime },
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::System
-    }
 }
 
 impl Clock {
