@@ -28,37 +28,35 @@ use crate::spec::manifest::{self, SpecErrors};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("the spec does not validate:\n{0}")]
-    Spec(#[source] SpecErrors),
-    #[error(
-        "cannot listen on {addr}: {source} (is another dockscale running? choose another --listen)"
-    )]
+    Spec(SpecErrors),
+    #[error("cannot listen on {addr} (is another dockscale running? choose another --listen)")]
     Listen {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Docker(#[source] DockerError),
-    #[error("{0}")]
-    Watch(#[source] crate::controller::watch::WatchError),
-    #[error("{0}")]
-    Haproxy(#[source] ManagedError),
-    #[error("{0}")]
-    ExternalHaproxy(#[source] ApiError),
+    #[error(transparent)]
+    Docker(DockerError),
+    #[error(transparent)]
+    Watch(crate::controller::watch::WatchError),
+    #[error(transparent)]
+    Haproxy(ManagedError),
+    #[error(transparent)]
+    ExternalHaproxy(ApiError),
     #[error(
         "another dockscale already drives this Docker engine ({holder}; claim {lock}): \
          stop it first, or start this one with --standby to take over when it stops"
     )]
     Claimed { holder: String, lock: PathBuf },
-    #[error("{0}")]
-    Claim(#[source] ClaimError),
-    #[error("cannot make {path} absolute: {source}")]
+    #[error(transparent)]
+    Claim(ClaimError),
+    #[error("cannot make {path} absolute")]
     Resolve {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot create the state directory {path}: {source}")]
+    #[error("cannot create the state directory {path}")]
     StateDir {
         path: PathBuf,
         #[source]
@@ -158,7 +156,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 
     let _ = stop_http.send(true);
     match server.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "http server"),
+        Ok(Err(e)) => tracing::warn!(error = %crate::report::Chain(&e), "http server"),
         Err(e) => tracing::warn!(error = %e, "http server task"),
         Ok(Ok(())) => {}
     }

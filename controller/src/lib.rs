@@ -21,6 +21,7 @@
 //!   managed process, its configuration and the balancer over them.
 //! - [`serve`]: the status kept per service, the Prometheus metrics, the HTTP server.
 //! - [`status_cli`]: `dockscale status`, the table and describe views.
+//! - [`report`]: an error and its causes on one line.
 //! - [`app`]: `dockscale run` as a function: everything wired together.
 //! - [`cli`]: the command line.
 
@@ -31,6 +32,7 @@ pub mod controller;
 pub mod lb;
 pub mod model;
 pub mod reconcile;
+pub mod report;
 pub mod runtime;
 pub mod serve;
 pub mod spec;

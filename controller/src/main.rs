@@ -35,7 +35,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", dockscale::report::chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         },
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", dockscale::report::Chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -77,8 +77,9 @@ fn main() -> ExitCode {
             match runtime.block_on(run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
+                    let said = dockscale::report::chain(e.as_ref());
+                    tracing::error!("{said}");
+                    eprintln!("error: {said}");
                     ExitCode::FAILURE
                 }
             }
@@ -135,7 +136,7 @@ async fn shutdown_signal() {
                 s.recv().await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                tracing::warn!(error = %dockscale::report::Chain(&e), "cannot listen for SIGTERM");
                 std::future::pending::<()>().await;
             }
         }

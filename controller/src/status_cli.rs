@@ -12,7 +12,7 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot reach dockscale at http://{addr} ({source}); is `dockscale run` running with --listen {addr}?")]
+    #[error("cannot reach dockscale at http://{addr} (is `dockscale run` running with --listen {addr}?)")]
     Unreachable {
         addr: SocketAddr,
         #[source]

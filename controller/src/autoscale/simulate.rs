@@ -24,7 +24,7 @@ use crate::spec::ScaledService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]

@@ -84,15 +84,15 @@ pub enum Attempt {
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
     #[error(
-        "cannot use the lock directory {dir}: {source} (every dockscale driving this \
-         engine must share one; choose it with --lock-dir)"
+        "cannot use the lock directory {dir} (every dockscale driving this engine must \
+         share one; choose it with --lock-dir)"
     )]
     Dir {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}")]
     Lock {
         path: PathBuf,
         #[source]

@@ -262,7 +262,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 _ = &mut shutdown => break,
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
                     Ok(done) => self.finished(done),
-                    Err(e) => tracing::error!(error = %e, "a docker task failed"),
+                    Err(e) => tracing::error!(error = %crate::report::Chain(&e), "a docker task failed"),
                 },
                 Some(change) = spec_changes.recv() => match change {
                     // A whole file renamed into place: read it now. Any write still
@@ -278,7 +278,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         self.on_event(event);
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "docker event stream failed; resyncing");
+                        tracing::warn!(error = %crate::report::Chain(&e), "docker event stream failed; resyncing");
                         self.store.events_lost();
                         events = None;
                         events_failures += 1;
@@ -400,7 +400,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 Some(lb) => match self.lb.load(lb.backend.as_str()).await {
                     Ok(load) => Some(load),
                     Err(e) => {
-                        tracing::debug!(service = %name, error = %e, "load sample failed: a gap");
+                        tracing::debug!(service = %name, error = %crate::report::Chain(&e), "load sample failed: a gap");
                         None
                     }
                 },
@@ -715,8 +715,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 self.lb_retry_at = None;
             }
             Err(e) => {
-                tracing::error!(error = %e, "configuring the load balancer");
-                self.lb_error = Some(e.to_string());
+                tracing::error!(error = %crate::report::Chain(&e), "configuring the load balancer");
+                self.lb_error = Some(crate::report::chain(&e));
                 self.lb_failures += 1;
                 self.lb_retry_at = Some(Instant::now() + error_backoff(self.lb_failures));
             }
@@ -787,7 +787,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     Err(e @ DockerError::Unavailable(_)) => {
                         // The engine went away: not the replica's doing.
                         entry.memory.lines.restarts.remove(&name);
-                        let message = format!("Failed to create replica {name}: {e}");
+                        let message = format!(
+                            "Failed to create replica {name}: {}",
+                            crate::report::chain(&e)
+                        );
                         entry.create_error = Some(message.clone());
                         (EventType::Warning, "FailedCreate", message)
                     }
@@ -800,7 +803,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                             &self.settings.crash_backoff,
                         );
                         let message = format!(
-                            "Failed to create replica {name}: {e}; retrying in {}",
+                            "Failed to create replica {name}: {}; retrying in {}",
+                            crate::report::chain(&e),
                             humantime::format_duration(delay)
                         );
                         entry.create_error = Some(message.clone());
@@ -834,7 +838,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                             svc.record(
                                 EventType::Warning,
                                 "FailedDelete",
-                                format!("Failed to remove replica {name}: {e}"),
+                                format!(
+                                    "Failed to remove replica {name}: {}",
+                                    crate::report::chain(&e)
+                                ),
                                 now,
                             );
                         }
@@ -867,7 +874,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 listed
             }
             Err(e) => {
-                tracing::error!(error = %e, "listing containers");
+                tracing::error!(error = %crate::report::Chain(&e), "listing containers");
                 self.status.update(|s| s.docker_reachable = false);
                 for name in &due {
                     if let Some(entry) = self.services.get_mut(name) {
@@ -1094,7 +1101,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 Action::EnsureNetwork => {
                     match self.runtime.ensure_network(spec.network.as_str()).await {
                         Ok(()) => entry.memory.network_ready = Some(spec.network.to_string()),
-                        Err(e) => errors.push((e.kind(), format!("network {}: {e}", spec.network))),
+                        Err(e) => errors.push((
+                            e.kind(),
+                            format!("network {}: {}", spec.network, crate::report::chain(&e)),
+                        )),
                     }
                     Ok(())
                 }
@@ -1102,8 +1112,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 Action::Create { .. } | Action::Remove { .. } => Ok(()),
             };
             if let Err(e) = result {
-                tracing::warn!(error = %e, ?action, "load balancer step failed");
-                errors.push((e.reason, e.to_string()));
+                tracing::warn!(error = %crate::report::Chain(&e), ?action, "load balancer step failed");
+                errors.push((e.reason(), e.to_string()));
             }
         }
 
@@ -1391,7 +1401,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
 
             if lb.is_some() {
                 let problem = lb_error.clone().map(|m| ("ConfigureFailed", m))
-                    .or_else(|| observed.backend.as_ref().err().map(|e| (e.reason, e.message.clone())))
+                    .or_else(|| observed.backend.as_ref().err().map(|e| (e.reason(), e.message.clone())))
                     .or_else(|| plan.notes.iter().find_map(|n| match n {
                         Note::NoFreeSlot { backend, waiting } => Some(("NoFreeSlot", format!(
                             "backend {backend} has no free server slot for {waiting} replica(s)"
@@ -1572,7 +1582,7 @@ async fn observe<R: ContainerRuntime, L: LoadBalancer>(
     let backend = match &spec.load_balancer {
         Some(l) => lb.backend(l.backend.as_str()).await,
         None => Err(LbError::new(
-            "NoLoadBalancer",
+            crate::lb::LbErrorKind::NotInUse,
             "the service has no load balancer",
         )),
     };

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cannot watch {path}: {source}")]
+    #[error("cannot watch {path}")]
     Watch {
         path: PathBuf,
         #[source]
@@ -80,7 +80,7 @@ pub fn watch(
                     let _ = changed.send(change);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "spec watch error"),
+            Err(e) => tracing::warn!(error = %crate::report::Chain(&e), "spec watch error"),
         }
     })
     .map_err(|source| WatchError::Watch {

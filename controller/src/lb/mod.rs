@@ -1,7 +1,7 @@
 //! The load balancer as the controller sees it: the [`LoadBalancer`] trait.
 //!
-//! The planner works on [`Backend`]s of [`Slot`](crate::reconcile::Slot)s; this trait reads them and applies
-//! the slot operations the planner asks for. The HAProxy runtime-API implementation
+//! The planner works on [`Backend`]s of [`Slot`](crate::model::backend::Slot)s; this
+//! trait reads them and applies the slot operations the planner asks for. The HAProxy runtime-API implementation
 //! lives in [`crate::lb::haproxy`]; this module holds only the contract, so that the
 //! controller loop does not depend on how a backend is reached.
 
@@ -13,21 +13,74 @@ use std::net::SocketAddrV4;
 use crate::model::backend::{Backend, BackendLoad, PoolGrown};
 use crate::spec::{ScaledService, ServerOptions};
 
-/// A load balancer failure, as the controller reports it.
+/// What went wrong with the load balancer: the kind decides the retry
+/// ([`crate::controller::error::error_policy`]) and names the condition reason and the
+/// metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LbErrorKind {
+    /// It does not answer (its socket is gone, or a command timed out).
+    Unreachable,
+    /// The backend is not in its configuration (external mode: the user's to fix).
+    BackendMissing,
+    /// The backend has no `slotN` servers for replicas.
+    NoSlots,
+    /// A slot named in a command does not exist.
+    ServerMissing,
+    /// It answered a command with an error.
+    Refused,
+    /// Its reply could not be read.
+    Unreadable,
+    /// Managed mode: HAProxy is not installed.
+    Missing,
+    /// Managed mode: the generated configuration was rejected.
+    ConfigInvalid,
+    /// Managed mode: HAProxy could not be started (or its files written).
+    StartFailed,
+    /// Managed mode: a reload did not finish.
+    ReloadFailed,
+    /// This controller runs without a load balancer.
+    NotInUse,
+}
+
+impl LbErrorKind {
+    /// The condition reason and metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LbErrorKind::Unreachable => "HaproxyUnreachable",
+            LbErrorKind::BackendMissing => "BackendMissing",
+            LbErrorKind::NoSlots => "BackendHasNoSlots",
+            LbErrorKind::ServerMissing => "ServerMissing",
+            LbErrorKind::Refused => "HaproxyRefused",
+            LbErrorKind::Unreadable => "HaproxyReplyUnreadable",
+            LbErrorKind::Missing => "HaproxyMissing",
+            LbErrorKind::ConfigInvalid => "HaproxyConfigInvalid",
+            LbErrorKind::StartFailed => "HaproxyStartFailed",
+            LbErrorKind::ReloadFailed => "HaproxyReloadFailed",
+            LbErrorKind::NotInUse => "NoLoadBalancer",
+        }
+    }
+}
+
+/// A load balancer failure, as the controller reports it: its kind, and the adapter's
+/// words (with their causes).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct LbError {
-    /// A short, bounded label for metrics and condition reasons.
-    pub reason: &'static str,
+    pub kind: LbErrorKind,
     pub message: String,
 }
 
 impl LbError {
-    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: LbErrorKind, message: impl Into<String>) -> Self {
         LbError {
-            reason,
+            kind,
             message: message.into(),
         }
+    }
+
+    /// The condition reason and metric label.
+    pub fn reason(&self) -> &'static str {
+        self.kind.reason()
     }
 }
 
@@ -111,7 +164,7 @@ pub struct NoLoadBalancer;
 impl NoLoadBalancer {
     fn error() -> LbError {
         LbError::new(
-            "NoLoadBalancer",
+            LbErrorKind::NotInUse,
             "this controller runs without a load balancer",
         )
     }

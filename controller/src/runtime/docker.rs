@@ -54,6 +54,19 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker, events })
     }
 
+    /// Connects to the engine at a unix socket path (tests; `run` uses the defaults).
+    pub async fn connect_unix(path: &str) -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_unix(path, 60, bollard::API_DEFAULT_VERSION)
+            .map_err(DockerError::Unavailable)?
+            .negotiate_version()
+            .await
+            .map_err(DockerError::Unavailable)?;
+        let events = docker
+            .clone()
+            .with_timeout(Duration::from_secs(365 * 24 * 3600));
+        Ok(DockerRuntime { docker, events })
+    }
+
     pub fn client(&self) -> &Docker {
         &self.docker
     }
@@ -149,7 +162,7 @@ impl ContainerRuntime for DockerRuntime {
             // Do not leave a never-started container behind; it would count as a replica.
             let options = RemoveContainerOptionsBuilder::default().force(true).build();
             if let Err(cleanup) = self.docker.remove_container(&id.0, Some(options)).await {
-                tracing::warn!(container = %id, error = %cleanup, "removing a container that failed to start");
+                tracing::warn!(container = %id, error = %crate::report::Chain(&cleanup), "removing a container that failed to start");
             }
             return Err(error);
         }
@@ -441,6 +454,27 @@ mod tests {
     // Captured from `docker inspect` of a replica (Docker 20.10, API 1.41).
     const RUNNING: &str = include_str!("../../testdata/docker-inspect-running.json");
     const EXITED: &str = include_str!("../../testdata/docker-inspect-exited.json");
+
+    // Regression: the error printed the engine's message three times (`cannot reach
+    // the Docker engine: connection refused: cannot reach the Docker engine: ...`).
+    #[tokio::test]
+    async fn an_unreachable_engine_is_reported_once_with_its_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docker.sock");
+        // A socket nobody listens on any more: connections are refused.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        let path = path.display().to_string();
+        let Err(e) = DockerRuntime::connect_unix(&path).await else {
+            panic!("connected to a dead socket");
+        };
+        let said = crate::report::chain(&e);
+        assert_eq!(
+            said,
+            "cannot reach the Docker engine: Error in the hyper legacy client: client error \
+             (Connect): Connection refused (os error 111)"
+        );
+        assert_eq!(e.kind(), "docker_unavailable");
+    }
 
     #[test]
     fn an_inspected_running_replica_reads_like_a_listed_one() {

@@ -19,7 +19,7 @@ pub mod docker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("cannot reach the Docker engine: {0}")]
+    #[error("cannot reach the Docker engine")]
     Unavailable(#[source] BollardError),
     #[error(
         "image `{image}` is not present locally (dockscale never pulls): build or load it first"

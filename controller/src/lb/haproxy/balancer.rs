@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 
 use super::config::{slot_number, AssignedSlot, BackendConfig, ManagedConfig};
 use super::managed::{ManagedError, ManagedHaproxy, Paths, ProcessWatch, Started};
-use super::runtime_api::{AdminState, ApiError, Endpoint, RuntimeApi};
-use crate::lb::{LbError, LoadBalancer};
+use super::runtime_api::{AdminState, ApiError, Endpoint, Refusal, RuntimeApi};
+use crate::lb::{LbError, LbErrorKind, LoadBalancer};
 use crate::model::backend::{Admin, Backend, BackendLoad, PoolGrown, Slot};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
@@ -141,14 +141,18 @@ fn api_for(endpoint: Endpoint, metrics: &Arc<Metrics>) -> RuntimeApi {
 }
 
 fn lb_error(e: ApiError) -> LbError {
-    let reason = match e.kind() {
-        "unreachable" | "io" | "timeout" => "HaproxyUnreachable",
-        "no_such_backend" => "BackendMissing",
-        "no_such_server" => "ServerMissing",
-        "parse" => "HaproxyReplyUnreadable",
-        _ => "HaproxyRefused",
+    let kind = match &e {
+        ApiError::Connect { .. } | ApiError::Io { .. } | ApiError::Timeout { .. } => {
+            LbErrorKind::Unreachable
+        }
+        ApiError::Refused { refusal, .. } => match refusal {
+            Refusal::NoSuchBackend => LbErrorKind::BackendMissing,
+            Refusal::NoSuchServer => LbErrorKind::ServerMissing,
+            Refusal::Other => LbErrorKind::Refused,
+        },
+        ApiError::Parse { .. } => LbErrorKind::Unreadable,
     };
-    LbError::new(reason, e.to_string())
+    LbError::new(kind, crate::report::chain(&e))
 }
 
 impl Inner {
@@ -192,7 +196,7 @@ impl Inner {
         managed: &ManagedHaproxy,
         mut backends: Vec<BackendConfig>,
     ) -> Result<Vec<PoolGrown>, LbError> {
-        let err = |e: ManagedError| LbError::new(e.kind(), e.to_string());
+        let err = |e: ManagedError| LbError::new(e.kind(), crate::report::chain(&e));
         let configured: BTreeMap<String, u32> = Self::lock(&self.backends)
             .iter()
             .map(|b| (b.backend.clone(), b.slots))
@@ -289,24 +293,26 @@ impl Inner {
     }
 
     fn missing(&self, backend: &str, e: ApiError) -> LbError {
-        if let ApiError::Refused { message, .. } = &e {
-            if message.starts_with("Can't find backend") || message.starts_with("No such backend") {
-                let hint = match self.mode {
-                    Mode::External => " (declare it in your haproxy.cfg with `slotN` servers: see manifests/haproxy.cfg)",
-                    Mode::Managed(_) => "",
-                };
-                return LbError::new(
-                    "BackendMissing",
-                    format!("HAProxy has no backend `{backend}`{hint}"),
-                );
-            }
+        if let ApiError::Refused {
+            refusal: Refusal::NoSuchBackend,
+            ..
+        } = &e
+        {
+            let hint = match self.mode {
+                Mode::External => " (declare it in your haproxy.cfg with `slotN` servers: see manifests/haproxy.cfg)",
+                Mode::Managed(_) => "",
+            };
+            return LbError::new(
+                LbErrorKind::BackendMissing,
+                format!("HAProxy has no backend `{backend}`{hint}"),
+            );
         }
         lb_error(e)
     }
 
     fn no_slots(&self, backend: &str) -> LbError {
         LbError::new(
-            "BackendHasNoSlots",
+            LbErrorKind::NoSlots,
             format!(
                 "backend `{backend}` has no `slotN` servers for replicas: declare them, e.g. \
                  `server-template slot 1-32 0.0.0.0:8080 disabled weight 0 check` (see manifests/haproxy.cfg)"
@@ -489,7 +495,7 @@ impl LoadBalancer for HaproxyBalancer {
             .find(|r| r.pxname == backend && r.is_backend())
             .ok_or_else(|| {
                 LbError::new(
-                    "BackendMissing",
+                    LbErrorKind::BackendMissing,
                     format!("HAProxy has no backend `{backend}`"),
                 )
             })?;
@@ -555,7 +561,9 @@ async fn supervise(inner: Arc<Inner>) {
                         Inner::lock(&inner.ids).clear();
                     }
                     Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "starting HAProxy again"),
+                    Err(e) => {
+                        tracing::error!(error = %crate::report::Chain(&e), "starting HAProxy again")
+                    }
                 }
             }
             let pid = managed.master_pid();
@@ -563,7 +571,7 @@ async fn supervise(inner: Arc<Inner>) {
                 master = pid.and_then(|pid| match ProcessWatch::new(pid) {
                     Ok(watch) => Some(watch),
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot watch the HAProxy master; polling it");
+                        tracing::warn!(error = %crate::report::Chain(&e), "cannot watch the HAProxy master; polling it");
                         None
                     }
                 });
@@ -589,7 +597,7 @@ async fn supervise(inner: Arc<Inner>) {
             }
             Err(e) => {
                 inner.status.update(|s| s.haproxy_reachable = Some(false));
-                tracing::warn!(error = %e, "HAProxy does not answer");
+                tracing::warn!(error = %crate::report::Chain(&e), "HAProxy does not answer");
             }
         }
     }

@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 
 use super::config::ManagedConfig;
 use super::runtime_api::{Endpoint, RuntimeApi};
+use crate::lb::LbErrorKind;
 
 /// The longest unix socket path the kernel takes (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -37,13 +38,13 @@ pub enum ManagedError {
          version 2.6 or later) or drive your own HAProxy with --haproxy-socket"
     )]
     Missing,
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot run {binary}: {source}")]
+    #[error("cannot run {binary}")]
     Spawn {
         binary: PathBuf,
         #[source]
@@ -63,15 +64,15 @@ pub enum ManagedError {
 }
 
 impl ManagedError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> LbErrorKind {
         match self {
-            ManagedError::Missing => "HaproxyMissing",
+            ManagedError::Missing => LbErrorKind::Missing,
             ManagedError::Write { .. }
             | ManagedError::Spawn { .. }
-            | ManagedError::SocketPathTooLong { .. } => "HaproxyStartFailed",
-            ManagedError::InvalidConfig { .. } => "HaproxyConfigInvalid",
-            ManagedError::Start(_) => "HaproxyStartFailed",
-            ManagedError::Reload(_) => "HaproxyReloadFailed",
+            | ManagedError::SocketPathTooLong { .. }
+            | ManagedError::Start(_) => LbErrorKind::StartFailed,
+            ManagedError::InvalidConfig { .. } => LbErrorKind::ConfigInvalid,
+            ManagedError::Reload(_) => LbErrorKind::ReloadFailed,
         }
     }
 }
@@ -279,12 +280,15 @@ impl ManagedHaproxy {
         self.check(&text).await?;
         match self.api.servers_state_file().await {
             Ok(state) => write_atomically(&self.paths.state, &state)?,
-            Err(e) => tracing::warn!(error = %e, "cannot save the server states before reloading"),
+            Err(e) => tracing::warn!(
+                error = %crate::report::Chain(&e),
+                "cannot save the server states before reloading"
+            ),
         }
         let old_worker = self.api.info().await.ok().map(|i| i.pid);
         write_atomically(&self.paths.config, &text)?;
         if let Err(e) = kill(master, Signal::SIGUSR2) {
-            tracing::warn!(error = %e, "cannot signal the HAProxy master; starting a new one");
+            tracing::warn!(error = %crate::report::Chain(&e), "cannot signal the HAProxy master; starting a new one");
             return self.start_locked(config).await;
         }
         let wanted: Vec<String> = config.backends.iter().map(|b| b.backend.clone()).collect();

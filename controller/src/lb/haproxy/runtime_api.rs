@@ -65,13 +65,13 @@ impl fmt::Display for Endpoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("cannot reach the HAProxy runtime API at {endpoint}: {source}")]
+    #[error("cannot reach the HAProxy runtime API at {endpoint}")]
     Connect {
         endpoint: Endpoint,
         #[source]
         source: std::io::Error,
     },
-    #[error("HAProxy runtime API at {endpoint}: `{command}` failed: {source}")]
+    #[error("HAProxy runtime API at {endpoint}: `{command}` failed")]
     Io {
         endpoint: Endpoint,
         command: String,
@@ -86,13 +86,41 @@ pub enum ApiError {
     },
     /// HAProxy answered with an error message.
     #[error("HAProxy refused `{command}`: {message}")]
-    Refused { command: String, message: String },
-    #[error("HAProxy's reply to `{command}` is not understood: {source}")]
+    Refused {
+        command: String,
+        message: String,
+        /// What the message says, read once here.
+        refusal: Refusal,
+    },
+    #[error("HAProxy's reply to `{command}` is not understood")]
     Parse {
         command: String,
         #[source]
         source: ParseError,
     },
+}
+
+/// What an HAProxy error reply means, for the refusals that matter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `No such backend.` / `Can't find backend.`
+    NoSuchBackend,
+    /// `No such server.`
+    NoSuchServer,
+    Other,
+}
+
+impl Refusal {
+    /// HAProxy's reply text is read here and only here.
+    fn of(message: &str) -> Self {
+        if message.starts_with("No such backend") || message.starts_with("Can't find backend") {
+            Refusal::NoSuchBackend
+        } else if message.starts_with("No such server") {
+            Refusal::NoSuchServer
+        } else {
+            Refusal::Other
+        }
+    }
 }
 
 impl ApiError {
@@ -102,12 +130,14 @@ impl ApiError {
             ApiError::Connect { .. } => "unreachable",
             ApiError::Io { .. } => "io",
             ApiError::Timeout { .. } => "timeout",
-            ApiError::Refused { message, .. } if message.starts_with("No such backend") => {
-                "no_such_backend"
-            }
-            ApiError::Refused { message, .. } if message.starts_with("No such server") => {
-                "no_such_server"
-            }
+            ApiError::Refused {
+                refusal: Refusal::NoSuchBackend,
+                ..
+            } => "no_such_backend",
+            ApiError::Refused {
+                refusal: Refusal::NoSuchServer,
+                ..
+            } => "no_such_server",
             ApiError::Refused { .. } => "refused",
             ApiError::Parse { .. } => "parse",
         }
@@ -230,6 +260,7 @@ impl RuntimeApi {
             return Err(ApiError::Refused {
                 command: command.to_owned(),
                 message: "a command may not contain a line break or ';'".to_owned(),
+                refusal: Refusal::Other,
             });
         }
         let io_err = |source| ApiError::Io {
@@ -419,6 +450,7 @@ fn refused(command: &str, reply: &str) -> ApiError {
     let message = reply.lines().next().unwrap_or("").trim().to_owned();
     ApiError::Refused {
         command: command.to_owned(),
+        refusal: Refusal::of(&message),
         message: if message.is_empty() {
             "(empty reply)".to_owned()
         } else {
