@@ -178,6 +178,11 @@ impl ReplicaStore {
         }
     }
 
+    /// The name of a known container.
+    pub fn name_of(&self, id: &ContainerId) -> Option<&str> {
+        self.replicas.get(id).map(|r| r.name.as_str())
+    }
+
     /// The service of a known container.
     pub fn service_of(&self, id: &ContainerId) -> Option<&str> {
         self.replicas.get(id).map(|r| r.service.as_str())

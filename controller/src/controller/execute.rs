@@ -1,0 +1,370 @@
+//! Carrying a plan out, and the completions of what it started.
+//!
+//! Load-balancer steps run inline, in the plan's order (a server leaves rotation before
+//! its container stops); Docker creates and stops run as background tasks whose
+//! completions ([`Done`]) come back to the loop. Each action carried out is applied to
+//! the service's memory, each completion too: nothing else changes it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::controller::error::ReconcileError;
+use crate::controller::Controller;
+use crate::lb::{LbError, LoadBalancer};
+use crate::model::replica::{replica_name, ContainerId};
+use crate::reconcile::{Action, Plan, RemoveReason};
+use crate::runtime::{ContainerRuntime, CreateReplica, DockerError};
+use crate::serve::status::EventType;
+
+/// A Docker operation started by the loop, as it finished.
+pub(crate) enum Done {
+    Created {
+        service: String,
+        name: String,
+        result: Result<ContainerId, DockerError>,
+    },
+    Removed {
+        service: String,
+        name: String,
+        id: ContainerId,
+        result: Result<(), DockerError>,
+    },
+}
+
+impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
+    /// Applies a plan: load-balancer steps first, then Docker operations as background
+    /// tasks. Returns what failed.
+    pub(super) async fn execute(&mut self, name: &str, plan: &Plan) -> Vec<ReconcileError> {
+        let mut errors = Vec::new();
+        let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
+        let Some(entry) = self.services.get_mut(name) else {
+            return errors;
+        };
+        let spec = entry.spec.spec.clone();
+        let backend = spec
+            .load_balancer
+            .as_ref()
+            .map(|lb| lb.backend.to_string())
+            .unwrap_or_default();
+        let options = spec.load_balancer.as_ref().map(|lb| lb.server.clone());
+        let name_of = |id: &ContainerId| self.store.name_of(id).map(str::to_owned);
+
+        // A slot whose assignment failed in this pass is not enabled after it: it may
+        // still hold another address.
+        let mut unassigned: BTreeSet<&str> = BTreeSet::new();
+        for action in &plan.actions {
+            let result: Result<(), LbError> = match action {
+                Action::Enable { slot, .. } if unassigned.contains(slot.as_str()) => continue,
+                Action::Release { slot } => self.lb.release(&backend, slot).await,
+                Action::Drain { slot, reason, id } => {
+                    let r = self.lb.drain(&backend, slot).await;
+                    let replica = name_of(id);
+                    let fresh = replica
+                        .as_deref()
+                        .is_none_or(|n| entry.memory.draining_since(n).is_none());
+                    if r.is_ok() && fresh {
+                        events.push((
+                            EventType::Normal,
+                            "Draining",
+                            format!("Draining {backend}/{slot} ({reason:?}) before removing its replica"),
+                        ));
+                    }
+                    r
+                }
+                Action::AssignSlot { slot, addr, .. } => {
+                    let r = self.lb.assign(&backend, slot, *addr).await;
+                    if r.is_err() {
+                        unassigned.insert(slot);
+                    }
+                    r
+                }
+                Action::Enable { slot, .. } => match &options {
+                    Some(o) => self.lb.enable(&backend, slot, o).await,
+                    None => Ok(()),
+                },
+                Action::Reconfigure { slot } => match &options {
+                    Some(o) => self.lb.reconfigure(&backend, slot, o).await,
+                    None => Ok(()),
+                },
+                Action::Suspend { slot, .. } => self.lb.suspend(&backend, slot).await,
+                Action::EnsureNetwork => {
+                    match self.runtime.ensure_network(spec.network.as_str()).await {
+                        Ok(()) => entry.memory.network_ready = Some(spec.network.to_string()),
+                        Err(source) => errors.push(ReconcileError::Network {
+                            network: spec.network.to_string(),
+                            source,
+                        }),
+                    }
+                    continue;
+                }
+                Action::Create { .. } | Action::Remove { .. } => continue,
+            };
+            match result {
+                Ok(()) => {
+                    let replica = action.container().and_then(name_of);
+                    entry
+                        .memory
+                        .applied(action, replica.as_deref(), Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::report::Chain(&e), ?action, "load balancer step failed");
+                    errors.push(e.into());
+                }
+            }
+        }
+
+        // Docker operations, in the background. Nothing is created into a network that
+        // could not be ensured (the creates of this pass are lost then: their lines
+        // start afresh, and nothing is created meanwhile).
+        let network_ok = entry.memory.network_ready.as_deref() == Some(spec.network.as_str());
+        for action in &plan.actions {
+            match action {
+                Action::Create { restarts } if network_ok => {
+                    let mut rng = rand::rng();
+                    let replica = loop {
+                        let candidate = replica_name(name, &mut rng);
+                        if entry.memory.phase(&candidate).is_none() {
+                            break candidate;
+                        }
+                    };
+                    entry.memory.create_started(
+                        &replica,
+                        &entry.template_hash,
+                        *restarts,
+                        Instant::now(),
+                    );
+                    let request = CreateReplica {
+                        name: replica.clone(),
+                        service: name.to_owned(),
+                        template_hash: entry.template_hash.clone(),
+                        created_at_ns: self.settings.clock.now().unix_ns,
+                        spec: spec.clone(),
+                    };
+                    let runtime = self.runtime.clone();
+                    let service = name.to_owned();
+                    self.tasks.spawn(async move {
+                        let result = runtime.create_and_start(request).await;
+                        Done::Created {
+                            service,
+                            name: replica,
+                            result,
+                        }
+                    });
+                }
+                Action::Remove {
+                    id,
+                    name: replica,
+                    reason,
+                } => {
+                    if entry.memory.is_stopping(replica) {
+                        continue;
+                    }
+                    entry.memory.applied(action, Some(replica), Instant::now());
+                    self.metrics
+                        .container_stops_total
+                        .with_label_values(&[name, reason.label()])
+                        .inc();
+                    if let Some(event) = removal_event(replica, reason, &spec.network) {
+                        events.push(event);
+                    }
+                    let runtime = self.runtime.clone();
+                    let service = name.to_owned();
+                    let (id, replica) = (id.clone(), replica.clone());
+                    let grace = spec.template.stop_grace_period.get();
+                    self.tasks.spawn(async move {
+                        let result = runtime.stop_and_remove(&id, grace).await;
+                        Done::Removed {
+                            service,
+                            name: replica,
+                            id,
+                            result,
+                        }
+                    });
+                }
+                _ => {}
+            }
+        }
+        if !events.is_empty() {
+            let now = self.settings.clock.wall();
+            self.status.update(|s| {
+                if let Some(svc) = s.services.get_mut(name) {
+                    for (kind, reason, message) in events {
+                        svc.record(kind, reason, message, now);
+                    }
+                }
+            });
+        }
+        errors
+    }
+
+    /// A background task ended.
+    pub(super) fn on_task(&mut self, done: Result<Done, tokio::task::JoinError>) {
+        match done {
+            Ok(done) => self.finished(done),
+            Err(e) => tracing::error!(error = %e, "a docker task failed"),
+        }
+    }
+
+    /// A Docker operation finished: its service's memory learns it, and the service
+    /// looks again at once.
+    fn finished(&mut self, done: Done) {
+        let wall = self.settings.clock.wall();
+        let (service, event) = match done {
+            Done::Created {
+                service,
+                name,
+                result,
+            } => {
+                let Some(entry) = self.services.get_mut(&service) else {
+                    return;
+                };
+                entry.wake(Instant::now());
+                match &result {
+                    Ok(id) => self.store.touch(id.clone()),
+                    // A failed create may leave a container behind: read everything.
+                    Err(_) => self.store.invalidate(),
+                }
+                let result_label = if result.is_ok() { "ok" } else { "error" };
+                self.metrics
+                    .container_starts_total
+                    .with_label_values(&[service.as_str(), result_label])
+                    .inc();
+                let event = match result {
+                    Ok(id) => {
+                        entry.memory.created(&name);
+                        entry.create_error = None;
+                        (
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created replica {name} ({id})"),
+                        )
+                    }
+                    Err(e) => {
+                        // A replica that cannot start counts as a crash of its line; a
+                        // missing image or an engine gone away is not its doing.
+                        let crash = !matches!(
+                            e,
+                            DockerError::ImageNotFound { .. } | DockerError::Unavailable(_)
+                        );
+                        let delay = entry.memory.create_failed(
+                            &name,
+                            &entry.template_hash,
+                            crash,
+                            Instant::now(),
+                            &self.settings.crash_backoff,
+                        );
+                        let (reason, message) = failed_create_event(&name, &e, delay);
+                        entry.create_error = Some(message.clone());
+                        (EventType::Warning, reason, message)
+                    }
+                };
+                (service, event)
+            }
+            Done::Removed {
+                service,
+                name,
+                id,
+                result,
+            } => {
+                let Some(entry) = self.services.get_mut(&service) else {
+                    return;
+                };
+                self.store.touch(id);
+                entry.memory.removed(&name);
+                entry.wake(Instant::now());
+                let Err(e) = result else {
+                    return;
+                };
+                entry.failures += 1;
+                let message = format!(
+                    "Failed to remove replica {name}: {}",
+                    crate::report::chain(&e)
+                );
+                (service, (EventType::Warning, "FailedDelete", message))
+            }
+        };
+        self.status.update(|s| {
+            if let Some(svc) = s.services.get_mut(&service) {
+                svc.record(event.0, event.1, event.2, wall);
+            }
+        });
+    }
+
+    /// Lets Docker operations in flight finish (a create half done would leave a
+    /// container to clean up), for a few seconds at most.
+    pub(super) async fn shutdown(&mut self) {
+        tracing::info!(
+            in_flight = self.tasks.len(),
+            "stopping the controller; replicas keep running"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Ok(done))) => self.finished(done),
+                Ok(Some(Err(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.tasks.abort_all();
+    }
+}
+
+/// The event of a removal (an exit is reported when it is judged, not here).
+fn removal_event(
+    replica: &str,
+    reason: &RemoveReason,
+    network: &crate::spec::NetworkName,
+) -> Option<(EventType, &'static str, String)> {
+    match reason {
+        RemoveReason::Exited { .. } => None,
+        RemoveReason::NetworkLost => Some((
+            EventType::Warning,
+            "NetworkLost",
+            format!("Replica {replica} lost its address on network {network}: replacing it"),
+        )),
+        RemoveReason::NeverStarted => Some((
+            EventType::Warning,
+            "NeverStarted",
+            format!("Removing replica {replica}: it was created but never ran"),
+        )),
+        RemoveReason::ScaleDown | RemoveReason::Rollout => Some((
+            EventType::Normal,
+            "SuccessfulDelete",
+            format!("Removing replica {replica} ({reason:?})"),
+        )),
+    }
+}
+
+/// The reason and message of a failed create, with the line's back-off when it was a
+/// crash.
+fn failed_create_event(
+    name: &str,
+    e: &DockerError,
+    delay: Option<Duration>,
+) -> (&'static str, String) {
+    match (e, delay) {
+        (DockerError::ImageNotFound { image }, _) => (
+            "ImageNotFound",
+            format!(
+                "image `{image}` is not present locally (dockscale never pulls): build or load it"
+            ),
+        ),
+        (e, Some(delay)) => (
+            "FailedCreate",
+            format!(
+                "Failed to create replica {name}: {}; retrying in {}",
+                crate::report::chain(e),
+                humantime::format_duration(delay)
+            ),
+        ),
+        (e, None) => (
+            "FailedCreate",
+            format!(
+                "Failed to create replica {name}: {}",
+                crate::report::chain(e)
+            ),
+        ),
+    }
+}

@@ -1,0 +1,447 @@
+//! One reconcile pass of one service: observe, plan (pure), apply the plan to memory,
+//! execute it, and derive the status; and the dry run, which is the same pass without
+//! the last three.
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::autoscale::Autoscaler;
+use crate::controller::error::{error_policy, ReconcileError};
+use crate::controller::observe::{observe, Observation};
+use crate::controller::store::Refresh;
+use crate::controller::Controller;
+use crate::lb::LoadBalancer;
+use crate::model::replica::{ContainerId, ContainerState, Replica};
+use crate::reconcile::conditions::{self, Context};
+use crate::reconcile::{self, Action, ExitRecord, Limits, Plan, Verdict};
+use crate::runtime::{ContainerRuntime, DockerError};
+use crate::serve::status::EventType;
+
+impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
+    /// Reconciles every service that is due, from one Docker list.
+    pub(super) async fn reconcile_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.due.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for name in &due {
+            if let Some(e) = self.services.get_mut(name) {
+                e.due = None;
+            }
+        }
+        let listed = match self.refresh_store().await {
+            Ok(listed) => {
+                self.status.update(|s| s.docker_reachable = true);
+                listed
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::report::Chain(&e), "listing containers");
+                self.status.update(|s| s.docker_reachable = false);
+                let e = ReconcileError::Runtime(e);
+                for name in &due {
+                    if let Some(entry) = self.services.get_mut(name) {
+                        entry.failures += 1;
+                        if let Some(after) = error_policy(&e, entry.failures) {
+                            entry.wake(Instant::now() + after);
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        let observations = futures::future::join_all(due.iter().filter_map(|name| {
+            let entry = self.services.get(name)?;
+            Some(observe(
+                self.runtime.clone(),
+                self.lb.clone(),
+                entry,
+                &listed,
+                self.settings.probe_timeout,
+            ))
+        }))
+        .await;
+        for (name, observation) in due.iter().zip(observations) {
+            let span = tracing::info_span!("reconcile", service = %name);
+            self.reconcile_one(name, &listed, observation)
+                .instrument(span)
+                .await;
+        }
+    }
+
+    /// Brings the store up to date: a full list when it may be incomplete, else one
+    /// inspect per container that changed since it was read.
+    async fn refresh_store(&mut self) -> Result<Vec<Replica>, DockerError> {
+        match self.store.take_refresh() {
+            Refresh::Nothing => {}
+            Refresh::List => {
+                let started = std::time::Instant::now();
+                let listed = self.runtime.list_owned().await;
+                self.metrics
+                    .docker_list_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match listed {
+                    Ok(listed) => self.store.listed(listed),
+                    Err(e) => {
+                        self.store.invalidate();
+                        return Err(e);
+                    }
+                }
+            }
+            Refresh::Inspect(ids) => {
+                let runtime = self.runtime.clone();
+                let read =
+                    futures::future::join_all(ids.iter().map(|id| runtime.inspect_owned(id))).await;
+                self.metrics.docker_inspects_total.inc_by(ids.len() as u64);
+                for (id, result) in ids.into_iter().zip(read) {
+                    match result {
+                        Ok(replica) => self.store.inspected(id, replica),
+                        Err(e) => {
+                            self.store.invalidate();
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(self.store.replicas(Instant::now()))
+    }
+
+    /// The plan of one service's pass from the Docker list and its observation. Pure
+    /// but for the clock read: the dry run and the real pass share it.
+    fn plan(&self, name: &str, listed: &[Replica], observed: &Observation) -> Option<Plan> {
+        let entry = self.services.get(name)?;
+        let input = reconcile::Input {
+            spec: &entry.spec.spec,
+            desired: entry.desired(),
+            template_hash: &entry.template_hash,
+            replicas: listed.iter().filter(|r| r.service == name).collect(),
+            image_present: observed.image_present,
+            backend: observed.backend.as_ref().ok(),
+            backend_error: observed
+                .backend
+                .as_ref()
+                .err()
+                .map(|e| (e.reason(), e.message.as_str())),
+            answering: &observed.answering,
+            now: self.settings.clock.now(),
+            limits: Limits {
+                max_parallel: self.settings.max_parallel,
+            },
+            backoff: &self.settings.crash_backoff,
+        };
+        Some(reconcile::plan(&input, &entry.memory))
+    }
+
+    async fn reconcile_one(&mut self, name: &str, listed: &[Replica], observed: Observation) {
+        let _timer = self.metrics.reconcile_timer(name);
+        self.follow_autoscaler(name, listed);
+        let Some(plan) = self.plan(name, listed, &observed) else {
+            return;
+        };
+        tracing::debug!(actions = ?plan.actions, counts = ?plan.counts, "planned");
+        if let Some(entry) = self.services.get_mut(name) {
+            entry.memory.apply_plan(&plan);
+        }
+        self.report_exits(name, &plan);
+        let errors = self.execute(name, &plan).await;
+
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        if errors.is_empty() {
+            entry.failures = 0;
+        } else {
+            entry.failures += 1;
+        }
+        let result = if errors.is_empty() { "ok" } else { "error" };
+        self.metrics
+            .reconcile_total
+            .with_label_values(&[name, result])
+            .inc();
+        for e in &errors {
+            self.metrics
+                .reconcile_errors_total
+                .with_label_values(&[name, e.label()])
+                .inc();
+        }
+        let counts = plan.counts;
+        for (gauge, value) in [
+            (&self.metrics.replicas_desired, counts.desired),
+            (&self.metrics.replicas_current, counts.current),
+            (&self.metrics.replicas_ready, counts.ready),
+            (&self.metrics.replicas_updated, counts.updated),
+        ] {
+            gauge.with_label_values(&[name]).set(i64::from(value));
+        }
+        // The slowest cause decides; in motion, the plan's requeue unless an error asks
+        // to wait longer.
+        let backoff = errors
+            .iter()
+            .filter_map(|e| error_policy(e, entry.failures))
+            .max();
+        let requeue = match (plan.requeue_after, backoff) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(after) = requeue {
+            entry.wake(Instant::now() + after);
+        }
+        let replicas = listed.iter().filter(|r| r.service == name).count();
+        let finished = entry.deleting
+            && replicas == 0
+            && entry.memory.creating().next().is_none()
+            && !entry
+                .memory
+                .replicas
+                .values()
+                .any(|t| t.phase == reconcile::Phase::Stopping);
+        self.update_status(name, &plan, &errors);
+        if finished {
+            tracing::info!(service = name, "service removed");
+            self.services.remove(name);
+            self.status.update(|s| s.services.remove(name));
+            self.metrics.forget_service(name);
+            self.configure_lb().await;
+        }
+    }
+
+    /// Creates, reconfigures or drops the service's autoscaler to match its spec. A new
+    /// one starts from what runs (a restarted dockscale keeps the scale it had).
+    fn follow_autoscaler(&mut self, name: &str, listed: &[Replica]) {
+        let started = self.started.elapsed();
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        match (&entry.spec.spec.autoscale, &mut entry.autoscaler) {
+            (Some(config), None) => {
+                let running = listed
+                    .iter()
+                    .filter(|r| r.service == name && r.state == ContainerState::Running)
+                    .count() as u32;
+                let start = if running > 0 {
+                    running
+                } else {
+                    entry.spec.spec.replicas
+                };
+                entry.autoscaler = Some(Autoscaler::new(config, start, started));
+            }
+            (Some(config), Some(a)) if a.config() != config => a.reconfigure(config),
+            (None, Some(_)) => entry.autoscaler = None,
+            _ => {}
+        }
+    }
+
+    /// The exits the plan judged: events and metrics.
+    fn report_exits(&self, name: &str, plan: &Plan) {
+        if plan.exits.is_empty() {
+            return;
+        }
+        for judged in &plan.exits {
+            self.metrics
+                .replica_exits_total
+                .with_label_values(&[name, judged.exit.cause.label()])
+                .inc();
+            if matches!(judged.verdict, Verdict::Crash { .. }) {
+                self.metrics
+                    .container_restarts_total
+                    .with_label_values(&[name])
+                    .inc();
+            }
+        }
+        let now = self.settings.clock.wall();
+        self.status.update(|s| {
+            if let Some(svc) = s.services.get_mut(name) {
+                for judged in &plan.exits {
+                    let (kind, reason, message) = exit_event(&judged.exit, &judged.verdict);
+                    svc.record(kind, reason, message, now);
+                }
+            }
+        });
+    }
+
+    /// Counts, conditions and events after a pass, derived by
+    /// [`conditions::derive`] and written into the service's status.
+    fn update_status(&mut self, name: &str, plan: &Plan, errors: &[ReconcileError]) {
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        let wall = self.settings.clock.wall();
+        let last_desired = entry.last_desired.replace(plan.counts.desired);
+        let lb_errors: Vec<String> = errors
+            .iter()
+            .filter(|e| matches!(e, ReconcileError::LoadBalancer(_)))
+            .map(|e| crate::report::chain(e))
+            .collect();
+        let ctx = Context {
+            spec: &entry.spec.spec,
+            template_hash: &entry.template_hash,
+            memory: &entry.memory,
+            create_error: entry.create_error.as_deref(),
+            lb_config_error: self.lb_state.error.as_deref(),
+            lb_errors: &lb_errors,
+            last_desired,
+            now: Instant::now(),
+            wall,
+        };
+        let backend = entry
+            .spec
+            .spec
+            .load_balancer
+            .as_ref()
+            .map(|l| l.backend.to_string());
+        let hash = entry.template_hash.clone();
+        self.status.update(|s| {
+            let Some(svc) = s.services.get_mut(name) else {
+                return;
+            };
+            let update = conditions::derive(plan, &ctx, svc);
+            svc.observed_generation = svc.generation;
+            svc.template_hash = hash;
+            svc.replicas = plan.counts;
+            svc.backend = backend;
+            update.apply(svc, wall);
+        });
+    }
+
+    /// Observes once and describes what the next pass would do for every service,
+    /// without executing anything (`dockscale run --dry-run`).
+    pub async fn dry_run(mut self) -> Result<String, DockerError> {
+        let listed = self.runtime.list_owned().await?;
+        self.store.listed(listed);
+        let listed = self.store.replicas(Instant::now());
+        let mut out = String::new();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let Some(entry) = self.services.get(&name) else {
+                continue;
+            };
+            let observed = observe(
+                self.runtime.clone(),
+                self.lb.clone(),
+                entry,
+                &listed,
+                self.settings.probe_timeout,
+            )
+            .await;
+            self.follow_autoscaler(&name, &listed);
+            let Some(plan) = self.plan(&name, &listed, &observed) else {
+                continue;
+            };
+            let backend = self.services.get(&name).and_then(|e| {
+                e.spec
+                    .spec
+                    .load_balancer
+                    .as_ref()
+                    .map(|l| l.backend.to_string())
+            });
+            out.push_str(&describe_plan(&name, backend.as_deref(), &plan, &listed));
+        }
+        Ok(out)
+    }
+}
+
+/// A plan as an operator reads it: one line per action.
+pub fn describe_plan(
+    service: &str,
+    backend: Option<&str>,
+    plan: &Plan,
+    listed: &[Replica],
+) -> String {
+    use std::fmt::Write;
+    let c = plan.counts;
+    let mut out = format!(
+        "{service}: desired {}, current {}, ready {}, up-to-date {}\n",
+        c.desired, c.current, c.ready, c.updated
+    );
+    let name_of = |id: &ContainerId| {
+        listed
+            .iter()
+            .find(|r| &r.id == id)
+            .map_or_else(|| id.to_string(), |r| r.name.clone())
+    };
+    let backend = backend.unwrap_or("-");
+    let mut creates = 0;
+    for action in &plan.actions {
+        // Writing to a String cannot fail.
+        let _ = match action {
+            Action::EnsureNetwork => writeln!(out, "  create network (if missing)"),
+            Action::Create { .. } => {
+                creates += 1;
+                Ok(())
+            }
+            Action::Remove { name, reason, .. } => {
+                writeln!(out, "  stop and remove {name} ({reason:?})")
+            }
+            Action::AssignSlot { id, slot, addr } => writeln!(
+                out,
+                "  add server {backend}/{slot} -> {addr} for {} (maintenance, weight 0)",
+                name_of(id)
+            ),
+            Action::Enable { id, slot } => {
+                writeln!(out, "  enable server {backend}/{slot} ({})", name_of(id))
+            }
+            Action::Drain { id, slot, reason } => writeln!(
+                out,
+                "  drain server {backend}/{slot} ({}, {reason:?})",
+                name_of(id)
+            ),
+            Action::Release { slot } => {
+                writeln!(
+                    out,
+                    "  release server {backend}/{slot} (maintenance, freed)"
+                )
+            }
+            Action::Reconfigure { slot } => {
+                writeln!(out, "  re-apply weight and maxconn to {backend}/{slot}")
+            }
+            Action::Suspend { id, slot } => writeln!(
+                out,
+                "  suspend server {backend}/{slot} ({}, paused: maintenance until it runs again)",
+                name_of(id)
+            ),
+        };
+    }
+    if creates > 0 {
+        let _ = writeln!(out, "  create {creates} replica(s)");
+    }
+    for note in &plan.notes {
+        let _ = writeln!(out, "  note: {note:?}");
+    }
+    if plan.actions.is_empty() {
+        out.push_str("  nothing to do\n");
+    }
+    out
+}
+
+/// The event of an exit the crash-loop lines looked at.
+fn exit_event(exit: &ExitRecord, verdict: &Verdict) -> (EventType, &'static str, String) {
+    let name = &exit.name;
+    let what = exit.describe();
+    match verdict {
+        Verdict::Replace => (
+            EventType::Warning,
+            "ReplicaStopped",
+            format!("Replica {name} {what}; replacing it at once (not a crash)"),
+        ),
+        Verdict::Crash { delay, .. } if delay.is_zero() => (
+            EventType::Warning,
+            "ReplicaExited",
+            format!("Replica {name} {what}; replacing it"),
+        ),
+        Verdict::Crash { restarts, delay } => (
+            EventType::Warning,
+            "BackOff",
+            format!(
+                "Replica {name} {what}: {restarts} crashes in a row on its line; back-off {} \
+                 before replacing it (other replicas are not held back)",
+                humantime::format_duration(*delay)
+            ),
+        ),
+    }
+}

@@ -1,0 +1,318 @@
+//! The services as the loop keeps them: each one's spec, memory and due time, the
+//! spec files re-read (a bad edit changes nothing), and the load balancer configured
+//! with the services that need it.
+
+use std::collections::BTreeSet;
+
+use tokio::time::Instant;
+
+use crate::autoscale::{Autoscaler, Reason};
+use crate::controller::error::{error_backoff, error_policy, ReconcileError};
+use crate::controller::watch::Change;
+use crate::controller::Controller;
+use crate::lb::LoadBalancer;
+use crate::model::replica::template_hash;
+use crate::reconcile::Memory;
+use crate::runtime::ContainerRuntime;
+use crate::serve::status::{ConditionType, EventType, ServiceStatus};
+use crate::spec::manifest;
+use crate::spec::ScaledService;
+
+/// One service as the loop keeps it.
+pub(crate) struct Entry {
+    pub spec: ScaledService,
+    pub template_hash: String,
+    /// The document was removed: drive the replicas to zero, then forget the service.
+    pub deleting: bool,
+    pub memory: Memory,
+    /// When its next pass is due.
+    pub due: Option<Instant>,
+    /// Failed passes in a row.
+    pub failures: u32,
+    /// The desired count of the previous pass, to report scaling.
+    pub last_desired: Option<u32>,
+    /// The last create failure, shown until a create succeeds.
+    pub create_error: Option<String>,
+    /// The autoscaler, once the service's replicas were first seen (it starts from
+    /// the count found running, so a restart of dockscale does not reset it).
+    pub autoscaler: Option<Autoscaler>,
+    /// The autoscaler's last decision reason, to log repeats at debug level.
+    pub last_reason: Option<Reason>,
+}
+
+impl Entry {
+    pub fn new(spec: ScaledService) -> Self {
+        Entry {
+            template_hash: template_hash(&spec.spec),
+            spec,
+            deleting: false,
+            memory: Memory::default(),
+            due: Some(Instant::now()),
+            failures: 0,
+            last_desired: None,
+            create_error: None,
+            autoscaler: None,
+            last_reason: None,
+        }
+    }
+
+    /// The replica count to reach: 0 while deleting, else the autoscaler's or the spec's.
+    pub fn desired(&self) -> u32 {
+        if self.deleting {
+            0
+        } else if let (Some(a), Some(_)) = (&self.autoscaler, &self.spec.spec.autoscale) {
+            a.desired()
+        } else {
+            self.spec.spec.replicas
+        }
+    }
+
+    /// Due at `at`, unless due sooner already.
+    pub fn wake(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |d| d.min(at)));
+    }
+}
+
+/// The load balancer's configuration as last applied, and its failures.
+#[derive(Default)]
+pub(crate) struct LbState {
+    /// The services it was last configured with, to reconfigure only on change.
+    pub configured: Option<Vec<ScaledService>>,
+    /// Why the last configuration failed, while it fails.
+    pub error: Option<String>,
+    /// Failed configurations in a row, and when to try again.
+    pub failures: u32,
+    pub retry_at: Option<Instant>,
+}
+
+impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
+    /// A spec file changed: a file renamed into place is read at once; a write in place
+    /// is read once it settled (any write still settling keeps its own deadline).
+    pub(super) async fn on_spec_change(&mut self, change: Change, reload_at: &mut Option<Instant>) {
+        match change {
+            Change::Replaced => self.reload(true).await,
+            Change::Touched => *reload_at = Some(Instant::now() + self.settings.debounce),
+        }
+    }
+
+    /// Re-reads the spec paths. A spec that does not validate changes nothing: the last
+    /// good spec stays in force and the error is logged and shown in status.
+    pub(super) async fn reload(&mut self, changed: bool) {
+        let loaded = match manifest::load(&self.settings.paths) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                self.metrics
+                    .spec_reloads_total
+                    .with_label_values(&["invalid"])
+                    .inc();
+                self.metrics.spec_valid.set(0);
+                let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                let is_new = self.status.read().spec_errors != lines;
+                if is_new || changed {
+                    for line in &lines {
+                        tracing::error!("spec rejected, last good spec kept: {line}");
+                    }
+                }
+                let now = self.settings.clock.wall();
+                let message = lines.join("; ");
+                self.status.update(|s| {
+                    s.spec_errors = lines.clone();
+                    for svc in s.services.values_mut() {
+                        if svc.set_condition(
+                            ConditionType::SpecInvalid,
+                            true,
+                            "ValidationFailed",
+                            &message,
+                            now,
+                        ) {
+                            svc.record(
+                                EventType::Warning,
+                                "SpecInvalid",
+                                format!("spec rejected, last good spec kept: {message}"),
+                                now,
+                            );
+                        }
+                    }
+                });
+                return;
+            }
+        };
+        self.metrics
+            .spec_reloads_total
+            .with_label_values(&["ok"])
+            .inc();
+        self.metrics.spec_valid.set(1);
+        let now = self.settings.clock.wall();
+        let mut seen = BTreeSet::new();
+        let mut any_change = false;
+        for l in loaded {
+            let name = l.service.name().to_owned();
+            seen.insert(name.clone());
+            match self.services.get_mut(&name) {
+                Some(entry) if entry.spec == l.service && !entry.deleting => {}
+                Some(entry) => {
+                    any_change = true;
+                    let old_replicas = entry.spec.spec.replicas;
+                    entry.template_hash = template_hash(&l.service.spec);
+                    entry.spec = l.service;
+                    entry.deleting = false;
+                    entry.failures = 0;
+                    entry.create_error = None;
+                    entry.wake(Instant::now());
+                    let change = replicas_change(
+                        old_replicas,
+                        entry.spec.spec.replicas,
+                        entry.spec.spec.autoscale.is_some(),
+                    );
+                    self.status.update(|s| {
+                        if let Some(svc) = s.services.get_mut(&name) {
+                            svc.generation += 1;
+                            svc.deleting = false;
+                            svc.record(
+                                EventType::Normal,
+                                "SpecChanged",
+                                format!("spec generation {} loaded{change}", svc.generation),
+                                now,
+                            );
+                        }
+                    });
+                }
+                None => {
+                    any_change = true;
+                    tracing::info!(service = %name, "new service");
+                    self.services.insert(name.clone(), Entry::new(l.service));
+                    self.status.update(|s| {
+                        s.services
+                            .insert(name.clone(), ServiceStatus::new(&name, now));
+                    });
+                }
+            }
+        }
+        for (name, entry) in self.services.iter_mut() {
+            if !seen.contains(name) && !entry.deleting {
+                any_change = true;
+                entry.deleting = true;
+                entry.wake(Instant::now());
+                self.status.update(|s| {
+                    if let Some(svc) = s.services.get_mut(name) {
+                        svc.deleting = true;
+                        svc.record(
+                            EventType::Normal,
+                            "ServiceRemoved",
+                            "the service's document was removed: removing its replicas".to_owned(),
+                            now,
+                        );
+                    }
+                });
+            }
+        }
+        self.status.update(|s| {
+            if !s.spec_errors.is_empty() {
+                tracing::info!("spec valid again");
+            }
+            s.spec_errors.clear();
+            s.spec_loaded = true;
+            for svc in s.services.values_mut() {
+                svc.set_condition(ConditionType::SpecInvalid, false, "Valid", "", now);
+            }
+        });
+        if any_change {
+            self.configure_lb().await;
+        }
+    }
+
+    /// Hands the load balancer the services it should serve, when that set changed.
+    pub(super) async fn configure_lb(&mut self) {
+        let wanted: Vec<ScaledService> = self
+            .services
+            .values()
+            .filter(|e| e.spec.spec.load_balancer.is_some())
+            .map(|e| e.spec.clone())
+            .collect();
+        if self.lb_state.configured.as_ref() == Some(&wanted) {
+            return;
+        }
+        match self.lb.configure(&wanted).await {
+            Ok(grown) => {
+                let now = self.settings.clock.wall();
+                self.status.update(|s| {
+                    for g in grown {
+                        if let Some(svc) = s.services.get_mut(&g.service) {
+                            svc.record(
+                                EventType::Normal,
+                                "SlotPoolGrown",
+                                format!(
+                                    "{} replicas at once need more than the {} slots of {}: grown to {}, HAProxy reloaded with every server written in (pools never shrink while HAProxy runs; replica changes within the pool never reload)",
+                                    g.needed, g.from, g.backend, g.to
+                                ),
+                                now,
+                            );
+                        }
+                    }
+                });
+                self.lb_state = LbState {
+                    configured: Some(wanted),
+                    ..LbState::default()
+                };
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::report::Chain(&e), "configuring the load balancer");
+                self.lb_state.error = Some(crate::report::chain(&e));
+                self.lb_state.failures += 1;
+                let e = ReconcileError::LoadBalancer(e);
+                let after = error_policy(&e, self.lb_state.failures)
+                    .unwrap_or_else(|| error_backoff(self.lb_state.failures));
+                self.lb_state.retry_at = Some(Instant::now() + after);
+            }
+        }
+    }
+
+    /// Containers of services that no spec names: reported, never removed (they may
+    /// belong to another dockscale, or the spec path may be wrong).
+    pub(super) async fn report_orphans(&self) {
+        let Ok(listed) = self.runtime.list_owned().await else {
+            return;
+        };
+        let orphans: BTreeSet<&str> = listed
+            .iter()
+            .map(|r| r.service.as_str())
+            .filter(|s| !self.services.contains_key(*s))
+            .collect();
+        for service in orphans {
+            tracing::warn!(
+                service,
+                "replicas of a service that no spec names are left running; \
+                 remove them with `docker rm -f $(docker ps -aq --filter label=dockscale.service={service})`"
+            );
+        }
+    }
+}
+
+/// How a spec change moved `replicas`, for the `SpecChanged` event. Under autoscaling
+/// the field is only the starting point, which the event says rather than let an
+/// operator wait for a count that will not come.
+fn replicas_change(old: u32, new: u32, autoscaled: bool) -> String {
+    match (old == new, autoscaled) {
+        (true, _) => String::new(),
+        (false, false) => format!(" (replicas {old} -> {new})"),
+        (false, true) => format!(
+            " (replicas {old} -> {new}: autoscaled, so only the starting point; the autoscaler sets the count within its bounds)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replicas_change;
+
+    #[test]
+    fn a_spec_change_says_how_replicas_moved_and_who_decides() {
+        assert_eq!(replicas_change(3, 3, false), "");
+        assert_eq!(replicas_change(3, 5, false), " (replicas 3 -> 5)");
+        let autoscaled = replicas_change(3, 5, true);
+        assert!(
+            autoscaled.starts_with(" (replicas 3 -> 5: autoscaled"),
+            "{autoscaled}"
+        );
+    }
+}

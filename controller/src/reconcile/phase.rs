@@ -1,0 +1,287 @@
+//! What dockscale has in flight for one service: one [`Phase`] per replica it has
+//! touched, keyed by container name (a replica has its name before Docker gives it an
+//! id), and the service-wide facts the planner needs: the crash-loop vacancies, the
+//! network last ensured, the rollout followed.
+//!
+//! It changes in two ways only: by applying a plan ([`Memory::apply_plan`] for what the
+//! plan decided, [`Memory::applied`] for each action the executor carried out) and by
+//! the completions of Docker operations ([`Memory::created`],
+//! [`Memory::create_failed`], [`Memory::removed`]). The planner reads it. What a
+//! replica is doing *now* (UP in HAProxy, running) is observed each pass, never kept
+//! here: this holds only what dockscale itself started and must remember.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::crash_loop::{self, BackoffPolicy, Vacancy};
+use super::rollout::RolloutProgress;
+use super::{Action, Note, Plan};
+
+/// A replica's lifecycle, as far as dockscale has taken it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Its create call is in flight (the engine may list it `created` meanwhile).
+    Creating {
+        since: Instant,
+        template_hash: String,
+    },
+    /// Created and started; not in the backend yet.
+    Starting,
+    /// Its slot is assigned (maintenance, weight 0), waiting for its port to answer.
+    Warming,
+    /// Enabled in the backend.
+    Serving,
+    /// Out of rotation for new sessions, before its removal.
+    Draining { since: Instant },
+    /// Its stop and removal are in flight.
+    Stopping,
+    /// Seen exited; its end was judged. It is removed next.
+    Exited,
+}
+
+/// One replica as dockscale remembers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    pub phase: Phase,
+    /// Crashes in a row on this replica's line (it inherited them at its create).
+    pub restarts: u32,
+    /// Its server was found held by someone else, and that was reported.
+    pub hold_reported: bool,
+    /// Its exit was judged (counted once however many passes see it).
+    pub exit_judged: bool,
+}
+
+impl Tracked {
+    fn new(phase: Phase) -> Self {
+        Tracked {
+            phase,
+            restarts: 0,
+            hold_reported: false,
+            exit_judged: false,
+        }
+    }
+}
+
+/// What dockscale has in flight for a service.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Memory {
+    pub replicas: BTreeMap<String, Tracked>,
+    /// Crash-loop lines whose replacement waits or is due, soonest first.
+    pub vacant: Vec<Vacancy>,
+    /// The network that was last ensured.
+    pub network_ready: Option<String>,
+    pub rollout: Option<RolloutProgress>,
+}
+
+impl Memory {
+    pub fn phase(&self, name: &str) -> Option<&Phase> {
+        self.replicas.get(name).map(|t| &t.phase)
+    }
+
+    /// Its stop and removal are in flight.
+    pub fn is_stopping(&self, name: &str) -> bool {
+        self.phase(name) == Some(&Phase::Stopping)
+    }
+
+    pub fn draining_since(&self, name: &str) -> Option<Instant> {
+        match self.phase(name) {
+            Some(Phase::Draining { since }) => Some(*since),
+            _ => None,
+        }
+    }
+
+    /// The creates in flight: name, since when, template hash.
+    pub fn creating(&self) -> impl Iterator<Item = (&str, Instant, &str)> {
+        self.replicas.iter().filter_map(|(name, t)| match &t.phase {
+            Phase::Creating {
+                since,
+                template_hash,
+            } => Some((name.as_str(), *since, template_hash.as_str())),
+            _ => None,
+        })
+    }
+
+    pub fn is_creating(&self, name: &str) -> bool {
+        matches!(self.phase(name), Some(Phase::Creating { .. }))
+    }
+
+    /// Crashes in a row on a replica's line.
+    pub fn restarts(&self, name: &str) -> u32 {
+        self.replicas.get(name).map_or(0, |t| t.restarts)
+    }
+
+    pub fn hold_reported(&self, name: &str) -> bool {
+        self.replicas.get(name).is_some_and(|t| t.hold_reported)
+    }
+
+    pub fn exit_judged(&self, name: &str) -> bool {
+        self.replicas.get(name).is_some_and(|t| t.exit_judged)
+    }
+
+    /// What the plan decided for the service as a whole: the exits it judged, the
+    /// crash-loop vacancies, the rollout it follows, the holds it reported and the
+    /// replicas it found gone.
+    pub fn apply_plan(&mut self, plan: &Plan) {
+        for judged in &plan.exits {
+            let t = self
+                .replicas
+                .entry(judged.exit.name.clone())
+                .or_insert_with(|| Tracked::new(Phase::Exited));
+            t.exit_judged = true;
+            if t.phase != Phase::Stopping {
+                t.phase = Phase::Exited;
+            }
+        }
+        self.vacant = plan.vacant.clone();
+        self.rollout = plan.rollout.clone();
+        for note in &plan.notes {
+            if let Note::OperatorHold { name, .. } = note {
+                self.track(name, None).hold_reported = true;
+            }
+        }
+        for name in &plan.forget {
+            self.replicas.remove(name);
+        }
+    }
+
+    /// An action of a plan, carried out. `name` is the replica it concerns (the
+    /// executor resolves the plan's container ids); `None` for service-wide actions.
+    pub fn applied(&mut self, action: &Action, name: Option<&str>, now: Instant) {
+        let phase = match action {
+            Action::AssignSlot { .. } | Action::Suspend { .. } => Phase::Warming,
+            Action::Enable { .. } => Phase::Serving,
+            Action::Drain { .. } => match name.and_then(|n| self.draining_since(n)) {
+                Some(since) => Phase::Draining { since },
+                None => Phase::Draining { since: now },
+            },
+            Action::Remove { .. } => Phase::Stopping,
+            Action::EnsureNetwork
+            | Action::Create { .. }
+            | Action::Release { .. }
+            | Action::Reconfigure { .. } => return,
+        };
+        if let Some(name) = name {
+            self.track(name, Some(phase));
+        }
+    }
+
+    /// A create was started under `name`, on a line carrying `restarts` crashes.
+    pub fn create_started(&mut self, name: &str, template_hash: &str, restarts: u32, now: Instant) {
+        let t = self.track(
+            name,
+            Some(Phase::Creating {
+                since: now,
+                template_hash: template_hash.to_owned(),
+            }),
+        );
+        t.restarts = restarts;
+    }
+
+    /// Its create call finished: the container exists and was started.
+    pub fn created(&mut self, name: &str) {
+        if let Some(t) = self.replicas.get_mut(name) {
+            if matches!(t.phase, Phase::Creating { .. }) {
+                t.phase = Phase::Starting;
+            }
+        }
+    }
+
+    /// Its create call failed. A failure of the replica's own (`crash: true`) counts on
+    /// its line, which backs off; one that is not its doing (a missing image, an engine
+    /// that went away) is forgotten. Returns the back-off of a crash.
+    pub fn create_failed(
+        &mut self,
+        name: &str,
+        template_hash: &str,
+        crash: bool,
+        now: Instant,
+        policy: &BackoffPolicy,
+    ) -> Option<Duration> {
+        let line = self.replicas.remove(name).map_or(0, |t| t.restarts);
+        if !crash {
+            return None;
+        }
+        let (delay, vacancy) = crash_loop::failed_create(name, line, template_hash, now, policy);
+        self.vacant.push(vacancy);
+        Some(delay)
+    }
+
+    /// Its stop and removal finished (or the container was gone already).
+    pub fn removed(&mut self, name: &str) {
+        self.replicas.remove(name);
+    }
+
+    fn track(&mut self, name: &str, phase: Option<Phase>) -> &mut Tracked {
+        let t = self
+            .replicas
+            .entry(name.to_owned())
+            .or_insert_with(|| Tracked::new(Phase::Starting));
+        if let Some(phase) = phase {
+            t.phase = phase;
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::replica::ContainerId;
+    use crate::reconcile::RemoveReason;
+
+    fn drain() -> Action {
+        Action::Drain {
+            id: ContainerId("a".into()),
+            slot: "s1".into(),
+            reason: RemoveReason::ScaleDown,
+        }
+    }
+
+    #[test]
+    fn a_replica_goes_from_creating_to_stopping_through_what_was_applied() {
+        let t0 = Instant::now();
+        let mut m = Memory::default();
+        m.create_started("w-a", "h", 2, t0);
+        assert!(m.is_creating("w-a"));
+        assert_eq!(m.restarts("w-a"), 2);
+        m.created("w-a");
+        assert_eq!(m.phase("w-a"), Some(&Phase::Starting));
+        m.applied(&drain(), Some("w-a"), t0);
+        // A drain applied again keeps its start.
+        m.applied(&drain(), Some("w-a"), t0 + Duration::from_secs(3));
+        assert_eq!(m.draining_since("w-a"), Some(t0));
+        let remove = Action::Remove {
+            id: ContainerId("a".into()),
+            name: "w-a".into(),
+            reason: RemoveReason::ScaleDown,
+        };
+        m.applied(&remove, Some("w-a"), t0);
+        assert!(m.is_stopping("w-a"));
+        assert_eq!(
+            m.restarts("w-a"),
+            2,
+            "the line count stays with the replica"
+        );
+        m.removed("w-a");
+        assert_eq!(m.phase("w-a"), None);
+    }
+
+    #[test]
+    fn a_failed_create_backs_off_only_when_it_is_the_replicas_doing() {
+        let t0 = Instant::now();
+        let policy = BackoffPolicy::default();
+        let mut m = Memory::default();
+        m.create_started("w-a", "h", 1, t0);
+        assert_eq!(
+            m.create_failed("w-a", "h", true, t0, &policy),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(m.vacant.len(), 1);
+        m.create_started("w-b", "h", 4, t0);
+        assert_eq!(m.create_failed("w-b", "h", false, t0, &policy), None);
+        assert_eq!(m.vacant.len(), 1);
+        assert!(m.replicas.is_empty());
+    }
+}

@@ -1,0 +1,875 @@
+//! The planner's rules, pass by pass, without Docker.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::model::backend::Slot;
+use crate::model::replica::{ContainerState, ExitCause};
+use crate::testing::{self, free_slot, replica, serving_slot, warming_slot};
+
+const HASH: &str = "new";
+
+/// One service's world: what is listed, what HAProxy shows, what is in flight.
+struct World {
+    spec: ServiceSpec,
+    desired: u32,
+    replicas: Vec<Replica>,
+    backend: Option<Backend>,
+    answering: BTreeSet<ContainerId>,
+    image_present: bool,
+    memory: Memory,
+    policy: BackoffPolicy,
+    t0: Instant,
+    at: Duration,
+}
+
+impl World {
+    fn new(spec: ServiceSpec) -> Self {
+        let lb = spec.load_balancer.is_some();
+        World {
+            desired: spec.replicas,
+            spec,
+            replicas: Vec::new(),
+            backend: lb.then(Backend::default),
+            answering: BTreeSet::new(),
+            image_present: true,
+            memory: Memory {
+                network_ready: Some(testing::NET.to_owned()),
+                ..Memory::default()
+            },
+            policy: BackoffPolicy::default(),
+            t0: Instant::now(),
+            at: Duration::ZERO,
+        }
+    }
+
+    fn with_replicas(mut self, ns: impl IntoIterator<Item = u8>, hash: &str) -> Self {
+        self.replicas
+            .extend(ns.into_iter().map(|n| replica(n, hash)));
+        self
+    }
+
+    fn with_slots(mut self, slots: Vec<Slot>) -> Self {
+        self.backend = Some(Backend { slots });
+        self
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            instant: self.t0 + self.at,
+            unix_ns: 100_000_000_000 + self.at.as_nanos() as i64,
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        let input = Input {
+            spec: &self.spec,
+            desired: self.desired,
+            template_hash: HASH,
+            replicas: self.replicas.iter().collect(),
+            image_present: self.image_present,
+            backend: self.backend.as_ref(),
+            backend_error: None,
+            answering: &self.answering,
+            now: self.now(),
+            limits: Limits { max_parallel: 8 },
+            backoff: &self.policy,
+        };
+        plan(&input, &self.memory)
+    }
+
+    /// A create of `name` in flight since the start.
+    fn creating(&mut self, name: &str) {
+        self.memory.create_started(name, HASH, 0, self.t0);
+    }
+
+    /// Replica `name` on a line that crashed `n` times in a row.
+    fn line(&mut self, name: &str, n: u32) {
+        self.memory.create_started(name, HASH, n, self.t0);
+        self.memory.created(name);
+    }
+
+    /// Replica `name` drained by dockscale since the start.
+    fn draining(&mut self, name: &str) {
+        self.memory.replicas.insert(
+            name.to_owned(),
+            Tracked {
+                phase: Phase::Draining { since: self.t0 },
+                restarts: 0,
+                hold_reported: false,
+                exit_judged: false,
+            },
+        );
+    }
+
+    /// The name of the listed container `id`.
+    fn name_of(&self, id: &ContainerId) -> Option<String> {
+        self.replicas
+            .iter()
+            .find(|r| &r.id == id)
+            .map(|r| r.name.clone())
+    }
+}
+
+fn creates(plan: &Plan) -> usize {
+    plan.actions
+        .iter()
+        .filter(|a| matches!(a, Action::Create { .. }))
+        .count()
+}
+
+fn removed(plan: &Plan) -> Vec<&str> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn drained(plan: &Plan) -> Vec<&str> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Drain { slot, .. } => Some(slot.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn creates_the_missing_replicas() {
+    let w = World::new(testing::spec().replicas(3).build()).with_replicas([1], HASH);
+    let plan = w.plan();
+    assert_eq!(creates(&plan), 2);
+    assert!(removed(&plan).is_empty());
+    assert_eq!(plan.counts.current, 1);
+    assert_eq!(plan.counts.ready, 1);
+}
+
+#[test]
+fn ensures_the_network_once() {
+    let mut w = World::new(testing::spec().replicas(1).build());
+    w.memory.network_ready = None;
+    assert_eq!(w.plan().actions[0], Action::EnsureNetwork);
+    w.memory.network_ready = Some(testing::NET.to_owned());
+    assert!(!w.plan().actions.contains(&Action::EnsureNetwork));
+}
+
+#[test]
+fn creates_in_parallel_but_bounded() {
+    let w = World::new(testing::spec().replicas(20).build());
+    let plan = w.plan();
+    assert_eq!(creates(&plan), 8);
+    // No polling while they run: a finishing create wakes the pass.
+    assert_eq!(plan.requeue_after, None);
+}
+
+#[test]
+fn the_bound_holds_while_created_containers_are_still_starting() {
+    let mut w = World::new(testing::spec().replicas(20).build()).with_replicas(1..=8, HASH);
+    for (i, r) in w.replicas.iter_mut().enumerate() {
+        r.state = ContainerState::Created;
+        let name = r.name.clone();
+        w.memory.create_started(&name, HASH, 0, w.t0);
+        if i >= 5 {
+            w.memory.removed(&name);
+            r.state = ContainerState::Running;
+        }
+    }
+    // 5 creates still starting (listed as created): only 3 more may begin.
+    let plan = w.plan();
+    assert_eq!(creates(&plan), 3);
+    // Their finishing wakes the pass; the plan only asks to look again when the
+    // oldest expectation would expire.
+    assert_eq!(plan.requeue_after, Some(CREATE_EXPECTATION_TIMEOUT));
+}
+
+#[test]
+fn creates_in_flight_are_expected_so_a_burst_of_events_never_creates_twice() {
+    let mut w = World::new(testing::spec().replicas(3).build()).with_replicas([1], HASH);
+    for name in ["w-aaaaa", "w-bbbbb"] {
+        w.creating(name);
+    }
+    // However many times the pass runs before Docker lists them: no new creates.
+    for _ in 0..5 {
+        assert_eq!(creates(&w.plan()), 0);
+    }
+    // An expectation that Docker never fulfilled expires.
+    w.at = CREATE_EXPECTATION_TIMEOUT + Duration::from_secs(1);
+    assert_eq!(creates(&w.plan()), 2);
+}
+
+#[test]
+fn scale_down_removes_the_newest_first() {
+    let mut w = World::new(testing::spec().replicas(5).build()).with_replicas(1..=5, HASH);
+    w.desired = 2;
+    let plan = w.plan();
+    assert_eq!(removed(&plan), vec!["w-00005", "w-00004", "w-00003"]);
+    assert!(plan.actions.iter().all(|a| matches!(
+        a,
+        Action::Remove {
+            reason: RemoveReason::ScaleDown,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn replicas_being_removed_are_not_counted_or_removed_twice() {
+    let mut w = World::new(testing::spec().replicas(2).build()).with_replicas(1..=3, HASH);
+    w.memory.create_started("w-00003", HASH, 0, w.t0);
+    w.memory.applied(
+        &Action::Remove {
+            id: ContainerId("id03".into()),
+            name: "w-00003".into(),
+            reason: RemoveReason::ScaleDown,
+        },
+        Some("w-00003"),
+        w.t0,
+    );
+    let plan = w.plan();
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.counts.current, 2);
+    assert_eq!(plan.counts.terminating, 1);
+}
+
+#[test]
+fn an_exited_replica_is_removed_and_replaced() {
+    let mut w = World::new(testing::spec().replicas(2).build()).with_replicas(1..=2, HASH);
+    w.replicas[1].state = ContainerState::Exited;
+    w.replicas[1].status = "Exited (137) 1 second ago".into();
+    w.replicas[1].exit_cause = Some(ExitCause::Signalled);
+    let plan = w.plan();
+    assert_eq!(removed(&plan), vec!["w-00002"]);
+    assert!(plan.actions.contains(&Action::Remove {
+        id: ContainerId("id02".into()),
+        name: "w-00002".into(),
+        reason: RemoveReason::Exited { code: Some(137) },
+    }));
+    assert_eq!(creates(&plan), 1);
+}
+
+#[test]
+fn a_container_that_never_started_is_removed_unless_its_create_is_in_flight() {
+    let mut w = World::new(testing::spec().replicas(1).build()).with_replicas([1], HASH);
+    w.replicas[0].state = ContainerState::Created;
+    w.creating("w-00001");
+    let plan = w.plan();
+    assert!(removed(&plan).is_empty());
+    assert_eq!(creates(&plan), 0, "the create in flight counts");
+    w.memory.removed("w-00001");
+    let plan = w.plan();
+    assert_eq!(removed(&plan), vec!["w-00001"]);
+    assert_eq!(creates(&plan), 1);
+}
+
+#[test]
+fn a_missing_image_creates_nothing_and_says_why() {
+    let mut w = World::new(testing::spec().replicas(2).build());
+    w.image_present = false;
+    let plan = w.plan();
+    assert_eq!(creates(&plan), 0);
+    assert!(plan.notes.contains(&Note::ImageMissing {
+        image: "dockscale-webapp:latest".into()
+    }));
+}
+
+#[test]
+fn a_running_replica_gets_a_free_slot_in_maintenance() {
+    let w = World::new(testing::spec().replicas(1).lb().build())
+        .with_replicas([1], HASH)
+        .with_slots(vec![free_slot(1), free_slot(2)]);
+    let plan = w.plan();
+    assert_eq!(
+        plan.actions,
+        vec![Action::AssignSlot {
+            id: ContainerId("id01".into()),
+            slot: "web1".into(),
+            addr: testing::addr(1),
+        }]
+    );
+    assert_eq!(plan.counts.ready, 0, "not ready before HAProxy says UP");
+}
+
+#[test]
+fn a_warming_slot_is_enabled_only_once_the_port_answers() {
+    let mut w = World::new(testing::spec().replicas(1).lb().build())
+        .with_replicas([1], HASH)
+        .with_slots(vec![warming_slot(1, 1)]);
+    assert!(w.plan().actions.is_empty());
+    assert_eq!(w.plan().requeue_after, Some(ACTIVE_REQUEUE));
+    w.answering.insert(ContainerId("id01".into()));
+    assert_eq!(
+        w.plan().actions,
+        vec![Action::Enable {
+            id: ContainerId("id01".into()),
+            slot: "web1".into()
+        }]
+    );
+}
+
+#[test]
+fn a_replica_that_already_answers_is_enabled_in_the_pass_that_gives_it_a_slot() {
+    let mut w = World::new(testing::spec().replicas(1).lb().build())
+        .with_replicas([1], HASH)
+        .with_slots(vec![free_slot(1)]);
+    w.answering.insert(ContainerId("id01".into()));
+    assert_eq!(
+        w.plan().actions,
+        vec![
+            Action::AssignSlot {
+                id: ContainerId("id01".into()),
+                slot: "web1".into(),
+                addr: testing::addr(1),
+            },
+            Action::Enable {
+                id: ContainerId("id01".into()),
+                slot: "web1".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn probe_targets_are_the_replicas_not_in_rotation() {
+    let spec = testing::spec().replicas(3).lb().build();
+    let replicas = [replica(1, HASH), replica(2, HASH), replica(3, HASH)];
+    let backend = Backend {
+        slots: vec![serving_slot(1, 1), warming_slot(2, 2), free_slot(3)],
+    };
+    let refs: Vec<&Replica> = replicas.iter().collect();
+    assert_eq!(
+        probe_targets(&spec, &refs, &backend),
+        vec![
+            (ContainerId("id02".into()), testing::addr(2)),
+            (ContainerId("id03".into()), testing::addr(3)),
+        ]
+    );
+}
+
+#[test]
+fn scale_down_drains_before_stopping() {
+    let mut w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas(1..=2, HASH)
+        .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+    w.desired = 1;
+    let plan = w.plan();
+    assert_eq!(drained(&plan), vec!["web2"]);
+    assert!(removed(&plan).is_empty(), "nothing stops while in rotation");
+    assert_eq!(plan.counts.ready, 2);
+}
+
+#[test]
+fn a_drained_replica_is_released_then_removed_once_idle() {
+    let mut w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas(1..=2, HASH)
+        .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+    w.desired = 1;
+    w.draining("w-00002");
+    let slots = &mut w.backend.as_mut().expect("backend").slots;
+    slots[1].admin = Admin::Drain;
+    slots[1].sessions = 3;
+    let busy = w.plan();
+    assert!(removed(&busy).is_empty(), "sessions still open");
+    assert_eq!(busy.counts.current, 1);
+    assert_eq!(busy.counts.terminating, 1);
+
+    w.backend.as_mut().expect("backend").slots[1].sessions = 0;
+    let idle = w.plan();
+    assert_eq!(
+        idle.actions,
+        vec![
+            Action::Release {
+                slot: "web2".into()
+            },
+            Action::Remove {
+                id: ContainerId("id02".into()),
+                name: "w-00002".into(),
+                reason: RemoveReason::ScaleDown,
+            },
+        ],
+        "out of rotation before the stop"
+    );
+}
+
+#[test]
+fn a_drain_is_cut_short_after_the_drain_timeout() {
+    let mut w = World::new(
+        testing::spec()
+            .replicas(1)
+            .lb()
+            .drain_timeout_secs(5)
+            .build(),
+    )
+    .with_replicas(1..=2, HASH)
+    .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+    w.draining("w-00002");
+    let slots = &mut w.backend.as_mut().expect("backend").slots;
+    slots[1].admin = Admin::Drain;
+    slots[1].sessions = 7;
+    w.at = Duration::from_secs(4);
+    assert!(removed(&w.plan()).is_empty());
+    w.at = Duration::from_secs(5);
+    assert_eq!(removed(&w.plan()), vec!["w-00002"]);
+}
+
+#[test]
+fn a_server_in_rotation_without_a_live_replica_is_released_at_once() {
+    // A replica died: Docker lists it exited, without an address.
+    let mut w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas(1..=2, HASH)
+        .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+    w.replicas[1].state = ContainerState::Exited;
+    w.replicas[1].ips.clear();
+    w.replicas[1].exit_cause = Some(ExitCause::Own);
+    let plan = w.plan();
+    assert!(plan.actions.contains(&Action::Release {
+        slot: "web2".into()
+    }));
+    assert_eq!(removed(&plan), vec!["w-00002"]);
+    assert_eq!(creates(&plan), 1);
+}
+
+#[test]
+fn an_exit_whose_cause_is_not_known_yet_holds_its_place_and_leaves_rotation() {
+    let mut w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas(1..=2, HASH)
+        .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+    w.replicas[1].state = ContainerState::Exited;
+    w.replicas[1].ips.clear();
+    w.replicas[1].exit_cause = None;
+    let plan = w.plan();
+    assert_eq!(
+        plan.actions,
+        vec![Action::Release {
+            slot: "web2".into()
+        }],
+        "out of rotation now; removed and replaced once its cause is known"
+    );
+    assert_eq!(plan.requeue_after, Some(ACTIVE_REQUEUE));
+}
+
+#[test]
+fn a_server_held_in_maintenance_by_an_operator_is_reported_once_and_left_alone() {
+    let mut held = serving_slot(2, 2);
+    held.admin = Admin::Maint;
+    held.up = false;
+    let mut w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas(1..=2, HASH)
+        .with_slots(vec![serving_slot(1, 1), held]);
+    let plan = w.plan();
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(
+        plan.notes,
+        vec![Note::OperatorHold {
+            name: "w-00002".into(),
+            slot: "web2".into(),
+            admin: Admin::Maint
+        }]
+    );
+    assert_eq!(plan.counts.ready, 1);
+    w.memory.apply_plan(&plan);
+    assert!(w.plan().notes.is_empty());
+}
+
+#[test]
+fn nothing_is_stopped_while_haproxy_cannot_be_read() {
+    let mut w = World::new(testing::spec().replicas(1).lb().build()).with_replicas(1..=2, HASH);
+    w.backend = None;
+    let plan = w.plan();
+    assert!(removed(&plan).is_empty());
+    assert!(drained(&plan).is_empty());
+    assert!(matches!(plan.notes[0], Note::BackendUnavailable { .. }));
+}
+
+#[test]
+fn a_slot_shortage_is_reported() {
+    let w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas(1..=2, HASH)
+        .with_slots(vec![free_slot(1)]);
+    let plan = w.plan();
+    assert_eq!(plan.actions.len(), 1);
+    assert!(plan.notes.contains(&Note::NoFreeSlot {
+        backend: "web".into(),
+        waiting: 1
+    }));
+}
+
+/// Steps a rollout the way the executor and HAProxy would, one pass at a time, and
+/// returns the ready count after every pass.
+fn roll(mut w: World, passes: usize) -> (World, Vec<u32>) {
+    let mut ready_seen = Vec::new();
+    let mut next_n = 100u8;
+    for _ in 0..passes {
+        let plan = w.plan();
+        ready_seen.push(plan.counts.ready);
+        w.memory.apply_plan(&plan);
+        for action in plan.actions {
+            let name = action.container().and_then(|id| w.name_of(id));
+            w.memory.applied(&action, name.as_deref(), w.t0);
+            let slots = &mut w.backend.as_mut().expect("backend").slots;
+            match action {
+                Action::Create { .. } => {
+                    next_n += 1;
+                    w.replicas.push(replica(next_n, HASH));
+                    w.answering.insert(ContainerId(format!("id{next_n:02}")));
+                }
+                Action::AssignSlot { slot, addr, .. } => {
+                    let s = slots.iter_mut().find(|s| s.name == slot).expect("slot");
+                    s.addr = Some(addr);
+                }
+                Action::Enable { slot, .. } => {
+                    let s = slots.iter_mut().find(|s| s.name == slot).expect("slot");
+                    s.admin = Admin::Ready;
+                    s.weight = 100;
+                    s.up = true;
+                }
+                Action::Drain { slot, .. } => {
+                    let s = slots.iter_mut().find(|s| s.name == slot).expect("slot");
+                    s.admin = Admin::Drain;
+                }
+                Action::Release { slot } => {
+                    let s = slots.iter_mut().find(|s| s.name == slot).expect("slot");
+                    *s = free_slot(s.name[3..].parse().expect("slot number"));
+                }
+                Action::Remove { id, name, .. } => {
+                    w.replicas.retain(|r| r.id != id);
+                    w.memory.removed(&name);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        w.at += Duration::from_secs(1);
+    }
+    (w, ready_seen)
+}
+
+fn rolling_world(replicas: u8, surge: u32, unavailable: u32) -> World {
+    let spec = testing::spec()
+        .replicas(u32::from(replicas))
+        .lb()
+        .rollout(surge, unavailable)
+        .build();
+    let slots = (1..=u32::from(replicas))
+        .map(|i| serving_slot(i, i as u8))
+        .chain((u32::from(replicas) + 1..=16).map(free_slot))
+        .collect();
+    World::new(spec)
+        .with_replicas(1..=replicas, "old")
+        .with_slots(slots)
+}
+
+#[test]
+fn a_rollout_with_surge_one_never_drops_below_desired_ready() {
+    let (w, ready) = roll(rolling_world(4, 1, 0), 40);
+    assert!(ready.iter().all(|&r| r >= 4), "ready over time: {ready:?}");
+    assert_eq!(w.replicas.len(), 4);
+    assert!(w.replicas.iter().all(|r| r.template_hash == HASH));
+    assert!(w.plan().rollout.expect("tracked").complete);
+}
+
+#[test]
+fn a_rollout_with_max_unavailable_keeps_desired_minus_that_ready() {
+    let (w, ready) = roll(rolling_world(6, 0, 2), 40);
+    assert!(ready.iter().all(|&r| r >= 4), "ready over time: {ready:?}");
+    assert_eq!(w.replicas.len(), 6);
+    assert!(w.replicas.iter().all(|r| r.template_hash == HASH));
+}
+
+#[test]
+fn a_rollout_creates_one_surge_replica_and_keeps_the_old_until_it_serves() {
+    let w = rolling_world(3, 1, 0);
+    let plan = w.plan();
+    assert_eq!(creates(&plan), 1);
+    assert!(drained(&plan).is_empty());
+    assert!(removed(&plan).is_empty());
+}
+
+#[test]
+fn a_rollout_that_makes_no_progress_stops_after_the_deadline() {
+    let mut w = rolling_world(2, 1, 0);
+    // The new replica runs but never answers: it stays warming.
+    w.replicas.push(replica(50, HASH));
+    w.backend
+        .as_mut()
+        .expect("backend")
+        .slots
+        .push(warming_slot(20, 50));
+    let first = w.plan();
+    w.memory.apply_plan(&first);
+    w.at = Duration::from_secs(121);
+    let plan = w.plan();
+    assert!(plan.notes.contains(&Note::RolloutStalled {
+        template_hash: HASH.into()
+    }));
+    assert_eq!(creates(&plan), 0);
+    assert!(drained(&plan).is_empty(), "old replicas keep serving");
+}
+
+fn exited(n: u8, cause: ExitCause) -> Replica {
+    let mut r = replica(n, HASH);
+    r.state = ContainerState::Exited;
+    r.status = Replica::exited_status(Some(1));
+    r.ips.clear();
+    r.exit_cause = Some(cause);
+    r
+}
+
+/// One pass the way the executor applies it: the plan's memory changes, and every
+/// create started (the new replicas named `w-<first>`, `w-<first + 1>`, ...; not
+/// listed yet). Returns the plan and the verdicts of the exits it judged.
+fn pass(w: &mut World, first: u8) -> (Plan, Vec<Verdict>) {
+    let plan = w.plan();
+    let t = w.now().instant;
+    w.memory.apply_plan(&plan);
+    let mut n = first;
+    for action in &plan.actions {
+        if let Action::Create { restarts } = action {
+            w.memory
+                .create_started(&format!("w-{n:05}"), HASH, *restarts, t);
+            n += 1;
+        }
+    }
+    let verdicts = plan.exits.iter().map(|j| j.verdict.clone()).collect();
+    (plan, verdicts)
+}
+
+/// The creates of `w-<n>` finished, and the replicas run.
+fn started(w: &mut World, ns: impl IntoIterator<Item = u8>) {
+    for n in ns {
+        let name = format!("w-{n:05}");
+        w.memory.created(&name);
+        w.replicas.push(replica(n, HASH));
+    }
+}
+
+// Regression: five replicas removed from outside within a minute were counted as one
+// service-wide crash loop (`5 exits in a row; back-off 1m 20s`) that held back every
+// create, and the service sat at zero replicas.
+#[test]
+fn replicas_killed_from_outside_are_all_replaced_at_once() {
+    let mut w = World::new(testing::spec().replicas(5).build());
+    w.replicas = (1..=5).map(|n| exited(n, ExitCause::Signalled)).collect();
+    let (plan, verdicts) = pass(&mut w, 10);
+    assert_eq!(verdicts, vec![Verdict::Replace; 5]);
+    assert_eq!(creates(&plan), 5, "{:?}", plan.actions);
+    assert_eq!(removed(&plan).len(), 5);
+    assert!(!plan
+        .notes
+        .iter()
+        .any(|n| matches!(n, Note::CrashLoopBackOff { .. })));
+    // Found exited without the exit seen (the engine restarted): replaced too.
+    let mut w = World::new(testing::spec().replicas(3).build());
+    w.replicas = (1..=3).map(|n| exited(n, ExitCause::Unknown)).collect();
+    let (plan, verdicts) = pass(&mut w, 10);
+    assert_eq!(verdicts, vec![Verdict::Replace; 3]);
+    assert_eq!(creates(&plan), 3);
+}
+
+#[test]
+fn an_exit_is_judged_once_however_many_passes_see_it() {
+    let mut w = World::new(testing::spec().replicas(1).build());
+    w.replicas = vec![exited(1, ExitCause::Own)];
+    let (_, verdicts) = pass(&mut w, 10);
+    assert_eq!(verdicts.len(), 1);
+    let (plan, verdicts) = pass(&mut w, 11);
+    assert!(verdicts.is_empty(), "judged again");
+    assert_eq!(
+        plan.vacant.len(),
+        0,
+        "the vacancy went to the first pass's create"
+    );
+}
+
+#[test]
+fn one_crash_looping_replica_never_holds_back_another_replacement_or_a_scale_up() {
+    let mut w = World::new(testing::spec().replicas(3).build()).with_replicas([1], HASH);
+    // Replica 2's line has crashed 3 times already; replica 3 was killed from outside.
+    w.line("w-00002", 3);
+    w.replicas.push(exited(2, ExitCause::Own));
+    w.replicas.push(exited(3, ExitCause::Signalled));
+    let (plan, verdicts) = pass(&mut w, 10);
+    assert_eq!(
+        verdicts,
+        vec![
+            Verdict::Crash {
+                restarts: 4,
+                delay: Duration::from_secs(40)
+            },
+            Verdict::Replace
+        ]
+    );
+    assert_eq!(
+        creates(&plan),
+        1,
+        "the killed replica's replacement goes ahead"
+    );
+    match plan
+        .notes
+        .iter()
+        .find(|n| matches!(n, Note::CrashLoopBackOff { .. }))
+    {
+        Some(Note::CrashLoopBackOff { held }) => {
+            assert_eq!(held.len(), 1);
+            assert_eq!(held[0].last_exit.name, "w-00002");
+        }
+        other => panic!("no back-off note: {other:?}"),
+    }
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(40)));
+    w.replicas = vec![replica(1, HASH)];
+    started(&mut w, [10]);
+    // A scale-up meanwhile: the new replicas are fresh lines, created at once.
+    w.desired = 6;
+    let (plan, _) = pass(&mut w, 11);
+    assert_eq!(
+        plan.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Create { restarts: 0 }))
+            .count(),
+        3,
+        "{:?}",
+        plan.actions
+    );
+    started(&mut w, [11, 12, 13]);
+    // When the back-off ends, the crashed line's replacement inherits its count.
+    w.at = Duration::from_secs(40);
+    assert_eq!(w.plan().actions, vec![Action::Create { restarts: 4 }]);
+}
+
+// Regression: the exit used to be counted only when its removal was executed, after
+// the same pass had already created the replacement, so every other replacement
+// skipped its back-off.
+#[test]
+fn the_pass_that_removes_a_crashed_replica_already_backs_its_line_off() {
+    let mut w = World::new(testing::spec().replicas(1).build());
+    w.policy = BackoffPolicy {
+        base: Duration::from_secs(1),
+        ..BackoffPolicy::default()
+    };
+    let mut delays = Vec::new();
+    for n in 1..=4u8 {
+        // The line's current replica crashes.
+        w.replicas = vec![exited(n, ExitCause::Own)];
+        if n > 1 {
+            w.memory.created(&format!("w-{n:05}"));
+        }
+        let (plan, verdicts) = pass(&mut w, n + 1);
+        let [Verdict::Crash { restarts, delay }] = verdicts[..] else {
+            panic!("{verdicts:?}");
+        };
+        assert_eq!(restarts, u32::from(n));
+        delays.push(delay);
+        assert_eq!(
+            creates(&plan),
+            usize::from(delay.is_zero()),
+            "pass {n}: {:?}",
+            plan.actions
+        );
+        if !delay.is_zero() {
+            // Once the back-off is over, the replacement joins the line.
+            w.at += delay;
+            let (plan, verdicts) = pass(&mut w, n + 1);
+            assert!(verdicts.is_empty());
+            assert_eq!(
+                plan.actions.last(),
+                Some(&Action::Create {
+                    restarts: u32::from(n)
+                })
+            );
+        }
+    }
+    assert_eq!(
+        delays,
+        [0, 1, 2, 4].map(Duration::from_secs).to_vec(),
+        "0 for the first crash, then the base doubling"
+    );
+}
+
+#[test]
+fn a_new_template_is_not_held_back_by_the_old_ones_crash_loop() {
+    let mut w = World::new(testing::spec().replicas(2).build());
+    let mut old = exited(1, ExitCause::Own);
+    old.template_hash = "old".into();
+    w.line("w-00001", 5);
+    w.replicas = vec![old];
+    let (plan, verdicts) = pass(&mut w, 10);
+    assert!(matches!(verdicts[..], [Verdict::Crash { .. }]));
+    assert_eq!(creates(&plan), 2);
+}
+
+#[test]
+fn a_replica_that_lost_its_network_address_is_replaced() {
+    let mut w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas(1..=2, HASH)
+        .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+    w.replicas[1].ips.clear();
+    let plan = w.plan();
+    assert!(
+        plan.actions.contains(&Action::Release {
+            slot: "web2".into()
+        }),
+        "out of rotation first"
+    );
+    assert_eq!(removed(&plan), vec!["w-00002"]);
+    assert_eq!(creates(&plan), 1);
+    // A replica just created may not be listed with its address yet.
+    let mut young = World::new(testing::spec().replicas(1).build());
+    let mut r = replica(1, HASH);
+    r.ips.clear();
+    r.created_at_ns = young.now().unix_ns - 500_000_000;
+    young.replicas = vec![r];
+    assert!(removed(&young.plan()).is_empty());
+}
+
+#[test]
+fn a_paused_replica_leaves_rotation_and_comes_back_once_it_answers() {
+    let mut w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas(1..=2, HASH)
+        .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+    w.replicas[1].state = ContainerState::Paused;
+    let plan = w.plan();
+    assert_eq!(
+        plan.actions,
+        vec![Action::Suspend {
+            id: ContainerId("id02".into()),
+            slot: "web2".into()
+        }]
+    );
+    assert_eq!(plan.counts.ready, 1);
+    // Suspended: maintenance, weight 0, still assigned: the warming path enables it
+    // once it runs and answers again.
+    w.backend.as_mut().expect("backend").slots[1] = warming_slot(2, 2);
+    w.replicas[1].state = ContainerState::Running;
+    w.answering.insert(ContainerId("id02".into()));
+    assert_eq!(
+        w.plan().actions,
+        vec![Action::Enable {
+            id: ContainerId("id02".into()),
+            slot: "web2".into()
+        }]
+    );
+}
+
+#[test]
+fn gone_replicas_are_forgotten_but_creates_and_removals_in_flight_are_not() {
+    let mut w = World::new(testing::spec().replicas(1).build()).with_replicas([1], HASH);
+    w.line("w-00001", 2);
+    w.draining("w-00009");
+    w.creating("w-00008");
+    w.memory.create_started("w-00007", HASH, 0, w.t0);
+    w.memory.applied(
+        &Action::Remove {
+            id: ContainerId("id07".into()),
+            name: "w-00007".into(),
+            reason: RemoveReason::ScaleDown,
+        },
+        Some("w-00007"),
+        w.t0,
+    );
+    assert_eq!(w.plan().forget, vec!["w-00009".to_owned()]);
+}
