@@ -209,7 +209,7 @@ async fn a_sigkilled_haproxy_serves_again_with_its_servers_within_300ms() {
     let replicas: BTreeSet<String> = fixture.replica_addrs().into_keys().collect();
     let none = BTreeMap::new();
     let mut recoveries = Vec::new();
-    for round in 0..3 {
+    for round in 0..5 {
         let master = fixture.master_pid().expect("master pid");
         let pids = dockscale_e2e::haproxy::with_children(master);
         assert!(pids.len() >= 2, "a master and its worker: {pids:?}");
@@ -242,8 +242,9 @@ async fn a_sigkilled_haproxy_serves_again_with_its_servers_within_300ms() {
     sorted.sort();
     let (median, worst) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
     println!("HAProxy SIGKILL recovery: {recoveries:?}, median {median:?}, worst {worst:?}");
-    // The target is 300 ms; one round slowed by a busy machine (the suite runs tests side
-    // by side on 2 cores) does not fail the test, a slow median or a slow worst does.
+    // The target is 300 ms; rounds slowed by a busy machine (the suite runs tests side by
+    // side on 2 cores, and HAProxy's own start is CPU work) do not fail the test, a slow
+    // median of 5 or a slow worst does.
     assert!(
         median <= Duration::from_millis(300),
         "serving again took {median:?} in the median round (target 300ms): {recoveries:?}"
