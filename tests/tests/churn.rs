@@ -156,6 +156,78 @@ async fn six_kills_in_ten_seconds_are_each_replaced_within_a_second_without_a_fa
     controller.stop().await;
 }
 
+// Regression: requests HAProxy had written to a replica cut from its network waited
+// for `timeout server` (the soak's clients gave up after 10 s): the replica answers
+// nothing, not even a reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_cut_from_their_network_are_replaced_without_a_failed_request() {
+    let fixture = LbFixture::new("e2e-netcut");
+    fixture.write_spec(&fixture.lb_spec(3, "hello", ""));
+    let controller = RunningController::start(&fixture.lb_run_args(&[]));
+    let (original, _) = wait_for("3 replicas serving", Duration::from_secs(60), || {
+        let ids = running_ids(&fixture);
+        let up = dockscale_e2e::block(fixture.api().servers_state(&fixture.backend))
+            .map(|s| {
+                dockscale_e2e::haproxy::in_rotation(&s)
+                    .values()
+                    .filter(|up| **up)
+                    .count()
+            })
+            .unwrap_or(0);
+        if ids.len() == 3 && up == 3 {
+            Ok(ids)
+        } else {
+            Err((ids.len(), up))
+        }
+    })
+    .await;
+    let url = format!("http://{}/?delay=20", fixture.bind);
+    let load = KeepAliveLoad::start(&url, 8, Duration::from_secs(10), Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for victim in &original {
+        sh(
+            "docker",
+            &["network", "disconnect", &fixture.network, victim],
+        );
+        let (_, took) = wait_for("a replacement serving", Duration::from_secs(15), || {
+            let ids = running_ids(&fixture);
+            let up = dockscale_e2e::block(fixture.api().servers_state(&fixture.backend))
+                .map(|s| {
+                    dockscale_e2e::haproxy::in_rotation(&s)
+                        .values()
+                        .filter(|up| **up)
+                        .count()
+                })
+                .unwrap_or(0);
+            if ids.len() == 3 && !ids.contains(victim) && up == 3 {
+                Ok(())
+            } else {
+                Err((ids, up))
+            }
+        })
+        .await;
+        println!(
+            "{} cut from its network: replaced and serving in {took:?}",
+            &victim[..12]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let report = load.finish().await;
+    println!(
+        "3 network cuts: {} ok, failed {:?}; samples {:#?}",
+        report.ok, report.failed, report.samples
+    );
+    assert!(report.ok > 300, "the load ran: {} ok", report.ok);
+    assert_eq!(
+        report.failed_total(),
+        0,
+        "{:?}: {:#?}",
+        report.failed,
+        report.samples
+    );
+    controller.stop().await;
+}
+
 /// `dockscale run` arguments of a second controller for the same spec and lock
 /// directory, with its own state directory and port.
 fn second_controller_args(fixture: &Fixture, extra: &[&str]) -> Vec<String> {

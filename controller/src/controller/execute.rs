@@ -58,6 +58,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             let result: Result<(), LbError> = match action {
                 Action::Enable { slot, .. } if unassigned.contains(slot.as_str()) => continue,
                 Action::Release { slot } => self.lb.release(&backend, slot).await,
+                Action::Cut { slot, addr } => match self.lb.release(&backend, slot).await {
+                    Ok(()) => self.lb.sever(*addr).await.map(|cut| {
+                        if cut > 0 {
+                            tracing::info!(%addr, cut, "cut the connections to a vanished replica; their requests are retried elsewhere");
+                        }
+                    }),
+                    Err(e) => Err(e),
+                },
                 Action::Drain { slot, reason, id } => {
                     let r = self.lb.drain(&backend, slot).await;
                     let replica = name_of(id);

@@ -391,6 +391,10 @@ pub fn describe_plan(
                 "  drain server {backend}/{slot} ({}, {reason:?})",
                 name_of(id)
             ),
+            Action::Cut { slot, addr } => writeln!(
+                out,
+                "  release server {backend}/{slot} and cut its connections to {addr} (its replica is gone)"
+            ),
             Action::Release { slot } => {
                 writeln!(
                     out,

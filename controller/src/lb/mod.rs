@@ -135,6 +135,12 @@ pub trait LoadBalancer: Send + Sync + 'static {
         slot: &str,
     ) -> impl Future<Output = Result<(), LbError>> + Send;
 
+    /// Cuts this host's connections to `addr`, whose replica vanished without a word
+    /// (cut from its network, its node gone), so that the load balancer retries the
+    /// requests waiting on them elsewhere. Returns how many were cut; 0 where the load
+    /// balancer's connections cannot be reached from here.
+    fn sever(&self, addr: SocketAddrV4) -> impl Future<Output = Result<usize, LbError>> + Send;
+
     /// Takes a slot out of rotation and frees it: maintenance, weight 0.
     fn release(
         &self,
@@ -194,6 +200,9 @@ impl LoadBalancer for NoLoadBalancer {
     }
     async fn release(&self, _: &str, _: &str) -> Result<(), LbError> {
         Err(Self::error())
+    }
+    async fn sever(&self, _: SocketAddrV4) -> Result<usize, LbError> {
+        Ok(0)
     }
     async fn load(&self, _: &str) -> Result<BackendLoad, LbError> {
         Err(Self::error())

@@ -157,6 +157,11 @@ pub enum Action {
     },
     /// Take a slot out of rotation and free it (maintenance, weight 0).
     Release { slot: String },
+    /// The replica behind this slot is gone (it died, or was cut from its network):
+    /// take the slot out of rotation and free it, then cut the connections to its
+    /// address, so that requests waiting on a replica that vanished without a word are
+    /// retried elsewhere instead of waiting for `timeout server`.
+    Cut { slot: String, addr: SocketAddrV4 },
     /// Re-apply weight and maxconn to a serving slot whose options drifted.
     Reconfigure { slot: String },
     /// Take a paused replica's slot out of rotation, kept assigned (maintenance, weight
@@ -176,6 +181,7 @@ impl Action {
             Action::EnsureNetwork
             | Action::Create { .. }
             | Action::Release { .. }
+            | Action::Cut { .. }
             | Action::Reconfigure { .. } => None,
         }
     }

@@ -160,6 +160,7 @@ impl Memory {
             Action::EnsureNetwork
             | Action::Create { .. }
             | Action::Release { .. }
+            | Action::Cut { .. }
             | Action::Reconfigure { .. } => return,
         };
         if let Some(name) = name {

@@ -72,8 +72,8 @@ fn addr_of(spec: &ServiceSpec, r: &Replica) -> Option<SocketAddrV4> {
 }
 
 /// Step 2: pairs live replicas with the slots pointing at them. A slot in rotation
-/// that no live replica has the address of (a replica that died, or drift) is freed at
-/// once; two slots for one replica keep the one most in service.
+/// that no live replica has the address of is cut at once; two slots for one replica
+/// keep the one most in service.
 pub fn match_slots<'s>(input: &Input<'s>, live: &[&Replica], plan: &mut Plan) -> Matched<'s> {
     let mut matched = Matched::default();
     let (Some(_), Some(backend)) = (input.spec.load_balancer.as_ref(), input.backend) else {
@@ -102,7 +102,16 @@ pub fn match_slots<'s>(input: &Input<'s>, live: &[&Replica], plan: &mut Plan) ->
                     matched.slot_of.insert(r.id.clone(), slot);
                 }
             },
-            None if slot.admin != Admin::Maint => release(plan, slot),
+            // In rotation, but no live replica has that address: a replica that died,
+            // was cut from its network, or drift. Out of rotation at once, and its
+            // connections cut.
+            None if slot.admin != Admin::Maint => match slot.addr {
+                Some(addr) => plan.actions.push(Action::Cut {
+                    slot: slot.name.clone(),
+                    addr,
+                }),
+                None => release(plan, slot),
+            },
             None => matched.free.push(slot),
         }
     }

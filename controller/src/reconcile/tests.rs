@@ -419,7 +419,7 @@ fn a_drain_is_cut_short_after_the_drain_timeout() {
 }
 
 #[test]
-fn a_server_in_rotation_without_a_live_replica_is_released_at_once() {
+fn a_server_in_rotation_without_a_live_replica_is_cut_at_once() {
     // A replica died: Docker lists it exited, without an address.
     let mut w = World::new(testing::spec().replicas(2).lb().build())
         .with_replicas(1..=2, HASH)
@@ -428,8 +428,9 @@ fn a_server_in_rotation_without_a_live_replica_is_released_at_once() {
     w.replicas[1].ips.clear();
     w.replicas[1].exit_cause = Some(ExitCause::Own);
     let plan = w.plan();
-    assert!(plan.actions.contains(&Action::Release {
-        slot: "web2".into()
+    assert!(plan.actions.contains(&Action::Cut {
+        slot: "web2".into(),
+        addr: testing::addr(2),
     }));
     assert_eq!(removed(&plan), vec!["w-00002"]);
     assert_eq!(creates(&plan), 1);
@@ -446,8 +447,9 @@ fn an_exit_whose_cause_is_not_known_yet_holds_its_place_and_leaves_rotation() {
     let plan = w.plan();
     assert_eq!(
         plan.actions,
-        vec![Action::Release {
-            slot: "web2".into()
+        vec![Action::Cut {
+            slot: "web2".into(),
+            addr: testing::addr(2),
         }],
         "out of rotation now; removed and replaced once its cause is known"
     );
@@ -810,8 +812,9 @@ fn a_replica_that_lost_its_network_address_is_replaced() {
     w.replicas[1].ips.clear();
     let plan = w.plan();
     assert!(
-        plan.actions.contains(&Action::Release {
-            slot: "web2".into()
+        plan.actions.contains(&Action::Cut {
+            slot: "web2".into(),
+            addr: testing::addr(2),
         }),
         "out of rotation first"
     );

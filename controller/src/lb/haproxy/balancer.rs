@@ -469,6 +469,40 @@ impl LoadBalancer for HaproxyBalancer {
             .map_err(lb_error)
     }
 
+    async fn sever(&self, addr: SocketAddrV4) -> Result<usize, LbError> {
+        let local = match &self.inner.mode {
+            Mode::Managed(_) => true,
+            Mode::External => match self.inner.api.endpoint() {
+                Endpoint::Unix(_) => true,
+                Endpoint::Tcp(at) => {
+                    let host = at.rsplit_once(':').map_or(at.as_str(), |(h, _)| h);
+                    host == "localhost"
+                        || host
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                }
+            },
+        };
+        if !local {
+            return Ok(0);
+        }
+        let cut = tokio::task::spawn_blocking(move || super::sever::sever(addr))
+            .await
+            .map_err(|e| LbError::new(LbErrorKind::Refused, e.to_string()))?;
+        match cut {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                // Without CAP_NET_ADMIN requests on such connections wait for their
+                // timeout, as they would without dockscale: worth a warning, once.
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(error = %crate::report::Chain(&e), "cannot cut connections to vanished replicas; their requests wait for timeout server");
+                });
+                Ok(0)
+            }
+        }
+    }
+
     async fn release(&self, backend: &str, slot: &str) -> Result<(), LbError> {
         let api = &self.inner.api;
         api.set_server_state(backend, slot, AdminState::Maint)

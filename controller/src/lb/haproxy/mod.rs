@@ -5,12 +5,15 @@
 //! - [`stats`]: parsers for its `show servers state`, `show stat`, `show info` replies.
 //! - [`config`]: the managed configuration, rendered from the services.
 //! - [`managed`]: the managed HAProxy process: start, adopt, reload, supervise.
+//! - [`sever`]: this host's TCP connections to a vanished replica cut, so HAProxy
+//!   retries their requests elsewhere.
 //! - [`balancer`]: [`HaproxyBalancer`], the load balancer the controller drives.
 
 pub mod balancer;
 pub mod config;
 pub mod managed;
 pub mod runtime_api;
+pub mod sever;
 pub mod stats;
 
 pub use balancer::HaproxyBalancer;
