@@ -164,6 +164,9 @@ impl Autoscaler {
     }
 
     /// Takes one sample (`None`: the sample failed) taken at `now` and decides.
+    // One function on purpose: the HPA's steps in their order (demand, the raw
+    // recommendation, the tolerance band, the stabilization windows, the rate limits,
+    // the bounds), each feeding the next and the explanation, read top to bottom.
     pub fn observe(&mut self, now: Duration, sample: Option<BackendLoad>) -> Decision {
         let b = &self.config.behavior;
         let window = b.scale_up.period.get();

@@ -4,15 +4,17 @@
 
 use tokio::time::Instant;
 
-use crate::autoscale::Reason;
+use crate::autoscale::{Decision, Reason};
 use crate::controller::Controller;
 use crate::lb::LoadBalancer;
+use crate::model::backend::BackendLoad;
 use crate::runtime::ContainerRuntime;
-use crate::serve::status::EventType;
+use crate::serve::status::{AutoscalerStatus, EventType};
+use crate::spec::{Autoscale, Target};
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
-    /// The metrics tick: every autoscaled service samples its backend's load and its
-    /// autoscaler decides. A failed sample is passed on as a gap, never as a zero.
+    /// Every autoscaled service samples its backend's load and its autoscaler decides.
+    /// A failed sample is passed on as a gap, never as a zero.
     pub(super) async fn autoscale(&mut self) {
         let now = self.started.elapsed();
         let names: Vec<String> = self
@@ -35,41 +37,56 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 },
                 None => None,
             };
-            let Some(entry) = self.services.get_mut(&name) else {
-                continue;
-            };
-            let Some(autoscaler) = entry.autoscaler.as_mut() else {
+            let Some(autoscaler) = self
+                .services
+                .get_mut(&name)
+                .and_then(|e| e.autoscaler.as_mut())
+            else {
                 continue;
             };
             let decision = autoscaler.observe(now, sample);
             let config = autoscaler.config().clone();
-            let m = &self.metrics;
-            if let Some(load) = sample {
-                m.backend_scur.with_label_values(&[&name]).set(load.scur);
-                m.backend_qcur.with_label_values(&[&name]).set(load.qcur);
-                m.backend_qtime_seconds
-                    .with_label_values(&[&name])
-                    .set(load.qtime_ms / 1000.0);
-            }
-            if let Some(d) = decision.demand {
-                m.autoscaler_demand.with_label_values(&[&name]).set(d);
-            }
-            if let Some(r) = decision.recommendation {
-                m.autoscaler_recommendation
-                    .with_label_values(&[&name])
-                    .set(i64::from(r));
-            }
-            m.autoscaler_decisions_total
-                .with_label_values(&[&name, decision.reason.as_str()])
-                .inc();
-            m.autoscaler_max_replicas
-                .with_label_values(&[&name])
-                .set(i64::from(config.max_replicas));
-            for reason in Reason::ALL {
-                m.autoscaler_last_decision
-                    .with_label_values(&[&name, reason.as_str()])
-                    .set(i64::from(reason == decision.reason));
-            }
+            self.record_decision(&name, &config, sample, &decision);
+        }
+    }
+
+    /// A decision explained: metrics, a log line (repeats of a reason at debug level),
+    /// the status and, when the count changed, an event; the service woken to act.
+    fn record_decision(
+        &mut self,
+        name: &str,
+        config: &Autoscale,
+        sample: Option<BackendLoad>,
+        decision: &Decision,
+    ) {
+        let m = &self.metrics;
+        if let Some(load) = sample {
+            m.backend_scur.with_label_values(&[name]).set(load.scur);
+            m.backend_qcur.with_label_values(&[name]).set(load.qcur);
+            m.backend_qtime_seconds
+                .with_label_values(&[name])
+                .set(load.qtime_ms / 1000.0);
+        }
+        if let Some(d) = decision.demand {
+            m.autoscaler_demand.with_label_values(&[name]).set(d);
+        }
+        if let Some(r) = decision.recommendation {
+            m.autoscaler_recommendation
+                .with_label_values(&[name])
+                .set(i64::from(r));
+        }
+        m.autoscaler_decisions_total
+            .with_label_values(&[name, decision.reason.as_str()])
+            .inc();
+        m.autoscaler_max_replicas
+            .with_label_values(&[name])
+            .set(i64::from(config.max_replicas));
+        for reason in Reason::ALL {
+            m.autoscaler_last_decision
+                .with_label_values(&[name, reason.as_str()])
+                .set(i64::from(reason == decision.reason));
+        }
+        if let Some(entry) = self.services.get_mut(name) {
             let repeat = entry.last_reason == Some(decision.reason) && !decision.changed();
             entry.last_reason = Some(decision.reason);
             if repeat {
@@ -80,41 +97,39 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             if decision.changed() {
                 entry.wake(Instant::now());
             }
-            let wall = self.settings.clock.wall();
-            self.status.update(|s| {
-                let Some(svc) = s.services.get_mut(&name) else {
-                    return;
-                };
-                let last_scale_time = if decision.changed() {
-                    Some(wall)
-                } else {
-                    svc.autoscaler.as_ref().and_then(|a| a.last_scale_time)
-                };
-                svc.autoscaler = Some(crate::serve::status::AutoscalerStatus {
-                    min_replicas: config.min_replicas,
-                    max_replicas: config.max_replicas,
-                    target: match config.target {
-                        crate::spec::Target::InflightPerReplica(n) => {
-                            format!("inflight {n}/replica")
-                        }
-                        crate::spec::Target::QueueTimeMillis(ms) => format!("qtime {ms}ms"),
-                    },
-                    demand: decision.demand,
-                    recommendation: decision.recommendation,
-                    desired: decision.desired,
-                    reason: decision.reason.as_str().to_owned(),
-                    message: decision.message.clone(),
-                    last_scale_time,
-                });
-                if decision.changed() {
-                    svc.record(
-                        EventType::Normal,
-                        "Autoscaled",
-                        decision.message.clone(),
-                        wall,
-                    );
-                }
-            });
         }
+        let wall = self.settings.clock.wall();
+        self.status.update(|s| {
+            let Some(svc) = s.services.get_mut(name) else {
+                return;
+            };
+            let last_scale_time = if decision.changed() {
+                Some(wall)
+            } else {
+                svc.autoscaler.as_ref().and_then(|a| a.last_scale_time)
+            };
+            svc.autoscaler = Some(AutoscalerStatus {
+                min_replicas: config.min_replicas,
+                max_replicas: config.max_replicas,
+                target: match config.target {
+                    Target::InflightPerReplica(n) => format!("inflight {n}/replica"),
+                    Target::QueueTimeMillis(ms) => format!("qtime {ms}ms"),
+                },
+                demand: decision.demand,
+                recommendation: decision.recommendation,
+                desired: decision.desired,
+                reason: decision.reason.as_str().to_owned(),
+                message: decision.message.clone(),
+                last_scale_time,
+            });
+            if decision.changed() {
+                svc.record(
+                    EventType::Normal,
+                    "Autoscaled",
+                    decision.message.clone(),
+                    wall,
+                );
+            }
+        });
     }
 }

@@ -33,16 +33,42 @@ pub(crate) enum Done {
     },
 }
 
+/// An event for the service's status.
+type NewEvent = (EventType, &'static str, String);
+
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Applies a plan: load-balancer steps first, then Docker operations as background
     /// tasks. Returns what failed.
     pub(super) async fn execute(&mut self, name: &str, plan: &Plan) -> Vec<ReconcileError> {
+        let mut events = Vec::new();
+        let errors = self.apply_inline(name, plan, &mut events).await;
+        self.start_tasks(name, plan, &mut events);
+        if !events.is_empty() {
+            let now = self.settings.clock.wall();
+            self.status.update(|s| {
+                if let Some(svc) = s.services.get_mut(name) {
+                    for (kind, reason, message) in events {
+                        svc.record(kind, reason, message, now);
+                    }
+                }
+            });
+        }
+        errors
+    }
+
+    /// The plan's load-balancer steps and its network, in order; each step carried
+    /// out is applied to memory.
+    async fn apply_inline(
+        &mut self,
+        name: &str,
+        plan: &Plan,
+        events: &mut Vec<NewEvent>,
+    ) -> Vec<ReconcileError> {
         let mut errors = Vec::new();
-        let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
         let Some(entry) = self.services.get_mut(name) else {
             return errors;
         };
-        let spec = entry.spec.spec.clone();
+        let spec = &entry.spec.spec;
         let backend = spec
             .load_balancer
             .as_ref()
@@ -50,7 +76,6 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             .unwrap_or_default();
         let options = spec.load_balancer.as_ref().map(|lb| lb.server.clone());
         let name_of = |id: &ContainerId| self.store.name_of(id).map(str::to_owned);
-
         // A slot whose assignment failed in this pass is not enabled after it: it may
         // still hold another address.
         let mut unassigned: BTreeSet<&str> = BTreeSet::new();
@@ -58,18 +83,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             let result: Result<(), LbError> = match action {
                 Action::Enable { slot, .. } if unassigned.contains(slot.as_str()) => continue,
                 Action::Release { slot } => self.lb.release(&backend, slot).await,
-                Action::Cut { slot, addr } => match self.lb.release(&backend, slot).await {
-                    Ok(()) => self.lb.sever(*addr).await.map(|cut| {
-                        if cut > 0 {
-                            tracing::info!(%addr, cut, "cut the connections to a vanished replica; their requests are retried elsewhere");
-                        }
-                    }),
-                    Err(e) => Err(e),
-                },
+                Action::Cut { slot, addr } => cut(self.lb.as_ref(), &backend, slot, *addr).await,
                 Action::Drain { slot, reason, id } => {
                     let r = self.lb.drain(&backend, slot).await;
-                    let replica = name_of(id);
-                    let fresh = replica
+                    let fresh = name_of(id)
                         .as_deref()
                         .is_none_or(|n| entry.memory.draining_since(n).is_none());
                     if r.is_ok() && fresh {
@@ -122,10 +139,17 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 }
             }
         }
+        errors
+    }
 
-        // Docker operations, in the background. Nothing is created into a network that
-        // could not be ensured (the creates of this pass are lost then: their lines
-        // start afresh, and nothing is created meanwhile).
+    /// The plan's creates and removals, as background tasks. Nothing is created into a
+    /// network that could not be ensured (the creates of this pass are lost then: their
+    /// lines start afresh, and nothing is created meanwhile).
+    fn start_tasks(&mut self, name: &str, plan: &Plan, events: &mut Vec<NewEvent>) {
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        let spec = &entry.spec.spec;
         let network_ok = entry.memory.network_ready.as_deref() == Some(spec.network.as_str());
         for action in &plan.actions {
             match action {
@@ -174,9 +198,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         .container_stops_total
                         .with_label_values(&[name, reason.label()])
                         .inc();
-                    if let Some(event) = removal_event(replica, reason, &spec.network) {
-                        events.push(event);
-                    }
+                    events.extend(removal_event(replica, reason, &spec.network));
                     let runtime = self.runtime.clone();
                     let service = name.to_owned();
                     let (id, replica) = (id.clone(), replica.clone());
@@ -194,17 +216,6 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 _ => {}
             }
         }
-        if !events.is_empty() {
-            let now = self.settings.clock.wall();
-            self.status.update(|s| {
-                if let Some(svc) = s.services.get_mut(name) {
-                    for (kind, reason, message) in events {
-                        svc.record(kind, reason, message, now);
-                    }
-                }
-            });
-        }
-        errors
     }
 
     /// A background task ended.
@@ -218,56 +229,13 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// A Docker operation finished: its service's memory learns it, and the service
     /// looks again at once.
     fn finished(&mut self, done: Done) {
-        let wall = self.settings.clock.wall();
         let (service, event) = match done {
             Done::Created {
                 service,
                 name,
                 result,
             } => {
-                let Some(entry) = self.services.get_mut(&service) else {
-                    return;
-                };
-                entry.wake(Instant::now());
-                match &result {
-                    Ok(id) => self.store.touch(id.clone()),
-                    // A failed create may leave a container behind: read everything.
-                    Err(_) => self.store.invalidate(),
-                }
-                let result_label = if result.is_ok() { "ok" } else { "error" };
-                self.metrics
-                    .container_starts_total
-                    .with_label_values(&[service.as_str(), result_label])
-                    .inc();
-                let event = match result {
-                    Ok(id) => {
-                        entry.memory.created(&name);
-                        entry.create_error = None;
-                        (
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            format!("Created replica {name} ({id})"),
-                        )
-                    }
-                    Err(e) => {
-                        // A replica that cannot start counts as a crash of its line; a
-                        // missing image or an engine gone away is not its doing.
-                        let crash = !matches!(
-                            e,
-                            DockerError::ImageNotFound { .. } | DockerError::Unavailable(_)
-                        );
-                        let delay = entry.memory.create_failed(
-                            &name,
-                            &entry.template_hash,
-                            crash,
-                            Instant::now(),
-                            &self.settings.crash_backoff,
-                        );
-                        let (reason, message) = failed_create_event(&name, &e, delay);
-                        entry.create_error = Some(message.clone());
-                        (EventType::Warning, reason, message)
-                    }
-                };
+                let event = self.create_finished(&service, &name, result);
                 (service, event)
             }
             Done::Removed {
@@ -276,28 +244,88 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 id,
                 result,
             } => {
-                let Some(entry) = self.services.get_mut(&service) else {
-                    return;
-                };
-                self.store.touch(id);
-                entry.memory.removed(&name);
-                entry.wake(Instant::now());
-                let Err(e) = result else {
-                    return;
-                };
-                entry.failures += 1;
-                let message = format!(
-                    "Failed to remove replica {name}: {}",
-                    crate::report::chain(&e)
-                );
-                (service, (EventType::Warning, "FailedDelete", message))
+                let event = self.removal_finished(&service, &name, id, result);
+                (service, event)
             }
         };
+        let Some(event) = event else {
+            return;
+        };
+        let wall = self.settings.clock.wall();
         self.status.update(|s| {
             if let Some(svc) = s.services.get_mut(&service) {
                 svc.record(event.0, event.1, event.2, wall);
             }
         });
+    }
+
+    fn create_finished(
+        &mut self,
+        service: &str,
+        name: &str,
+        result: Result<ContainerId, DockerError>,
+    ) -> Option<NewEvent> {
+        let entry = self.services.get_mut(service)?;
+        entry.wake(Instant::now());
+        match &result {
+            Ok(id) => self.store.touch(id.clone()),
+            // A failed create may leave a container behind: read everything.
+            Err(_) => self.store.invalidate(),
+        }
+        let result_label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .container_starts_total
+            .with_label_values(&[service, result_label])
+            .inc();
+        Some(match result {
+            Ok(id) => {
+                entry.memory.created(name);
+                entry.create_error = None;
+                (
+                    EventType::Normal,
+                    "SuccessfulCreate",
+                    format!("Created replica {name} ({id})"),
+                )
+            }
+            Err(e) => {
+                // A replica that cannot start counts as a crash of its line; a missing
+                // image or an engine gone away is not its doing.
+                let crash = !matches!(
+                    e,
+                    DockerError::ImageNotFound { .. } | DockerError::Unavailable(_)
+                );
+                let delay = entry.memory.create_failed(
+                    name,
+                    &entry.template_hash,
+                    crash,
+                    Instant::now(),
+                    &self.settings.crash_backoff,
+                );
+                let (reason, message) = failed_create_event(name, &e, delay);
+                entry.create_error = Some(message.clone());
+                (EventType::Warning, reason, message)
+            }
+        })
+    }
+
+    fn removal_finished(
+        &mut self,
+        service: &str,
+        name: &str,
+        id: ContainerId,
+        result: Result<(), DockerError>,
+    ) -> Option<NewEvent> {
+        let entry = self.services.get_mut(service)?;
+        self.store.touch(id);
+        entry.memory.removed(name);
+        entry.wake(Instant::now());
+        let e = result.err()?;
+        entry.failures += 1;
+        let message = format!(
+            "Failed to remove replica {name}: {}",
+            crate::report::chain(&e)
+        );
+        Some((EventType::Warning, "FailedDelete", message))
     }
 
     /// Lets Docker operations in flight finish (a create half done would leave a
@@ -317,6 +345,21 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         }
         self.tasks.abort_all();
     }
+}
+
+/// A vanished replica's slot: out of rotation first, then its connections cut.
+async fn cut<L: LoadBalancer>(
+    lb: &L,
+    backend: &str,
+    slot: &str,
+    addr: std::net::SocketAddrV4,
+) -> Result<(), LbError> {
+    lb.release(backend, slot).await?;
+    let cut = lb.sever(addr).await?;
+    if cut > 0 {
+        tracing::info!(%addr, cut, "cut the connections to a vanished replica; their requests are retried elsewhere");
+    }
+    Ok(())
 }
 
 /// The event of a removal (an exit is reported when it is judged, not here).

@@ -98,96 +98,70 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Re-reads the spec paths. A spec that does not validate changes nothing: the last
     /// good spec stays in force and the error is logged and shown in status.
     pub(super) async fn reload(&mut self, changed: bool) {
-        let loaded = match manifest::load(&self.settings.paths) {
-            Ok(loaded) => loaded,
-            Err(errors) => {
-                self.metrics
-                    .spec_reloads_total
-                    .with_label_values(&["invalid"])
-                    .inc();
-                self.metrics.spec_valid.set(0);
-                let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                let is_new = self.status.read().spec_errors != lines;
-                if is_new || changed {
-                    for line in &lines {
-                        tracing::error!("spec rejected, last good spec kept: {line}");
-                    }
+        match manifest::load(&self.settings.paths) {
+            Ok(loaded) => {
+                if self.spec_accepted(loaded) {
+                    self.configure_lb().await;
                 }
-                let now = self.settings.clock.wall();
-                let message = lines.join("; ");
-                self.status.update(|s| {
-                    s.spec_errors = lines.clone();
-                    for svc in s.services.values_mut() {
-                        if svc.set_condition(
-                            ConditionType::SpecInvalid,
-                            true,
-                            "ValidationFailed",
-                            &message,
-                            now,
-                        ) {
-                            svc.record(
-                                EventType::Warning,
-                                "SpecInvalid",
-                                format!("spec rejected, last good spec kept: {message}"),
-                                now,
-                            );
-                        }
-                    }
-                });
-                return;
             }
-        };
+            Err(errors) => self.spec_rejected(&errors, changed),
+        }
+    }
+
+    /// A spec that does not validate: logged (once per new error, or on every edit),
+    /// counted, and `SpecInvalid` on every service.
+    fn spec_rejected(&mut self, errors: &manifest::SpecErrors, changed: bool) {
+        self.metrics
+            .spec_reloads_total
+            .with_label_values(&["invalid"])
+            .inc();
+        self.metrics.spec_valid.set(0);
+        let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        let is_new = self.status.read().spec_errors != lines;
+        if is_new || changed {
+            for line in &lines {
+                tracing::error!("spec rejected, last good spec kept: {line}");
+            }
+        }
+        let now = self.settings.clock.wall();
+        let message = lines.join("; ");
+        self.status.update(|s| {
+            s.spec_errors = lines.clone();
+            for svc in s.services.values_mut() {
+                if svc.set_condition(
+                    ConditionType::SpecInvalid,
+                    true,
+                    "ValidationFailed",
+                    &message,
+                    now,
+                ) {
+                    svc.record(
+                        EventType::Warning,
+                        "SpecInvalid",
+                        format!("spec rejected, last good spec kept: {message}"),
+                        now,
+                    );
+                }
+            }
+        });
+    }
+
+    /// A spec that validates: changed services take their new spec, new ones are
+    /// added, those whose document went away are removed (their replicas first).
+    /// Returns whether anything changed.
+    fn spec_accepted(&mut self, loaded: Vec<manifest::LoadedService>) -> bool {
         self.metrics
             .spec_reloads_total
             .with_label_values(&["ok"])
             .inc();
         self.metrics.spec_valid.set(1);
-        let now = self.settings.clock.wall();
         let mut seen = BTreeSet::new();
         let mut any_change = false;
         for l in loaded {
-            let name = l.service.name().to_owned();
-            seen.insert(name.clone());
-            match self.services.get_mut(&name) {
-                Some(entry) if entry.spec == l.service && !entry.deleting => {}
-                Some(entry) => {
-                    any_change = true;
-                    let old_replicas = entry.spec.spec.replicas;
-                    entry.template_hash = template_hash(&l.service.spec);
-                    entry.spec = l.service;
-                    entry.deleting = false;
-                    entry.failures = 0;
-                    entry.create_error = None;
-                    entry.wake(Instant::now());
-                    let change = replicas_change(
-                        old_replicas,
-                        entry.spec.spec.replicas,
-                        entry.spec.spec.autoscale.is_some(),
-                    );
-                    self.status.update(|s| {
-                        if let Some(svc) = s.services.get_mut(&name) {
-                            svc.generation += 1;
-                            svc.deleting = false;
-                            svc.record(
-                                EventType::Normal,
-                                "SpecChanged",
-                                format!("spec generation {} loaded{change}", svc.generation),
-                                now,
-                            );
-                        }
-                    });
-                }
-                None => {
-                    any_change = true;
-                    tracing::info!(service = %name, "new service");
-                    self.services.insert(name.clone(), Entry::new(l.service));
-                    self.status.update(|s| {
-                        s.services
-                            .insert(name.clone(), ServiceStatus::new(&name, now));
-                    });
-                }
-            }
+            seen.insert(l.service.name().to_owned());
+            any_change |= self.service_loaded(l.service);
         }
+        let now = self.settings.clock.wall();
         for (name, entry) in self.services.iter_mut() {
             if !seen.contains(name) && !entry.deleting {
                 any_change = true;
@@ -216,9 +190,51 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 svc.set_condition(ConditionType::SpecInvalid, false, "Valid", "", now);
             }
         });
-        if any_change {
-            self.configure_lb().await;
+        any_change
+    }
+
+    /// One service of a spec that validates: new, changed (a new generation), or the
+    /// same. Returns whether it is new or changed.
+    fn service_loaded(&mut self, service: ScaledService) -> bool {
+        let name = service.name().to_owned();
+        let now = self.settings.clock.wall();
+        let Some(entry) = self.services.get_mut(&name) else {
+            tracing::info!(service = %name, "new service");
+            self.services.insert(name.clone(), Entry::new(service));
+            self.status.update(|s| {
+                s.services
+                    .insert(name.clone(), ServiceStatus::new(&name, now));
+            });
+            return true;
+        };
+        if entry.spec == service && !entry.deleting {
+            return false;
         }
+        let old_replicas = entry.spec.spec.replicas;
+        entry.template_hash = template_hash(&service.spec);
+        entry.spec = service;
+        entry.deleting = false;
+        entry.failures = 0;
+        entry.create_error = None;
+        entry.wake(Instant::now());
+        let change = replicas_change(
+            old_replicas,
+            entry.spec.spec.replicas,
+            entry.spec.spec.autoscale.is_some(),
+        );
+        self.status.update(|s| {
+            if let Some(svc) = s.services.get_mut(&name) {
+                svc.generation += 1;
+                svc.deleting = false;
+                svc.record(
+                    EventType::Normal,
+                    "SpecChanged",
+                    format!("spec generation {} loaded{change}", svc.generation),
+                    now,
+                );
+            }
+        });
+        true
     }
 
     /// Hands the load balancer the services it should serve, when that set changed.

@@ -84,23 +84,7 @@ pub fn classify<'a>(input: &Input<'a>, memory: &Memory, plan: &mut Plan) -> Sort
                 }
                 Some(cause) => {
                     if !memory.exit_judged(&r.name) {
-                        // Judged before the plan goes on, so that the pass removing a
-                        // crashed replica already holds its line's replacement back.
-                        let exit = ExitRecord {
-                            name: r.name.clone(),
-                            code: r.exit_code(),
-                            cause,
-                            ran_for: age,
-                        };
-                        let (verdict, vacancy) = crash_loop::judge(
-                            &exit,
-                            memory.restarts(&r.name),
-                            &r.template_hash,
-                            now.instant,
-                            input.backoff,
-                        );
-                        sorted.vacant.extend(vacancy);
-                        plan.exits.push(JudgedExit { exit, verdict });
+                        judge_exit(input, memory, r, cause, &mut sorted, plan);
                     }
                     remove(
                         plan,
@@ -114,9 +98,25 @@ pub fn classify<'a>(input: &Input<'a>, memory: &Memory, plan: &mut Plan) -> Sort
         }
     }
 
-    // Creates in flight. The executor wakes the service when a create finishes, so they
-    // need no polling (which would only compete with the engine for its list calls); an
-    // expectation that never resolves is looked at again when it expires.
+    count_creates(input, memory, &mut sorted, plan);
+
+    // What dockscale remembers of containers that are gone (removed from outside, or
+    // never listed again) is forgotten; creates and removals in flight end with their
+    // completion.
+    for (name, tracked) in &memory.replicas {
+        let in_flight = matches!(tracked.phase, Phase::Creating { .. } | Phase::Stopping);
+        if !in_flight && !input.replicas.iter().any(|r| &r.name == name) {
+            plan.forget.push(name.clone());
+        }
+    }
+    sorted
+}
+
+/// Creates in flight. The executor wakes the service when a create finishes, so they
+/// need no polling (which would only compete with the engine for its list calls); an
+/// expectation that never resolves is looked at again when it expires.
+fn count_creates(input: &Input<'_>, memory: &Memory, sorted: &mut Sorted<'_>, plan: &mut Plan) {
+    let now = input.now;
     let mut oldest = None;
     for (name, since, hash) in memory.creating() {
         sorted.in_flight += 1;
@@ -133,15 +133,31 @@ pub fn classify<'a>(input: &Input<'a>, memory: &Memory, plan: &mut Plan) -> Sort
     if let Some(oldest) = oldest {
         plan.requeue((oldest + CREATE_EXPECTATION_TIMEOUT).saturating_duration_since(now.instant));
     }
+}
 
-    // What dockscale remembers of containers that are gone (removed from outside, or
-    // never listed again) is forgotten; creates and removals in flight end with their
-    // completion.
-    for (name, tracked) in &memory.replicas {
-        let in_flight = matches!(tracked.phase, Phase::Creating { .. } | Phase::Stopping);
-        if !in_flight && !input.replicas.iter().any(|r| &r.name == name) {
-            plan.forget.push(name.clone());
-        }
-    }
-    sorted
+/// An exit seen for the first time, judged before the plan goes on, so that the pass
+/// removing a crashed replica already holds its line's replacement back.
+fn judge_exit(
+    input: &Input<'_>,
+    memory: &Memory,
+    r: &Replica,
+    cause: crate::model::replica::ExitCause,
+    sorted: &mut Sorted<'_>,
+    plan: &mut Plan,
+) {
+    let exit = ExitRecord {
+        name: r.name.clone(),
+        code: r.exit_code(),
+        cause,
+        ran_for: age_of(r, input.now),
+    };
+    let (verdict, vacancy) = crash_loop::judge(
+        &exit,
+        memory.restarts(&r.name),
+        &r.template_hash,
+        input.now.instant,
+        input.backoff,
+    );
+    sorted.vacant.extend(vacancy);
+    plan.exits.push(JudgedExit { exit, verdict });
 }

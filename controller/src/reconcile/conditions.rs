@@ -93,12 +93,22 @@ fn flips(previous: &ServiceStatus, kind: ConditionType, status: bool) -> bool {
 /// Conditions, events and back-off lines after `plan`, given the status before it.
 pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Update {
     let mut update = Update::default();
-    let counts = plan.counts;
-    let spec = ctx.spec;
-    let hash = ctx.template_hash;
+    scaling(plan, ctx, &mut update);
+    available(plan, ctx, &mut update);
+    progressing(plan, ctx, previous, &mut update);
+    update.back_off = back_off(plan, ctx);
+    replica_failure(plan, ctx, previous, &mut update);
+    if ctx.spec.load_balancer.is_some() {
+        load_balancer_synced(plan, ctx, previous, &mut update);
+    }
+    update
+}
 
-    // Scaling: the first pass compares with what runs, so a new service is scaled up
-    // from 0 and a restarted controller that adopts the same count says nothing.
+/// Scaling and operator holds, as events. The first pass compares with what runs, so a
+/// new service is scaled up from 0 and a restarted controller that adopts the same
+/// count says nothing.
+fn scaling(plan: &Plan, ctx: &Context<'_>, update: &mut Update) {
+    let counts = plan.counts;
     let prev = ctx.last_desired.unwrap_or(counts.current);
     if prev != counts.desired {
         let verb = if counts.desired > prev { "up" } else { "down" };
@@ -118,8 +128,14 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
             ));
         }
     }
+}
 
-    let min_available = counts.desired.saturating_sub(spec.rollout.max_unavailable);
+/// At least `desired - maxUnavailable` ready.
+fn available(plan: &Plan, ctx: &Context<'_>, update: &mut Update) {
+    let counts = plan.counts;
+    let min_available = counts
+        .desired
+        .saturating_sub(ctx.spec.rollout.max_unavailable);
     let available = counts.ready >= min_available;
     update.conditions.push(ConditionValue {
         kind: ConditionType::Available,
@@ -134,8 +150,13 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
             counts.ready, counts.desired
         ),
     });
+}
 
-    // Progressing, like a Deployment's.
+/// Progressing, like a Deployment's: stalled past its deadline, settled on the new
+/// template (a completed rollout says so once), or on its way.
+fn progressing(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus, update: &mut Update) {
+    let counts = plan.counts;
+    let hash = ctx.template_hash;
     let stalled = plan
         .notes
         .iter()
@@ -144,14 +165,14 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
         && counts.current == counts.desired
         && counts.pending == 0
         && counts.terminating == 0;
-    let (progressing, reason, message) = if stalled {
+    let (status, reason, message) = if stalled {
         (
             false,
             "ProgressDeadlineExceeded",
             format!(
                 "template {hash} made no progress for {}: {} of {} updated replicas ready; \
                  the old replicas keep serving",
-                spec.rollout.progress_deadline, counts.ready_updated, counts.desired
+                ctx.spec.rollout.progress_deadline, counts.ready_updated, counts.desired
             ),
         )
     } else if settled {
@@ -173,7 +194,7 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
     let was_complete = previous
         .condition(ConditionType::Progressing)
         .is_some_and(|c| c.reason == "NewReplicasAvailable");
-    if stalled && flips(previous, ConditionType::Progressing, progressing) {
+    if stalled && flips(previous, ConditionType::Progressing, status) {
         update.events.push(NewEvent::warning(
             "ProgressDeadlineExceeded",
             message.clone(),
@@ -187,20 +208,19 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
     }
     update.conditions.push(ConditionValue {
         kind: ConditionType::Progressing,
-        status: progressing,
+        status,
         reason,
         message,
     });
+}
 
-    // ReplicaFailure: a missing image, lines backing off, a failed create, or lines
-    // that crashed at least twice and whose replacement is not serving yet (the loop is
-    // still on until the service is fully ready again).
+/// The lines backing off, for the status API.
+fn back_off(plan: &Plan, ctx: &Context<'_>) -> Vec<BackOffStatus> {
     let held = plan.notes.iter().find_map(|n| match n {
         Note::CrashLoopBackOff { held } => Some(held),
         _ => None,
     });
-    update.back_off = held
-        .into_iter()
+    held.into_iter()
         .flatten()
         .map(|v| BackOffStatus {
             replica: v.last_exit.name.clone(),
@@ -210,7 +230,14 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
             restarts: v.restarts,
             next_replacement: ctx.wall + v.not_before.saturating_duration_since(ctx.now),
         })
-        .collect();
+        .collect()
+}
+
+/// ReplicaFailure: a missing image (an event the first time), lines backing off, a
+/// failed create, or lines that crashed at least twice and whose replacement is not
+/// serving yet (the loop is still on until the service is fully ready again).
+fn replica_failure(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus, update: &mut Update) {
+    let counts = plan.counts;
     let looping = ctx
         .memory
         .replicas
@@ -228,25 +255,7 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
                      load it"
                 ),
             )),
-            Note::CrashLoopBackOff { held } => Some((
-                "CrashLoopBackOff",
-                format!(
-                    "{} replica line(s) backing off: {}",
-                    held.len(),
-                    held.iter()
-                        .map(|v| format!(
-                            "{} {} ({} crashes in a row; next replacement in {})",
-                            v.last_exit.name,
-                            v.last_exit.describe(),
-                            v.restarts,
-                            humantime::format_duration(Duration::from_secs(
-                                v.not_before.saturating_duration_since(ctx.now).as_secs()
-                            ))
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            )),
+            Note::CrashLoopBackOff { held } => Some(("CrashLoopBackOff", backing_off(held, ctx))),
             _ => None,
         })
         .or_else(|| ctx.create_error.map(|m| ("FailedCreate", m.to_owned())))
@@ -261,79 +270,102 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
                 )
             })
         });
-    match failure {
-        Some((reason, message)) => {
-            let was = previous
-                .condition(ConditionType::ReplicaFailure)
-                .map(|c| (c.status, c.reason.as_str()));
-            if reason == "ImageNotFound" && was != Some((true, reason)) {
-                update
-                    .events
-                    .push(NewEvent::warning(reason, message.clone()));
-            }
-            update.conditions.push(ConditionValue {
-                kind: ConditionType::ReplicaFailure,
-                status: true,
-                reason,
-                message,
-            });
-        }
-        None => update.conditions.push(ConditionValue {
+    let Some((reason, message)) = failure else {
+        update.conditions.push(ConditionValue {
             kind: ConditionType::ReplicaFailure,
             status: false,
             reason: "",
             message: String::new(),
-        }),
+        });
+        return;
+    };
+    let was = previous
+        .condition(ConditionType::ReplicaFailure)
+        .map(|c| (c.status, c.reason.as_str()));
+    if reason == "ImageNotFound" && was != Some((true, reason)) {
+        update
+            .events
+            .push(NewEvent::warning(reason, message.clone()));
     }
+    update.conditions.push(ConditionValue {
+        kind: ConditionType::ReplicaFailure,
+        status: true,
+        reason,
+        message,
+    });
+}
 
-    // LoadBalancerSynced.
-    if spec.load_balancer.is_some() {
-        let problem = ctx
-            .lb_config_error
-            .map(|m| ("ConfigureFailed", m.to_owned()))
-            .or_else(|| {
-                plan.notes.iter().find_map(|n| match n {
-                    Note::BackendUnavailable { reason, message } => {
-                        Some((*reason, message.clone()))
-                    }
-                    _ => None,
-                })
+/// `2 replica line(s) backing off: w-abcde exited (code 1) after running 2s (3 crashes
+/// in a row; next replacement in 20s); ...`
+fn backing_off(held: &[super::Vacancy], ctx: &Context<'_>) -> String {
+    let lines: Vec<String> = held
+        .iter()
+        .map(|v| {
+            let wait = v.not_before.saturating_duration_since(ctx.now).as_secs();
+            format!(
+                "{} {} ({} crashes in a row; next replacement in {})",
+                v.last_exit.name,
+                v.last_exit.describe(),
+                v.restarts,
+                humantime::format_duration(Duration::from_secs(wait))
+            )
+        })
+        .collect();
+    format!(
+        "{} replica line(s) backing off: {}",
+        held.len(),
+        lines.join("; ")
+    )
+}
+
+/// LoadBalancerSynced: the configuration failed, the backend could not be read, a
+/// replica waits for a free slot, or a command failed (an event when it turns false).
+fn load_balancer_synced(
+    plan: &Plan,
+    ctx: &Context<'_>,
+    previous: &ServiceStatus,
+    update: &mut Update,
+) {
+    let noted = |f: &dyn Fn(&Note) -> Option<(&'static str, String)>| plan.notes.iter().find_map(f);
+    let problem = ctx
+        .lb_config_error
+        .map(|m| ("ConfigureFailed", m.to_owned()))
+        .or_else(|| {
+            noted(&|n| match n {
+                Note::BackendUnavailable { reason, message } => Some((*reason, message.clone())),
+                _ => None,
             })
-            .or_else(|| {
-                plan.notes.iter().find_map(|n| match n {
-                    Note::NoFreeSlot { backend, waiting } => Some((
-                        "NoFreeSlot",
-                        format!(
-                            "backend {backend} has no free server slot for {waiting} replica(s)"
-                        ),
-                    )),
-                    _ => None,
-                })
+        })
+        .or_else(|| {
+            noted(&|n| match n {
+                Note::NoFreeSlot { backend, waiting } => Some((
+                    "NoFreeSlot",
+                    format!("backend {backend} has no free server slot for {waiting} replica(s)"),
+                )),
+                _ => None,
             })
-            .or_else(|| ctx.lb_errors.first().map(|e| ("CommandFailed", e.clone())));
-        match problem {
-            Some((reason, message)) => {
-                if flips(previous, ConditionType::LoadBalancerSynced, false) {
-                    update
-                        .events
-                        .push(NewEvent::warning(reason, message.clone()));
-                }
-                update.conditions.push(ConditionValue {
-                    kind: ConditionType::LoadBalancerSynced,
-                    status: false,
-                    reason,
-                    message,
-                });
-            }
-            None => update.conditions.push(ConditionValue {
-                kind: ConditionType::LoadBalancerSynced,
-                status: true,
-                reason: "Synced",
-                message: "the backend's servers in rotation are the ready replicas".to_owned(),
-            }),
-        }
+        })
+        .or_else(|| ctx.lb_errors.first().map(|e| ("CommandFailed", e.clone())));
+    let Some((reason, message)) = problem else {
+        update.conditions.push(ConditionValue {
+            kind: ConditionType::LoadBalancerSynced,
+            status: true,
+            reason: "Synced",
+            message: "the backend's servers in rotation are the ready replicas".to_owned(),
+        });
+        return;
+    };
+    if flips(previous, ConditionType::LoadBalancerSynced, false) {
+        update
+            .events
+            .push(NewEvent::warning(reason, message.clone()));
     }
-    update
+    update.conditions.push(ConditionValue {
+        kind: ConditionType::LoadBalancerSynced,
+        status: false,
+        reason,
+        message,
+    });
 }
 
 #[cfg(test)]
