@@ -47,18 +47,24 @@ impl ReconcileError {
 ///   configuration HAProxy rejects, a refusal) backs off from 500 ms to a minute.
 pub fn error_policy(e: &ReconcileError, failures: u32) -> Option<Duration> {
     match e {
-        ReconcileError::Runtime(DockerError::Unavailable(_))
-        | ReconcileError::Network {
-            source: DockerError::Unavailable(_),
-            ..
-        } => Some(engine_backoff(failures)),
-        ReconcileError::Runtime(DockerError::ImageNotFound { .. }) => None,
+        ReconcileError::Runtime(e) | ReconcileError::Network { source: e, .. } => {
+            runtime_policy(e, failures)
+        }
         ReconcileError::LoadBalancer(e) if e.kind == LbErrorKind::Unreachable => {
             Some(engine_backoff(failures))
         }
-        ReconcileError::Runtime(_)
-        | ReconcileError::Network { .. }
-        | ReconcileError::LoadBalancer(_) => Some(error_backoff(failures)),
+        ReconcileError::LoadBalancer(_) => Some(error_backoff(failures)),
+    }
+}
+
+/// [`error_policy`] for a Docker error (a failed create waits by it too).
+pub fn runtime_policy(e: &DockerError, failures: u32) -> Option<Duration> {
+    match e {
+        DockerError::Unavailable(_) => Some(engine_backoff(failures)),
+        DockerError::ImageNotFound { .. } => None,
+        DockerError::NetworkNotFound { .. } | DockerError::Api { .. } => {
+            Some(error_backoff(failures))
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::controller::error::ReconcileError;
+use crate::controller::error::{error_backoff, runtime_policy, ReconcileError};
 use crate::controller::Controller;
 use crate::lb::{LbError, LoadBalancer};
 use crate::model::replica::{replica_name, ContainerId};
@@ -288,19 +288,32 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 )
             }
             Err(e) => {
-                // A replica that cannot start counts as a crash of its line; a missing
-                // image or an engine gone away is not its doing.
+                // A replica that cannot start counts as a crash of its line. A missing
+                // image, a missing network or an engine gone away is not its doing:
+                // every create would fail alike, so creates wait (a missing network is
+                // ensured again first).
                 let crash = !matches!(
                     e,
-                    DockerError::ImageNotFound { .. } | DockerError::Unavailable(_)
+                    DockerError::ImageNotFound { .. }
+                        | DockerError::Unavailable(_)
+                        | DockerError::NetworkNotFound { .. }
                 );
+                let now = Instant::now();
                 let delay = entry.memory.create_failed(
                     name,
                     &entry.template_hash,
                     crash,
-                    Instant::now(),
+                    now,
                     &self.settings.crash_backoff,
                 );
+                if !crash {
+                    if matches!(e, DockerError::NetworkNotFound { .. }) {
+                        entry.memory.network_ready = None;
+                    }
+                    let wait = runtime_policy(&e, entry.memory.create_failures + 1)
+                        .unwrap_or(Duration::from_secs(1));
+                    entry.memory.hold_creates(now + wait);
+                }
                 let (reason, message) = failed_create_event(name, &e, delay);
                 entry.create_error = Some(message.clone());
                 (EventType::Warning, reason, message)
@@ -317,10 +330,15 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     ) -> Option<NewEvent> {
         let entry = self.services.get_mut(service)?;
         self.store.touch(id);
-        entry.memory.removed(name);
-        entry.wake(Instant::now());
-        let e = result.err()?;
-        entry.failures += 1;
+        let Err(e) = result else {
+            entry.memory.removed(name);
+            entry.wake(Instant::now());
+            return None;
+        };
+        // Tried again with a back-off of its own, not in a hot loop.
+        let retry_at = Instant::now() + error_backoff(entry.memory.stop_failures(name));
+        entry.memory.removal_failed(name, retry_at);
+        entry.wake(retry_at);
         let message = format!(
             "Failed to remove replica {name}: {}",
             crate::report::chain(&e)

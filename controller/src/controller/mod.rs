@@ -33,6 +33,8 @@ pub mod events;
 pub mod execute;
 pub mod observe;
 pub mod pass;
+#[cfg(test)]
+mod scenarios;
 pub mod services;
 pub mod store;
 pub mod watch;

@@ -149,7 +149,15 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             entry.memory.apply_plan(&plan);
         }
         self.report_exits(name, &plan);
-        let errors = self.execute(name, &plan).await;
+        self.leave_old_backends(name, listed).await;
+        let mut errors = self.execute(name, &plan).await;
+        // A backend that could not be read is a failed pass too: it is looked at again
+        // as its cause says (HAProxy restarting: within 2 s), not at the next resync.
+        if let Err(e) = &observed.backend {
+            if e.kind != crate::lb::LbErrorKind::NotInUse {
+                errors.push(ReconcileError::LoadBalancer(e.clone()));
+            }
+        }
 
         let Some(entry) = self.services.get_mut(name) else {
             return;
@@ -208,6 +216,47 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             self.status.update(|s| s.services.remove(name));
             self.metrics.forget_service(name);
             self.configure_lb().await;
+        }
+    }
+
+    /// The backends the service left: the servers pointing at its replicas leave
+    /// rotation (an external HAProxy keeps a backend the spec no longer names; managed
+    /// mode drops it at its reload). A backend that is gone is forgotten; one that
+    /// cannot be read now is tried again next pass.
+    async fn leave_old_backends(&mut self, name: &str, listed: &[Replica]) {
+        let Some(entry) = self.services.get(name) else {
+            return;
+        };
+        if entry.left_backends.is_empty() {
+            return;
+        }
+        let ours: std::collections::BTreeSet<std::net::Ipv4Addr> = listed
+            .iter()
+            .filter(|r| r.service == name)
+            .flat_map(|r| r.ips.values().copied())
+            .collect();
+        let mut done = Vec::new();
+        for backend in entry.left_backends.clone() {
+            match self.lb.backend(&backend).await {
+                Ok(b) => {
+                    for slot in &b.slots {
+                        let in_rotation = slot.admin != crate::model::backend::Admin::Maint;
+                        let ours = slot.addr.is_some_and(|a| ours.contains(a.ip()));
+                        if in_rotation && ours {
+                            if let Err(e) = self.lb.release(&backend, &slot.name).await {
+                                tracing::warn!(error = %crate::report::Chain(&e), %backend, slot = %slot.name, "releasing a server of a backend the service left");
+                            }
+                        }
+                    }
+                    tracing::info!(service = name, %backend, "left the backend: its servers are out of rotation");
+                    done.push(backend);
+                }
+                Err(e) if e.kind == crate::lb::LbErrorKind::Unreachable => {}
+                Err(_) => done.push(backend),
+            }
+        }
+        if let Some(entry) = self.services.get_mut(name) {
+            entry.left_backends.retain(|b| !done.contains(b));
         }
     }
 

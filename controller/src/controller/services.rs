@@ -38,6 +38,9 @@ pub(crate) struct Entry {
     pub autoscaler: Option<Autoscaler>,
     /// The autoscaler's last decision reason, to log repeats at debug level.
     pub last_reason: Option<Reason>,
+    /// Backends the service left (its `loadBalancer.backend` changed, or the section was
+    /// removed): the servers dockscale filled there leave rotation.
+    pub left_backends: Vec<String>,
 }
 
 impl Entry {
@@ -53,6 +56,7 @@ impl Entry {
             create_error: None,
             autoscaler: None,
             last_reason: None,
+            left_backends: Vec::new(),
         }
     }
 
@@ -211,6 +215,17 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             return false;
         }
         let old_replicas = entry.spec.spec.replicas;
+        let backend_of = |s: &ScaledService| {
+            s.spec
+                .load_balancer
+                .as_ref()
+                .map(|lb| lb.backend.to_string())
+        };
+        if let Some(old) = backend_of(&entry.spec) {
+            if backend_of(&service).as_ref() != Some(&old) {
+                entry.left_backends.push(old);
+            }
+        }
         entry.template_hash = template_hash(&service.spec);
         entry.spec = service;
         entry.deleting = false;
@@ -266,10 +281,21 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         }
                     }
                 });
+                let recovered = self.lb_state.failures > 0;
                 self.lb_state = LbState {
                     configured: Some(wanted),
                     ..LbState::default()
                 };
+                // Configured again after failing: the services it serves catch up now,
+                // not at their next resync.
+                if recovered {
+                    let now = Instant::now();
+                    for entry in self.services.values_mut() {
+                        if entry.spec.spec.load_balancer.is_some() {
+                            entry.wake(now);
+                        }
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(error = %crate::report::Chain(&e), "configuring the load balancer");

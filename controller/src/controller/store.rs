@@ -73,6 +73,9 @@ pub struct ReplicaStore {
     /// Unix ns since the event stream has been connected without a break; `None`
     /// while it is down. A container created since then has its `die` delivered.
     events_since_ns: Option<i64>,
+    /// Containers read running since the stream was connected: their `die` is
+    /// delivered too (an adopted replica that crashes later, say).
+    seen_running: BTreeSet<ContainerId>,
 }
 
 impl ReplicaStore {
@@ -95,7 +98,15 @@ impl ReplicaStore {
     /// without events.
     pub fn events_lost(&mut self) {
         self.events_since_ns = None;
+        self.seen_running.clear();
         self.invalidate();
+    }
+
+    /// A container was read: while events flow, one read running will have its `die`.
+    fn saw(&mut self, r: &Replica) {
+        if self.events_since_ns.is_some() && r.state == ContainerState::Running {
+            self.seen_running.insert(r.id.clone());
+        }
     }
 
     /// Something happened to this container: read it again before the next plan.
@@ -155,18 +166,23 @@ impl ReplicaStore {
 
     /// A full list: the store becomes exactly that.
     pub fn listed(&mut self, replicas: Vec<Replica>) {
+        for r in &replicas {
+            self.saw(r);
+        }
         self.replicas = replicas.into_iter().map(|r| (r.id.clone(), r)).collect();
         self.complete = true;
         let known = &self.replicas;
         self.signals.retain(|id, _| known.contains_key(id));
         self.exits.retain(|id, _| known.contains_key(id));
         self.unexplained.retain(|id, _| known.contains_key(id));
+        self.seen_running.retain(|id| known.contains_key(id));
     }
 
     /// One container read again: `None` means it is gone.
     pub fn inspected(&mut self, id: ContainerId, replica: Option<Replica>) {
         match replica {
             Some(r) => {
+                self.saw(&r);
                 self.replicas.insert(id, r);
             }
             None => {
@@ -174,6 +190,7 @@ impl ReplicaStore {
                 self.signals.remove(&id);
                 self.exits.remove(&id);
                 self.unexplained.remove(&id);
+                self.seen_running.remove(&id);
             }
         }
     }
@@ -210,7 +227,8 @@ impl ReplicaStore {
                 let first_seen = *self.unexplained.entry(r.id.clone()).or_insert(now);
                 let event_due = self
                     .events_since_ns
-                    .is_some_and(|since| r.created_at_ns >= since);
+                    .is_some_and(|since| r.created_at_ns >= since)
+                    || self.seen_running.contains(&r.id);
                 if event_due && now.saturating_duration_since(first_seen) < EXIT_EVENT_GRACE {
                     r.exit_cause = None;
                 }
@@ -337,6 +355,23 @@ mod tests {
             .map(|r| r.exit_cause)
             .collect();
         assert_eq!(causes[2], Some(ExitCause::Unknown));
+    }
+
+    // Found by the in-memory scenarios: an adopted replica (created before the stream
+    // was connected) that crashed was taken for an exit nobody saw when a pass woken by
+    // its network `disconnect` read it before its `die` came.
+    #[test]
+    fn an_adopted_replica_read_running_waits_for_its_die_too() {
+        let mut store = ReplicaStore::new();
+        let t = Instant::now();
+        store.events_connected(i64::MAX);
+        store.listed(vec![replica("old", ContainerState::Running)]);
+        let mut exited = replica("old", ContainerState::Exited);
+        exited.exit_cause = Some(ExitCause::Unknown);
+        store.inspected(id("old"), Some(exited));
+        assert_eq!(store.replicas(t)[0].exit_cause, None, "its die is due");
+        store.exited(&id("old"), Some(1), t);
+        assert_eq!(store.replicas(t)[0].exit_cause, Some(ExitCause::Own));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! lives in [`crate::lb::haproxy`]; this module holds only the contract, so that the
 //! controller loop does not depend on how a backend is reached.
 
+#[cfg(test)]
+pub mod fake;
 pub mod haproxy;
 
 use std::future::Future;
@@ -63,7 +65,7 @@ impl LbErrorKind {
 
 /// A load balancer failure, as the controller reports it: its kind, and the adapter's
 /// words (with their causes).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct LbError {
     pub kind: LbErrorKind,

@@ -81,12 +81,17 @@ pub enum ExitCause {
     /// Found exited without its `die` having been seen (the event stream was down, or
     /// dockscale was not running).
     Unknown,
+    /// It could not be created or started (the engine refused the template).
+    FailedCreate,
 }
 
 impl ExitCause {
     /// Whether the exit counts toward a crash loop: only the replica's own doing.
     pub fn is_crash(self) -> bool {
-        matches!(self, ExitCause::Own | ExitCause::OutOfMemory)
+        matches!(
+            self,
+            ExitCause::Own | ExitCause::OutOfMemory | ExitCause::FailedCreate
+        )
     }
 
     /// A short, bounded label for metrics.
@@ -96,6 +101,7 @@ impl ExitCause {
             ExitCause::OutOfMemory => "oom",
             ExitCause::Signalled => "signalled",
             ExitCause::Unknown => "unknown",
+            ExitCause::FailedCreate => "failed_create",
         }
     }
 }

@@ -59,6 +59,12 @@ pub fn classify<'a>(input: &Input<'a>, memory: &Memory, plan: &mut Plan) -> Sort
             sorted.removing += 1;
             continue;
         }
+        // A stop that failed is tried again once its back-off is over, not at once.
+        if let Some(at) = memory.stop_retry_at(&r.name).filter(|at| *at > now.instant) {
+            sorted.removing += 1;
+            plan.requeue(at - now.instant);
+            continue;
+        }
         let age = age_of(r, now);
         match r.state {
             ContainerState::Running | ContainerState::Paused
@@ -104,7 +110,10 @@ pub fn classify<'a>(input: &Input<'a>, memory: &Memory, plan: &mut Plan) -> Sort
     // never listed again) is forgotten; creates and removals in flight end with their
     // completion.
     for (name, tracked) in &memory.replicas {
-        let in_flight = matches!(tracked.phase, Phase::Creating { .. } | Phase::Stopping);
+        let in_flight = matches!(
+            tracked.phase,
+            Phase::Creating { .. } | Phase::Stopping | Phase::StopFailed { .. }
+        );
         if !in_flight && !input.replicas.iter().any(|r| &r.name == name) {
             plan.forget.push(name.clone());
         }

@@ -82,6 +82,7 @@ impl ExitRecord {
                 "was OOM-killed under its memory limit (code {code}) after running {ran}"
             ),
             ExitCause::Own => format!("exited (code {code}) after running {ran}"),
+            ExitCause::FailedCreate => "could not be created or started".to_owned(),
             ExitCause::Signalled => format!(
                 "was killed, stopped or removed from outside dockscale (code {code}) after running {ran}"
             ),
@@ -172,7 +173,7 @@ pub fn failed_create(
     let exit = ExitRecord {
         name: name.to_owned(),
         code: None,
-        cause: ExitCause::Own,
+        cause: ExitCause::FailedCreate,
         ran_for: Duration::ZERO,
     };
     let vacancy = vacate(line, exit, template_hash, now, policy);

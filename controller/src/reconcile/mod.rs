@@ -347,10 +347,14 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         desired.saturating_sub(new_total)
     };
     plan.vacant = sorted.vacant;
+    let held = memory.creates_held_until.filter(|at| *at > now.instant);
     if creates > 0 && !input.image_present {
         plan.notes.push(Note::ImageMissing {
             image: spec.template.image.clone(),
         });
+    } else if let (true, Some(until)) = (creates > 0, held) {
+        // The last create failed for a reason every create would share.
+        plan.requeue(until - now.instant);
     } else if !stalled {
         // Creates beyond the bound wait for one in flight to finish, which wakes the
         // pass. A line backing off holds its own place only.

@@ -37,6 +37,8 @@ pub enum Phase {
     Draining { since: Instant },
     /// Its stop and removal are in flight.
     Stopping,
+    /// Its stop or removal failed: tried again from `retry_at`, not in a hot loop.
+    StopFailed { retry_at: Instant },
     /// Seen exited; its end was judged. It is removed next.
     Exited,
 }
@@ -49,6 +51,8 @@ pub struct Tracked {
     pub restarts: u32,
     /// Its server was found held by someone else, and that was reported.
     pub hold_reported: bool,
+    /// Failed stops or removals in a row.
+    pub stop_failures: u32,
     /// Its exit was judged (counted once however many passes see it).
     pub exit_judged: bool,
 }
@@ -59,6 +63,7 @@ impl Tracked {
             phase,
             restarts: 0,
             hold_reported: false,
+            stop_failures: 0,
             exit_judged: false,
         }
     }
@@ -73,6 +78,11 @@ pub struct Memory {
     /// The network that was last ensured.
     pub network_ready: Option<String>,
     pub rollout: Option<RolloutProgress>,
+    /// Creates failed for a reason not the replicas' own (the engine went away, the
+    /// network vanished): no create before this.
+    pub creates_held_until: Option<Instant>,
+    /// Such create failures in a row, for the next hold.
+    pub create_failures: u32,
 }
 
 impl Memory {
@@ -83,6 +93,19 @@ impl Memory {
     /// Its stop and removal are in flight.
     pub fn is_stopping(&self, name: &str) -> bool {
         self.phase(name) == Some(&Phase::Stopping)
+    }
+
+    /// When a replica whose stop failed is tried again.
+    pub fn stop_retry_at(&self, name: &str) -> Option<Instant> {
+        match self.phase(name) {
+            Some(Phase::StopFailed { retry_at }) => Some(*retry_at),
+            _ => None,
+        }
+    }
+
+    /// Failed stops or removals in a row of a replica.
+    pub fn stop_failures(&self, name: &str) -> u32 {
+        self.replicas.get(name).map_or(0, |t| t.stop_failures)
     }
 
     pub fn draining_since(&self, name: &str) -> Option<Instant> {
@@ -182,11 +205,20 @@ impl Memory {
 
     /// Its create call finished: the container exists and was started.
     pub fn created(&mut self, name: &str) {
+        self.creates_held_until = None;
+        self.create_failures = 0;
         if let Some(t) = self.replicas.get_mut(name) {
             if matches!(t.phase, Phase::Creating { .. }) {
                 t.phase = Phase::Starting;
             }
         }
+    }
+
+    /// Creates are held until `until`: one failed for a reason that is not the
+    /// replica's (a create of any replica would fail alike).
+    pub fn hold_creates(&mut self, until: Instant) {
+        self.create_failures = self.create_failures.saturating_add(1);
+        self.creates_held_until = Some(until);
     }
 
     /// Its create call failed. A failure of the replica's own (`crash: true`) counts on
@@ -212,6 +244,12 @@ impl Memory {
     /// Its stop and removal finished (or the container was gone already).
     pub fn removed(&mut self, name: &str) {
         self.replicas.remove(name);
+    }
+
+    /// Its stop or removal failed: tried again from `retry_at`.
+    pub fn removal_failed(&mut self, name: &str, retry_at: Instant) {
+        let t = self.track(name, Some(Phase::StopFailed { retry_at }));
+        t.stop_failures = t.stop_failures.saturating_add(1);
     }
 
     fn track(&mut self, name: &str, phase: Option<Phase>) -> &mut Tracked {

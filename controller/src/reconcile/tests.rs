@@ -100,6 +100,7 @@ impl World {
                 phase: Phase::Draining { since: self.t0 },
                 restarts: 0,
                 hold_reported: false,
+                stop_failures: 0,
                 exit_judged: false,
             },
         );

@@ -153,6 +153,14 @@ impl ContainerRuntime for DockerRuntime {
             .create_container(Some(options), container_body(&request))
             .await
             .map_err(|e| match DockerError::from_bollard("create container", e) {
+                // A create answers 404 for a missing image and for a missing network.
+                DockerError::Api {
+                    status: 404,
+                    message,
+                    ..
+                } if message.contains("network") => DockerError::NetworkNotFound {
+                    network: request.spec.network.to_string(),
+                },
                 e if e.status() == Some(404) => DockerError::ImageNotFound { image },
                 e => e,
             })?;

@@ -16,6 +16,8 @@ use crate::model::replica::{ContainerId, Replica};
 use crate::spec::ServiceSpec;
 
 pub mod docker;
+#[cfg(test)]
+pub mod fake;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -25,6 +27,8 @@ pub enum DockerError {
         "image `{image}` is not present locally (dockscale never pulls): build or load it first"
     )]
     ImageNotFound { image: String },
+    #[error("the network `{network}` does not exist (removed since it was ensured)")]
+    NetworkNotFound { network: String },
     #[error("docker refused {action}: {message}")]
     Api {
         action: &'static str,
@@ -60,6 +64,7 @@ impl DockerError {
         match self {
             DockerError::Unavailable(_) => "docker_unavailable",
             DockerError::ImageNotFound { .. } => "image_not_found",
+            DockerError::NetworkNotFound { .. } => "network_not_found",
             DockerError::Api { .. } => "docker_api",
         }
     }

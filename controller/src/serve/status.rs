@@ -177,18 +177,24 @@ impl ServiceStatus {
         self.conditions.iter().find(|c| c.kind == kind)
     }
 
-    /// Records an event, folding it into the last one when it repeats.
+    /// Records an event. One that repeats a recent event (same type, reason and
+    /// message, as Kubernetes' event correlator keys them) is folded into it: its count
+    /// and last time change and it moves to the end, so a retry that alternates with
+    /// other events does not flood the history.
     pub fn record(&mut self, kind: EventType, reason: &str, message: String, now: SystemTime) {
         match kind {
             EventType::Normal => tracing::info!(service = %self.name, reason, "{message}"),
             EventType::Warning => tracing::warn!(service = %self.name, reason, "{message}"),
         }
-        if let Some(last) = self.events.back_mut() {
-            if last.reason == reason && last.message == message && last.kind == kind {
-                last.count += 1;
-                last.last_time = now;
-                return;
-            }
+        let repeated = self
+            .events
+            .iter()
+            .position(|e| e.reason == reason && e.message == message && e.kind == kind);
+        if let Some(mut event) = repeated.and_then(|at| self.events.remove(at)) {
+            event.count += 1;
+            event.last_time = now;
+            self.events.push_back(event);
+            return;
         }
         if self.events.len() == MAX_EVENTS {
             self.events.pop_front();
