@@ -13,17 +13,21 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cli::RunArgs;
 use crate::controller::claim::{self, Attempt, Claim, ClaimError, EngineLock, Holder};
+use crate::controller::lease::{Lease, Step};
+use crate::controller::swarm::{SwarmController, SwarmSettings};
 use crate::controller::{Controller, Settings};
 use crate::lb::haproxy::managed::ManagedError;
 use crate::lb::haproxy::runtime_api::{ApiError, Endpoint};
 use crate::lb::haproxy::HaproxyBalancer;
 use crate::reconcile::BackoffPolicy;
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::swarm::{LeaseError, SwarmApi};
 use crate::runtime::{ContainerRuntime, DockerError};
 use crate::serve::http::{self, AppState};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
 use crate::spec::manifest::{self, SpecErrors};
+use crate::spec::Runtime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -56,6 +60,13 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the Docker engine is not a swarm manager ({0}): run `docker swarm init`, or point \
+         DOCKER_HOST at a manager"
+    )]
+    NotSwarmManager(String),
+    #[error("the lease on the swarm was lost: another controller may act now; stopping")]
+    LeaseLost,
     #[error("cannot create the state directory {path}")]
     StateDir {
         path: PathBuf,
@@ -67,6 +78,9 @@ pub enum AppError {
 /// Runs the controller until `shutdown` resolves; the replicas keep running after.
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let args = resolve_paths(args)?;
+    if args.runtime == Runtime::Swarm {
+        return run_swarm(args, shutdown).await;
+    }
     let services = manifest::load(&args.paths).map_err(AppError::Spec)?;
     std::fs::create_dir_all(&args.state_dir).map_err(|source| AppError::StateDir {
         path: args.state_dir.clone(),
@@ -231,11 +245,29 @@ async fn controller(
         },
         ..Settings::default()
     };
-    let lb = match &args.haproxy_socket {
+    let lb = load_balancer(args, &services, status, metrics).await?;
+    Ok(Controller::new(
+        settings,
+        services,
+        runtime,
+        Arc::new(lb),
+        status.clone(),
+        metrics.clone(),
+    ))
+}
+
+/// The HAProxy the flags ask for: external through its socket, or managed.
+async fn load_balancer(
+    args: &RunArgs,
+    services: &[manifest::LoadedService],
+    status: &StatusHandle,
+    metrics: &Arc<Metrics>,
+) -> Result<HaproxyBalancer, AppError> {
+    match &args.haproxy_socket {
         Some(socket) => {
             HaproxyBalancer::external(Endpoint::parse(socket), metrics.clone(), status.clone())
                 .await
-                .map_err(AppError::ExternalHaproxy)?
+                .map_err(AppError::ExternalHaproxy)
         }
         None => {
             let needs_haproxy = services
@@ -250,17 +282,237 @@ async fn controller(
                 metrics.clone(),
                 status.clone(),
             )
-            .map_err(AppError::Haproxy)?
+            .map_err(AppError::Haproxy)
         }
+    }
+}
+
+/// `run --runtime swarm`: the same spec as Swarm services, one controller per swarm by
+/// a lease kept in the swarm; a second one waits as a standby.
+async fn run_swarm(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let services = manifest::load_for(&args.paths, Runtime::Swarm).map_err(AppError::Spec)?;
+    std::fs::create_dir_all(&args.state_dir).map_err(|source| AppError::StateDir {
+        path: args.state_dir.clone(),
+        source,
+    })?;
+    let api = Arc::new(SwarmApi::connect().map_err(AppError::Docker)?);
+    api.ping().await.map_err(AppError::Docker)?;
+    let swarm = api
+        .swarm_id()
+        .await
+        .map_err(|e| AppError::NotSwarmManager(crate::report::chain(&e)))?;
+    let status = StatusHandle::default();
+    let metrics = Arc::new(Metrics::new());
+    let settings = SwarmSettings {
+        paths: args.paths.clone(),
+        sync_period: args.sync_period.get(),
+        metrics_interval: args.metrics_interval.get(),
+        probe_timeout: std::time::Duration::from_millis(200),
+        debounce: std::time::Duration::from_millis(100),
+        clock: crate::controller::clock::Clock::System,
     };
-    Ok(Controller::new(
+    metrics.spec_reloads_total.with_label_values(&["ok"]).inc();
+    metrics.spec_valid.set(1);
+    if args.dry_run {
+        let lb = load_balancer(&args, &services, &status, &metrics).await?;
+        let controller =
+            SwarmController::new(settings, services, api, Arc::new(lb), status, metrics);
+        print!("{}", controller.dry_run().await.map_err(AppError::Docker)?);
+        return Ok(());
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let local = listener.local_addr().ok();
+    let (stop_http, mut http_stopped) = watch::channel(false);
+    let state = AppState {
+        status: status.clone(),
+        metrics: metrics.clone(),
+    };
+    let server = tokio::spawn(http::serve(listener, state, async move {
+        let _ = http_stopped.wait_for(|stop| *stop).await;
+    }));
+    let me = format!(
+        "{}:{} pid {}",
+        hostname(),
+        local.map_or_else(|| args.listen.to_string(), |a| a.to_string()),
+        std::process::id()
+    );
+    let mut lease = Lease::new(&me, args.lease_duration.get());
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        held = acquire_lease(&api, &mut lease, &status) => match held {
+            Ok(()) => {
+                tracing::info!(swarm = %swarm, holder = %me, "holding the swarm's lease");
+                lead(&args, services, settings, api.clone(), lease, &status, &metrics, &mut shutdown)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+        () = &mut shutdown => Ok(()),
+    };
+    let _ = stop_http.send(true);
+    if let Ok(Err(e)) = server.await {
+        tracing::warn!(error = %crate::report::Chain(&e), "http server");
+    }
+    result
+}
+
+/// Waits until this controller holds the swarm's lease; a standby says whom it waits
+/// for in `/readyz`.
+async fn acquire_lease(
+    api: &SwarmApi,
+    lease: &mut Lease,
+    status: &StatusHandle,
+) -> Result<(), AppError> {
+    let mut announced: Option<String> = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        let record = api.lease().await;
+        let attempt = match record {
+            Err(e) => {
+                tracing::warn!(error = %crate::report::Chain(&e), "reading the swarm's lease");
+                None
+            }
+            Ok(record) => match lease.decide(record.as_ref(), now) {
+                Step::Create => Some(api.create_lease(lease_holder(lease), wall_ms()).await),
+                Step::Renew | Step::TakeOver => match &record {
+                    Some(r) => Some(api.write_lease(r, lease_holder(lease), wall_ms()).await),
+                    None => None,
+                },
+                Step::Wait { holder } => {
+                    if announced.as_ref() != Some(&holder) {
+                        tracing::info!(%holder, "standby: another dockscale leads this swarm; taking over when its lease lapses");
+                        status.update(|s| s.standby_for = Some(holder.clone()));
+                        announced = Some(holder);
+                    }
+                    None
+                }
+            },
+        };
+        match attempt {
+            Some(Ok(())) => {
+                lease.written(now);
+                status.update(|s| s.standby_for = None);
+                return Ok(());
+            }
+            Some(Err(LeaseError::Conflict)) => lease.lost(),
+            Some(Err(LeaseError::Docker(e))) => {
+                tracing::warn!(error = %crate::report::Chain(&e), "writing the swarm's lease");
+            }
+            None => {}
+        }
+        tokio::time::sleep(lease.period()).await;
+    }
+}
+
+/// Runs the Swarm controller while the lease is held, renewing it; a lease that could
+/// not be renewed in time stops the controller before any standby may act.
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    args: &RunArgs,
+    services: Vec<manifest::LoadedService>,
+    settings: SwarmSettings,
+    api: Arc<SwarmApi>,
+    mut lease: Lease,
+    status: &StatusHandle,
+    metrics: &Arc<Metrics>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), AppError> {
+    let lb = load_balancer(args, &services, status, metrics).await?;
+    let controller = SwarmController::new(
         settings,
         services,
-        runtime,
+        api.clone(),
         Arc::new(lb),
         status.clone(),
         metrics.clone(),
-    ))
+    );
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let _watch =
+        crate::controller::watch::watch(&args.paths, changes_tx).map_err(AppError::Watch)?;
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let me = lease.holder().to_owned();
+    let renewer_api = api.clone();
+    let renewer = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(lease.period()).await;
+            let now = tokio::time::Instant::now();
+            let written = match renewer_api.lease().await {
+                Ok(Some(record)) if lease.decide(Some(&record), now) == Step::Renew => {
+                    renewer_api
+                        .write_lease(&record, lease_holder(&lease), wall_ms())
+                        .await
+                }
+                Ok(_) => Err(LeaseError::Conflict),
+                Err(e) => Err(LeaseError::Docker(e)),
+            };
+            match written {
+                Ok(()) => lease.written(now),
+                Err(LeaseError::Conflict) => {
+                    lease.lost();
+                    let _ = lost_tx.send(true);
+                    return lease;
+                }
+                Err(LeaseError::Docker(e)) => {
+                    tracing::warn!(error = %crate::report::Chain(&e), "renewing the swarm's lease");
+                }
+            }
+            if !lease.held(tokio::time::Instant::now()) {
+                let _ = lost_tx.send(true);
+                return lease;
+            }
+        }
+    });
+    let lost = async {
+        let _ = lost_rx.wait_for(|lost| *lost).await;
+    };
+    tracing::info!(paths = ?args.paths, "dockscale running on swarm");
+    let mut lost_lease = false;
+    controller
+        .run(changes_rx, async {
+            tokio::select! {
+                () = shutdown.as_mut() => {}
+                () = lost => lost_lease = true,
+            }
+        })
+        .await;
+    renewer.abort();
+    if lost_lease {
+        return Err(AppError::LeaseLost);
+    }
+    // A clean stop hands over at once: the standby need not wait the lease out.
+    if let Ok(Some(record)) = api.lease().await {
+        if record.holder == me {
+            match api.release_lease(&record).await {
+                Ok(()) => tracing::info!("released the swarm's lease"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::report::Chain(&e), "releasing the swarm's lease")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lease_holder(lease: &Lease) -> &str {
+    lease.holder()
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Makes the spec paths and the state directory absolute, once, from the directory

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::spec::Duration;
+use crate::spec::{Duration, Runtime};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +28,9 @@ pub enum Command {
         /// Spec files or directories (`*.yaml`, `*.yml`).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Check for this runtime too: a field that means nothing there is an error.
+        #[arg(long, value_enum, default_value_t = Runtime::Docker)]
+        runtime: Runtime,
     },
     /// Print the JSON Schema of the spec.
     Schema,
@@ -125,6 +128,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub standby: bool,
 
+    /// What runs the replicas: `docker` (containers on this engine) or `swarm` (one
+    /// Swarm service per spec, through the swarm manager DOCKER_HOST points at).
+    #[arg(long, value_enum, default_value_t = Runtime::Docker)]
+    pub runtime: Runtime,
+
+    /// Swarm runtime: a standby controller takes over this long after the leader's
+    /// lease stopped moving (the leader stops acting after two thirds of it).
+    #[arg(long, default_value = "15s")]
+    pub lease_duration: Duration,
+
     /// Observe once, print the plan for every service and exit without changing
     /// anything.
     #[arg(long)]
@@ -164,5 +177,7 @@ mod tests {
         assert_eq!(args.listen.to_string(), "127.0.0.1:9180");
         assert_eq!(args.sync_period, Duration::from_secs(10));
         assert!(args.haproxy_socket.is_none());
+        assert_eq!(args.runtime, Runtime::Docker);
+        assert_eq!(args.lease_duration, Duration::from_secs(15));
     }
 }

@@ -7,16 +7,18 @@ use dockscale::cli::{Cli, Command, LogFormat, RunArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { paths } => match dockscale::spec::manifest::load(&paths) {
-            Ok(services) => {
-                println!("{} service(s) valid", services.len());
-                ExitCode::SUCCESS
+        Command::Validate { paths, runtime } => {
+            match dockscale::spec::manifest::load_for(&paths, runtime) {
+                Ok(services) => {
+                    println!("{} service(s) valid", services.len());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Simulate {
             spec,
             series,

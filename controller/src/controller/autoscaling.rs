@@ -2,6 +2,8 @@
 //! autoscaler ([`crate::autoscale`], pure) decides, and the decision is explained in the
 //! log, the metrics, an event and the status. A changed count wakes the service.
 
+use std::time::SystemTime;
+
 use tokio::time::Instant;
 
 use crate::autoscale::{Decision, Reason};
@@ -9,7 +11,8 @@ use crate::controller::Controller;
 use crate::lb::LoadBalancer;
 use crate::model::backend::BackendLoad;
 use crate::runtime::ContainerRuntime;
-use crate::serve::status::{AutoscalerStatus, EventType};
+use crate::serve::metrics::Metrics;
+use crate::serve::status::{AutoscalerStatus, EventType, StatusHandle};
 use crate::spec::{Autoscale, Target};
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
@@ -59,77 +62,103 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         sample: Option<BackendLoad>,
         decision: &Decision,
     ) {
-        let m = &self.metrics;
-        if let Some(load) = sample {
-            m.backend_scur.with_label_values(&[name]).set(load.scur);
-            m.backend_qcur.with_label_values(&[name]).set(load.qcur);
-            m.backend_qtime_seconds
-                .with_label_values(&[name])
-                .set(load.qtime_ms / 1000.0);
-        }
-        if let Some(d) = decision.demand {
-            m.autoscaler_demand.with_label_values(&[name]).set(d);
-        }
-        if let Some(r) = decision.recommendation {
-            m.autoscaler_recommendation
-                .with_label_values(&[name])
-                .set(i64::from(r));
-        }
-        m.autoscaler_decisions_total
-            .with_label_values(&[name, decision.reason.as_str()])
-            .inc();
-        m.autoscaler_max_replicas
-            .with_label_values(&[name])
-            .set(i64::from(config.max_replicas));
-        for reason in Reason::ALL {
-            m.autoscaler_last_decision
-                .with_label_values(&[name, reason.as_str()])
-                .set(i64::from(reason == decision.reason));
-        }
         if let Some(entry) = self.services.get_mut(name) {
             let repeat = entry.last_reason == Some(decision.reason) && !decision.changed();
             entry.last_reason = Some(decision.reason);
-            if repeat {
-                tracing::debug!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
-            } else {
-                tracing::info!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
-            }
+            log_decision(name, decision, repeat);
             if decision.changed() {
                 entry.wake(Instant::now());
             }
         }
         let wall = self.settings.clock.wall();
-        self.status.update(|s| {
-            let Some(svc) = s.services.get_mut(name) else {
-                return;
-            };
-            let last_scale_time = if decision.changed() {
-                Some(wall)
-            } else {
-                svc.autoscaler.as_ref().and_then(|a| a.last_scale_time)
-            };
-            svc.autoscaler = Some(AutoscalerStatus {
-                min_replicas: config.min_replicas,
-                max_replicas: config.max_replicas,
-                target: match config.target {
-                    Target::InflightPerReplica(n) => format!("inflight {n}/replica"),
-                    Target::QueueTimeMillis(ms) => format!("qtime {ms}ms"),
-                },
-                demand: decision.demand,
-                recommendation: decision.recommendation,
-                desired: decision.desired,
-                reason: decision.reason.as_str().to_owned(),
-                message: decision.message.clone(),
-                last_scale_time,
-            });
-            if decision.changed() {
-                svc.record(
-                    EventType::Normal,
-                    "Autoscaled",
-                    decision.message.clone(),
-                    wall,
-                );
-            }
-        });
+        publish_decision(
+            &self.metrics,
+            &self.status,
+            wall,
+            name,
+            config,
+            sample,
+            decision,
+        );
     }
+}
+
+/// The log line of a decision: repeats of a reason at debug level.
+pub(crate) fn log_decision(name: &str, decision: &Decision, repeat: bool) {
+    if repeat {
+        tracing::debug!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
+    } else {
+        tracing::info!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
+    }
+}
+
+/// A decision in the metrics and the status, with an event when the count changed
+/// (whatever runs the replicas).
+pub(crate) fn publish_decision(
+    m: &Metrics,
+    status: &StatusHandle,
+    wall: SystemTime,
+    name: &str,
+    config: &Autoscale,
+    sample: Option<BackendLoad>,
+    decision: &Decision,
+) {
+    if let Some(load) = sample {
+        m.backend_scur.with_label_values(&[name]).set(load.scur);
+        m.backend_qcur.with_label_values(&[name]).set(load.qcur);
+        m.backend_qtime_seconds
+            .with_label_values(&[name])
+            .set(load.qtime_ms / 1000.0);
+    }
+    if let Some(d) = decision.demand {
+        m.autoscaler_demand.with_label_values(&[name]).set(d);
+    }
+    if let Some(r) = decision.recommendation {
+        m.autoscaler_recommendation
+            .with_label_values(&[name])
+            .set(i64::from(r));
+    }
+    m.autoscaler_decisions_total
+        .with_label_values(&[name, decision.reason.as_str()])
+        .inc();
+    m.autoscaler_max_replicas
+        .with_label_values(&[name])
+        .set(i64::from(config.max_replicas));
+    for reason in Reason::ALL {
+        m.autoscaler_last_decision
+            .with_label_values(&[name, reason.as_str()])
+            .set(i64::from(reason == decision.reason));
+    }
+    status.update(|s| {
+        let Some(svc) = s.services.get_mut(name) else {
+            return;
+        };
+        let last_scale_time = if decision.changed() {
+            Some(wall)
+        } else {
+            svc.autoscaler.as_ref().and_then(|a| a.last_scale_time)
+        };
+        svc.autoscaler = Some(AutoscalerStatus {
+            min_replicas: config.min_replicas,
+            max_replicas: config.max_replicas,
+            target: match config.target {
+                Target::InflightPerReplica(n) => format!("inflight {n}/replica"),
+                Target::QueueTimeMillis(ms) => format!("qtime {ms}ms"),
+            },
+            demand: decision.demand,
+            recommendation: decision.recommendation,
+            desired: decision.desired,
+            reason: decision.reason.as_str().to_owned(),
+            message: decision.message.clone(),
+            last_scale_time,
+        });
+        if decision.changed() {
+            svc.record(
+                EventType::Normal,
+                "Autoscaled",
+                decision.message.clone(),
+                wall,
+            );
+        }
+    });
 }

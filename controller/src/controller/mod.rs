@@ -31,12 +31,14 @@ pub mod clock;
 pub mod error;
 pub mod events;
 pub mod execute;
+pub mod lease;
 pub mod observe;
 pub mod pass;
 #[cfg(test)]
 mod scenarios;
 pub mod services;
 pub mod store;
+pub mod swarm;
 pub mod watch;
 
 use std::collections::BTreeMap;

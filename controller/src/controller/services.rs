@@ -14,7 +14,8 @@ use crate::lb::LoadBalancer;
 use crate::model::replica::template_hash;
 use crate::reconcile::Memory;
 use crate::runtime::ContainerRuntime;
-use crate::serve::status::{ConditionType, EventType, ServiceStatus};
+use crate::serve::metrics::Metrics;
+use crate::serve::status::{ConditionType, EventType, ServiceStatus, StatusHandle};
 use crate::spec::manifest;
 use crate::spec::ScaledService;
 
@@ -115,39 +116,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// A spec that does not validate: logged (once per new error, or on every edit),
     /// counted, and `SpecInvalid` on every service.
     fn spec_rejected(&mut self, errors: &manifest::SpecErrors, changed: bool) {
-        self.metrics
-            .spec_reloads_total
-            .with_label_values(&["invalid"])
-            .inc();
-        self.metrics.spec_valid.set(0);
-        let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-        let is_new = self.status.read().spec_errors != lines;
-        if is_new || changed {
-            for line in &lines {
-                tracing::error!("spec rejected, last good spec kept: {line}");
-            }
-        }
         let now = self.settings.clock.wall();
-        let message = lines.join("; ");
-        self.status.update(|s| {
-            s.spec_errors = lines.clone();
-            for svc in s.services.values_mut() {
-                if svc.set_condition(
-                    ConditionType::SpecInvalid,
-                    true,
-                    "ValidationFailed",
-                    &message,
-                    now,
-                ) {
-                    svc.record(
-                        EventType::Warning,
-                        "SpecInvalid",
-                        format!("spec rejected, last good spec kept: {message}"),
-                        now,
-                    );
-                }
-            }
-        });
+        spec_rejected(&self.metrics, &self.status, now, errors, changed);
     }
 
     /// A spec that validates: changed services take their new spec, new ones are
@@ -357,4 +327,47 @@ mod tests {
             "{autoscaled}"
         );
     }
+}
+
+/// A spec that does not validate, whatever runs the replicas: logged (once per new
+/// error, or on every edit), counted, and `SpecInvalid` on every service.
+pub(crate) fn spec_rejected(
+    metrics: &Metrics,
+    status: &StatusHandle,
+    now: std::time::SystemTime,
+    errors: &manifest::SpecErrors,
+    changed: bool,
+) {
+    metrics
+        .spec_reloads_total
+        .with_label_values(&["invalid"])
+        .inc();
+    metrics.spec_valid.set(0);
+    let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+    let is_new = status.read().spec_errors != lines;
+    if is_new || changed {
+        for line in &lines {
+            tracing::error!("spec rejected, last good spec kept: {line}");
+        }
+    }
+    let message = lines.join("; ");
+    status.update(|s| {
+        s.spec_errors = lines.clone();
+        for svc in s.services.values_mut() {
+            if svc.set_condition(
+                ConditionType::SpecInvalid,
+                true,
+                "ValidationFailed",
+                &message,
+                now,
+            ) {
+                svc.record(
+                    EventType::Warning,
+                    "SpecInvalid",
+                    format!("spec rejected, last good spec kept: {message}"),
+                    now,
+                );
+            }
+        }
+    });
 }

@@ -32,6 +32,7 @@ pub mod phase;
 pub mod retire;
 pub mod rollout;
 pub mod rotation;
+pub mod swarm;
 #[cfg(test)]
 mod tests;
 

@@ -18,6 +18,7 @@ use crate::spec::ServiceSpec;
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod swarm;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {

@@ -101,6 +101,28 @@ pub struct ServiceStatus {
     pub deleting: bool,
     /// Replica lines waiting out a crash-loop back-off, soonest first.
     pub back_off: Vec<BackOffStatus>,
+    /// Swarm runtime: the service's tasks, by node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// One Swarm task of a service, as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStatus {
+    /// `<service>.<slot>`.
+    pub name: String,
+    pub id: String,
+    pub node: String,
+    /// What Swarm wants of it and where it is: `running`, `pending`, `stopped`, `failed`.
+    pub desired: String,
+    pub state: String,
+    /// Where HAProxy reaches it (node address and published port), once known.
+    pub addr: Option<String>,
+    /// It is in HAProxy's rotation.
+    pub in_rotation: bool,
+    pub template_hash: Option<String>,
+    pub error: Option<String>,
 }
 
 /// A replica line whose replacement waits its crash-loop back-off.
@@ -135,6 +157,7 @@ impl ServiceStatus {
             created: now,
             deleting: false,
             back_off: Vec::new(),
+            tasks: Vec::new(),
         }
     }
 

@@ -20,7 +20,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::spec::ScaledService;
+use crate::spec::{Runtime, ScaledService};
 
 /// A located problem in a spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +74,12 @@ pub struct LoadedService {
 /// validates them together. Either all services or all errors: a partial result would
 /// let the controller delete what an unparsable document describes.
 pub fn load(paths: &[PathBuf]) -> Result<Vec<LoadedService>, SpecErrors> {
+    load_for(paths, Runtime::Docker)
+}
+
+/// [`load`], with the rules of the runtime that will run the services: a field that
+/// means nothing there is an error where it is written.
+pub fn load_for(paths: &[PathBuf], runtime: Runtime) -> Result<Vec<LoadedService>, SpecErrors> {
     let mut services = Vec::new();
     let mut errors = Vec::new();
     if paths.is_empty() {
@@ -99,6 +105,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<LoadedService>, SpecErrors> {
     }
     let parsed_ok = errors.is_empty();
     check_unique(&services, &mut errors);
+    check_runtime(&services, runtime, &mut errors);
     if parsed_ok && errors.is_empty() {
         Ok(services.into_iter().map(|p| p.loaded).collect())
     } else {
@@ -404,6 +411,59 @@ fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
         }
     }
     out
+}
+
+/// Fields that mean nothing in the runtime that will run the service.
+fn check_runtime(services: &[Parsed], runtime: Runtime, errors: &mut Vec<SpecError>) {
+    for p in services {
+        let spec = &p.loaded.service.spec;
+        let mut wrong = |path: &[&str], message: String| {
+            let (line, col) = p.position(path);
+            errors.push(SpecError {
+                file: p.loaded.file.clone(),
+                position: Some((line, col)),
+                message,
+            });
+        };
+        match runtime {
+            Runtime::Docker => {
+                if spec.placement.is_some() {
+                    wrong(
+                        &["spec", "placement"],
+                        "placement is for Swarm (run and validate with --runtime swarm): \
+                         the docker runtime runs every replica on this engine"
+                            .to_owned(),
+                    );
+                }
+            }
+            Runtime::Swarm => {
+                if let Some(max) = spec
+                    .placement
+                    .as_ref()
+                    .and_then(|p| p.max_replicas_per_node)
+                {
+                    if max == 0 {
+                        wrong(
+                            &["spec", "placement", "maxReplicasPerNode"],
+                            "maxReplicasPerNode must be at least 1 (leave it out for no limit)"
+                                .to_owned(),
+                        );
+                    }
+                }
+                for c in spec.placement.iter().flat_map(|p| &p.constraints) {
+                    if !["==", "!="].iter().any(|op| c.contains(op)) {
+                        wrong(
+                            &["spec", "placement", "constraints"],
+                            format!(
+                                "constraint `{c}` has no `==` or `!=`: Swarm takes \
+                                 `node.role==worker`, `node.labels.zone!=a`, ..."
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Names, backends and bind addresses must be unique across everything loaded.

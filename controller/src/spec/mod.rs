@@ -133,6 +133,51 @@ pub struct ServiceSpec {
     /// How a template change replaces replicas.
     #[serde(default)]
     pub rollout: Rollout,
+    /// Where Swarm may put the tasks (`--runtime swarm` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// What runs the replicas: containers on one Docker engine, or a Swarm service.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// One container per replica on this Docker engine.
+    #[default]
+    Docker,
+    /// One replicated Swarm service per spec, driven through a swarm manager.
+    Swarm,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Swarm => "swarm",
+        }
+    }
+}
+
+/// Swarm's placement of the tasks, as `docker service create` takes it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    /// Swarm constraint expressions, e.g. `node.role==worker`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Spread the tasks evenly over the values of a node label, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<Preference>,
+    /// At most this many tasks of the service on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u32>,
+}
+
+/// One placement preference.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Preference {
+    /// A node attribute to spread over, e.g. `node.labels.zone`.
+    pub spread: String,
 }
 
 fn default_replicas() -> u32 {

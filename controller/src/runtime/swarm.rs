@@ -1,0 +1,848 @@
+//! Docker Swarm through a manager's API (bollard): dockscale's services, their tasks,
+//! the nodes, the lease record, and the events that say something changed.
+//!
+//! Swarm decides where a task runs and replaces a task that ends; dockscale decides
+//! how many tasks there are, what they run, and which of them HAProxy sends traffic
+//! to. This module reads and writes Swarm objects and maps the spec onto a Swarm
+//! service spec ([`service_spec`], pure); it decides nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bollard::models::{
+    ConfigSpec, EndpointPortConfig, EndpointPortConfigPublishModeEnum, EndpointSpec, Limit,
+    NetworkAttachmentConfig, NetworkCreateRequest, NodeState, ResourceObject,
+    ServiceSpec as SwarmSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
+    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
+    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum,
+    ServiceUpdateStatusStateEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectServiceOptions, ListNodesOptions, ListServicesOptionsBuilder,
+    ListTasksOptionsBuilder, UpdateConfigOptionsBuilder, UpdateServiceOptionsBuilder,
+};
+use bollard::Docker;
+use futures::stream::{BoxStream, StreamExt};
+
+use crate::model::replica::{LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY};
+use crate::runtime::DockerError;
+use crate::spec::ScaledService;
+
+/// On a Swarm service: the hash of everything dockscale put in its spec but the count
+/// (template, network, placement, rollout), to tell a spec change from a scale.
+pub const LABEL_SPEC_HASH: &str = "dockscale.spec-hash";
+/// The name of the Swarm config whose labels hold the controllers' lease.
+pub const LEASE_NAME: &str = "dockscale-lease";
+const LEASE_HOLDER: &str = "dockscale.lease.holder";
+const LEASE_RENEWED: &str = "dockscale.lease.renewed-ms";
+
+/// A Swarm service of the spec's name, as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwarmService {
+    pub id: String,
+    pub name: String,
+    /// Swarm's version index: an update must name it (optimistic concurrency).
+    pub version: u64,
+    pub replicas: u32,
+    /// Carries `dockscale.managed-by=dockscale`; any other service is never touched.
+    pub managed: bool,
+    pub spec_hash: Option<String>,
+    pub template_hash: Option<String>,
+    pub update: Option<UpdateStatus>,
+    /// The spec as Swarm holds it, to change only its count.
+    pub spec: SwarmSpec,
+}
+
+/// Where Swarm's own rolling update stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+/// One task of a service, as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmTask {
+    pub id: String,
+    /// `<service>.<slot>`, as `docker service ps` shows it.
+    pub name: String,
+    pub node_id: Option<String>,
+    pub desired: TaskPhase,
+    pub state: TaskPhase,
+    /// From the task's container labels: the template it runs.
+    pub template_hash: Option<String>,
+    /// The host port Swarm published the template's port on (host mode).
+    pub published_port: Option<u16>,
+    /// Swarm's words when it failed or was rejected.
+    pub error: Option<String>,
+    pub container_id: Option<String>,
+    /// When its state last changed (RFC 3339, as Swarm says it).
+    pub since: String,
+}
+
+/// A task's state, coarsened to what rotation needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TaskPhase {
+    /// New through starting: not running yet.
+    Pending,
+    Running,
+    /// Complete or shut down: it ended as asked.
+    Stopped,
+    /// Failed, rejected or orphaned (its node went away).
+    Failed,
+}
+
+impl TaskPhase {
+    fn of(state: Option<TaskState>) -> TaskPhase {
+        match state {
+            Some(TaskState::RUNNING) => TaskPhase::Running,
+            Some(TaskState::COMPLETE | TaskState::SHUTDOWN | TaskState::REMOVE) => {
+                TaskPhase::Stopped
+            }
+            Some(TaskState::FAILED | TaskState::REJECTED | TaskState::ORPHANED) => {
+                TaskPhase::Failed
+            }
+            _ => TaskPhase::Pending,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskPhase::Pending => "pending",
+            TaskPhase::Running => "running",
+            TaskPhase::Stopped => "stopped",
+            TaskPhase::Failed => "failed",
+        }
+    }
+}
+
+/// A node of the swarm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmNode {
+    pub id: String,
+    pub hostname: String,
+    /// The address it advertises: where its published ports answer.
+    pub addr: Option<Ipv4Addr>,
+    /// Its state is `ready` (Swarm hears its heartbeats).
+    pub ready: bool,
+}
+
+impl SwarmTask {
+    /// Where HAProxy reaches it: its node's address and its published port.
+    pub fn addr(&self, nodes: &BTreeMap<String, SwarmNode>) -> Option<SocketAddrV4> {
+        let node = nodes.get(self.node_id.as_deref()?)?;
+        Some(SocketAddrV4::new(node.addr?, self.published_port?))
+    }
+}
+
+/// The lease record, as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub id: String,
+    pub version: u64,
+    pub holder: String,
+    /// The holder's wall clock at its last renewal, Unix milliseconds (shown, never
+    /// compared across hosts: expiry is judged by how long the version stays put).
+    pub renewed_ms: u64,
+}
+
+/// A write of the lease that lost: someone else wrote it first.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("another controller wrote the lease first")]
+    Conflict,
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+/// A Swarm manager's API.
+pub struct SwarmApi {
+    docker: Docker,
+}
+
+impl SwarmApi {
+    /// Connects as Docker's own tools do (`DOCKER_HOST`, else the local socket).
+    pub fn connect() -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_defaults().map_err(DockerError::Unavailable)?;
+        Ok(SwarmApi { docker })
+    }
+
+    /// The swarm's id, or an error saying why this engine cannot drive one (not in a
+    /// swarm, or a worker).
+    pub async fn swarm_id(&self) -> Result<String, DockerError> {
+        let swarm = self
+            .docker
+            .inspect_swarm()
+            .await
+            .map_err(|e| DockerError::from_bollard("inspect the swarm", e))?;
+        Ok(swarm.id.unwrap_or_default())
+    }
+
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(DockerError::Unavailable)
+    }
+
+    /// The service of that name, whoever made it.
+    pub async fn service(&self, name: &str) -> Result<Option<SwarmService>, DockerError> {
+        let filters = HashMap::from([("name", vec![name])]);
+        let options = ListServicesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let listed = self
+            .docker
+            .list_services(Some(options))
+            .await
+            .map_err(|e| DockerError::from_bollard("list services", e))?;
+        // The name filter matches prefixes: keep the exact name.
+        Ok(listed
+            .into_iter()
+            .filter_map(read_service)
+            .find(|s| s.name == name))
+    }
+
+    pub async fn create_service(&self, spec: SwarmSpec) -> Result<String, DockerError> {
+        let created = self
+            .docker
+            .create_service(spec, None)
+            .await
+            .map_err(|e| DockerError::from_bollard("create service", e))?;
+        Ok(created.id.unwrap_or_default())
+    }
+
+    /// Replaces the service's spec; `version` is the one it was read at.
+    pub async fn update_service(
+        &self,
+        id: &str,
+        version: u64,
+        spec: SwarmSpec,
+    ) -> Result<(), DockerError> {
+        let options = UpdateServiceOptionsBuilder::default()
+            .version(i32::try_from(version).unwrap_or(i32::MAX))
+            .build();
+        self.docker
+            .update_service(id, spec, options, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| DockerError::from_bollard("update service", e))
+    }
+
+    pub async fn remove_service(&self, id: &str) -> Result<(), DockerError> {
+        match self.docker.delete_service(id).await {
+            Ok(()) => Ok(()),
+            Err(e) => match DockerError::from_bollard("remove service", e) {
+                e if e.status() == Some(404) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// The tasks Swarm keeps for the service (its history included).
+    pub async fn tasks(&self, service_id: &str) -> Result<Vec<SwarmTask>, DockerError> {
+        let filters = HashMap::from([("service", vec![service_id])]);
+        let options = ListTasksOptionsBuilder::default().filters(&filters).build();
+        let tasks = self
+            .docker
+            .list_tasks(Some(options))
+            .await
+            .map_err(|e| DockerError::from_bollard("list tasks", e))?;
+        Ok(tasks.into_iter().filter_map(read_task).collect())
+    }
+
+    pub async fn nodes(&self) -> Result<BTreeMap<String, SwarmNode>, DockerError> {
+        let nodes = self
+            .docker
+            .list_nodes(None::<ListNodesOptions>)
+            .await
+            .map_err(|e| DockerError::from_bollard("list nodes", e))?;
+        Ok(nodes
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.id?;
+                let status = n.status.unwrap_or_default();
+                let hostname = n
+                    .description
+                    .and_then(|d| d.hostname)
+                    .unwrap_or_else(|| id.clone());
+                Some((
+                    id.clone(),
+                    SwarmNode {
+                        id,
+                        hostname,
+                        addr: status.addr.and_then(|a| a.parse().ok()),
+                        ready: status.state == Some(NodeState::READY),
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// Creates an attachable overlay network when none of that name exists.
+    pub async fn ensure_overlay(&self, name: &str) -> Result<(), DockerError> {
+        match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => match DockerError::from_bollard("inspect network", e) {
+                e if e.status() == Some(404) => {}
+                e => return Err(e),
+            },
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("overlay".to_owned()),
+            attachable: Some(true),
+            labels: Some(HashMap::from([(
+                LABEL_MANAGED_BY.to_owned(),
+                MANAGED_BY.to_owned(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Created meanwhile by someone else: what was asked for exists.
+            Err(e) => match DockerError::from_bollard("create network", e) {
+                e if e.status() == Some(409) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// A wake-up for every service, node and owned-container event, from now on. Tasks
+    /// have no events of their own: a changed task shows as its container's event on
+    /// this node, its service's or its node's; the caller lists tasks on each, and
+    /// often besides.
+    pub fn events(&self) -> BoxStream<'static, Result<String, DockerError>> {
+        let filters = HashMap::from([("type", vec!["service", "node", "container"])]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        self.docker
+            .events(Some(options))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(event) => {
+                        let kind = event.typ.map(|t| t.to_string()).unwrap_or_default();
+                        let actor = event.actor.unwrap_or_default();
+                        let attrs = actor.attributes.unwrap_or_default();
+                        if kind == "container" && !attrs.contains_key(LABEL_MANAGED_BY) {
+                            return None;
+                        }
+                        let action = event.action.unwrap_or_default();
+                        Some(Ok(format!("{kind} {action}")))
+                    }
+                    Err(e) => Some(Err(DockerError::from_bollard("watch events", e))),
+                }
+            })
+            .boxed()
+    }
+
+    /// The lease record, when one exists.
+    pub async fn lease(&self) -> Result<Option<LeaseRecord>, DockerError> {
+        match self.docker.inspect_config(LEASE_NAME).await {
+            Ok(config) => {
+                let labels = config
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.labels.clone())
+                    .unwrap_or_default();
+                Ok(Some(LeaseRecord {
+                    id: config.id.unwrap_or_default(),
+                    version: config.version.and_then(|v| v.index).unwrap_or(0),
+                    holder: labels.get(LEASE_HOLDER).cloned().unwrap_or_default(),
+                    renewed_ms: labels
+                        .get(LEASE_RENEWED)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                }))
+            }
+            Err(e) => match DockerError::from_bollard("inspect the lease", e) {
+                e if e.status() == Some(404) => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// Creates the lease record held by `holder`; a conflict when it exists.
+    pub async fn create_lease(&self, holder: &str, now_ms: u64) -> Result<(), LeaseError> {
+        let spec = ConfigSpec {
+            name: Some(LEASE_NAME.to_owned()),
+            labels: Some(lease_labels(holder, now_ms)),
+            // A config must hold data; the lease is in its labels.
+            data: Some(base64_of(b"dockscale controller lease\n")),
+            ..Default::default()
+        };
+        match self.docker.create_config(spec).await {
+            Ok(_) => Ok(()),
+            Err(e) => match DockerError::from_bollard("create the lease", e) {
+                e if e.status() == Some(409) => Err(LeaseError::Conflict),
+                e => Err(e.into()),
+            },
+        }
+    }
+
+    /// Writes the lease as held by `holder`, if it is still at `version`.
+    pub async fn write_lease(
+        &self,
+        record: &LeaseRecord,
+        holder: &str,
+        now_ms: u64,
+    ) -> Result<(), LeaseError> {
+        // Only the labels of a config may change; the rest is sent back as read.
+        let current = self
+            .docker
+            .inspect_config(&record.id)
+            .await
+            .map_err(|e| DockerError::from_bollard("inspect the lease", e))?;
+        let mut spec = current.spec.unwrap_or_default();
+        spec.labels = Some(lease_labels(holder, now_ms));
+        let options = UpdateConfigOptionsBuilder::default()
+            .version(i64::try_from(record.version).unwrap_or(i64::MAX))
+            .build();
+        match self.docker.update_config(&record.id, spec, options).await {
+            Ok(()) => Ok(()),
+            Err(e) => match DockerError::from_bollard("renew the lease", e) {
+                DockerError::Api { message, .. } if message.contains("out of sequence") => {
+                    Err(LeaseError::Conflict)
+                }
+                e => Err(e.into()),
+            },
+        }
+    }
+
+    /// Removes the lease record (a leader that stops hands over at once).
+    pub async fn release_lease(&self, record: &LeaseRecord) -> Result<(), DockerError> {
+        match self.docker.delete_config(&record.id).await {
+            Ok(()) => Ok(()),
+            Err(e) => match DockerError::from_bollard("release the lease", e) {
+                e if e.status() == Some(404) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    /// One service, fresh (for the status of a task's update).
+    pub async fn inspect_service(&self, id: &str) -> Result<Option<SwarmService>, DockerError> {
+        match self
+            .docker
+            .inspect_service(id, None::<InspectServiceOptions>)
+            .await
+        {
+            Ok(s) => Ok(read_service(s)),
+            Err(e) => match DockerError::from_bollard("inspect service", e) {
+                e if e.status() == Some(404) => Ok(None),
+                e => Err(e),
+            },
+        }
+    }
+}
+
+fn lease_labels(holder: &str, now_ms: u64) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LEASE_HOLDER.to_owned(), holder.to_owned()),
+        (LEASE_RENEWED.to_owned(), now_ms.to_string()),
+    ])
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn read_service(s: bollard::models::Service) -> Option<SwarmService> {
+    let spec = s.spec?;
+    let labels = spec.labels.clone().unwrap_or_default();
+    let replicas = spec
+        .mode
+        .as_ref()
+        .and_then(|m| m.replicated.as_ref())
+        .and_then(|r| r.replicas)
+        .unwrap_or(0);
+    let update = s.update_status.and_then(|u| {
+        let state = match u.state? {
+            ServiceUpdateStatusStateEnum::UPDATING => UpdateState::Updating,
+            ServiceUpdateStatusStateEnum::PAUSED => UpdateState::Paused,
+            ServiceUpdateStatusStateEnum::COMPLETED => UpdateState::Completed,
+            ServiceUpdateStatusStateEnum::ROLLBACK_STARTED => UpdateState::RollbackStarted,
+            ServiceUpdateStatusStateEnum::ROLLBACK_PAUSED => UpdateState::RollbackPaused,
+            ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED => UpdateState::RollbackCompleted,
+            ServiceUpdateStatusStateEnum::EMPTY => return None,
+        };
+        Some(UpdateStatus {
+            state,
+            message: u.message.unwrap_or_default(),
+        })
+    });
+    Some(SwarmService {
+        id: s.id?,
+        name: spec.name.clone().unwrap_or_default(),
+        version: s.version.and_then(|v| v.index).unwrap_or(0),
+        replicas: u32::try_from(replicas).unwrap_or(u32::MAX),
+        managed: labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY),
+        spec_hash: labels.get(LABEL_SPEC_HASH).cloned(),
+        template_hash: labels.get(LABEL_TEMPLATE_HASH).cloned(),
+        update,
+        spec,
+    })
+}
+
+fn read_task(t: bollard::models::Task) -> Option<SwarmTask> {
+    let id = t.id?;
+    let status = t.status.unwrap_or_default();
+    let labels = t
+        .spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let published_port = status
+        .port_status
+        .as_ref()
+        .and_then(|p| p.ports.as_ref())
+        .and_then(|ports| ports.iter().find_map(|p| p.published_port))
+        .and_then(|p| u16::try_from(p).ok());
+    let service = labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
+    Some(SwarmTask {
+        name: match t.slot {
+            Some(slot) => format!("{service}.{slot}"),
+            None => format!("{service}.{}", id.get(..12).unwrap_or(&id)),
+        },
+        id,
+        node_id: t.node_id.filter(|n| !n.is_empty()),
+        desired: TaskPhase::of(t.desired_state),
+        state: TaskPhase::of(status.state),
+        template_hash: labels.get(LABEL_TEMPLATE_HASH).cloned(),
+        published_port,
+        error: status.err.filter(|e| !e.is_empty()),
+        container_id: status.container_status.and_then(|c| c.container_id),
+        since: status.timestamp.unwrap_or_default(),
+    })
+}
+
+/// The Swarm service spec of a dockscale service: `replicas` tasks of its template,
+/// labelled as dockscale's, publishing the template's port in host mode on a port
+/// Swarm picks, with Swarm's rolling update mapped from `rollout`. Pure.
+pub fn service_spec(
+    service: &ScaledService,
+    replicas: u32,
+    template_hash: &str,
+    spec_hash: &str,
+) -> SwarmSpec {
+    let spec = &service.spec;
+    let t = &spec.template;
+    let name = service.name();
+    let mut task_labels: HashMap<String, String> = t
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    task_labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
+    task_labels.insert(LABEL_SERVICE.to_owned(), name.to_owned());
+    task_labels.insert(LABEL_TEMPLATE_HASH.to_owned(), template_hash.to_owned());
+    let mut labels = HashMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_SERVICE.to_owned(), name.to_owned()),
+        (LABEL_TEMPLATE_HASH.to_owned(), template_hash.to_owned()),
+        (LABEL_SPEC_HASH.to_owned(), spec_hash.to_owned()),
+    ]);
+    labels.extend(t.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let limits = Limit {
+        nano_cpus: t.resources.cpus.map(|c| (c.get() * 1e9) as i64),
+        memory_bytes: t.resources.memory.map(|m| m.bytes() as i64),
+        ..Default::default()
+    };
+    let reservations = ResourceObject {
+        nano_cpus: limits.nano_cpus,
+        memory_bytes: limits.memory_bytes,
+        ..Default::default()
+    };
+    let placement = spec.placement.as_ref().map(|p| TaskSpecPlacement {
+        constraints: Some(p.constraints.clone()).filter(|c| !c.is_empty()),
+        preferences: Some(
+            p.preferences
+                .iter()
+                .map(|pref| TaskSpecPlacementPreferences {
+                    spread: Some(TaskSpecPlacementSpread {
+                        spread_descriptor: Some(pref.spread.clone()),
+                    }),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .filter(|p| !p.is_empty()),
+        max_replicas: p.max_replicas_per_node.map(i64::from),
+        ..Default::default()
+    });
+    let grace = t.stop_grace_period.get();
+    SwarmSpec {
+        name: Some(name.to_owned()),
+        labels: Some(labels),
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(t.image.clone()),
+                labels: Some(task_labels),
+                // `command` replaces the image's CMD, as in docker mode.
+                args: Some(t.command.clone()).filter(|c| !c.is_empty()),
+                env: Some(
+                    t.env
+                        .iter()
+                        .map(|(k, v)| format!("{}={v}", k.as_str()))
+                        .collect(),
+                ),
+                stop_grace_period: Some(i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX)),
+                init: Some(t.init),
+                ..Default::default()
+            }),
+            resources: Some(TaskSpecResources {
+                limits: Some(limits),
+                reservations: Some(reservations),
+                ..Default::default()
+            }),
+            // Swarm replaces a task that ends; a crash-looping one every second.
+            restart_policy: Some(TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+                delay: Some(1_000_000_000),
+                max_attempts: Some(0),
+                window: None,
+            }),
+            placement,
+            networks: Some(vec![NetworkAttachmentConfig {
+                target: Some(spec.network.as_str().to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        mode: Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(i64::from(replicas)),
+            }),
+            ..Default::default()
+        }),
+        update_config: Some(update_config(service)),
+        rollback_config: Some(rollback_config(service)),
+        endpoint_spec: Some(EndpointSpec {
+            ports: t.port.map(|port| {
+                vec![EndpointPortConfig {
+                    target_port: Some(i64::from(port)),
+                    publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// How many tasks Swarm replaces at once, and in which order: start-first (a new task
+/// before an old one stops) when no ready replica may be missing, else stop-first.
+fn parallelism_and_order(service: &ScaledService) -> (i64, bool) {
+    let r = &service.spec.rollout;
+    if r.max_unavailable == 0 {
+        (i64::from(r.max_surge.max(1)), true)
+    } else {
+        (i64::from(r.max_unavailable), false)
+    }
+}
+
+/// How long Swarm watches a new task before it counts the update of it a success: long
+/// enough for its port to answer and HAProxy's checks to pass (rise 2 at 1 s).
+fn monitor_nanos() -> i64 {
+    5_000_000_000
+}
+
+fn update_config(service: &ScaledService) -> ServiceSpecUpdateConfig {
+    let (parallelism, start_first) = parallelism_and_order(service);
+    ServiceSpecUpdateConfig {
+        parallelism: Some(parallelism),
+        delay: Some(0),
+        failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
+        monitor: Some(monitor_nanos()),
+        max_failure_ratio: Some(0.0),
+        order: Some(if start_first {
+            ServiceSpecUpdateConfigOrderEnum::START_FIRST
+        } else {
+            ServiceSpecUpdateConfigOrderEnum::STOP_FIRST
+        }),
+    }
+}
+
+fn rollback_config(service: &ScaledService) -> ServiceSpecRollbackConfig {
+    let (parallelism, start_first) = parallelism_and_order(service);
+    ServiceSpecRollbackConfig {
+        parallelism: Some(parallelism),
+        delay: Some(0),
+        failure_action: Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE),
+        monitor: Some(monitor_nanos()),
+        max_failure_ratio: Some(0.0),
+        order: Some(if start_first {
+            ServiceSpecRollbackConfigOrderEnum::START_FIRST
+        } else {
+            ServiceSpecRollbackConfigOrderEnum::STOP_FIRST
+        }),
+    }
+}
+
+/// The hash of what dockscale puts in a Swarm service besides the count: the template
+/// hash, the placement and the rollout (Swarm's update settings come from it).
+pub fn spec_hash(service: &ScaledService, template_hash: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let canonical = serde_json::json!({
+        "template": template_hash,
+        "placement": service.spec.placement,
+        "rollout": service.spec.rollout,
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    digest[..5].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The spec Swarm holds with only its count changed.
+pub fn with_replicas(spec: &SwarmSpec, replicas: u32) -> SwarmSpec {
+    let mut spec = spec.clone();
+    spec.mode = Some(ServiceSpecMode {
+        replicated: Some(ServiceSpecModeReplicated {
+            replicas: Some(i64::from(replicas)),
+        }),
+        ..Default::default()
+    });
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml: &str) -> ScaledService {
+        let loaded =
+            crate::spec::manifest::parse_str(std::path::Path::new("s.yaml"), yaml).expect("valid");
+        loaded.into_iter().next().expect("one").service
+    }
+
+    const WEB: &str = "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: web}\nspec:\n  replicas: 3\n  template:\n    image: img:1\n    command: [serve, --fast]\n    env: {A: b}\n    port: 8080\n    resources: {memory: 64Mi, cpus: 0.5}\n    stopGracePeriod: 7s\n  placement:\n    constraints: [node.role==worker]\n    preferences: [{spread: node.labels.zone}]\n    maxReplicasPerNode: 2\n  loadBalancer: {backend: web}\n";
+
+    #[test]
+    fn the_swarm_spec_carries_the_template_labels_ports_and_placement() {
+        let s = service(WEB);
+        let spec = service_spec(&s, 3, "abc", "def");
+        assert_eq!(spec.name.as_deref(), Some("web"));
+        let labels = spec.labels.as_ref().expect("labels");
+        assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY);
+        assert_eq!(labels[LABEL_SPEC_HASH], "def");
+        let task = spec.task_template.as_ref().expect("task");
+        let c = task.container_spec.as_ref().expect("container");
+        assert_eq!(c.image.as_deref(), Some("img:1"));
+        assert_eq!(
+            c.args.as_deref(),
+            Some(&["serve".to_owned(), "--fast".to_owned()][..])
+        );
+        assert_eq!(c.env.as_deref(), Some(&["A=b".to_owned()][..]));
+        assert_eq!(c.stop_grace_period, Some(7_000_000_000));
+        assert_eq!(
+            c.labels.as_ref().expect("labels")[LABEL_TEMPLATE_HASH],
+            "abc"
+        );
+        let limits = task
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .expect("limits");
+        assert_eq!(limits.memory_bytes, Some(64 * 1024 * 1024));
+        assert_eq!(limits.nano_cpus, Some(500_000_000));
+        let placement = task.placement.as_ref().expect("placement");
+        assert_eq!(placement.max_replicas, Some(2));
+        assert_eq!(
+            placement.constraints.as_deref(),
+            Some(&["node.role==worker".to_owned()][..])
+        );
+        let ports = spec
+            .endpoint_spec
+            .as_ref()
+            .and_then(|e| e.ports.as_ref())
+            .expect("ports");
+        assert_eq!(ports[0].target_port, Some(8080));
+        assert_eq!(ports[0].published_port, None, "Swarm picks the host port");
+        assert_eq!(
+            ports[0].publish_mode,
+            Some(EndpointPortConfigPublishModeEnum::HOST)
+        );
+        let replicas = spec
+            .mode
+            .as_ref()
+            .and_then(|m| m.replicated.as_ref())
+            .and_then(|r| r.replicas);
+        assert_eq!(replicas, Some(3));
+    }
+
+    #[test]
+    fn a_rollout_without_unavailability_starts_new_tasks_first() {
+        let s = service(WEB);
+        let update = service_spec(&s, 3, "a", "b").update_config.expect("update");
+        assert_eq!(
+            update.order,
+            Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+        );
+        assert_eq!(update.parallelism, Some(1));
+        assert_eq!(
+            update.failure_action,
+            Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK)
+        );
+        let stop_first = service(&WEB.replace(
+            "  loadBalancer",
+            "  rollout: {maxSurge: 0, maxUnavailable: 2}\n  loadBalancer",
+        ));
+        let update = service_spec(&stop_first, 3, "a", "b")
+            .update_config
+            .expect("update");
+        assert_eq!(
+            update.order,
+            Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST)
+        );
+        assert_eq!(update.parallelism, Some(2));
+    }
+
+    #[test]
+    fn the_spec_hash_follows_placement_and_rollout_but_not_the_count() {
+        let s = service(WEB);
+        let other = service(&WEB.replace("maxReplicasPerNode: 2", "maxReplicasPerNode: 3"));
+        let scaled = service(&WEB.replace("replicas: 3", "replicas: 5"));
+        assert_ne!(spec_hash(&s, "t"), spec_hash(&other, "t"));
+        assert_eq!(spec_hash(&s, "t"), spec_hash(&scaled, "t"));
+        assert_ne!(spec_hash(&s, "t"), spec_hash(&s, "u"));
+    }
+
+    #[test]
+    fn scaling_changes_only_the_count() {
+        let s = service(WEB);
+        let spec = service_spec(&s, 3, "a", "b");
+        let scaled = with_replicas(&spec, 7);
+        assert_eq!(
+            scaled
+                .mode
+                .as_ref()
+                .and_then(|m| m.replicated.as_ref())
+                .and_then(|r| r.replicas),
+            Some(7)
+        );
+        assert_eq!(scaled.task_template, spec.task_template);
+        assert_eq!(scaled.labels, spec.labels);
+    }
+}
