@@ -339,7 +339,10 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
 
     // 6. How many to create, on which crash-loop lines.
     let new_total = live_new + sorted.pending_new + sorted.awaiting_new;
-    let total = live_new + live_old + sorted.pending as u32 + sorted.awaiting();
+    // Replicas still stopping count against the surge: their containers run until
+    // their grace period ends, and a rollout must not outgrow `desired + maxSurge`
+    // while old replicas take their time to go.
+    let total = live_new + live_old + sorted.pending as u32 + sorted.awaiting() + sorted.removing;
     let creates = if live_old > 0 {
         let max_total = desired.saturating_add(spec.rollout.max_surge);
         let room = max_total.saturating_sub(total);

@@ -724,7 +724,7 @@ spec:
     #[test]
     fn unknown_fields_are_located() {
         let text = GOOD.replace("  replicas: 2", "  replicas: 2\n  replicaz: 3");
-        assert_eq!(one_error(&text), "s.yaml:7:3: unknown field `replicaz`, expected one of replicas, template, network, loadBalancer, autoscale, rollout");
+        assert_eq!(one_error(&text), "s.yaml:7:3: unknown field `replicaz`, expected one of replicas, template, network, loadBalancer, autoscale, rollout, placement");
     }
 
     #[test]
