@@ -342,7 +342,28 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     // Replicas still stopping count against the surge: their containers run until
     // their grace period ends, and a rollout must not outgrow `desired + maxSurge`
     // while old replicas take their time to go.
-    let total = live_new + live_old + sorted.pending as u32 + sorted.awaiting() + sorted.removing;
+    let stopping_now = plan
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Remove {
+                    reason: RemoveReason::Rollout
+                        | RemoveReason::ScaleDown
+                        | RemoveReason::NetworkLost,
+                    ..
+                }
+            )
+        })
+        .count() as u32;
+    let total = live_new
+        + live_old
+        + sorted.pending as u32
+        + sorted.awaiting()
+        + draining
+        + sorted.removing
+        + stopping_now;
     let creates = if live_old > 0 {
         let max_total = desired.saturating_add(spec.rollout.max_surge);
         let room = max_total.saturating_sub(total);

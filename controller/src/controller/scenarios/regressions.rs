@@ -106,3 +106,31 @@ async fn a_backend_the_service_left_has_its_servers_taken_out_of_rotation() {
     w.converge("web", 1, secs(10)).await;
     w.check_invariants();
 }
+
+// Regression: a rollout counted only replicas not being stopped against maxSurge, so
+// old replicas waiting out their grace period made 7 containers for desired 4 and
+// maxSurge 1 (seen in the chaos soak).
+#[tokio::test(start_paused = true)]
+async fn a_rollout_counts_replicas_still_stopping_against_the_surge() {
+    let spec = svc("web").replicas(4).lb().rollout(1, 0);
+    let w = World::new(std::slice::from_ref(&spec)).start();
+    w.converge("web", 4, secs(5)).await;
+    let old = w.running_ids("web");
+    w.rt.hold_stops();
+    w.edit(&[spec.version(2)]);
+    let mut most = 0;
+    for _ in 0..100 {
+        most = most.max(w.rt.running("web").len());
+        tokio::time::sleep(ms(50)).await;
+    }
+    assert!(
+        most <= 5,
+        "{most} containers running at once for desired 4, maxSurge 1"
+    );
+    w.rt.release_stops();
+    w.until("every replica rolled", secs(30), |w| {
+        w.converged("web", 4) && w.running_ids("web").is_disjoint(&old)
+    })
+    .await;
+    w.check_invariants();
+}
