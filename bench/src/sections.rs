@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use dockscale::autoscale::plot::{self, Line};
 use futures::StreamExt;
 
 use crate::measure::{fmt_stats, parse_wrk, proc_usage, WrkReport};
@@ -616,54 +617,19 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
     Ok(out)
 }
 
+/// The timeline as `autoscale.svg`, drawn as `dockscale simulate --plot` draws its own.
 fn draw(path: &Path, points: &[Point], load_end: f64) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-    let t_max = points.last().map_or(1.0, |p| p.t).max(1.0);
-    let y_max = points
-        .iter()
-        .map(|p| p.demand.max(p.qcur).max(p.ready))
-        .fold(1.0, f64::max)
-        * 1.1;
-    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("load step of 32 slow requests, 0–{load_end:.0} s"),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(45)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    type Value = fn(&Point) -> f64;
-    let series: [(&str, RGBColor, Value); 3] = [
-        ("demand (scur + qcur, averaged)", BLUE, |p| p.demand),
-        ("queue (qcur)", RED, |p| p.qcur),
-        ("ready replicas", GREEN, |p| p.ready),
+    let line = |label, value: fn(&Point) -> f64| Line {
+        label,
+        points: points.iter().map(|p| (p.t, value(p))).collect(),
+    };
+    let lines = [
+        line("demand (scur + qcur, averaged)", |p| p.demand),
+        line("queue (qcur)", |p| p.qcur),
+        line("ready replicas", |p| p.ready),
     ];
-    for (label, color, value) in series {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.t, value(p))),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let title = format!("load step of 32 slow requests, 0–{load_end:.0} s");
+    plot::timeline(path, &title, &lines)?;
     Ok(())
 }
 

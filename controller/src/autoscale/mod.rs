@@ -32,6 +32,7 @@
 //! window nothing changes, and while the latest sample is missing the autoscaler only
 //! scales up.
 
+pub mod plot;
 pub mod simulate;
 
 use std::collections::VecDeque;
