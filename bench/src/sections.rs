@@ -10,35 +10,18 @@ use anyhow::{bail, Context};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use dockscale::autoscale::plot::{self, Line};
+use dockscale_e2e::haproxy::backend_qcur;
+use dockscale_e2e::{remove_by_label, try_http_get, try_sh, wait_until, WEBAPP_IMAGE as IMAGE};
 use futures::StreamExt;
 
 use crate::measure::{fmt_stats, parse_wrk, proc_usage, WrkReport};
-use crate::world::{sh, Dockscale, PlainHaproxy, Spec, World, IMAGE};
+use crate::world::{reached, running, Dockscale, PlainHaproxy, Spec, World, POLL};
 use crate::{median_secs, secs};
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn scale_to_zero(d: &Dockscale) -> anyhow::Result<()> {
     d.set_replicas(0)?;
-    wait_until("scale to 0", Duration::from_secs(180), || async {
-        d.running() == 0 && d.serving().await == 0
-    })
-    .await?;
+    let empty = || async { reached((d.running(), d.serving().await), (0, 0)) };
+    wait_until("scale to 0", Duration::from_secs(180), POLL, empty).await?;
     Ok(())
 }
 
@@ -101,23 +84,13 @@ fn compose(world: &World, n: u32) -> anyhow::Result<Duration> {
     let file = file.display().to_string();
     let scale = format!("web={n}");
     let start = Instant::now();
-    sh(
+    try_sh(
         "docker-compose",
         &["-p", &project, "-f", &file, "up", "-d", "--scale", &scale],
     )?;
     let took = start.elapsed();
-    let running = sh(
-        "docker",
-        &[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={project}"),
-        ],
-    )?
-    .split_whitespace()
-    .count();
-    sh(
+    let running = running(&format!("label=com.docker.compose.project={project}"))?;
+    try_sh(
         "docker-compose",
         &["-p", &project, "-f", &file, "down", "-t", "2"],
     )?;
@@ -137,10 +110,7 @@ pub async fn convergence(world: &mut World, sizes: &[u32], reps: usize) -> anyho
         let (mut ds, mut fl, mut co) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             d.set_replicas(n)?;
-            let took = wait_until("N serving", Duration::from_secs(300), || async {
-                d.serving().await == n as usize
-            })
-            .await?;
+            let took = d.wait_serving(n as usize, Duration::from_secs(300)).await?;
             ds.push(took);
             scale_to_zero(&d).await?;
             fl.push(floor(world, n, &format!("{n}r{rep}")).await?);
@@ -174,15 +144,10 @@ fn docker_run_parallel(world: &World, n: u32, tag: &str) -> anyhow::Result<Durat
         run = world.id,
     );
     let start = Instant::now();
-    sh("bash", &["-c", &script])?;
+    try_sh("bash", &["-c", &script])?;
     let took = start.elapsed();
-    let running = sh(
-        "docker",
-        &["ps", "-q", "--filter", &format!("name={prefix}-")],
-    )?
-    .split_whitespace()
-    .count();
-    crate::world::remove_by_label(&format!("dockscale-bench.run={}", world.id))?;
+    let running = running(&format!("name={prefix}-"))?;
+    remove_by_label(&format!("dockscale-bench.run={}", world.id))?;
     if running != n as usize {
         bail!("docker run started {running} of {n}");
     }
@@ -197,10 +162,13 @@ pub async fn pool(world: &mut World, n: u32, reps: usize) -> anyhow::Result<Stri
     let (mut ds, mut dr, mut fl) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
         d.set_replicas(n)?;
-        let took = wait_until("N ready", Duration::from_secs(300), || async {
-            d.status().await["replicas"]["ready"].as_u64() == Some(u64::from(n))
-        })
-        .await?;
+        let ready = || async {
+            reached(
+                d.status().await["replicas"]["ready"].as_u64(),
+                Some(u64::from(n)),
+            )
+        };
+        let (_, took) = wait_until("N ready", Duration::from_secs(300), POLL, ready).await?;
         if d.running() != n as usize {
             bail!(
                 "dockscale reported {n} ready but Docker runs {}",
@@ -267,10 +235,7 @@ pub async fn backend_changes(world: &mut World, reps: usize, secs: u64) -> anyho
     // dockscale: edit replicas 4 -> 5 -> 4 ... ten times.
     let service = world.service("churn");
     let d = world.dockscale(&service, Spec::lb(4)).await?;
-    wait_until("4 serving", Duration::from_secs(60), || async {
-        d.serving().await == 4
-    })
-    .await?;
+    d.wait_serving(4, Duration::from_secs(60)).await?;
     let bind = d.bind().context("a bind")?;
     let mut runtime_api = Vec::new();
     for _ in 0..reps {
@@ -316,7 +281,7 @@ pub async fn backend_changes(world: &mut World, reps: usize, secs: u64) -> anyho
                 let (name, _) = members.remove(0);
                 h.reload(&members)?;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                sh("docker", &["rm", "-f", &name])?;
+                try_sh("docker", &["rm", "-f", &name])?;
             }
         }
         reload.push(finish_wrk(load)?);
@@ -339,10 +304,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
     let bind = d.bind().context("a bind")?;
     let (mut ds_time, mut ds_failed, mut ds_p99) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
-        wait_until("3 serving", Duration::from_secs(60), || async {
-            d.serving().await == 3
-        })
-        .await?;
+        d.wait_serving(3, Duration::from_secs(60)).await?;
         let load = wrk(bind, 8)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let servers = d.api().servers_state(&d.backend()).await?;
@@ -351,7 +313,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
             .find(|s| s.running() && !s.addr.is_unspecified())
             .map(|s| s.addr.to_string())
             .context("a serving server")?;
-        let victim = sh(
+        let victim = try_sh(
             "docker",
             &[
                 "ps",
@@ -365,7 +327,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
         .map(str::to_owned)
         .context("the victim's container")?;
         let killed = Instant::now();
-        sh("docker", &["kill", &victim])?;
+        try_sh("docker", &["kill", &victim])?;
         loop {
             let servers = d.api().servers_state(&d.backend()).await?;
             let still = servers
@@ -402,7 +364,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (victim, victim_ip) = members[0].clone();
         let killed = Instant::now();
-        sh("docker", &["kill", &victim])?;
+        try_sh("docker", &["kill", &victim])?;
         loop {
             let servers = h.api().servers_state("be").await?;
             let up = servers
@@ -421,7 +383,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
         hc_failed.push(report.failed as f64);
         hc_p99.push(report.p99_ms);
         // Replace the member for the next repetition.
-        sh("docker", &["rm", "-f", &victim])?;
+        try_sh("docker", &["rm", "-f", &victim])?;
         members.remove(0);
         let name = format!("{}-hcr{rep}", world.id);
         world.run_container(&name)?;
@@ -459,20 +421,6 @@ struct Point {
     desired: f64,
 }
 
-async fn qcur(d: &Dockscale) -> f64 {
-    let Ok(servers) = d.api().servers_state(&d.backend()).await else {
-        return 0.0;
-    };
-    let id = servers.first().map_or(0, |s| s.backend_id);
-    d.api()
-        .stat(id)
-        .await
-        .ok()
-        .and_then(|rows| rows.into_iter().find(|r| r.is_backend()))
-        .and_then(|r| r.qcur)
-        .unwrap_or(0) as f64
-}
-
 pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::Result<String> {
     let service = world.service("auto");
     let mut spec = Spec::lb(1);
@@ -480,10 +428,7 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
     spec.extra = "  autoscale:\n    minReplicas: 1\n    maxReplicas: 10\n    target: {inflightPerReplica: 4}\n    behavior:\n      scaleUp:   {stabilizationWindow: 0s,  maxStep: 4, period: 6s}\n      scaleDown: {stabilizationWindow: 20s, maxStep: 2, period: 6s}\n".to_owned();
     spec.extra_args = vec!["--metrics-interval".to_owned(), "1s".to_owned()];
     let d = world.dockscale(&service, spec).await?;
-    wait_until("1 serving", Duration::from_secs(60), || async {
-        d.serving().await == 1
-    })
-    .await?;
+    d.wait_serving(1, Duration::from_secs(60)).await?;
     let load_secs = if quick { 20 } else { 40 };
     let concurrency = 32;
     let needed = 8.0; // 32 in flight at 4 per replica
@@ -508,7 +453,7 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
         let p = Point {
             t: start.elapsed().as_secs_f64(),
             demand: s["autoscaler"]["demand"].as_f64().unwrap_or(0.0),
-            qcur: qcur(&d).await,
+            qcur: backend_qcur(&d.api(), &d.backend()).await as f64,
             ready: s["replicas"]["ready"].as_f64().unwrap_or(0.0),
             desired: s["replicas"]["desired"].as_f64().unwrap_or(0.0),
         };
@@ -659,22 +604,22 @@ pub async fn cost(world: &mut World, sizes: &[u32]) -> anyhow::Result<String> {
         spec.extra_args = vec!["--sync-period".to_owned(), "1s".to_owned()];
         let started = Instant::now();
         let d = world.dockscale(&service, spec).await?;
-        wait_until("N running", Duration::from_secs(600), || async {
-            d.running() == n as usize
-        })
-        .await?;
+        let running = || async { reached(d.running(), n as usize) };
+        wait_until("N running", Duration::from_secs(600), POLL, running).await?;
         let converged = started.elapsed();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let m0 = crate::world::http_get(d.listen, "/metrics")
+        let m0 = try_http_get(d.listen, "/metrics")
             .await
+            .map(|(_, body)| body)
             .unwrap_or_default();
         let (_, cpu0) = proc_usage(d.pid).context("dockscale's /proc")?;
         let t0 = Instant::now();
         tokio::time::sleep(window).await;
         let (rss, cpu1) = proc_usage(d.pid).context("dockscale's /proc")?;
         let wall = t0.elapsed();
-        let m1 = crate::world::http_get(d.listen, "/metrics")
+        let m1 = try_http_get(d.listen, "/metrics")
             .await
+            .map(|(_, body)| body)
             .unwrap_or_default();
         let labels = format!("{{service=\"{service}\"}}");
         let (s0, c0) = histogram(&m0, "dockscale_reconcile_duration_seconds", &labels);

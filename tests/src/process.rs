@@ -145,17 +145,10 @@ impl DockscaleProcess {
 
     /// Waits until its HTTP server accepts connections.
     pub async fn wait_listening(&self, timeout: Duration) -> Result<Duration, String> {
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(self.listen).await.is_err() {
-            if start.elapsed() > timeout {
-                return Err(format!(
-                    "dockscale did not listen on {} within {timeout:?}",
-                    self.listen
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Ok(start.elapsed())
+        let what = format!("dockscale to listen on {}", self.listen);
+        crate::wait_listening(self.listen, &what, timeout)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// GETs a path of its HTTP server: status and body, or why not.

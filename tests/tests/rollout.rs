@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use dockscale_e2e::haproxy::{get_with_cookies, LbFixture, Load};
-use dockscale_e2e::{sh, wait_for, Fixture, RunningController};
+use dockscale_e2e::haproxy::{LbFixture, Load};
+use dockscale_e2e::{get_with_cookies, sh, wait_for, Fixture, RunningController};
 
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 
