@@ -3,8 +3,9 @@
 //! table and writes `bench/RESULTS.md` (and `bench/autoscale.svg`).
 //!
 //! Everything it creates carries a run id (containers, networks, HAProxy and dockscale
-//! processes, temporary directories) and is removed by [`Cleanup`] on the way out, on
-//! error too. Processes are ended by pid. Every load is bounded in time.
+//! processes, temporary directories) and is removed on the way out by
+//! [`World::cleanup`](world::World::cleanup), which the world's `Drop` calls on an
+//! error path too. Processes are ended by pid. Every load is bounded in time.
 
 mod measure;
 mod soak;

@@ -12,7 +12,7 @@ pub const NET: &str = "dockscale";
 /// The port test replicas listen on.
 pub const PORT: u16 = 8080;
 
-/// A minimal service: `Spec::test().replicas(3).lb().build()`.
+/// A minimal service: `testing::spec().replicas(3).lb().build()`.
 pub struct SpecBuilder {
     spec: ServiceSpec,
 }

@@ -45,7 +45,7 @@
 //!   controller's current `dockscale.template-hash` (from its status API, which
 //!   reports the final `replicas`); and no other container with the service's label
 //!   exists (nothing exited, created or paused is left over). The state must begin
-//!   to hold by the deadline and still hold [`STABLE`] later.
+//!   to hold by the deadline and still hold `STABLE` (1 s) later.
 //! - **Replacement.** Within [`SoakConfig::replace_within`] of controller time after
 //!   a `docker kill`, `docker stop` or `docker rm -f` of a replica, the replicas
 //!   running are back to the `replicas` value in force (issue 14: a container removed

@@ -9,7 +9,7 @@
 //! is the count the autoscaler asks for and `replicas` the count ready at that time.
 //!
 //! This module reads the series and replays it; the decisions are the autoscaler's
-//! alone, the drawing [`plot`](super::plot)'s.
+//! alone, the drawing [`plot`](mod@plot)'s.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

@@ -2,7 +2,7 @@
 //!
 //! Load-balancer steps run inline, in the plan's order (a server leaves rotation before
 //! its container stops); Docker creates and stops run as background tasks whose
-//! completions ([`Done`]) come back to the loop. Each action carried out is applied to
+//! completions (`Done`) come back to the loop. Each action carried out is applied to
 //! the service's memory, each completion too: nothing else changes it.
 
 use std::collections::BTreeSet;
