@@ -66,7 +66,8 @@ mod tests {
         let committed = include_str!("../../crds/scaledservice.schema.json");
         assert!(
             committed == super::schema_json(),
-            "crds/scaledservice.schema.json is stale: run `cargo run -- schema > crds/scaledservice.schema.json`"
+            "crds/scaledservice.schema.json is stale: run \
+             `cargo run -- schema > crds/scaledservice.schema.json`"
         );
     }
 }

@@ -31,7 +31,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 Some(lb) => match self.lb.load(lb.backend.as_str()).await {
                     Ok(load) => Some(load),
                     Err(e) => {
-                        tracing::debug!(service = %name, error = %crate::report::Chain(&e), "load sample failed: a gap");
+                        tracing::debug!(
+                            service = %name,
+                            error = %crate::report::Chain(&e),
+                            "load sample failed: a gap"
+                        );
                         None
                     }
                 },
@@ -90,9 +94,19 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             let repeat = entry.last_reason == Some(decision.reason) && !decision.changed();
             entry.last_reason = Some(decision.reason);
             if repeat {
-                tracing::debug!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
+                tracing::debug!(
+                    service = %name,
+                    reason = decision.reason.as_str(),
+                    "{}",
+                    decision.message
+                );
             } else {
-                tracing::info!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
+                tracing::info!(
+                    service = %name,
+                    reason = decision.reason.as_str(),
+                    "{}",
+                    decision.message
+                );
             }
             if decision.changed() {
                 entry.wake(Instant::now());

@@ -93,7 +93,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         events.push((
                             EventType::Normal,
                             "Draining",
-                            format!("Draining {backend}/{slot} ({reason:?}) before removing its replica"),
+                            format!(
+                                "Draining {backend}/{slot} ({reason:?}) \
+                                 before removing its replica"
+                            ),
                         ));
                     }
                     r
@@ -134,7 +137,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         .applied(action, replica.as_deref(), Instant::now());
                 }
                 Err(e) => {
-                    tracing::warn!(error = %crate::report::Chain(&e), ?action, "load balancer step failed");
+                    tracing::warn!(
+                        error = %crate::report::Chain(&e),
+                        ?action,
+                        "load balancer step failed"
+                    );
                     errors.push(e.into());
                 }
             }
@@ -375,7 +382,11 @@ async fn cut<L: LoadBalancer>(
     lb.release(backend, slot).await?;
     let cut = lb.sever(addr).await?;
     if cut > 0 {
-        tracing::info!(%addr, cut, "cut the connections to a vanished replica; their requests are retried elsewhere");
+        tracing::info!(
+            %addr,
+            cut,
+            "cut the connections to a vanished replica; their requests are retried elsewhere"
+        );
     }
     Ok(())
 }

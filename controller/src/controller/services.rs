@@ -273,7 +273,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                                 EventType::Normal,
                                 "SlotPoolGrown",
                                 format!(
-                                    "{} replicas at once need more than the {} slots of {}: grown to {}, HAProxy reloaded with every server written in (pools never shrink while HAProxy runs; replica changes within the pool never reload)",
+                                    "{} replicas at once need more than the {} slots of {}: grown \
+                                     to {}, HAProxy reloaded with every server written in (pools \
+                                     never shrink while HAProxy runs; replica changes within the \
+                                     pool never reload)",
                                     g.needed, g.from, g.backend, g.to
                                 ),
                                 now,
@@ -323,8 +326,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         for service in orphans {
             tracing::warn!(
                 service,
-                "replicas of a service that no spec names are left running; \
-                 remove them with `docker rm -f $(docker ps -aq --filter label=dockscale.service={service})`"
+                "replicas of a service that no spec names are left running; remove them with \
+                 `docker rm -f $(docker ps -aq --filter label=dockscale.service={service})`"
             );
         }
     }
@@ -338,7 +341,8 @@ fn replicas_change(old: u32, new: u32, autoscaled: bool) -> String {
         (true, _) => String::new(),
         (false, false) => format!(" (replicas {old} -> {new})"),
         (false, true) => format!(
-            " (replicas {old} -> {new}: autoscaled, so only the starting point; the autoscaler sets the count within its bounds)"
+            " (replicas {old} -> {new}: autoscaled, so only the starting point; the autoscaler \
+             sets the count within its bounds)"
         ),
     }
 }
