@@ -102,7 +102,16 @@ async fn main() -> anyhow::Result<()> {
         println!("{section}");
         let path = args.out.with_file_name("SOAK.md");
         let text = format!(
-            "# dockscale chaos soak\n\nCommand: `bench/run --only soak{}`. Date: {}.\n\n## Machine\n\n{machine}\n\n{section}\nThe soak took {:.0} s.\n",
+            "# dockscale chaos soak\n\
+             \n\
+             Command: `bench/run --only soak{}`. Date: {}.\n\
+             \n\
+             ## Machine\n\
+             \n\
+             {machine}\n\
+             \n\
+             {section}\n\
+             The soak took {:.0} s.\n",
             if args.quick { " --quick" } else { "" },
             measure::today(),
             soak_started.elapsed().as_secs_f64()

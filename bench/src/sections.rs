@@ -75,7 +75,20 @@ fn compose(world: &World, n: u32) -> anyhow::Result<Duration> {
     std::fs::write(
         &file,
         format!(
-            "version: \"2.4\"\nservices:\n  web:\n    image: {IMAGE}\n    init: true\n    mem_limit: 32m\n    labels:\n      dockscale-bench.run: {run}\n    networks: [net]\nnetworks:\n  net:\n    external: true\n    name: {net}\n",
+            "version: \"2.4\"
+services:
+  web:
+    image: {IMAGE}
+    init: true
+    mem_limit: 32m
+    labels:
+      dockscale-bench.run: {run}
+    networks: [net]
+networks:
+  net:
+    external: true
+    name: {net}
+",
             run = world.id,
             net = world.network
         ),
@@ -104,7 +117,16 @@ pub async fn convergence(world: &mut World, sizes: &[u32], reps: usize) -> anyho
     let service = world.service("conv");
     let d = world.dockscale(&service, Spec::lb(0)).await?;
     let mut out = String::from(
-        "## 1. Convergence\n\nFrom the spec edit (`replicas: 0` → N) until N servers are UP in HAProxy's backend, against `docker-compose up -d --scale web=N` (until it returns, containers running) and the raw floor: N creates and starts straight through the Docker API (bollard), 8 in parallel, same image, network, limits and init.\n\n| N | dockscale (serving via HAProxy) | raw floor (running) | docker-compose (running) | dockscale / floor | dockscale / compose |\n| --- | --- | --- | --- | --- | --- |\n",
+        "## 1. Convergence\n\
+         \n\
+         From the spec edit (`replicas: 0` → N) until N servers are UP in HAProxy's backend, \
+         against `docker-compose up -d --scale web=N` (until it returns, containers running) and \
+         the raw floor: N creates and starts straight through the Docker API (bollard), 8 in \
+         parallel, same image, network, limits and init.\n\
+         \n\
+         | N | dockscale (serving via HAProxy) | raw floor (running) | docker-compose (running) | \
+         dockscale / floor | dockscale / compose |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
     );
     for &n in sizes {
         let (mut ds, mut fl, mut co) = (Vec::new(), Vec::new(), Vec::new());
@@ -139,7 +161,8 @@ pub async fn convergence(world: &mut World, sizes: &[u32], reps: usize) -> anyho
 fn docker_run_parallel(world: &World, n: u32, tag: &str) -> anyhow::Result<Duration> {
     let prefix = format!("{}-run{tag}", world.id);
     let script = format!(
-        "seq {n} | xargs -P8 -I{{}} docker run -d --init --network {net} --memory 32m --label dockscale-bench.run={run} --name {prefix}-{{}} {IMAGE} >/dev/null",
+        "seq {n} | xargs -P8 -I{{}} docker run -d --init --network {net} --memory 32m --label \
+         dockscale-bench.run={run} --name {prefix}-{{}} {IMAGE} >/dev/null",
         net = world.network,
         run = world.id,
     );
@@ -186,7 +209,18 @@ pub async fn pool(world: &mut World, n: u32, reps: usize) -> anyhow::Result<Stri
     }
     world.stop_dockscale(&d);
     Ok(format!(
-        "## 0. Worker pool\n\nA service without a load balancer scaled from `replicas: 0` to {n} (spec edit) until dockscale's status reports {n} ready (running) replicas, against `seq {n} | xargs -P8 -I{{}} docker run -d --init --network NET --memory 32m dockscale-webapp:latest` until the last `docker run` returns, and the raw floor of section 1 (creates and starts straight through the Docker API, 8 in parallel).\n\n| N | dockscale | docker run -d, 8 in parallel | raw floor | dockscale / docker run | dockscale / floor |\n| --- | --- | --- | --- | --- | --- |\n| {n} | {} | {} | {} | {:.2}x | {:.2}x |\n",
+        "## 0. Worker pool\n\
+         \n\
+         A service without a load balancer scaled from `replicas: 0` to {n} (spec edit) until \
+         dockscale's status reports {n} ready (running) replicas, against `seq {n} | xargs -P8 \
+         -I{{}} docker run -d --init --network NET --memory 32m dockscale-webapp:latest` until \
+         the last `docker run` returns, and the raw floor of section 1 (creates and starts \
+         straight through the Docker API, 8 in parallel).\n\
+         \n\
+         | N | dockscale | docker run -d, 8 in parallel | raw floor | dockscale / docker run | \
+         dockscale / floor |\n\
+         | --- | --- | --- | --- | --- | --- |\n\
+         | {n} | {} | {} | {} | {:.2}x | {:.2}x |\n",
         secs(&ds),
         secs(&dr),
         secs(&fl),
@@ -288,7 +322,18 @@ pub async fn backend_changes(world: &mut World, reps: usize, secs: u64) -> anyho
     }
     h.stop();
     let mut out = format!(
-        "## 2. Backend changes under load\n\nwrk, 2 threads, 32 connections, {secs} s per run, while the backend membership changes 10 times (add one, remove one). dockscale: `replicas` edited 4 → 5 → 4 ...; the runtime API changes slots, HAProxy is never reloaded. Reload path: `haproxy.cfg` regenerated from the member list and the master-worker HAProxy reloaded (SIGUSR2) for every change, a removed member taken out of the file before it is stopped, with the same `retries 3`, `option redispatch`, `retry-on`. Control: the same HAProxy, no change. Failed = non-2xx responses plus socket errors.\n\n| path | requests | failed | p50 latency (ms) | p99 latency (ms) |\n| --- | --- | --- | --- | --- |\n"
+        "## 2. Backend changes under load\n\
+         \n\
+         wrk, 2 threads, 32 connections, {secs} s per run, while the backend membership changes \
+         10 times (add one, remove one). dockscale: `replicas` edited 4 → 5 → 4 ...; the runtime \
+         API changes slots, HAProxy is never reloaded. Reload path: `haproxy.cfg` regenerated \
+         from the member list and the master-worker HAProxy reloaded (SIGUSR2) for every change, \
+         a removed member taken out of the file before it is stopped, with the same `retries 3`, \
+         `option redispatch`, `retry-on`. Control: the same HAProxy, no change. Failed = non-2xx \
+         responses plus socket errors.\n\
+         \n\
+         | path | requests | failed | p50 latency (ms) | p99 latency (ms) |\n\
+         | --- | --- | --- | --- | --- |\n"
     );
     let _ = writeln!(out, "{}", row("dockscale (runtime API)", &runtime_api));
     let _ = writeln!(out, "{}", row("regenerate + reload", &reload));
@@ -392,7 +437,19 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
     }
     h.stop();
     let mut out = String::from(
-        "## 3. Failure reaction\n\n`docker kill` of one of 3 replicas under wrk load (32 connections): time from the kill until HAProxy stops sending the server traffic (polled every 10 ms through the runtime API), and the failed requests of that run. dockscale takes the server out on Docker's `die` event; the baseline relies on HAProxy's health checks (`check inter 2s fall 3`). Both HAProxys retry a request elsewhere after `timeout connect 500ms` (a dead container's address goes silent), so traffic sent to the dead server shows as latency (p99 of the run: dockscale's wrk runs 8 s, the baseline's 20 s) rather than as failures.\n\n| path | out of rotation after | failed requests | p99 latency (ms) |\n| --- | --- | --- | --- |\n",
+        "## 3. Failure reaction\n\
+         \n\
+         `docker kill` of one of 3 replicas under wrk load (32 connections): time from the kill \
+         until HAProxy stops sending the server traffic (polled every 10 ms through the runtime \
+         API), and the failed requests of that run. dockscale takes the server out on Docker's \
+         `die` event; the baseline relies on HAProxy's health checks (`check inter 2s fall 3`). \
+         Both HAProxys retry a request elsewhere after `timeout connect 500ms` (a dead \
+         container's address goes silent), so traffic sent to the dead server shows as latency \
+         (p99 of the run: dockscale's wrk runs 8 s, the baseline's 20 s) rather than as \
+         failures.\n\
+         \n\
+         | path | out of rotation after | failed requests | p99 latency (ms) |\n\
+         | --- | --- | --- | --- |\n",
     );
     let _ = writeln!(
         out,
@@ -425,7 +482,15 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
     let service = world.service("auto");
     let mut spec = Spec::lb(1);
     spec.maxconn = 4;
-    spec.extra = "  autoscale:\n    minReplicas: 1\n    maxReplicas: 10\n    target: {inflightPerReplica: 4}\n    behavior:\n      scaleUp:   {stabilizationWindow: 0s,  maxStep: 4, period: 6s}\n      scaleDown: {stabilizationWindow: 20s, maxStep: 2, period: 6s}\n".to_owned();
+    spec.extra = "  autoscale:
+    minReplicas: 1
+    maxReplicas: 10
+    target: {inflightPerReplica: 4}
+    behavior:
+      scaleUp:   {stabilizationWindow: 0s,  maxStep: 4, period: 6s}
+      scaleDown: {stabilizationWindow: 20s, maxStep: 2, period: 6s}
+"
+    .to_owned();
     spec.extra_args = vec!["--metrics-interval".to_owned(), "1s".to_owned()];
     let d = world.dockscale(&service, spec).await?;
     d.wait_serving(1, Duration::from_secs(60)).await?;
@@ -522,7 +587,15 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
 
     let f = |v: Option<f64>| v.map_or("never".to_owned(), |s| format!("{s:.1} s"));
     let mut out = format!(
-        "## 4. Autoscaling response\n\nA load step of {concurrency} concurrent 200 ms requests (`hey -z {load_secs}s -c {concurrency} .../?delay=200`) on 1 replica with `maxconn: 4`, `inflightPerReplica: 4` (so {needed} replicas are enough), scale-up period 6 s, scale-down window 20 s, sampled every second. Timeline: [`autoscale.svg`](autoscale.svg).\n\n| figure | value |\n| --- | --- |\n"
+        "## 4. Autoscaling response\n\
+         \n\
+         A load step of {concurrency} concurrent 200 ms requests (`hey -z {load_secs}s -c \
+         {concurrency} .../?delay=200`) on 1 replica with `maxconn: 4`, `inflightPerReplica: 4` \
+         (so {needed} replicas are enough), scale-up period 6 s, scale-down window 20 s, sampled \
+         every second. Timeline: [`autoscale.svg`](autoscale.svg).\n\
+         \n\
+         | figure | value |\n\
+         | --- | --- |\n"
     );
     let _ = writeln!(
         out,
@@ -594,7 +667,18 @@ fn histogram(metrics: &str, name: &str, labels: &str) -> (f64, f64) {
 pub async fn cost(world: &mut World, sizes: &[u32]) -> anyhow::Result<String> {
     let window = Duration::from_secs(20);
     let mut out = format!(
-        "## 5. Controller cost\n\ndockscale idle with N replicas of a worker-pool service (no load balancer, `memory: 16Mi`, `--sync-period 1s`, so a full no-change reconcile pass every second), over a {}-second window after convergence: resident memory, CPU share (user + system time over wall time, of one core), and the mean duration of a no-change reconcile pass: the Docker list it starts with (`dockscale_docker_list_duration_seconds`) plus observe/plan/execute (`dockscale_reconcile_duration_seconds`).\n\n| replicas | RSS (MiB) | CPU (% of a core) | no-change reconcile pass (ms) | converge 0 → N |\n| --- | --- | --- | --- | --- |\n",
+        "## 5. Controller cost\n\
+         \n\
+         dockscale idle with N replicas of a worker-pool service (no load balancer, `memory: \
+         16Mi`, `--sync-period 1s`, so a full no-change reconcile pass every second), over a \
+         {}-second window after convergence: resident memory, CPU share (user + system time over \
+         wall time, of one core), and the mean duration of a no-change reconcile pass: the Docker \
+         list it starts with (`dockscale_docker_list_duration_seconds`) plus observe/plan/execute \
+         (`dockscale_reconcile_duration_seconds`).\n\
+         \n\
+         | replicas | RSS (MiB) | CPU (% of a core) | no-change reconcile pass (ms) | converge 0 \
+         → N |\n\
+         | --- | --- | --- | --- | --- |\n",
         window.as_secs()
     );
     for &n in sizes {
@@ -637,10 +721,16 @@ pub async fn cost(world: &mut World, sizes: &[u32]) -> anyhow::Result<String> {
             f64::NAN
         };
         let cpu = (cpu1 - cpu0).as_secs_f64() / wall.as_secs_f64() * 100.0;
-        println!("cost N={n}: rss {:.1} MiB, cpu {cpu:.2}%, list {list_ms:.2} ms + pass {pass_ms:.2} ms over {} passes", rss as f64 / 1048576.0, c1 - c0);
+        println!(
+            "cost N={n}: rss {:.1} MiB, cpu {cpu:.2}%, \
+             list {list_ms:.2} ms + pass {pass_ms:.2} ms over {} passes",
+            rss as f64 / 1048576.0,
+            c1 - c0
+        );
         let _ = writeln!(
             out,
-            "| {n} | {:.1} | {cpu:.2} | {:.2} = {list_ms:.2} list + {pass_ms:.2} plan/execute ({:.0} passes) | {:.1} s |",
+            "| {n} | {:.1} | {cpu:.2} | {:.2} = {list_ms:.2} list + {pass_ms:.2} plan/execute \
+             ({:.0} passes) | {:.1} s |",
             rss as f64 / 1_048_576.0,
             list_ms + pass_ms,
             c1 - c0,

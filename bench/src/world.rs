@@ -270,14 +270,31 @@ impl Dockscale {
         let s = &self.spec;
         let lb = match s.bind {
             Some(bind) => format!(
-                "  loadBalancer:\n    backend: {}\n    bind: {bind}\n    server: {{check: true, maxconn: {}, weight: 100}}\n    drainTimeout: 5s\n",
+                "  loadBalancer:
+    backend: {}
+    bind: {bind}
+    server: {{check: true, maxconn: {}, weight: 100}}
+    drainTimeout: 5s
+",
                 self.backend(),
                 s.maxconn
             ),
             None => String::new(),
         };
         let text = format!(
-            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata:\n  name: {svc}\nspec:\n  replicas: {replicas}\n  network: {net}\n  template:\n    image: {IMAGE}\n    port: 8080\n    resources: {{memory: {mem}}}\n    stopGracePeriod: 5s\n{lb}{extra}",
+            "apiVersion: dockscale/v1alpha1
+kind: ScaledService
+metadata:
+  name: {svc}
+spec:
+  replicas: {replicas}
+  network: {net}
+  template:
+    image: {IMAGE}
+    port: 8080
+    resources: {{memory: {mem}}}
+    stopGracePeriod: 5s
+{lb}{extra}",
             svc = self.service,
             net = self.network,
             mem = s.memory,
@@ -352,10 +369,24 @@ impl PlainHaproxy {
 
     fn config(&self, servers: &[(String, String)]) -> String {
         let mut text = format!(
-            "global\n    master-worker\n    stats socket {dir}/admin.sock mode 600 level admin expose-fd listeners\n    pidfile {dir}/haproxy.pid\n\
-             defaults\n    mode http\n    timeout connect 500ms\n    timeout client 30s\n    timeout server 30s\n    retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response response-timeout\n\
-             frontend fe\n    bind {bind}\n    default_backend be\n\
-             backend be\n    balance roundrobin\n",
+            "global
+    master-worker
+    stats socket {dir}/admin.sock mode 600 level admin expose-fd listeners
+    pidfile {dir}/haproxy.pid
+defaults
+    mode http
+    timeout connect 500ms
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+frontend fe
+    bind {bind}
+    default_backend be
+backend be
+    balance roundrobin
+",
             dir = self.dir.display(),
             bind = self.bind
         );

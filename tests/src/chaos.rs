@@ -495,7 +495,8 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "failed: {} in all ({}); outside HAProxy-kill windows: {} ({}); inside them: {} ({}); allowed mid-body cuts by replica SIGKILLs: {}",
+            "failed: {} in all ({}); outside HAProxy-kill windows: {} ({}); inside them: {} ({}); \
+             allowed mid-body cuts by replica SIGKILLs: {}",
             self.load.failed_total(),
             classes(&self.load.failed),
             self.outside_total(),
@@ -538,7 +539,8 @@ impl fmt::Display for SoakReport {
             match w.recovery() {
                 Some(r) => writeln!(
                     f,
-                    "HAProxy SIGKILL at +{at:.3}s (pids {:?}): serving again after {:.3}s (master {})",
+                    "HAProxy SIGKILL at +{at:.3}s (pids {:?}): \
+                     serving again after {:.3}s (master {})",
                     w.pids,
                     r.as_secs_f64(),
                     w.new_master.map_or("?".to_owned(), |p| p.to_string())
@@ -568,7 +570,8 @@ impl fmt::Display for SoakReport {
         let m = &self.monitor;
         writeln!(
             f,
-            "replicas: highest {} for desired {} (bound {}) at +{:.1}s; {} samples over the bound of {} ({} listing errors)",
+            "replicas: highest {} for desired {} (bound {}) at +{:.1}s; \
+             {} samples over the bound of {} ({} listing errors)",
             m.highest,
             m.desired_at_highest,
             m.bound_at_highest,
@@ -1648,7 +1651,8 @@ fn judge(
     for (at, kind, target, took) in &replacements {
         if took.is_none() {
             violations.push(format!(
-                "{kind} of {target} at +{:.3}s: the replicas were not back to the desired count within {:?}",
+                "{kind} of {target} at +{:.3}s: \
+                 the replicas were not back to the desired count within {:?}",
                 at.as_secs_f64(),
                 config.replace_within
             ));
@@ -1666,7 +1670,9 @@ fn judge(
     }
     if monitor.over > 0 {
         violations.push(format!(
-            "{} samples with more replicas than the bound (desired + maxSurge + 1, +1 per replica restarted, paused or disconnected lately; first: {})",
+            "{} samples with more replicas than the bound \
+             (desired + maxSurge + 1, +1 per replica restarted, paused or disconnected lately; \
+             first: {})",
             monitor.over,
             monitor.over_samples.first().map_or("", String::as_str)
         ));

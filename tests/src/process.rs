@@ -3,9 +3,10 @@
 //! SIGCONT it.
 //!
 //! Its stdout and stderr go to one log file (appended across restarts, each start
-//! marked), whose tail a failing test prints; `RUST_LOG` is passed on as it is. The child is signalled only by the pid
-//! it was spawned with, and it is ended on drop (SIGCONT first, in case it is stopped,
-//! then SIGTERM, then SIGKILL), so nothing outlives a panicking test.
+//! marked), whose tail a failing test prints; `RUST_LOG` is passed on as it is. The
+//! child is signalled only by the pid it was spawned with, and it is ended on drop
+//! (SIGCONT first, in case it is stopped, then SIGTERM, then SIGKILL), so nothing
+//! outlives a panicking test.
 
 use std::io::Write as _;
 use std::net::SocketAddr;

@@ -252,7 +252,10 @@ async fn dry_run_prints_the_plan_of_a_scale_change_and_changes_nothing() {
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let expected = format!(
-        "{svc}: desired 4, current 2, ready 2, up-to-date 2\n  create network (if missing)\n  create 2 replica(s)\n",
+        "{svc}: desired 4, current 2, ready 2, up-to-date 2
+  create network (if missing)
+  create 2 replica(s)
+",
         svc = fixture.service
     );
     assert_eq!(out, expected);
