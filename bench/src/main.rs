@@ -3,8 +3,9 @@
 //! table and writes `bench/RESULTS.md` (and `bench/autoscale.svg`).
 //!
 //! Everything it creates carries a run id (containers, networks, HAProxy and dockscale
-//! processes, temporary directories) and is removed by [`Cleanup`] on the way out, on
-//! error too. Processes are ended by pid. Every load is bounded in time.
+//! processes, temporary directories) and is removed on the way out by
+//! [`World::cleanup`](world::World::cleanup), which the world's `Drop` calls on an
+//! error path too. Processes are ended by pid. Every load is bounded in time.
 
 mod measure;
 mod soak;
@@ -101,7 +102,16 @@ async fn main() -> anyhow::Result<()> {
         println!("{section}");
         let path = args.out.with_file_name("SOAK.md");
         let text = format!(
-            "# dockscale chaos soak\n\nCommand: `bench/run --only soak{}`. Date: {}.\n\n## Machine\n\n{machine}\n\n{section}\nThe soak took {:.0} s.\n",
+            "# dockscale chaos soak\n\
+             \n\
+             Command: `bench/run --only soak{}`. Date: {}.\n\
+             \n\
+             ## Machine\n\
+             \n\
+             {machine}\n\
+             \n\
+             {section}\n\
+             The soak took {:.0} s.\n",
             if args.quick { " --quick" } else { "" },
             measure::today(),
             soak_started.elapsed().as_secs_f64()

@@ -66,16 +66,33 @@ pub fn machine() -> String {
         .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     let haproxy = output("haproxy", &["-v"]);
+    let docker = output(
+        "docker",
+        &[
+            "version",
+            "--format",
+            "{{.Server.Version}} (API {{.Server.APIVersion}})",
+        ],
+    );
     format!(
-        "- CPU: {model}, {cores} cores\n- Memory: {mem_gib:.1} GiB\n- Kernel: {}\n- Docker engine: {}\n- {}\n- wrk: {}, docker-compose: {}",
+        "- CPU: {model}, {cores} cores\n\
+         - Memory: {mem_gib:.1} GiB\n\
+         - Kernel: {}\n\
+         - Docker engine: {}\n\
+         - {}\n\
+         - wrk: {}, docker-compose: {}",
         output("uname", &["-r"]),
-        output("docker", &["version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"]),
+        docker,
         haproxy.lines().next().unwrap_or("HAProxy: unknown"),
         Command::new("wrk")
             .arg("-v")
             .output()
             .map(|o| {
-                let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                let all = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
                 all.lines().next().unwrap_or("").to_owned()
             })
             .unwrap_or_default(),
@@ -156,7 +173,18 @@ mod tests {
 
     #[test]
     fn wrk_output_is_read() {
-        let text = "Running 10s test @ http://127.0.0.1:8080/\n  2 threads and 32 connections\n  Latency Distribution\n     50%  412.00us\n     75%    1.02ms\n     90%    2.10ms\n     99%   12.50ms\n  123456 requests in 10.00s, 20.00MB read\n  Socket errors: connect 0, read 3, write 0, timeout 2\n  Non-2xx or 3xx responses: 7\nRequests/sec:  12345.60\n";
+        let text = "Running 10s test @ http://127.0.0.1:8080/
+  2 threads and 32 connections
+  Latency Distribution
+     50%  412.00us
+     75%    1.02ms
+     90%    2.10ms
+     99%   12.50ms
+  123456 requests in 10.00s, 20.00MB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 7
+Requests/sec:  12345.60
+";
         let r = parse_wrk(text);
         assert_eq!(r.requests, 123_456);
         assert_eq!(r.failed, 12);

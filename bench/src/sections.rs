@@ -9,35 +9,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use dockscale::autoscale::plot::{self, Line};
+use dockscale_e2e::haproxy::backend_qcur;
+use dockscale_e2e::{remove_by_label, try_http_get, try_sh, wait_until, WEBAPP_IMAGE as IMAGE};
 use futures::StreamExt;
 
 use crate::measure::{fmt_stats, parse_wrk, proc_usage, WrkReport};
-use crate::world::{sh, Dockscale, PlainHaproxy, Spec, World, IMAGE};
+use crate::world::{reached, running, Dockscale, PlainHaproxy, Spec, World, POLL};
 use crate::{median_secs, secs};
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn scale_to_zero(d: &Dockscale) -> anyhow::Result<()> {
     d.set_replicas(0)?;
-    wait_until("scale to 0", Duration::from_secs(180), || async {
-        d.running() == 0 && d.serving().await == 0
-    })
-    .await?;
+    let empty = || async { reached((d.running(), d.serving().await), (0, 0)) };
+    wait_until("scale to 0", Duration::from_secs(180), POLL, empty).await?;
     Ok(())
 }
 
@@ -91,7 +75,20 @@ fn compose(world: &World, n: u32) -> anyhow::Result<Duration> {
     std::fs::write(
         &file,
         format!(
-            "version: \"2.4\"\nservices:\n  web:\n    image: {IMAGE}\n    init: true\n    mem_limit: 32m\n    labels:\n      dockscale-bench.run: {run}\n    networks: [net]\nnetworks:\n  net:\n    external: true\n    name: {net}\n",
+            "version: \"2.4\"
+services:
+  web:
+    image: {IMAGE}
+    init: true
+    mem_limit: 32m
+    labels:
+      dockscale-bench.run: {run}
+    networks: [net]
+networks:
+  net:
+    external: true
+    name: {net}
+",
             run = world.id,
             net = world.network
         ),
@@ -100,23 +97,13 @@ fn compose(world: &World, n: u32) -> anyhow::Result<Duration> {
     let file = file.display().to_string();
     let scale = format!("web={n}");
     let start = Instant::now();
-    sh(
+    try_sh(
         "docker-compose",
         &["-p", &project, "-f", &file, "up", "-d", "--scale", &scale],
     )?;
     let took = start.elapsed();
-    let running = sh(
-        "docker",
-        &[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=com.docker.compose.project={project}"),
-        ],
-    )?
-    .split_whitespace()
-    .count();
-    sh(
+    let running = running(&format!("label=com.docker.compose.project={project}"))?;
+    try_sh(
         "docker-compose",
         &["-p", &project, "-f", &file, "down", "-t", "2"],
     )?;
@@ -130,16 +117,22 @@ pub async fn convergence(world: &mut World, sizes: &[u32], reps: usize) -> anyho
     let service = world.service("conv");
     let d = world.dockscale(&service, Spec::lb(0)).await?;
     let mut out = String::from(
-        "## 1. Convergence\n\nFrom the spec edit (`replicas: 0` → N) until N servers are UP in HAProxy's backend, against `docker-compose up -d --scale web=N` (until it returns, containers running) and the raw floor: N creates and starts straight through the Docker API (bollard), 8 in parallel, same image, network, limits and init.\n\n| N | dockscale (serving via HAProxy) | raw floor (running) | docker-compose (running) | dockscale / floor | dockscale / compose |\n| --- | --- | --- | --- | --- | --- |\n",
+        "## 1. Convergence\n\
+         \n\
+         From the spec edit (`replicas: 0` → N) until N servers are UP in HAProxy's backend, \
+         against `docker-compose up -d --scale web=N` (until it returns, containers running) and \
+         the raw floor: N creates and starts straight through the Docker API (bollard), 8 in \
+         parallel, same image, network, limits and init.\n\
+         \n\
+         | N | dockscale (serving via HAProxy) | raw floor (running) | docker-compose (running) | \
+         dockscale / floor | dockscale / compose |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
     );
     for &n in sizes {
         let (mut ds, mut fl, mut co) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..reps {
             d.set_replicas(n)?;
-            let took = wait_until("N serving", Duration::from_secs(300), || async {
-                d.serving().await == n as usize
-            })
-            .await?;
+            let took = d.wait_serving(n as usize, Duration::from_secs(300)).await?;
             ds.push(took);
             scale_to_zero(&d).await?;
             fl.push(floor(world, n, &format!("{n}r{rep}")).await?);
@@ -168,20 +161,16 @@ pub async fn convergence(world: &mut World, sizes: &[u32], reps: usize) -> anyho
 fn docker_run_parallel(world: &World, n: u32, tag: &str) -> anyhow::Result<Duration> {
     let prefix = format!("{}-run{tag}", world.id);
     let script = format!(
-        "seq {n} | xargs -P8 -I{{}} docker run -d --init --network {net} --memory 32m --label dockscale-bench.run={run} --name {prefix}-{{}} {IMAGE} >/dev/null",
+        "seq {n} | xargs -P8 -I{{}} docker run -d --init --network {net} --memory 32m --label \
+         dockscale-bench.run={run} --name {prefix}-{{}} {IMAGE} >/dev/null",
         net = world.network,
         run = world.id,
     );
     let start = Instant::now();
-    sh("bash", &["-c", &script])?;
+    try_sh("bash", &["-c", &script])?;
     let took = start.elapsed();
-    let running = sh(
-        "docker",
-        &["ps", "-q", "--filter", &format!("name={prefix}-")],
-    )?
-    .split_whitespace()
-    .count();
-    crate::world::remove_by_label(&format!("dockscale-bench.run={}", world.id))?;
+    let running = running(&format!("name={prefix}-"))?;
+    remove_by_label(&format!("dockscale-bench.run={}", world.id))?;
     if running != n as usize {
         bail!("docker run started {running} of {n}");
     }
@@ -196,10 +185,13 @@ pub async fn pool(world: &mut World, n: u32, reps: usize) -> anyhow::Result<Stri
     let (mut ds, mut dr, mut fl) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
         d.set_replicas(n)?;
-        let took = wait_until("N ready", Duration::from_secs(300), || async {
-            d.status().await["replicas"]["ready"].as_u64() == Some(u64::from(n))
-        })
-        .await?;
+        let ready = || async {
+            reached(
+                d.status().await["replicas"]["ready"].as_u64(),
+                Some(u64::from(n)),
+            )
+        };
+        let (_, took) = wait_until("N ready", Duration::from_secs(300), POLL, ready).await?;
         if d.running() != n as usize {
             bail!(
                 "dockscale reported {n} ready but Docker runs {}",
@@ -217,7 +209,18 @@ pub async fn pool(world: &mut World, n: u32, reps: usize) -> anyhow::Result<Stri
     }
     world.stop_dockscale(&d);
     Ok(format!(
-        "## 0. Worker pool\n\nA service without a load balancer scaled from `replicas: 0` to {n} (spec edit) until dockscale's status reports {n} ready (running) replicas, against `seq {n} | xargs -P8 -I{{}} docker run -d --init --network NET --memory 32m dockscale-webapp:latest` until the last `docker run` returns, and the raw floor of section 1 (creates and starts straight through the Docker API, 8 in parallel).\n\n| N | dockscale | docker run -d, 8 in parallel | raw floor | dockscale / docker run | dockscale / floor |\n| --- | --- | --- | --- | --- | --- |\n| {n} | {} | {} | {} | {:.2}x | {:.2}x |\n",
+        "## 0. Worker pool\n\
+         \n\
+         A service without a load balancer scaled from `replicas: 0` to {n} (spec edit) until \
+         dockscale's status reports {n} ready (running) replicas, against `seq {n} | xargs -P8 \
+         -I{{}} docker run -d --init --network NET --memory 32m dockscale-webapp:latest` until \
+         the last `docker run` returns, and the raw floor of section 1 (creates and starts \
+         straight through the Docker API, 8 in parallel).\n\
+         \n\
+         | N | dockscale | docker run -d, 8 in parallel | raw floor | dockscale / docker run | \
+         dockscale / floor |\n\
+         | --- | --- | --- | --- | --- | --- |\n\
+         | {n} | {} | {} | {} | {:.2}x | {:.2}x |\n",
         secs(&ds),
         secs(&dr),
         secs(&fl),
@@ -266,10 +269,7 @@ pub async fn backend_changes(world: &mut World, reps: usize, secs: u64) -> anyho
     // dockscale: edit replicas 4 -> 5 -> 4 ... ten times.
     let service = world.service("churn");
     let d = world.dockscale(&service, Spec::lb(4)).await?;
-    wait_until("4 serving", Duration::from_secs(60), || async {
-        d.serving().await == 4
-    })
-    .await?;
+    d.wait_serving(4, Duration::from_secs(60)).await?;
     let bind = d.bind().context("a bind")?;
     let mut runtime_api = Vec::new();
     for _ in 0..reps {
@@ -315,14 +315,25 @@ pub async fn backend_changes(world: &mut World, reps: usize, secs: u64) -> anyho
                 let (name, _) = members.remove(0);
                 h.reload(&members)?;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                sh("docker", &["rm", "-f", &name])?;
+                try_sh("docker", &["rm", "-f", &name])?;
             }
         }
         reload.push(finish_wrk(load)?);
     }
     h.stop();
     let mut out = format!(
-        "## 2. Backend changes under load\n\nwrk, 2 threads, 32 connections, {secs} s per run, while the backend membership changes 10 times (add one, remove one). dockscale: `replicas` edited 4 → 5 → 4 ...; the runtime API changes slots, HAProxy is never reloaded. Reload path: `haproxy.cfg` regenerated from the member list and the master-worker HAProxy reloaded (SIGUSR2) for every change, a removed member taken out of the file before it is stopped, with the same `retries 3`, `option redispatch`, `retry-on`. Control: the same HAProxy, no change. Failed = non-2xx responses plus socket errors.\n\n| path | requests | failed | p50 latency (ms) | p99 latency (ms) |\n| --- | --- | --- | --- | --- |\n"
+        "## 2. Backend changes under load\n\
+         \n\
+         wrk, 2 threads, 32 connections, {secs} s per run, while the backend membership changes \
+         10 times (add one, remove one). dockscale: `replicas` edited 4 → 5 → 4 ...; the runtime \
+         API changes slots, HAProxy is never reloaded. Reload path: `haproxy.cfg` regenerated \
+         from the member list and the master-worker HAProxy reloaded (SIGUSR2) for every change, \
+         a removed member taken out of the file before it is stopped, with the same `retries 3`, \
+         `option redispatch`, `retry-on`. Control: the same HAProxy, no change. Failed = non-2xx \
+         responses plus socket errors.\n\
+         \n\
+         | path | requests | failed | p50 latency (ms) | p99 latency (ms) |\n\
+         | --- | --- | --- | --- | --- |\n"
     );
     let _ = writeln!(out, "{}", row("dockscale (runtime API)", &runtime_api));
     let _ = writeln!(out, "{}", row("regenerate + reload", &reload));
@@ -338,10 +349,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
     let bind = d.bind().context("a bind")?;
     let (mut ds_time, mut ds_failed, mut ds_p99) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
-        wait_until("3 serving", Duration::from_secs(60), || async {
-            d.serving().await == 3
-        })
-        .await?;
+        d.wait_serving(3, Duration::from_secs(60)).await?;
         let load = wrk(bind, 8)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let servers = d.api().servers_state(&d.backend()).await?;
@@ -350,7 +358,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
             .find(|s| s.running() && !s.addr.is_unspecified())
             .map(|s| s.addr.to_string())
             .context("a serving server")?;
-        let victim = sh(
+        let victim = try_sh(
             "docker",
             &[
                 "ps",
@@ -364,7 +372,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
         .map(str::to_owned)
         .context("the victim's container")?;
         let killed = Instant::now();
-        sh("docker", &["kill", &victim])?;
+        try_sh("docker", &["kill", &victim])?;
         loop {
             let servers = d.api().servers_state(&d.backend()).await?;
             let still = servers
@@ -401,7 +409,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (victim, victim_ip) = members[0].clone();
         let killed = Instant::now();
-        sh("docker", &["kill", &victim])?;
+        try_sh("docker", &["kill", &victim])?;
         loop {
             let servers = h.api().servers_state("be").await?;
             let up = servers
@@ -420,7 +428,7 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
         hc_failed.push(report.failed as f64);
         hc_p99.push(report.p99_ms);
         // Replace the member for the next repetition.
-        sh("docker", &["rm", "-f", &victim])?;
+        try_sh("docker", &["rm", "-f", &victim])?;
         members.remove(0);
         let name = format!("{}-hcr{rep}", world.id);
         world.run_container(&name)?;
@@ -429,7 +437,19 @@ pub async fn failure(world: &mut World, reps: usize) -> anyhow::Result<String> {
     }
     h.stop();
     let mut out = String::from(
-        "## 3. Failure reaction\n\n`docker kill` of one of 3 replicas under wrk load (32 connections): time from the kill until HAProxy stops sending the server traffic (polled every 10 ms through the runtime API), and the failed requests of that run. dockscale takes the server out on Docker's `die` event; the baseline relies on HAProxy's health checks (`check inter 2s fall 3`). Both HAProxys retry a request elsewhere after `timeout connect 500ms` (a dead container's address goes silent), so traffic sent to the dead server shows as latency (p99 of the run: dockscale's wrk runs 8 s, the baseline's 20 s) rather than as failures.\n\n| path | out of rotation after | failed requests | p99 latency (ms) |\n| --- | --- | --- | --- |\n",
+        "## 3. Failure reaction\n\
+         \n\
+         `docker kill` of one of 3 replicas under wrk load (32 connections): time from the kill \
+         until HAProxy stops sending the server traffic (polled every 10 ms through the runtime \
+         API), and the failed requests of that run. dockscale takes the server out on Docker's \
+         `die` event; the baseline relies on HAProxy's health checks (`check inter 2s fall 3`). \
+         Both HAProxys retry a request elsewhere after `timeout connect 500ms` (a dead \
+         container's address goes silent), so traffic sent to the dead server shows as latency \
+         (p99 of the run: dockscale's wrk runs 8 s, the baseline's 20 s) rather than as \
+         failures.\n\
+         \n\
+         | path | out of rotation after | failed requests | p99 latency (ms) |\n\
+         | --- | --- | --- | --- |\n",
     );
     let _ = writeln!(
         out,
@@ -458,31 +478,22 @@ struct Point {
     desired: f64,
 }
 
-async fn qcur(d: &Dockscale) -> f64 {
-    let Ok(servers) = d.api().servers_state(&d.backend()).await else {
-        return 0.0;
-    };
-    let id = servers.first().map_or(0, |s| s.backend_id);
-    d.api()
-        .stat(id)
-        .await
-        .ok()
-        .and_then(|rows| rows.into_iter().find(|r| r.is_backend()))
-        .and_then(|r| r.qcur)
-        .unwrap_or(0) as f64
-}
-
 pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::Result<String> {
     let service = world.service("auto");
     let mut spec = Spec::lb(1);
     spec.maxconn = 4;
-    spec.extra = "  autoscale:\n    minReplicas: 1\n    maxReplicas: 10\n    target: {inflightPerReplica: 4}\n    behavior:\n      scaleUp:   {stabilizationWindow: 0s,  maxStep: 4, period: 6s}\n      scaleDown: {stabilizationWindow: 20s, maxStep: 2, period: 6s}\n".to_owned();
+    spec.extra = "  autoscale:
+    minReplicas: 1
+    maxReplicas: 10
+    target: {inflightPerReplica: 4}
+    behavior:
+      scaleUp:   {stabilizationWindow: 0s,  maxStep: 4, period: 6s}
+      scaleDown: {stabilizationWindow: 20s, maxStep: 2, period: 6s}
+"
+    .to_owned();
     spec.extra_args = vec!["--metrics-interval".to_owned(), "1s".to_owned()];
     let d = world.dockscale(&service, spec).await?;
-    wait_until("1 serving", Duration::from_secs(60), || async {
-        d.serving().await == 1
-    })
-    .await?;
+    d.wait_serving(1, Duration::from_secs(60)).await?;
     let load_secs = if quick { 20 } else { 40 };
     let concurrency = 32;
     let needed = 8.0; // 32 in flight at 4 per replica
@@ -507,7 +518,7 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
         let p = Point {
             t: start.elapsed().as_secs_f64(),
             demand: s["autoscaler"]["demand"].as_f64().unwrap_or(0.0),
-            qcur: qcur(&d).await,
+            qcur: backend_qcur(&d.api(), &d.backend()).await as f64,
             ready: s["replicas"]["ready"].as_f64().unwrap_or(0.0),
             desired: s["replicas"]["desired"].as_f64().unwrap_or(0.0),
         };
@@ -576,7 +587,15 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
 
     let f = |v: Option<f64>| v.map_or("never".to_owned(), |s| format!("{s:.1} s"));
     let mut out = format!(
-        "## 4. Autoscaling response\n\nA load step of {concurrency} concurrent 200 ms requests (`hey -z {load_secs}s -c {concurrency} .../?delay=200`) on 1 replica with `maxconn: 4`, `inflightPerReplica: 4` (so {needed} replicas are enough), scale-up period 6 s, scale-down window 20 s, sampled every second. Timeline: [`autoscale.svg`](autoscale.svg).\n\n| figure | value |\n| --- | --- |\n"
+        "## 4. Autoscaling response\n\
+         \n\
+         A load step of {concurrency} concurrent 200 ms requests (`hey -z {load_secs}s -c \
+         {concurrency} .../?delay=200`) on 1 replica with `maxconn: 4`, `inflightPerReplica: 4` \
+         (so {needed} replicas are enough), scale-up period 6 s, scale-down window 20 s, sampled \
+         every second. Timeline: [`autoscale.svg`](autoscale.svg).\n\
+         \n\
+         | figure | value |\n\
+         | --- | --- |\n"
     );
     let _ = writeln!(
         out,
@@ -616,54 +635,19 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
     Ok(out)
 }
 
+/// The timeline as `autoscale.svg`, drawn as `dockscale simulate --plot` draws its own.
 fn draw(path: &Path, points: &[Point], load_end: f64) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-    let t_max = points.last().map_or(1.0, |p| p.t).max(1.0);
-    let y_max = points
-        .iter()
-        .map(|p| p.demand.max(p.qcur).max(p.ready))
-        .fold(1.0, f64::max)
-        * 1.1;
-    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("load step of 32 slow requests, 0–{load_end:.0} s"),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(45)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    type Value = fn(&Point) -> f64;
-    let series: [(&str, RGBColor, Value); 3] = [
-        ("demand (scur + qcur, averaged)", BLUE, |p| p.demand),
-        ("queue (qcur)", RED, |p| p.qcur),
-        ("ready replicas", GREEN, |p| p.ready),
+    let line = |label, value: fn(&Point) -> f64| Line {
+        label,
+        points: points.iter().map(|p| (p.t, value(p))).collect(),
+    };
+    let lines = [
+        line("demand (scur + qcur, averaged)", |p| p.demand),
+        line("queue (qcur)", |p| p.qcur),
+        line("ready replicas", |p| p.ready),
     ];
-    for (label, color, value) in series {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.t, value(p))),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let title = format!("load step of 32 slow requests, 0–{load_end:.0} s");
+    plot::timeline(path, &title, &lines)?;
     Ok(())
 }
 
@@ -683,7 +667,18 @@ fn histogram(metrics: &str, name: &str, labels: &str) -> (f64, f64) {
 pub async fn cost(world: &mut World, sizes: &[u32]) -> anyhow::Result<String> {
     let window = Duration::from_secs(20);
     let mut out = format!(
-        "## 5. Controller cost\n\ndockscale idle with N replicas of a worker-pool service (no load balancer, `memory: 16Mi`, `--sync-period 1s`, so a full no-change reconcile pass every second), over a {}-second window after convergence: resident memory, CPU share (user + system time over wall time, of one core), and the mean duration of a no-change reconcile pass: the Docker list it starts with (`dockscale_docker_list_duration_seconds`) plus observe/plan/execute (`dockscale_reconcile_duration_seconds`).\n\n| replicas | RSS (MiB) | CPU (% of a core) | no-change reconcile pass (ms) | converge 0 → N |\n| --- | --- | --- | --- | --- |\n",
+        "## 5. Controller cost\n\
+         \n\
+         dockscale idle with N replicas of a worker-pool service (no load balancer, `memory: \
+         16Mi`, `--sync-period 1s`, so a full no-change reconcile pass every second), over a \
+         {}-second window after convergence: resident memory, CPU share (user + system time over \
+         wall time, of one core), and the mean duration of a no-change reconcile pass: the Docker \
+         list it starts with (`dockscale_docker_list_duration_seconds`) plus observe/plan/execute \
+         (`dockscale_reconcile_duration_seconds`).\n\
+         \n\
+         | replicas | RSS (MiB) | CPU (% of a core) | no-change reconcile pass (ms) | converge 0 \
+         → N |\n\
+         | --- | --- | --- | --- | --- |\n",
         window.as_secs()
     );
     for &n in sizes {
@@ -693,22 +688,22 @@ pub async fn cost(world: &mut World, sizes: &[u32]) -> anyhow::Result<String> {
         spec.extra_args = vec!["--sync-period".to_owned(), "1s".to_owned()];
         let started = Instant::now();
         let d = world.dockscale(&service, spec).await?;
-        wait_until("N running", Duration::from_secs(600), || async {
-            d.running() == n as usize
-        })
-        .await?;
+        let running = || async { reached(d.running(), n as usize) };
+        wait_until("N running", Duration::from_secs(600), POLL, running).await?;
         let converged = started.elapsed();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let m0 = crate::world::http_get(d.listen, "/metrics")
+        let m0 = try_http_get(d.listen, "/metrics")
             .await
+            .map(|(_, body)| body)
             .unwrap_or_default();
         let (_, cpu0) = proc_usage(d.pid).context("dockscale's /proc")?;
         let t0 = Instant::now();
         tokio::time::sleep(window).await;
         let (rss, cpu1) = proc_usage(d.pid).context("dockscale's /proc")?;
         let wall = t0.elapsed();
-        let m1 = crate::world::http_get(d.listen, "/metrics")
+        let m1 = try_http_get(d.listen, "/metrics")
             .await
+            .map(|(_, body)| body)
             .unwrap_or_default();
         let labels = format!("{{service=\"{service}\"}}");
         let (s0, c0) = histogram(&m0, "dockscale_reconcile_duration_seconds", &labels);
@@ -726,10 +721,16 @@ pub async fn cost(world: &mut World, sizes: &[u32]) -> anyhow::Result<String> {
             f64::NAN
         };
         let cpu = (cpu1 - cpu0).as_secs_f64() / wall.as_secs_f64() * 100.0;
-        println!("cost N={n}: rss {:.1} MiB, cpu {cpu:.2}%, list {list_ms:.2} ms + pass {pass_ms:.2} ms over {} passes", rss as f64 / 1048576.0, c1 - c0);
+        println!(
+            "cost N={n}: rss {:.1} MiB, cpu {cpu:.2}%, \
+             list {list_ms:.2} ms + pass {pass_ms:.2} ms over {} passes",
+            rss as f64 / 1048576.0,
+            c1 - c0
+        );
         let _ = writeln!(
             out,
-            "| {n} | {:.1} | {cpu:.2} | {:.2} = {list_ms:.2} list + {pass_ms:.2} plan/execute ({:.0} passes) | {:.1} s |",
+            "| {n} | {:.1} | {cpu:.2} | {:.2} = {list_ms:.2} list + {pass_ms:.2} plan/execute \
+             ({:.0} passes) | {:.1} s |",
             rss as f64 / 1_048_576.0,
             list_ms + pass_ms,
             c1 - c0,

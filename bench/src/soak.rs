@@ -147,18 +147,7 @@ fn section(r: &SoakReport, config: &SoakConfig) -> String {
     }
     let _ = writeln!(s, "\n<details><summary>Fault timeline</summary>\n\n```");
     for f in &r.timeline {
-        let _ = write!(
-            s,
-            "+{:8.3}s {:<26} {:<34} took {:.2}s",
-            f.at.as_secs_f64(),
-            f.kind.name(),
-            f.target,
-            f.took.as_secs_f64()
-        );
-        if let Some(note) = &f.note {
-            let _ = write!(s, " ({note})");
-        }
-        let _ = writeln!(s);
+        let _ = writeln!(s, "{f}");
     }
     let _ = writeln!(s, "```\n\n</details>");
     s

@@ -1,40 +1,33 @@
 //! What the benchmarks run on: a network, dockscale processes, plain HAProxy
 //! processes for the baselines and containers, all tagged with one run id and removed
-//! on the way out.
+//! on the way out. Commands, ports, HTTP, waits and HAProxy teardown are the e2e
+//! suite's kit ([`dockscale_e2e`]), in its `Result`-returning forms.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use dockscale::lb::haproxy::runtime_api::{Endpoint, RuntimeApi};
+use dockscale_e2e::haproxy::{end_haproxy, wait_answering};
+use dockscale_e2e::{
+    free_port, remove_by_label, try_http_get, try_sh, unique, wait_listening, wait_until,
+    write_atomically, ShError, WEBAPP_IMAGE as IMAGE,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rand::Rng;
 
-pub const IMAGE: &str = "dockscale-webapp:latest";
+/// How often the benchmarks look at what they wait for (the precision of their times).
+pub const POLL: Duration = Duration::from_millis(20);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-/// Runs a command; its stdout, or an error with its stderr.
-pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+/// For [`wait_until`]: done once `seen` is `wanted`, else what was seen.
+pub fn reached<T: PartialEq>(seen: T, wanted: T) -> Result<(), T> {
+    if seen == wanted {
+        Ok(())
+    } else {
+        Err(seen)
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub struct World {
@@ -56,15 +49,12 @@ impl World {
                 bin.display()
             );
         }
-        let suffix: String = (0..5)
-            .map(|_| char::from(b'a' + rand::rng().random_range(0..26u8)))
-            .collect();
-        let id = format!("bench-{suffix}");
+        let id = unique("bench");
         let docker = bollard::Docker::connect_with_defaults()?
             .negotiate_version()
             .await?;
         let network = format!("{id}-net");
-        sh("docker", &["network", "create", &network])?;
+        try_sh("docker", &["network", "create", &network])?;
         Ok(World {
             id,
             dir: tempfile::tempdir()?,
@@ -125,16 +115,10 @@ impl World {
         self.children.push(child);
         self.pidfiles
             .push((d.state_dir.join("haproxy.pid"), d.state_dir.clone()));
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(listen).await.is_err() {
-            if start.elapsed() > Duration::from_secs(20) {
-                bail!(
-                    "dockscale did not listen on {listen}; see {}",
-                    dir.join("dockscale.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("dockscale to listen on {listen}");
+        wait_listening(listen, &what, Duration::from_secs(20))
+            .await
+            .with_context(|| format!("see {}", dir.join("dockscale.log").display()))?;
         Ok(d)
     }
 
@@ -151,7 +135,7 @@ impl World {
     /// `docker run` of the demo image on the run's network, tagged with the run id.
     pub fn run_container(&self, name: &str) -> anyhow::Result<String> {
         let label = format!("dockscale-bench.run={}", self.id);
-        Ok(sh(
+        Ok(try_sh(
             "docker",
             &[
                 "run",
@@ -177,7 +161,7 @@ impl World {
             "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
             self.network
         );
-        Ok(sh("docker", &["inspect", "--format", &format, name])?
+        Ok(try_sh("docker", &["inspect", "--format", &format, name])?
             .trim()
             .to_owned())
     }
@@ -203,9 +187,9 @@ impl World {
         // The engine may still be releasing the last endpoints of removed containers.
         let mut last = None;
         for _ in 0..40 {
-            match sh("docker", &["network", "rm", &self.network]) {
+            match try_sh("docker", &["network", "rm", &self.network]) {
                 Ok(_) => return,
-                Err(e) if e.to_string().contains("No such network") => return,
+                Err(ShError::Failed { stderr, .. }) if stderr.contains("No such network") => return,
                 Err(e) => last = Some(e),
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -222,50 +206,6 @@ impl Drop for World {
         if !self.children.is_empty() || !self.services.is_empty() || !self.pidfiles.is_empty() {
             self.cleanup();
         }
-    }
-}
-
-pub fn remove_by_label(label: &str) -> anyhow::Result<()> {
-    let ids = sh(
-        "docker",
-        &["ps", "-aq", "--filter", &format!("label={label}")],
-    )?;
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if !ids.is_empty() {
-        let mut args = vec!["rm", "-f"];
-        args.extend(ids);
-        sh("docker", &args)?;
-    }
-    Ok(())
-}
-
-/// Ends the HAProxy master named by `pidfile` if its command line names `marker`,
-/// and waits until it is gone (a SIGTERM that lands during a reload is lost: it is
-/// sent again).
-pub fn end_haproxy(pidfile: &Path, marker: &Path) {
-    let Some(pid) = std::fs::read_to_string(pidfile)
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let ours = || {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, r)| r.starts_with('Z'));
-        !zombie
-            && cmdline.contains("haproxy")
-            && cmdline.contains(marker.to_string_lossy().as_ref())
-    };
-    for _ in 0..20 {
-        if !ours() {
-            return;
-        }
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -330,23 +270,45 @@ impl Dockscale {
         let s = &self.spec;
         let lb = match s.bind {
             Some(bind) => format!(
-                "  loadBalancer:\n    backend: {}\n    bind: {bind}\n    server: {{check: true, maxconn: {}, weight: 100}}\n    drainTimeout: 5s\n",
+                "  loadBalancer:
+    backend: {}
+    bind: {bind}
+    server: {{check: true, maxconn: {}, weight: 100}}
+    drainTimeout: 5s
+",
                 self.backend(),
                 s.maxconn
             ),
             None => String::new(),
         };
         let text = format!(
-            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata:\n  name: {svc}\nspec:\n  replicas: {replicas}\n  network: {net}\n  template:\n    image: {IMAGE}\n    port: 8080\n    resources: {{memory: {mem}}}\n    stopGracePeriod: 5s\n{lb}{extra}",
+            "apiVersion: dockscale/v1alpha1
+kind: ScaledService
+metadata:
+  name: {svc}
+spec:
+  replicas: {replicas}
+  network: {net}
+  template:
+    image: {IMAGE}
+    port: 8080
+    resources: {{memory: {mem}}}
+    stopGracePeriod: 5s
+{lb}{extra}",
             svc = self.service,
             net = self.network,
             mem = s.memory,
             extra = s.extra,
         );
-        let tmp = self.spec_path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.spec_path)?;
-        Ok(())
+        write_atomically(&self.spec_path, &text)
+            .with_context(|| format!("writing {}", self.spec_path.display()))
+    }
+
+    /// Waits until `n` servers are in rotation and UP: the time it took.
+    pub async fn wait_serving(&self, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
+        let serving = || async { reached(self.serving().await, n) };
+        let (_, took) = wait_until(&format!("{n} serving"), timeout, POLL, serving).await?;
+        Ok(took)
     }
 
     /// Servers in rotation and UP.
@@ -363,38 +325,22 @@ impl Dockscale {
     /// The status API's JSON for the service.
     pub async fn status(&self) -> serde_json::Value {
         let url = format!("/api/v1/services/{}", self.service);
-        match http_get(self.listen, &url).await {
-            Some(body) => serde_json::from_str(&body).unwrap_or_default(),
-            None => serde_json::Value::Null,
+        match try_http_get(self.listen, &url).await {
+            Ok((_, body)) => serde_json::from_str(&body).unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
         }
     }
 
     /// Running containers of the service.
     pub fn running(&self) -> usize {
-        sh(
-            "docker",
-            &[
-                "ps",
-                "-q",
-                "--filter",
-                &format!("label=dockscale.service={}", self.service),
-            ],
-        )
-        .map(|o| o.split_whitespace().count())
-        .unwrap_or(0)
+        running(&format!("label=dockscale.service={}", self.service)).unwrap_or(0)
     }
 }
 
-/// A bare HTTP GET over a fresh connection; the body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+/// How many running containers `docker ps --filter <filter>` lists.
+pub fn running(filter: &str) -> Result<usize, ShError> {
+    let ids = try_sh("docker", &["ps", "-q", "--filter", filter])?;
+    Ok(ids.split_whitespace().count())
 }
 
 /// A plain HAProxy for the baselines, its configuration written from a template and
@@ -423,10 +369,24 @@ impl PlainHaproxy {
 
     fn config(&self, servers: &[(String, String)]) -> String {
         let mut text = format!(
-            "global\n    master-worker\n    stats socket {dir}/admin.sock mode 600 level admin expose-fd listeners\n    pidfile {dir}/haproxy.pid\n\
-             defaults\n    mode http\n    timeout connect 500ms\n    timeout client 30s\n    timeout server 30s\n    retries 3\n    option redispatch 1\n    retry-on conn-failure empty-response response-timeout\n\
-             frontend fe\n    bind {bind}\n    default_backend be\n\
-             backend be\n    balance roundrobin\n",
+            "global
+    master-worker
+    stats socket {dir}/admin.sock mode 600 level admin expose-fd listeners
+    pidfile {dir}/haproxy.pid
+defaults
+    mode http
+    timeout connect 500ms
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+frontend fe
+    bind {bind}
+    default_backend be
+backend be
+    balance roundrobin
+",
             dir = self.dir.display(),
             bind = self.bind
         );
@@ -439,20 +399,14 @@ impl PlainHaproxy {
     fn write(&self, servers: &[(String, String)]) -> anyhow::Result<PathBuf> {
         let path = self.dir.join("haproxy.cfg");
         std::fs::write(&path, self.config(servers))?;
-        sh("haproxy", &["-c", "-q", "-f", &path.display().to_string()])?;
+        try_sh("haproxy", &["-c", "-q", "-f", &path.display().to_string()])?;
         Ok(path)
     }
 
     pub async fn start(&self, servers: &[(String, String)]) -> anyhow::Result<()> {
         let path = self.write(servers)?;
-        sh("haproxy", &["-D", "-f", &path.display().to_string()])?;
-        let start = Instant::now();
-        while self.api().info().await.is_err() {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("the baseline HAProxy did not start");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        try_sh("haproxy", &["-D", "-f", &path.display().to_string()])?;
+        wait_answering(&self.api(), "the baseline HAProxy to answer").await?;
         Ok(())
     }
 

@@ -140,13 +140,21 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     };
     let result = match claimed {
         Ok(true) => {
-            tracing::info!(engine = %engine, lock = %claim.path().display(), "claimed the Docker engine");
+            tracing::info!(
+                engine = %engine,
+                lock = %claim.path().display(),
+                "claimed the Docker engine"
+            );
             match controller(&args, services, runtime, &status, &metrics).await {
                 Ok(controller) => {
                     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
                     match crate::controller::watch::watch(&args.paths, changes_tx) {
                         Ok(_watch) => {
-                            tracing::info!(paths = ?args.paths, listen = ?local, "dockscale running");
+                            tracing::info!(
+                                paths = ?args.paths,
+                                listen = ?local,
+                                "dockscale running"
+                            );
                             let stop = async {
                                 tokio::select! {
                                     () = &mut shutdown => {}
@@ -212,7 +220,11 @@ async fn take_claim(
             Attempt::HeldBy(holder) => {
                 let who = holder.map_or_else(|| "holder unknown".to_owned(), |h| h.to_string());
                 if announced.as_ref() != Some(&who) {
-                    tracing::info!(holder = %who, "standby: another dockscale drives the Docker engine; taking over when it stops");
+                    tracing::info!(
+                        holder = %who,
+                        "standby: another dockscale drives the Docker engine; \
+                         taking over when it stops"
+                    );
                     status.update(|s| s.standby_for = Some(who.clone()));
                     announced = Some(who);
                 }

@@ -8,22 +8,32 @@
 //!   [`spec::manifest`]: reading spec files into validated services with located errors.
 //! - [`model`]: what the planner and the adapters share: [`model::replica`] (ownership
 //!   labels, names, the template hash) and [`model::backend`] (slots, load).
-//! - [`reconcile`]: the pure planner (desired + observed + in flight → actions), with
-//!   [`reconcile::crash_loop`], the crash-loop back-off per replica line.
-//! - [`autoscale`]: the pure autoscaler (HPA algorithm) from HAProxy's load, and
-//!   [`autoscale::simulate`], a recorded series replayed through it.
-//! - [`controller`]: the loop: triggers, observation, execution; with
+//! - [`reconcile`]: the pure planner (desired + observed + in flight → actions), in
+//!   its steps ([`reconcile::classify`], [`reconcile::rotation`], [`reconcile::retire`],
+//!   [`reconcile::rollout`], [`reconcile::crash_loop`]: the back-off per replica
+//!   line), with [`reconcile::phase`] (what is in flight, one phase per replica) and
+//!   [`reconcile::conditions`] (the status a pass leaves).
+//! - [`autoscale`]: the pure autoscaler (HPA algorithm) from HAProxy's load,
+//!   [`autoscale::simulate`], a recorded series replayed through it, and
+//!   [`autoscale::plot`], the timeline as an SVG (shared with the benchmark).
+//! - [`controller`]: the loop: triggers, services, events, the pass (observe, plan,
+//!   execute, status), the autoscaling tick, errors and their retry; with
 //!   [`controller::store`] (the owned containers between two Docker lists),
 //!   [`controller::watch`] (the spec file watch) and [`controller::claim`] (one
-//!   controller per engine).
-//! - [`runtime`]: the container runtime trait, and [`runtime::docker`], over bollard.
-//! - [`lb`]: the load balancer trait, and [`lb::haproxy`]: the runtime API client, the
-//!   managed process, its configuration and the balancer over them.
+//!   controller per engine), and, in tests, the scenarios that drive whole passes
+//!   against the fakes.
+//! - [`runtime`]: the container runtime trait, [`runtime::docker`] over bollard, and
+//!   (tests only) `runtime::fake`, an in-memory engine.
+//! - [`lb`]: the load balancer trait, (tests only) `lb::fake`, an in-memory HAProxy,
+//!   and [`lb::haproxy`]: the runtime API client, the managed process, its
+//!   configuration, the cutting of a vanished replica's connections and the balancer
+//!   over them.
 //! - [`serve`]: the status kept per service, the Prometheus metrics, the HTTP server.
 //! - [`status_cli`]: `dockscale status`, the table and describe views.
 //! - [`report`]: an error and its causes on one line.
 //! - [`app`]: `dockscale run` as a function: everything wired together.
 //! - [`cli`]: the command line.
+//! - `testing` (tests only): fixture builders on domain types.
 
 pub mod app;
 pub mod autoscale;
@@ -56,7 +66,8 @@ mod tests {
         let committed = include_str!("../../crds/scaledservice.schema.json");
         assert!(
             committed == super::schema_json(),
-            "crds/scaledservice.schema.json is stale: run `cargo run -- schema > crds/scaledservice.schema.json`"
+            "crds/scaledservice.schema.json is stale: run \
+             `cargo run -- schema > crds/scaledservice.schema.json`"
         );
     }
 }

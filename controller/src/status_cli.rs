@@ -12,7 +12,10 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot reach dockscale at http://{addr} (is `dockscale run` running with --listen {addr}?)")]
+    #[error(
+        "cannot reach dockscale at http://{addr} \
+         (is `dockscale run` running with --listen {addr}?)"
+    )]
     Unreachable {
         addr: SocketAddr,
         #[source]
@@ -204,7 +207,8 @@ pub fn describe(svc: &Value, now: SystemTime) -> String {
     );
     let _ = writeln!(
         out,
-        "Replicas:       {} desired | {} updated | {} current | {} ready | {} starting | {} terminating",
+        "Replicas:       {} desired | {} updated | {} current | {} ready | \
+         {} starting | {} terminating",
         num(&r["desired"]),
         num(&r["updated"]),
         num(&r["current"]),
@@ -329,20 +333,43 @@ mod tests {
 
     fn webapp() -> Value {
         serde_json::json!({
-            "name": "webapp", "generation": 3, "observedGeneration": 3, "templateHash": "ab12cd34ef",
+            "name": "webapp", "generation": 3, "observedGeneration": 3,
+            "templateHash": "ab12cd34ef",
             "backend": "web", "created": "2026-11-24T10:00:00Z", "deleting": false,
-            "replicas": {"desired": 4, "current": 4, "ready": 3, "updated": 4, "readyUpdated": 3, "pending": 0, "terminating": 0},
-            "autoscaler": {"minReplicas": 2, "maxReplicas": 10, "target": "inflight 8/replica", "demand": 27.5,
-                "recommendation": 4, "desired": 4, "reason": "ScaledUp",
-                "message": "autoscaler: demand 27.5, target 8/replica, recommendation 4: scaling up from 2 to 4",
-                "lastScaleTime": "2026-11-24T10:59:00Z"},
+            "replicas": {
+                "desired": 4, "current": 4, "ready": 3, "updated": 4, "readyUpdated": 3,
+                "pending": 0, "terminating": 0
+            },
+            "autoscaler": {
+                "minReplicas": 2, "maxReplicas": 10, "target": "inflight 8/replica",
+                "demand": 27.5, "recommendation": 4, "desired": 4, "reason": "ScaledUp",
+                "message":
+                    "autoscaler: demand 27.5, target 8/replica, recommendation 4: \
+                     scaling up from 2 to 4",
+                "lastScaleTime": "2026-11-24T10:59:00Z"
+            },
             "conditions": [
-                {"type": "Available", "status": true, "reason": "MinimumReplicasAvailable", "message": "3 of 4 replicas ready", "lastTransitionTime": "2026-11-24T10:00:05Z"},
-                {"type": "Progressing", "status": true, "reason": "ReplicasUpdating", "message": "3 of 4 ready", "lastTransitionTime": "2026-11-24T10:59:30Z"}
+                {
+                    "type": "Available", "status": true, "reason": "MinimumReplicasAvailable",
+                    "message": "3 of 4 replicas ready",
+                    "lastTransitionTime": "2026-11-24T10:00:05Z"
+                },
+                {
+                    "type": "Progressing", "status": true, "reason": "ReplicasUpdating",
+                    "message": "3 of 4 ready", "lastTransitionTime": "2026-11-24T10:59:30Z"
+                }
             ],
             "events": [
-                {"type": "Normal", "reason": "SuccessfulCreate", "message": "Created replica webapp-x1y2z", "count": 3, "firstTime": "2026-11-24T10:00:01Z", "lastTime": "2026-11-24T10:59:00Z"},
-                {"type": "Normal", "reason": "Autoscaled", "message": "autoscaler: scaling up from 2 to 4", "count": 1, "firstTime": "2026-11-24T10:59:00Z", "lastTime": "2026-11-24T10:59:00Z"}
+                {
+                    "type": "Normal", "reason": "SuccessfulCreate",
+                    "message": "Created replica webapp-x1y2z", "count": 3,
+                    "firstTime": "2026-11-24T10:00:01Z", "lastTime": "2026-11-24T10:59:00Z"
+                },
+                {
+                    "type": "Normal", "reason": "Autoscaled",
+                    "message": "autoscaler: scaling up from 2 to 4", "count": 1,
+                    "firstTime": "2026-11-24T10:59:00Z", "lastTime": "2026-11-24T10:59:00Z"
+                }
             ]
         })
     }
@@ -360,8 +387,11 @@ mod tests {
 
     #[test]
     fn the_table_has_one_row_per_service() {
-        let pool = serde_json::json!({"name": "workers", "created": "2026-11-24T11:00:00Z",
-            "replicas": {"desired": 2, "ready": 2, "updated": 2}, "autoscaler": null, "conditions": [], "events": []});
+        let pool = serde_json::json!({
+            "name": "workers", "created": "2026-11-24T11:00:00Z",
+            "replicas": {"desired": 2, "ready": 2, "updated": 2},
+            "autoscaler": null, "conditions": [], "events": []
+        });
         let text = table(&[webapp(), pool], at("2026-11-24T11:00:00Z"));
         assert_eq!(
             text,
@@ -382,7 +412,13 @@ mod tests {
             text.contains("Replicas:       4 desired | 4 updated | 4 current | 3 ready"),
             "{text}"
         );
-        assert!(text.contains("Autoscaler:     2..10 replicas, inflight 8/replica; demand 27.5; desired 4 (ScaledUp)"), "{text}");
+        assert!(
+            text.contains(
+                "Autoscaler:     2..10 replicas, inflight 8/replica; demand 27.5; \
+                 desired 4 (ScaledUp)"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "  Available     True     MinimumReplicasAvailable   59m   3 of 4 replicas ready\n"

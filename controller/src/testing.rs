@@ -12,7 +12,7 @@ pub const NET: &str = "dockscale";
 /// The port test replicas listen on.
 pub const PORT: u16 = 8080;
 
-/// A minimal service: `Spec::test().replicas(3).lb().build()`.
+/// A minimal service: `testing::spec().replicas(3).lb().build()`.
 pub struct SpecBuilder {
     spec: ServiceSpec,
 }
@@ -74,7 +74,8 @@ impl SpecBuilder {
     /// A whole `ScaledService` named `name` with this spec.
     pub fn build_service(self, name: &str) -> ScaledService {
         let yaml = format!(
-            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: {name}}}\nspec: {{template: {{image: x}}}}\n"
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\n\
+             metadata: {{name: {name}}}\nspec: {{template: {{image: x}}}}\n"
         );
         let mut service: ScaledService = serde_saphyr::from_str(&yaml).expect("fixture parses");
         service.spec = self.spec;

@@ -45,7 +45,7 @@
 //!   controller's current `dockscale.template-hash` (from its status API, which
 //!   reports the final `replicas`); and no other container with the service's label
 //!   exists (nothing exited, created or paused is left over). The state must begin
-//!   to hold by the deadline and still hold [`STABLE`] later.
+//!   to hold by the deadline and still hold `STABLE` (1 s) later.
 //! - **Replacement.** Within [`SoakConfig::replace_within`] of controller time after
 //!   a `docker kill`, `docker stop` or `docker rm -f` of a replica, the replicas
 //!   running are back to the `replicas` value in force (issue 14: a container removed
@@ -78,7 +78,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::haproxy::LbFixture;
+use crate::haproxy::{children_of, cmdline, is_haproxy_of, read_pid, LbFixture};
 use crate::load::{Failure, FailureClass, KeepAliveLoad, LoadReport};
 use crate::process::DockscaleProcess;
 
@@ -304,6 +304,24 @@ pub struct FaultRecord {
     end: Instant,
 }
 
+impl fmt::Display for FaultRecord {
+    /// One line of a fault timeline: when, what, to what, how long, and its note.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "+{:8.3}s {:<26} {:<34} took {:.2}s",
+            self.at.as_secs_f64(),
+            self.kind.name(),
+            self.target,
+            self.took.as_secs_f64()
+        )?;
+        if let Some(note) = &self.note {
+            write!(f, " ({note})")?;
+        }
+        Ok(())
+    }
+}
+
 /// An HAProxy kill and its recovery.
 #[derive(Clone, Debug)]
 pub struct HaproxyWindow {
@@ -455,18 +473,7 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(f, "fault timeline:")?;
         for r in &self.timeline {
-            write!(
-                f,
-                "  +{:8.3}s {:<26} {:<34} took {:.2}s",
-                r.at.as_secs_f64(),
-                r.kind.name(),
-                r.target,
-                r.took.as_secs_f64()
-            )?;
-            if let Some(note) = &r.note {
-                write!(f, " ({note})")?;
-            }
-            writeln!(f)?;
+            writeln!(f, "  {r}")?;
         }
         let by_kind: Vec<String> = self
             .faults_by_kind()
@@ -488,7 +495,8 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "failed: {} in all ({}); outside HAProxy-kill windows: {} ({}); inside them: {} ({}); allowed mid-body cuts by replica SIGKILLs: {}",
+            "failed: {} in all ({}); outside HAProxy-kill windows: {} ({}); inside them: {} ({}); \
+             allowed mid-body cuts by replica SIGKILLs: {}",
             self.load.failed_total(),
             classes(&self.load.failed),
             self.outside_total(),
@@ -531,7 +539,8 @@ impl fmt::Display for SoakReport {
             match w.recovery() {
                 Some(r) => writeln!(
                     f,
-                    "HAProxy SIGKILL at +{at:.3}s (pids {:?}): serving again after {:.3}s (master {})",
+                    "HAProxy SIGKILL at +{at:.3}s (pids {:?}): \
+                     serving again after {:.3}s (master {})",
                     w.pids,
                     r.as_secs_f64(),
                     w.new_master.map_or("?".to_owned(), |p| p.to_string())
@@ -561,7 +570,8 @@ impl fmt::Display for SoakReport {
         let m = &self.monitor;
         writeln!(
             f,
-            "replicas: highest {} for desired {} (bound {}) at +{:.1}s; {} samples over the bound of {} ({} listing errors)",
+            "replicas: highest {} for desired {} (bound {}) at +{:.1}s; \
+             {} samples over the bound of {} ({} listing errors)",
             m.highest,
             m.desired_at_highest,
             m.bound_at_highest,
@@ -854,39 +864,15 @@ async fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
     file.flush()
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// The pids whose parent is `parent`, from /proc.
-fn children_of(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let (_, rest) = stat.rsplit_once(") ")?;
-                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                })
-                == Some(parent)
-        })
-        .collect()
-}
-
 /// SIGKILLs the managed HAProxy of `state_dir`, master then workers, after checking
 /// the pid file's pid is an HAProxy running a configuration of `state_dir`.
 fn kill_haproxy(state_dir: &Path) -> Result<Vec<i32>, String> {
     let pidfile = state_dir.join("haproxy.pid");
     let master = read_pid(&pidfile).ok_or_else(|| format!("no pid in {}", pidfile.display()))?;
-    let cmdline = std::fs::read(format!("/proc/{master}/cmdline")).unwrap_or_default();
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    if !(cmdline.contains("haproxy") && cmdline.contains(state_dir.to_string_lossy().as_ref())) {
+    if !is_haproxy_of(master, state_dir) {
         return Err(format!(
-            "pid {master} is not our HAProxy (command line {cmdline:?})"
+            "pid {master} is not our HAProxy (command line {:?})",
+            cmdline(master)
         ));
     }
     let workers = children_of(master);
@@ -1665,7 +1651,8 @@ fn judge(
     for (at, kind, target, took) in &replacements {
         if took.is_none() {
             violations.push(format!(
-                "{kind} of {target} at +{:.3}s: the replicas were not back to the desired count within {:?}",
+                "{kind} of {target} at +{:.3}s: \
+                 the replicas were not back to the desired count within {:?}",
                 at.as_secs_f64(),
                 config.replace_within
             ));
@@ -1683,7 +1670,9 @@ fn judge(
     }
     if monitor.over > 0 {
         violations.push(format!(
-            "{} samples with more replicas than the bound (desired + maxSurge + 1, +1 per replica restarted, paused or disconnected lately; first: {})",
+            "{} samples with more replicas than the bound \
+             (desired + maxSurge + 1, +1 per replica restarted, paused or disconnected lately; \
+             first: {})",
             monitor.over,
             monitor.over_samples.first().map_or("", String::as_str)
         ));

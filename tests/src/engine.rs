@@ -282,7 +282,8 @@ impl PrivateEngine {
                 }
                 _ => {
                     eprintln!(
-                        "private engine {}: dockerd {pid} ignored SIGTERM for {STOP_TIMEOUT:?}; killing it",
+                        "private engine {}: dockerd {pid} ignored SIGTERM for {STOP_TIMEOUT:?}; \
+                         killing it",
                         self.dir.display()
                     );
                     let _ = child.kill();

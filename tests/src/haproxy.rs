@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dockscale::lb::haproxy::runtime_api::{Endpoint, RuntimeApi};
+use dockscale::lb::haproxy::runtime_api::{ApiError, Endpoint, RuntimeApi};
 use dockscale::lb::haproxy::stats::ServerState;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
-use crate::{free_port, Fixture, WEBAPP_IMAGE};
+use crate::{free_port, get_with_cookies, wait_until, Fixture, TimedOut, WEBAPP_IMAGE};
 
 /// Fails the test when HAProxy is missing.
 pub fn require_haproxy() {
@@ -136,44 +138,88 @@ impl Drop for LbFixture {
 
 /// A process and its children (an HAProxy master and its workers), from /proc.
 pub fn with_children(pid: i32) -> Vec<i32> {
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    std::iter::once(pid)
-        .chain(children.split_whitespace().filter_map(|c| c.parse().ok()))
+    std::iter::once(pid).chain(children_of(pid)).collect()
+}
+
+/// The pids whose parent is `parent`, from /proc.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(") ")?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
         .collect()
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
+/// The pid a pid file holds.
+pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// A process's command line, its arguments separated by NULs (empty once it is gone).
+pub fn cmdline(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// Whether `pid` is an HAProxy whose command line names `marker` (its directory):
+/// never a pid that was reused by another program.
+pub fn is_haproxy_of(pid: i32, marker: &Path) -> bool {
+    let cmdline = cmdline(pid);
+    cmdline.contains("haproxy") && cmdline.contains(marker.to_string_lossy().as_ref())
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z'))
+}
+
 /// Ends the HAProxy master named by `pidfile` (its workers follow), only while its
-/// command line names `marker` (never a pid that was reused), and waits until it is
-/// gone: a SIGTERM that lands during a reload is lost, so it is sent again.
+/// command line names `marker` (see [`is_haproxy_of`]), and waits until it is gone: a
+/// SIGTERM that lands during a reload is lost, so it is sent again.
 pub fn end_haproxy(pidfile: &Path, marker: &Path) {
     let Some(pid) = read_pid(pidfile) else {
         return;
     };
-    let ours = || {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'));
-        !zombie
-            && cmdline.contains("haproxy")
-            && cmdline.contains(marker.to_string_lossy().as_ref())
-    };
     for _ in 0..20 {
-        if !ours() {
+        if is_zombie(pid) || !is_haproxy_of(pid, marker) {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Waits (10 s at most) until a freshly started HAProxy answers on its runtime API.
+pub async fn wait_answering(api: &RuntimeApi, what: &str) -> Result<Duration, TimedOut<ApiError>> {
+    let answers = || async { api.info().await.map(drop) };
+    let every = Duration::from_millis(50);
+    let ((), took) = wait_until(what, Duration::from_secs(10), every, answers).await?;
+    Ok(took)
+}
+
+/// Requests queued in `backend` (its `qcur`), 0 when HAProxy does not say.
+pub async fn backend_qcur(api: &RuntimeApi, backend: &str) -> u64 {
+    let Ok(servers) = api.servers_state(backend).await else {
+        return 0;
+    };
+    let id = servers.first().map_or(0, |s| s.backend_id);
+    api.stat(id)
+        .await
+        .ok()
+        .and_then(|rows| rows.into_iter().find(|r| r.is_backend()))
+        .and_then(|r| r.qcur)
+        .unwrap_or(0)
 }
 
 /// Servers of a backend as `show servers state` reports them.
@@ -191,47 +237,6 @@ pub fn in_rotation(servers: &[ServerState]) -> BTreeMap<SocketAddrV4, bool> {
         .filter(|s| !s.in_maintenance())
         .map(|s| (SocketAddrV4::new(s.addr, s.port), s.running()))
         .collect()
-}
-
-/// An HTTP/1.1 GET with cookies: status, `Set-Cookie` name=value pairs and body.
-pub async fn get_with_cookies(
-    addr: SocketAddr,
-    path: &str,
-    cookies: &BTreeMap<String, String>,
-) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let cookie_header = if cookies.is_empty() {
-        String::new()
-    } else {
-        let pairs: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("Cookie: {}\r\n", pairs.join("; "))
-    };
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie_header}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let set = head
-        .lines()
-        .filter_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            if !name.eq_ignore_ascii_case("set-cookie") {
-                return None;
-            }
-            let pair = value.trim().split(';').next()?;
-            let (k, v) = pair.split_once('=')?;
-            Some((k.trim().to_owned(), v.trim().to_owned()))
-        })
-        .collect();
-    Ok((status, set, body.to_owned()))
 }
 
 /// The `hostname:` line of a demo reply.
@@ -410,14 +415,9 @@ impl ExternalHaproxy {
         );
         let socket = dir.path().join("admin.sock");
         let api = RuntimeApi::new(Endpoint::Unix(socket.clone()));
-        let start = Instant::now();
-        while api.info().await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the external HAProxy's socket never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_answering(&api, "the external HAProxy's socket to answer")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         ExternalHaproxy {
             dir,
             socket,

@@ -4,7 +4,14 @@
 //! Every test gets its own service name, network, ports and temporary directory, so
 //! tests run in parallel without colliding. Missing Docker, HAProxy or the demo image
 //! is a test failure with the command that fixes it, never a skip.
+//!
+//! The kit is shared with the benchmarks (`bench/`): commands ([`try_sh`], and [`sh`]
+//! that panics), [`free_port`], HTTP ([`try_http_get`], [`http_get`]), waits
+//! ([`wait_until`], and [`wait_for`] that panics), [`remove_by_label`] and
+//! [`haproxy::end_haproxy`]. Each has one implementation; the panicking forms, for
+//! tests, wrap the ones that return the error.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,26 +43,87 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Runs a command, returning stdout; panics with stderr on failure.
-pub fn sh(program: &str, args: &[&str]) -> String {
+/// A command that could not be run, or that failed.
+#[derive(Debug)]
+pub enum ShError {
+    /// The program could not be started.
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    /// It ran and exited unsuccessfully; its stderr.
+    Failed {
+        program: String,
+        args: Vec<String>,
+        stderr: String,
+    },
+}
+
+impl std::fmt::Display for ShError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShError::Spawn { program, .. } => write!(f, "cannot run {program}"),
+            ShError::Failed {
+                program,
+                args,
+                stderr,
+            } => write!(f, "{program} {args:?} failed: {stderr}"),
+        }
+    }
+}
+
+impl std::error::Error for ShError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ShError::Spawn { source, .. } => Some(source),
+            ShError::Failed { .. } => None,
+        }
+    }
+}
+
+/// Runs a command: its stdout, or why it could not run or failed (with its stderr).
+pub fn try_sh(program: &str, args: &[&str]) -> Result<String, ShError> {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .map_err(|source| ShError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ShError::Failed {
+            program: program.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a command, returning stdout; panics with stderr on failure.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    try_sh(program, args).unwrap_or_else(|e| match &e {
+        ShError::Spawn { source, .. } => panic!("{e}: {source}"),
+        ShError::Failed { .. } => panic!("{e}"),
+    })
 }
 
 /// Like [`sh`], but failure is returned, not a panic (for cleanup).
 pub fn sh_quiet(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    try_sh(program, args).ok()
+}
+
+/// Force-removes every container, any state, that carries `label` (`key=value`).
+pub fn remove_by_label(label: &str) -> Result<(), ShError> {
+    let filter = format!("label={label}");
+    let ids = try_sh("docker", &["ps", "-aq", "--filter", &filter])?;
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(ids);
+        try_sh("docker", &args)?;
+    }
+    Ok(())
 }
 
 /// Fails the test when Docker or the demo image is missing.
@@ -187,7 +255,7 @@ spec:
 
     /// Writes the spec the way editors do: a temporary file renamed over the old one.
     pub fn write_spec(&self, text: &str) {
-        write_atomically(&self.spec_path(), text);
+        write_atomically(&self.spec_path(), text).expect("write the spec");
     }
 
     /// The service's containers, any state.
@@ -258,15 +326,7 @@ spec:
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let label = format!("label=dockscale.service={}", self.service);
-        if let Some(ids) = sh_quiet("docker", &["ps", "-aq", "--filter", &label]) {
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f"];
-                args.extend(ids);
-                let _ = sh_quiet("docker", &args);
-            }
-        }
+        let _ = remove_by_label(&format!("dockscale.service={}", self.service));
         for name in &self.extra_containers {
             let _ = sh_quiet("docker", &["rm", "-f", name]);
         }
@@ -274,10 +334,11 @@ impl Drop for Fixture {
     }
 }
 
-pub fn write_atomically(path: &Path, text: &str) {
+/// Writes a file the way editors do: a temporary file beside it, renamed over it.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", rand::rng().random::<u32>()));
-    std::fs::write(&tmp, text).expect("write spec");
-    std::fs::rename(&tmp, path).expect("rename spec");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// `dockscale run` in-process, stopped on drop.
@@ -328,15 +389,10 @@ impl RunningController {
 
     /// Waits until the controller's HTTP server accepts connections.
     pub async fn wait_listening(&self) {
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(self.listen).await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "dockscale never listened on {}",
-                self.listen
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("dockscale to listen on {}", self.listen);
+        wait_listening(self.listen, &what, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// GETs a path of the controller's HTTP server.
@@ -371,46 +427,132 @@ impl Drop for RunningController {
     }
 }
 
-/// A minimal HTTP/1.1 GET over a fresh connection: status and body.
+/// A minimal HTTP/1.1 GET over a fresh connection: status and body; panics when the
+/// connection fails.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    try_http_get(addr, path)
         .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection: status and body, or the I/O error.
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = get_with_cookies(addr, path, &BTreeMap::new()).await?;
+    Ok((status, body))
+}
+
+/// An HTTP/1.1 GET with cookies: status, `Set-Cookie` name=value pairs and body.
+pub async fn get_with_cookies(
+    addr: SocketAddr,
+    path: &str,
+    cookies: &BTreeMap<String, String>,
+) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let cookie_header = if cookies.is_empty() {
+        String::new()
+    } else {
+        let pairs: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("Cookie: {}\r\n", pairs.join("; "))
+    };
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie_header}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
+    stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let set = head
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            if !name.eq_ignore_ascii_case("set-cookie") {
+                return None;
+            }
+            let pair = value.trim().split(';').next()?;
+            let (k, v) = pair.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect();
+    Ok((status, set, body.to_owned()))
 }
 
-/// Polls `check` every 100ms until it returns `Some`, or panics after `timeout` with
-/// `what` and the last observation.
+/// A wait that ran out of time: what was awaited, how long, and the last observation.
+#[derive(Debug)]
+pub struct TimedOut<O> {
+    pub what: String,
+    pub timeout: Duration,
+    pub last: O,
+}
+
+impl<O: std::fmt::Debug> std::fmt::Display for TimedOut<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "timed out after {:?} waiting for {}; last seen: {:?}",
+            self.timeout, self.what, self.last
+        )
+    }
+}
+
+impl<O: std::fmt::Debug> std::error::Error for TimedOut<O> {}
+
+/// Awaits `check` every `every` until it returns `Ok`: its value and the time it
+/// took; or, once `timeout` has passed, [`TimedOut`] with the last `Err` seen.
+pub async fn wait_until<T, O, F>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> F,
+) -> Result<(T, Duration), TimedOut<O>>
+where
+    F: std::future::Future<Output = Result<T, O>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return Ok((v, start.elapsed())),
+            Err(last) if start.elapsed() > timeout => {
+                return Err(TimedOut {
+                    what: what.to_owned(),
+                    timeout,
+                    last,
+                })
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Calls `check` every 100ms until it returns `Ok`: its value and the time it took; or
+/// panics after `timeout` with `what` and the last `Err` (the observation). `check` is
+/// synchronous: it awaits what it reads through [`block`].
 pub async fn wait_for<T, O: std::fmt::Debug>(
     what: &str,
     timeout: Duration,
     mut check: impl FnMut() -> Result<T, O>,
 ) -> (T, Duration) {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return (v, start.elapsed()),
-            Err(last) => {
-                if start.elapsed() > timeout {
-                    panic!("timed out after {timeout:?} waiting for {what}; last seen: {last:?}");
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(what, timeout, Duration::from_millis(100), || {
+        std::future::ready(check())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits until `addr` accepts TCP connections (tried every 25 ms): the time it took.
+pub async fn wait_listening(
+    addr: SocketAddr,
+    what: &str,
+    timeout: Duration,
+) -> Result<Duration, TimedOut<std::io::Error>> {
+    let every = Duration::from_millis(25);
+    let connect = move || async move { tokio::net::TcpStream::connect(addr).await.map(drop) };
+    let ((), took) = wait_until(what, timeout, every, connect).await?;
+    Ok(took)
 }

@@ -3,9 +3,10 @@
 //! SIGCONT it.
 //!
 //! Its stdout and stderr go to one log file (appended across restarts, each start
-//! marked), whose tail a failing test prints; `RUST_LOG` is passed on as it is. The child is signalled only by the pid
-//! it was spawned with, and it is ended on drop (SIGCONT first, in case it is stopped,
-//! then SIGTERM, then SIGKILL), so nothing outlives a panicking test.
+//! marked), whose tail a failing test prints; `RUST_LOG` is passed on as it is. The
+//! child is signalled only by the pid it was spawned with, and it is ended on drop
+//! (SIGCONT first, in case it is stopped, then SIGTERM, then SIGKILL), so nothing
+//! outlives a panicking test.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -145,17 +146,10 @@ impl DockscaleProcess {
 
     /// Waits until its HTTP server accepts connections.
     pub async fn wait_listening(&self, timeout: Duration) -> Result<Duration, String> {
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(self.listen).await.is_err() {
-            if start.elapsed() > timeout {
-                return Err(format!(
-                    "dockscale did not listen on {} within {timeout:?}",
-                    self.listen
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Ok(start.elapsed())
+        let what = format!("dockscale to listen on {}", self.listen);
+        crate::wait_listening(self.listen, &what, timeout)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// GETs a path of its HTTP server: status and body, or why not.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use dockscale_e2e::haproxy::{LbFixture, Load};
+use dockscale_e2e::haproxy::{backend_qcur, LbFixture, Load};
 use dockscale_e2e::RunningController;
 
 const AUTOSCALE: &str = "  autoscale:
@@ -29,20 +29,7 @@ async fn sample(controller: &RunningController, fixture: &LbFixture, start: Inst
         .get(&format!("/api/v1/services/{}", fixture.service))
         .await;
     let s: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-    let qcur = match fixture.api().servers_state(&fixture.backend).await {
-        Ok(servers) => {
-            let id = servers.first().map_or(0, |s| s.backend_id);
-            fixture
-                .api()
-                .stat(id)
-                .await
-                .ok()
-                .and_then(|rows| rows.into_iter().find(|r| r.is_backend()))
-                .and_then(|r| r.qcur)
-                .unwrap_or(0)
-        }
-        Err(_) => 0,
-    };
+    let qcur = backend_qcur(&fixture.api(), &fixture.backend).await;
     Point {
         t: start.elapsed(),
         demand: s["autoscaler"]["demand"].as_f64().unwrap_or(0.0),

@@ -97,7 +97,10 @@ async fn six_kills_in_ten_seconds_are_each_replaced_within_a_second_without_a_fa
         })
         .collect();
     for (n, (created, running)) in replaced.iter().enumerate() {
-        println!("kill {n}: replacement created {created:?} and started {running:?} after the kill was issued");
+        println!(
+            "kill {n}: replacement created {created:?} and started {running:?} \
+             after the kill was issued"
+        );
     }
     println!(
         "6 kills in {kills_took:?}; requests {} ok, failed {:?}; samples {:#?}",
@@ -437,7 +440,8 @@ async fn after_an_engine_restart_every_replica_is_back_within_seconds_and_nothin
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         println!(
-            "engine restart {round}: down {:?}; 4 replicas running again {took:?} after it answered",
+            "engine restart {round}: down {:?}; \
+             4 replicas running again {took:?} after it answered",
             downtime.total()
         );
         assert!(

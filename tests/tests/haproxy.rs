@@ -5,10 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use dockscale_e2e::haproxy::{
-    get_with_cookies, hostname_of, in_rotation, servers, ExternalHaproxy, LbFixture, Load,
-};
-use dockscale_e2e::{sh, wait_for, RunningController};
+use dockscale_e2e::haproxy::{hostname_of, in_rotation, servers, ExternalHaproxy, LbFixture, Load};
+use dockscale_e2e::{get_with_cookies, sh, wait_for, RunningController};
 
 const LOAD_LIMIT: Duration = Duration::from_secs(60);
 

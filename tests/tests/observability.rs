@@ -95,8 +95,12 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: dockscale\n    static_configs:\n      - targets: ['{target}']\n"
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: dockscale
+    static_configs:
+      - targets: ['{target}']
+"
             ),
         )
         .expect("write config");
@@ -233,7 +237,11 @@ async fn dockscale_status_shows_the_numbers_conditions_and_events() {
         .output()
         .expect("run");
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no service named `no-such-service`"));
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        said.contains("no service named `no-such-service`"),
+        "{said}"
+    );
     controller.stop().await;
     let unreachable = Command::new(bin)
         .args(["status", "--addr", &addr])

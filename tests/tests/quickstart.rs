@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dockscale_e2e::haproxy::{end_haproxy, get_with_cookies, hostname_of, require_haproxy};
-use dockscale_e2e::{http_get, require_docker, sh, sh_quiet};
+use dockscale_e2e::haproxy::{end_haproxy, hostname_of, require_haproxy};
+use dockscale_e2e::{get_with_cookies, http_get, remove_by_label, require_docker, sh, sh_quiet};
 
 /// The demo's services (`manifests/*.yaml`) and network.
 const SERVICES: &[&str] = &["webapp", "workers"];
@@ -101,15 +101,7 @@ impl Drop for Demo {
         // dockscale leaves HAProxy and the replicas running on purpose: end them here.
         end_haproxy(&self.state_dir.join("haproxy.pid"), &self.state_dir);
         for service in SERVICES {
-            let label = format!("label=dockscale.service={service}");
-            if let Some(ids) = sh_quiet("docker", &["ps", "-aq", "--filter", &label]) {
-                let ids: Vec<&str> = ids.split_whitespace().collect();
-                if !ids.is_empty() {
-                    let mut args = vec!["rm", "-f"];
-                    args.extend(ids);
-                    let _ = sh_quiet("docker", &args);
-                }
-            }
+            let _ = remove_by_label(&format!("dockscale.service={service}"));
         }
         let _ = sh_quiet("docker", &["network", "rm", NETWORK]);
         if self.made_state_dir {

@@ -46,10 +46,9 @@ async fn scales_to_the_count_in_the_file_and_keeps_the_oldest() {
             c.name
         );
     }
-    let labels = sh(
-        "docker",
-        &["inspect", "--format", "{{json .Config.Labels}} {{.HostConfig.Init}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}", &three[0].id],
-    );
+    let format = "{{json .Config.Labels}} {{.HostConfig.Init}} \
+                  {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}";
+    let labels = sh("docker", &["inspect", "--format", format, &three[0].id]);
     assert!(
         labels.contains("\"dockscale.managed-by\":\"dockscale\""),
         "{labels}"

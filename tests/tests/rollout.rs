@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use dockscale_e2e::haproxy::{get_with_cookies, LbFixture, Load};
-use dockscale_e2e::{sh, wait_for, Fixture, RunningController};
+use dockscale_e2e::haproxy::{LbFixture, Load};
+use dockscale_e2e::{get_with_cookies, sh, wait_for, Fixture, RunningController};
 
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 
@@ -252,7 +252,10 @@ async fn dry_run_prints_the_plan_of_a_scale_change_and_changes_nothing() {
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let expected = format!(
-        "{svc}: desired 4, current 2, ready 2, up-to-date 2\n  create network (if missing)\n  create 2 replica(s)\n",
+        "{svc}: desired 4, current 2, ready 2, up-to-date 2
+  create network (if missing)
+  create 2 replica(s)
+",
         svc = fixture.service
     );
     assert_eq!(out, expected);

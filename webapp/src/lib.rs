@@ -131,7 +131,10 @@ pub enum ConfigError {
         "FAIL_RATE must be a number from 0 to 1 (the share of requests answered 500), got {0:?}"
     )]
     FailRate(String),
-    #[error("EXTRA_LATENCY_MS must be a whole number of milliseconds (0-{MAX_EXTRA_LATENCY_MS}), got {0:?}")]
+    #[error(
+        "EXTRA_LATENCY_MS must be a whole number of milliseconds (0-{MAX_EXTRA_LATENCY_MS}), \
+         got {0:?}"
+    )]
     ExtraLatency(String),
     #[error("HEALTH_FAIL_FILE must be a file path, got {0:?}")]
     HealthFailFile(String),

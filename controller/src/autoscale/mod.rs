@@ -32,6 +32,7 @@
 //! window nothing changes, and while the latest sample is missing the autoscaler only
 //! scales up.
 
+pub mod plot;
 pub mod simulate;
 
 use std::collections::VecDeque;
@@ -518,7 +519,8 @@ mod tests {
         assert_eq!(d.reason, Reason::LimitedByMaxStep);
         assert_eq!(
             d.message,
-            "autoscaler: demand 300.0, target 8/replica, recommendation 10 (clamped from 38 to [1, 10]), \
+            "autoscaler: demand 300.0, target 8/replica, \
+             recommendation 10 (clamped from 38 to [1, 10]), \
              limited by maxStep to 5: scaling up from 1 to 5"
         );
         // Within the same period no more replicas are added.

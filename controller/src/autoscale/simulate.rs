@@ -8,8 +8,8 @@
 //! row per sample: `t_seconds,demand,recommended,replicas,reason`, where `recommended`
 //! is the count the autoscaler asks for and `replicas` the count ready at that time.
 //!
-//! This module reads the series and draws the plot; the decisions are the
-//! autoscaler's alone.
+//! This module reads the series and replays it; the decisions are the autoscaler's
+//! alone, the drawing [`plot`](mod@plot)'s.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::autoscale::plot::{self, Line, PlotError};
 use crate::autoscale::Autoscaler;
 use crate::model::backend::BackendLoad;
 use crate::spec::ScaledService;
@@ -40,8 +41,8 @@ pub enum SimulateError {
     Empty { path: PathBuf },
     #[error("{0}")]
     Service(String),
-    #[error("cannot draw {path}: {message}")]
-    Plot { path: PathBuf, message: String },
+    #[error(transparent)]
+    Plot(#[from] PlotError),
 }
 
 /// One sample of a recorded series.
@@ -268,60 +269,21 @@ fn format_seconds(t: Duration) -> String {
     }
 }
 
-/// Draws demand and replicas over time as an SVG.
+/// Draws demand, the recommendation and the ready replicas over time as an SVG.
 pub fn plot(path: &Path, title: &str, timeline: &[TimelineRow]) -> Result<(), SimulateError> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| SimulateError::Plot {
-        path: path.to_owned(),
-        message: e.to_string(),
+    let line = |label, value: fn(&TimelineRow) -> Option<f64>| Line {
+        label,
+        points: timeline
+            .iter()
+            .filter_map(|r| Some((r.t.as_secs_f64(), value(r)?)))
+            .collect(),
     };
-    let t_max = timeline.last().map_or(1.0, |r| r.t.as_secs_f64()).max(1.0);
-    let y_max = timeline
-        .iter()
-        .map(|r| r.demand.unwrap_or(0.0).max(f64::from(r.recommended)))
-        .fold(1.0_f64, f64::max)
-        * 1.1;
-    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(35)
-        .y_label_area_size(45)
-        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("requests in flight / replicas")
-        .draw()
-        .map_err(|e| err(&e))?;
-    type Value = fn(&TimelineRow) -> Option<f64>;
-    let series: [(&str, RGBColor, Value); 3] = [
-        ("demand (scur + qcur, averaged)", BLUE, |r| r.demand),
-        ("recommended", RED, |r| Some(f64::from(r.recommended))),
-        ("ready replicas", GREEN, |r| Some(f64::from(r.replicas))),
+    let lines = [
+        line("demand (scur + qcur, averaged)", |r| r.demand),
+        line("recommended", |r| Some(f64::from(r.recommended))),
+        line("ready replicas", |r| Some(f64::from(r.replicas))),
     ];
-    for (label, color, value) in series {
-        chart
-            .draw_series(LineSeries::new(
-                timeline
-                    .iter()
-                    .filter_map(|r| Some((r.t.as_secs_f64(), value(r)?))),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    Ok(plot::timeline(path, title, &lines)?)
 }
 
 #[cfg(test)]

@@ -34,7 +34,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 Some(lb) => match self.lb.load(lb.backend.as_str()).await {
                     Ok(load) => Some(load),
                     Err(e) => {
-                        tracing::debug!(service = %name, error = %crate::report::Chain(&e), "load sample failed: a gap");
+                        tracing::debug!(
+                            service = %name,
+                            error = %crate::report::Chain(&e),
+                            "load sample failed: a gap"
+                        );
                         None
                     }
                 },
@@ -85,10 +89,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
 
 /// The log line of a decision: repeats of a reason at debug level.
 pub(crate) fn log_decision(name: &str, decision: &Decision, repeat: bool) {
+    let reason = decision.reason.as_str();
     if repeat {
-        tracing::debug!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
+        tracing::debug!(service = %name, reason, "{}", decision.message);
     } else {
-        tracing::info!(service = %name, reason = decision.reason.as_str(), "{}", decision.message);
+        tracing::info!(service = %name, reason, "{}", decision.message);
     }
 }
 

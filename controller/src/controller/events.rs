@@ -81,7 +81,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 self.on_event(event);
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %crate::report::Chain(&e), "docker event stream failed; resyncing");
+                tracing::warn!(
+                    error = %crate::report::Chain(&e),
+                    "docker event stream failed; resyncing"
+                );
                 feed.failures += 1;
                 self.events_lost(feed);
             }
@@ -111,7 +114,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         else {
             return;
         };
-        tracing::debug!(action = %event.action, container = %event.id, service = %service, "docker event");
+        tracing::debug!(
+            action = %event.action,
+            container = %event.id,
+            service = %service,
+            "docker event"
+        );
         let wake = match event.action.as_str() {
             // React now: the server leaves rotation and a replacement starts.
             "die" => {

@@ -2,7 +2,7 @@
 //!
 //! Load-balancer steps run inline, in the plan's order (a server leaves rotation before
 //! its container stops); Docker creates and stops run as background tasks whose
-//! completions ([`Done`]) come back to the loop. Each action carried out is applied to
+//! completions (`Done`) come back to the loop. Each action carried out is applied to
 //! the service's memory, each completion too: nothing else changes it.
 
 use std::collections::BTreeSet;
@@ -93,7 +93,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         events.push((
                             EventType::Normal,
                             "Draining",
-                            format!("Draining {backend}/{slot} ({reason:?}) before removing its replica"),
+                            format!(
+                                "Draining {backend}/{slot} ({reason:?}) \
+                                 before removing its replica"
+                            ),
                         ));
                     }
                     r
@@ -134,7 +137,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         .applied(action, replica.as_deref(), Instant::now());
                 }
                 Err(e) => {
-                    tracing::warn!(error = %crate::report::Chain(&e), ?action, "load balancer step failed");
+                    tracing::warn!(
+                        error = %crate::report::Chain(&e),
+                        ?action,
+                        "load balancer step failed"
+                    );
                     errors.push(e.into());
                 }
             }
@@ -375,7 +382,11 @@ async fn cut<L: LoadBalancer>(
     lb.release(backend, slot).await?;
     let cut = lb.sever(addr).await?;
     if cut > 0 {
-        tracing::info!(%addr, cut, "cut the connections to a vanished replica; their requests are retried elsewhere");
+        tracing::info!(
+            %addr,
+            cut,
+            "cut the connections to a vanished replica; their requests are retried elsewhere"
+        );
     }
     Ok(())
 }

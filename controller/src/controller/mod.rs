@@ -22,8 +22,9 @@
 //!   watch, the claim on the engine, the clock.
 //!
 //! Errors requeue the failing service as [`error::error_policy`] says; other services
-//! go on. The status the HTTP server shows is written by this loop only, from
-//! [`crate::reconcile::conditions`].
+//! go on. Each service's status the HTTP server shows is written by this loop only,
+//! its conditions derived by [`crate::reconcile::conditions`]; HAProxy's reachability
+//! and the standby state have writers of their own ([`crate::serve::status`]).
 
 pub mod autoscaling;
 pub mod claim;

@@ -244,11 +244,20 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         let ours = slot.addr.is_some_and(|a| ours.contains(a.ip()));
                         if in_rotation && ours {
                             if let Err(e) = self.lb.release(&backend, &slot.name).await {
-                                tracing::warn!(error = %crate::report::Chain(&e), %backend, slot = %slot.name, "releasing a server of a backend the service left");
+                                tracing::warn!(
+                                    error = %crate::report::Chain(&e),
+                                    %backend,
+                                    slot = %slot.name,
+                                    "releasing a server of a backend the service left"
+                                );
                             }
                         }
                     }
-                    tracing::info!(service = name, %backend, "left the backend: its servers are out of rotation");
+                    tracing::info!(
+                        service = name,
+                        %backend,
+                        "left the backend: its servers are out of rotation"
+                    );
                     done.push(backend);
                 }
                 Err(e) if e.kind == crate::lb::LbErrorKind::Unreachable => {}
@@ -442,7 +451,8 @@ pub fn describe_plan(
             ),
             Action::Cut { slot, addr } => writeln!(
                 out,
-                "  release server {backend}/{slot} and cut its connections to {addr} (its replica is gone)"
+                "  release server {backend}/{slot} and cut its connections to {addr} (its replica \
+                 is gone)"
             ),
             Action::Release { slot } => {
                 writeln!(

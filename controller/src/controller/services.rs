@@ -243,7 +243,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                                 EventType::Normal,
                                 "SlotPoolGrown",
                                 format!(
-                                    "{} replicas at once need more than the {} slots of {}: grown to {}, HAProxy reloaded with every server written in (pools never shrink while HAProxy runs; replica changes within the pool never reload)",
+                                    "{} replicas at once need more than the {} slots of {}: grown \
+                                     to {}, HAProxy reloaded with every server written in (pools \
+                                     never shrink while HAProxy runs; replica changes within the \
+                                     pool never reload)",
                                     g.needed, g.from, g.backend, g.to
                                 ),
                                 now,
@@ -293,8 +296,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         for service in orphans {
             tracing::warn!(
                 service,
-                "replicas of a service that no spec names are left running; \
-                 remove them with `docker rm -f $(docker ps -aq --filter label=dockscale.service={service})`"
+                "replicas of a service that no spec names are left running; remove them with \
+                 `docker rm -f $(docker ps -aq --filter label=dockscale.service={service})`"
             );
         }
     }
@@ -308,24 +311,9 @@ fn replicas_change(old: u32, new: u32, autoscaled: bool) -> String {
         (true, _) => String::new(),
         (false, false) => format!(" (replicas {old} -> {new})"),
         (false, true) => format!(
-            " (replicas {old} -> {new}: autoscaled, so only the starting point; the autoscaler sets the count within its bounds)"
+            " (replicas {old} -> {new}: autoscaled, so only the starting point; the autoscaler \
+             sets the count within its bounds)"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replicas_change;
-
-    #[test]
-    fn a_spec_change_says_how_replicas_moved_and_who_decides() {
-        assert_eq!(replicas_change(3, 3, false), "");
-        assert_eq!(replicas_change(3, 5, false), " (replicas 3 -> 5)");
-        let autoscaled = replicas_change(3, 5, true);
-        assert!(
-            autoscaled.starts_with(" (replicas 3 -> 5: autoscaled"),
-            "{autoscaled}"
-        );
     }
 }
 
@@ -370,4 +358,20 @@ pub(crate) fn spec_rejected(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replicas_change;
+
+    #[test]
+    fn a_spec_change_says_how_replicas_moved_and_who_decides() {
+        assert_eq!(replicas_change(3, 3, false), "");
+        assert_eq!(replicas_change(3, 5, false), " (replicas 3 -> 5)");
+        let autoscaled = replicas_change(3, 5, true);
+        assert!(
+            autoscaled.starts_with(" (replicas 3 -> 5: autoscaled"),
+            "{autoscaled}"
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! The load balancer as the controller sees it: the [`LoadBalancer`] trait.
 //!
 //! The planner works on [`Backend`]s of [`Slot`](crate::model::backend::Slot)s; this
-//! trait reads them and applies the slot operations the planner asks for. The HAProxy runtime-API implementation
-//! lives in [`crate::lb::haproxy`]; this module holds only the contract, so that the
-//! controller loop does not depend on how a backend is reached.
+//! trait reads them and applies the slot operations the planner asks for. The HAProxy
+//! runtime-API implementation lives in [`crate::lb::haproxy`]; this module holds only
+//! the contract, so that the controller loop does not depend on how a backend is
+//! reached.
 
 #[cfg(test)]
 pub mod fake;

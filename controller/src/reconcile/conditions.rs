@@ -1,7 +1,8 @@
 //! A service's status after a pass, derived from the plan (its counts and notes), what
 //! the controller remembers and the time, like a Deployment controller's status
-//! computation. Pure: [`derive`] reads the previous status and returns what changes;
-//! the controller applies it ([`Update::apply`]) and never decides a condition itself.
+//! computation. Pure: [`derive`](fn@derive) reads the previous status and returns
+//! what changes; the controller applies it ([`Update::apply`]) and never decides a
+//! condition itself.
 
 use std::time::{Duration, SystemTime};
 

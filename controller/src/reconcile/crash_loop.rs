@@ -78,13 +78,14 @@ impl ExitRecord {
             u64::try_from(self.ran_for.as_millis()).unwrap_or(u64::MAX),
         ));
         match self.cause {
-            ExitCause::OutOfMemory => format!(
-                "was OOM-killed under its memory limit (code {code}) after running {ran}"
-            ),
+            ExitCause::OutOfMemory => {
+                format!("was OOM-killed under its memory limit (code {code}) after running {ran}")
+            }
             ExitCause::Own => format!("exited (code {code}) after running {ran}"),
             ExitCause::FailedCreate => "could not be created or started".to_owned(),
             ExitCause::Signalled => format!(
-                "was killed, stopped or removed from outside dockscale (code {code}) after running {ran}"
+                "was killed, stopped or removed from outside dockscale (code {code}) \
+                 after running {ran}"
             ),
             ExitCause::Unknown => format!(
                 "was found exited (code {code}) with no exit event seen (the engine restarted, \

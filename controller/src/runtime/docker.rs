@@ -170,7 +170,11 @@ impl ContainerRuntime for DockerRuntime {
             // Do not leave a never-started container behind; it would count as a replica.
             let options = RemoveContainerOptionsBuilder::default().force(true).build();
             if let Err(cleanup) = self.docker.remove_container(&id.0, Some(options)).await {
-                tracing::warn!(container = %id, error = %crate::report::Chain(&cleanup), "removing a container that failed to start");
+                tracing::warn!(
+                    container = %id,
+                    error = %crate::report::Chain(&cleanup),
+                    "removing a container that failed to start"
+                );
             }
             return Err(error);
         }

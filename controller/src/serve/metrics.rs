@@ -1,4 +1,5 @@
-//! Prometheus metrics: one struct owns every collector and registers them in one place.
+//! Prometheus metrics: one struct owns every collector, each declared once, where it is
+//! built and registered.
 //!
 //! Built on the `prometheus` crate (the one DESIGN.md names): mature, with the process
 //! collector (`process_resident_memory_bytes`, `process_cpu_seconds_total`) that the
@@ -8,9 +9,10 @@
 
 use std::time::Instant;
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -21,7 +23,7 @@ pub struct Metrics {
     pub reconcile_total: IntCounterVec,
     pub reconcile_errors_total: IntCounterVec,
     pub reconcile_duration_seconds: HistogramVec,
-    pub docker_list_duration_seconds: prometheus::Histogram,
+    pub docker_list_duration_seconds: Histogram,
     pub docker_inspects_total: IntCounter,
     pub replicas_desired: IntGaugeVec,
     pub replicas_current: IntGaugeVec,
@@ -51,194 +53,221 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("dockscale".to_owned()), None)
-            // Constant names and help texts: registration cannot fail.
-            .expect("valid registry prefix");
-        let mut m = Metrics {
-            names: Vec::new(),
-            reconcile_total: IntCounterVec::new(
-                Opts::new("reconcile_total", "Reconcile passes, by service and result (ok, error)."),
+        let mut r = Registrar::new();
+        let service = &["service"];
+        let m = Metrics {
+            reconcile_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "reconcile_total",
+                    "Reconcile passes, by service and result (ok, error).",
+                ),
                 &["service", "result"],
-            )
-            .expect("valid metric"),
-            reconcile_errors_total: IntCounterVec::new(
-                Opts::new("reconcile_errors_total", "Reconcile errors, by service and kind."),
+            )),
+            reconcile_errors_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "reconcile_errors_total",
+                    "Reconcile errors, by service and kind.",
+                ),
                 &["service", "kind"],
-            )
-            .expect("valid metric"),
-            reconcile_duration_seconds: HistogramVec::new(
+            )),
+            reconcile_duration_seconds: r.add(HistogramVec::new(
                 HistogramOpts::new(
                     "reconcile_duration_seconds",
-                    "Duration of a reconcile pass (observe, plan, execute; Docker creates and stops run in the background).",
+                    "Duration of a reconcile pass (observe, plan, execute; \
+                     Docker creates and stops run in the background).",
                 )
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
-                &["service"],
-            )
-            .expect("valid metric"),
-            docker_list_duration_seconds: prometheus::Histogram::with_opts(
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                service,
+            )),
+            docker_list_duration_seconds: r.add(Histogram::with_opts(
                 HistogramOpts::new(
                     "docker_list_duration_seconds",
-                    "Full Docker lists of the owned containers: at start, every resync and after the event stream broke (shared by the services due).",
+                    "Full Docker lists of the owned containers: at start, every resync and \
+                     after the event stream broke (shared by the services due).",
                 )
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-            )
-            .expect("valid metric"),
-            docker_inspects_total: IntCounter::new(
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )),
+            docker_inspects_total: r.add(IntCounter::new(
                 "docker_inspects_total",
-                "Containers read again one by one between full lists (named by a Docker event, or just created or removed).",
-            )
-            .expect("valid metric"),
-            replicas_desired: IntGaugeVec::new(
-                Opts::new("replicas_desired", "Replicas the service should have (spec or autoscaler)."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            replicas_current: IntGaugeVec::new(
-                Opts::new("replicas_current", "Running replicas that are not being removed."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            replicas_ready: IntGaugeVec::new(
-                Opts::new("replicas_ready", "Replicas serving: UP in HAProxy, or running without a load balancer."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            replicas_updated: IntGaugeVec::new(
-                Opts::new("replicas_updated", "Current replicas of the current template."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            autoscaler_recommendation: IntGaugeVec::new(
-                Opts::new("autoscaler_recommendation", "The autoscaler's raw recommendation before stabilization and rate limits."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            autoscaler_demand: GaugeVec::new(
-                Opts::new("autoscaler_demand", "Demand the autoscaler acts on: mean of scur + qcur over the scale period."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            autoscaler_decisions_total: IntCounterVec::new(
-                Opts::new("autoscaler_decisions_total", "Autoscaler decisions, by service and reason."),
+                "Containers read again one by one between full lists \
+                 (named by a Docker event, or just created or removed).",
+            )),
+            replicas_desired: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "replicas_desired",
+                    "Replicas the service should have (spec or autoscaler).",
+                ),
+                service,
+            )),
+            replicas_current: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "replicas_current",
+                    "Running replicas that are not being removed.",
+                ),
+                service,
+            )),
+            replicas_ready: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "replicas_ready",
+                    "Replicas serving: UP in HAProxy, or running without a load balancer.",
+                ),
+                service,
+            )),
+            replicas_updated: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "replicas_updated",
+                    "Current replicas of the current template.",
+                ),
+                service,
+            )),
+            autoscaler_recommendation: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "autoscaler_recommendation",
+                    "The autoscaler's raw recommendation before stabilization and rate limits.",
+                ),
+                service,
+            )),
+            autoscaler_demand: r.add(GaugeVec::new(
+                Opts::new(
+                    "autoscaler_demand",
+                    "Demand the autoscaler acts on: mean of scur + qcur over the scale period.",
+                ),
+                service,
+            )),
+            autoscaler_decisions_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "autoscaler_decisions_total",
+                    "Autoscaler decisions, by service and reason.",
+                ),
                 &["service", "reason"],
-            )
-            .expect("valid metric"),
-            autoscaler_last_decision: IntGaugeVec::new(
-                Opts::new("autoscaler_last_decision", "1 for the reason of the autoscaler's last decision, 0 for the others."),
+            )),
+            autoscaler_last_decision: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "autoscaler_last_decision",
+                    "1 for the reason of the autoscaler's last decision, 0 for the others.",
+                ),
                 &["service", "reason"],
-            )
-            .expect("valid metric"),
-            autoscaler_max_replicas: IntGaugeVec::new(
-                Opts::new("autoscaler_max_replicas", "The service's autoscale.maxReplicas (for alerts on a queue at the ceiling)."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            backend_scur: GaugeVec::new(
-                Opts::new("haproxy_backend_scur", "Sessions being served by the backend, as the autoscaler last sampled."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            backend_qcur: GaugeVec::new(
-                Opts::new("haproxy_backend_qcur", "Requests queued in the backend, as the autoscaler last sampled."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            backend_qtime_seconds: GaugeVec::new(
-                Opts::new("haproxy_backend_qtime_seconds", "HAProxy's average queue time over the last 1024 requests, as last sampled."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            haproxy_commands_total: IntCounterVec::new(
-                Opts::new("haproxy_commands_total", "Runtime API commands sent to HAProxy, by command and result."),
+            )),
+            autoscaler_max_replicas: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "autoscaler_max_replicas",
+                    "The service's autoscale.maxReplicas (for alerts on a queue at the ceiling).",
+                ),
+                service,
+            )),
+            backend_scur: r.add(GaugeVec::new(
+                Opts::new(
+                    "haproxy_backend_scur",
+                    "Sessions being served by the backend, as the autoscaler last sampled.",
+                ),
+                service,
+            )),
+            backend_qcur: r.add(GaugeVec::new(
+                Opts::new(
+                    "haproxy_backend_qcur",
+                    "Requests queued in the backend, as the autoscaler last sampled.",
+                ),
+                service,
+            )),
+            backend_qtime_seconds: r.add(GaugeVec::new(
+                Opts::new(
+                    "haproxy_backend_qtime_seconds",
+                    "HAProxy's average queue time over the last 1024 requests, as last sampled.",
+                ),
+                service,
+            )),
+            haproxy_commands_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "haproxy_commands_total",
+                    "Runtime API commands sent to HAProxy, by command and result.",
+                ),
                 &["command", "result"],
-            )
-            .expect("valid metric"),
-            haproxy_command_duration_seconds: HistogramVec::new(
-                HistogramOpts::new("haproxy_command_duration_seconds", "Round trip of a runtime API command.")
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+            )),
+            haproxy_command_duration_seconds: r.add(HistogramVec::new(
+                HistogramOpts::new(
+                    "haproxy_command_duration_seconds",
+                    "Round trip of a runtime API command.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                ]),
                 &["command"],
-            )
-            .expect("valid metric"),
-            container_starts_total: IntCounterVec::new(
-                Opts::new("container_starts_total", "Replicas created and started, by service and result."),
+            )),
+            container_starts_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "container_starts_total",
+                    "Replicas created and started, by service and result.",
+                ),
                 &["service", "result"],
-            )
-            .expect("valid metric"),
-            container_stops_total: IntCounterVec::new(
-                Opts::new("container_stops_total", "Replicas stopped and removed, by service and reason (scale_down, rollout, exited, never_started)."),
+            )),
+            container_stops_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "container_stops_total",
+                    "Replicas stopped and removed, by service and reason \
+                     (scale_down, rollout, exited, never_started).",
+                ),
                 &["service", "reason"],
-            )
-            .expect("valid metric"),
-            container_restarts_total: IntCounterVec::new(
-                Opts::new("container_restarts_total", "Replicas that crashed (exited on their own or were OOM-killed) and were replaced, by service."),
-                &["service"],
-            )
-            .expect("valid metric"),
-            replica_exits_total: IntCounterVec::new(
-                Opts::new("replica_exits_total", "Replicas seen exited, by service and cause: own (its process exited), oom (killed under its memory limit), signalled (killed, stopped or removed from outside), unknown (found exited without its exit event)."),
+            )),
+            container_restarts_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "container_restarts_total",
+                    "Replicas that crashed (exited on their own or were OOM-killed) \
+                     and were replaced, by service.",
+                ),
+                service,
+            )),
+            replica_exits_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "replica_exits_total",
+                    "Replicas seen exited, by service and cause: own (its process exited), \
+                     oom (killed under its memory limit), signalled (killed, stopped or \
+                     removed from outside), unknown (found exited without its exit event).",
+                ),
                 &["service", "cause"],
-            )
-            .expect("valid metric"),
-            spec_reloads_total: IntCounterVec::new(
-                Opts::new("spec_reloads_total", "Spec reads after a file change or resync, by result (ok, invalid)."),
+            )),
+            spec_reloads_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "spec_reloads_total",
+                    "Spec reads after a file change or resync, by result (ok, invalid).",
+                ),
                 &["result"],
-            )
-            .expect("valid metric"),
-            spec_valid: IntGauge::new("spec_valid", "1 when the spec files validate, 0 while the last good spec is kept.")
-                .expect("valid metric"),
-            haproxy_restarts_total: IntCounter::new("haproxy_restarts_total", "Times the managed HAProxy was found dead and started again.")
-                .expect("valid metric"),
-            haproxy_reloads_total: IntCounterVec::new(
-                Opts::new("haproxy_reloads_total", "Reloads of the managed HAProxy, by reason: services_changed, slot_pool_grown (a service may now run more replicas than its backend has slots), failed."),
+            )),
+            spec_valid: r.add(IntGauge::new(
+                "spec_valid",
+                "1 when the spec files validate, 0 while the last good spec is kept.",
+            )),
+            haproxy_restarts_total: r.add(IntCounter::new(
+                "haproxy_restarts_total",
+                "Times the managed HAProxy was found dead and started again.",
+            )),
+            haproxy_reloads_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "haproxy_reloads_total",
+                    "Reloads of the managed HAProxy, by reason: services_changed, \
+                     slot_pool_grown (a service may now run more replicas than its backend \
+                     has slots), failed.",
+                ),
                 &["reason"],
-            )
-            .expect("valid metric"),
-            build_info: GaugeVec::new(
-                Opts::new("build_info", "Always 1; the version label says which dockscale runs."),
+            )),
+            build_info: r.add(GaugeVec::new(
+                Opts::new(
+                    "build_info",
+                    "Always 1; the version label says which dockscale runs.",
+                ),
                 &["version"],
-            )
-            .expect("valid metric"),
-            up_since: Gauge::new("start_time_seconds", "Unix time the controller started.")
-                .expect("valid metric"),
-            registry,
+            )),
+            up_since: r.add(Gauge::new(
+                "start_time_seconds",
+                "Unix time the controller started.",
+            )),
+            // Last, once every collector above is registered.
+            names: r.names,
+            registry: r.registry,
         };
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.reconcile_total.clone()),
-            Box::new(m.reconcile_errors_total.clone()),
-            Box::new(m.reconcile_duration_seconds.clone()),
-            Box::new(m.docker_list_duration_seconds.clone()),
-            Box::new(m.docker_inspects_total.clone()),
-            Box::new(m.replicas_desired.clone()),
-            Box::new(m.replicas_current.clone()),
-            Box::new(m.replicas_ready.clone()),
-            Box::new(m.replicas_updated.clone()),
-            Box::new(m.autoscaler_recommendation.clone()),
-            Box::new(m.autoscaler_demand.clone()),
-            Box::new(m.autoscaler_max_replicas.clone()),
-            Box::new(m.autoscaler_decisions_total.clone()),
-            Box::new(m.autoscaler_last_decision.clone()),
-            Box::new(m.backend_scur.clone()),
-            Box::new(m.backend_qcur.clone()),
-            Box::new(m.backend_qtime_seconds.clone()),
-            Box::new(m.haproxy_commands_total.clone()),
-            Box::new(m.haproxy_command_duration_seconds.clone()),
-            Box::new(m.container_starts_total.clone()),
-            Box::new(m.container_stops_total.clone()),
-            Box::new(m.container_restarts_total.clone()),
-            Box::new(m.replica_exits_total.clone()),
-            Box::new(m.spec_reloads_total.clone()),
-            Box::new(m.spec_valid.clone()),
-            Box::new(m.haproxy_restarts_total.clone()),
-            Box::new(m.haproxy_reloads_total.clone()),
-            Box::new(m.build_info.clone()),
-            Box::new(m.up_since.clone()),
-        ];
-        for c in collectors {
-            for desc in c.desc() {
-                m.names.push(format!("dockscale_{}", desc.fq_name));
-            }
-            m.registry.register(c).expect("metric names are unique");
-        }
         // The process collector is unprefixed (`process_*`), like every exporter's.
         #[cfg(target_os = "linux")]
         prometheus::default_registry()
@@ -305,6 +334,37 @@ impl Metrics {
     }
 }
 
+/// Registers each collector as it is built, so that a metric is declared in one place:
+/// the initializer of its field in [`Metrics::new`].
+struct Registrar {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Registrar {
+    fn new() -> Self {
+        Registrar {
+            registry: Registry::new_custom(Some("dockscale".to_owned()), None)
+                // A constant, valid prefix: this cannot fail.
+                .expect("valid registry prefix"),
+            names: Vec::new(),
+        }
+    }
+
+    /// Registers a collector just built, and returns it. Names, help texts and labels
+    /// are constants, checked by the tests below: neither step can fail.
+    fn add<C: Collector + Clone + 'static>(&mut self, built: prometheus::Result<C>) -> C {
+        let collector = built.expect("valid metric");
+        for desc in collector.desc() {
+            self.names.push(format!("dockscale_{}", desc.fq_name));
+        }
+        self.registry
+            .register(Box::new(collector.clone()))
+            .expect("metric names are unique");
+        collector
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -313,7 +373,7 @@ impl Default for Metrics {
 
 /// Observes the elapsed time into the reconcile histogram when dropped.
 pub struct ReconcileTimer {
-    histogram: prometheus::Histogram,
+    histogram: Histogram,
     start: Instant,
 }
 

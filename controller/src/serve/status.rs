@@ -2,8 +2,14 @@
 //!
 //! Modelled on a Kubernetes Deployment's status: replica counts, conditions with a
 //! reason, a message and the time they last changed, and a short list of recent events
-//! (repeats of the same event are folded into a count, like `kubectl describe`). The
-//! controller loop is the only writer; readers get a snapshot. Nothing here is ever
+//! (repeats of the same event are folded into a count, like `kubectl describe`).
+//!
+//! Each service's status, the spec errors and the engine's reachability are written by
+//! the controller loop alone (the conditions as [`crate::reconcile::conditions`]
+//! derives them); two controller-wide fields have writers of their own:
+//! `haproxy_reachable`, by the managed HAProxy's supervisor task
+//! ([`crate::lb::haproxy::balancer`]), and `standby_for`, by [`crate::app`] while it
+//! waits for the claim on the engine. Readers get a snapshot. Nothing here is ever
 //! written into the user's spec files.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -248,7 +254,8 @@ pub struct ControllerStatus {
     pub standby_for: Option<String>,
 }
 
-/// A cloneable handle on the status: the loop writes, the HTTP server reads.
+/// A cloneable handle on the status: the writers the module documentation names
+/// update it, the HTTP server reads snapshots.
 #[derive(Clone, Debug, Default)]
 pub struct StatusHandle(Arc<RwLock<ControllerStatus>>);
 

@@ -724,7 +724,11 @@ spec:
     #[test]
     fn unknown_fields_are_located() {
         let text = GOOD.replace("  replicas: 2", "  replicas: 2\n  replicaz: 3");
-        assert_eq!(one_error(&text), "s.yaml:7:3: unknown field `replicaz`, expected one of replicas, template, network, loadBalancer, autoscale, rollout, placement");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:7:3: unknown field `replicaz`, expected one of \
+             replicas, template, network, loadBalancer, autoscale, rollout, placement"
+        );
     }
 
     #[test]
@@ -829,7 +833,8 @@ spec:
                 "s.yaml:21:9: duplicate metadata.name `web`: already used at s.yaml:4".to_owned(),
                 "s.yaml:28:14: duplicate loadBalancer.backend `web`: already used at s.yaml:11"
                     .to_owned(),
-                "s.yaml:29:11: duplicate loadBalancer.bind `127.0.0.1:8080`: already used at s.yaml:12"
+                "s.yaml:29:11: duplicate loadBalancer.bind `127.0.0.1:8080`: \
+                 already used at s.yaml:12"
                     .to_owned(),
             ]
         );
@@ -846,11 +851,23 @@ spec:
     #[test]
     fn no_input_makes_it_panic() {
         let inputs = [
-            "", "---", "- a\n- b", "a: [", "{", "apiVersion: 3", "\0\u{1}", "spec: ~",
-            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\nspec: {replicas: 99999999999999999999, template: {image: x}}",
-            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\nspec: {template: {image: x, resources: {memory: 1e400, cpus: -1}}}",
-            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\nspec: {template: {image: x, stopGracePeriod: 99999999999999999999999h}}",
-            "&a [*a]", "a: &x\n  b: *x\n", "? [a]\n: b",
+            "",
+            "---",
+            "- a\n- b",
+            "a: [",
+            "{",
+            "apiVersion: 3",
+            "\0\u{1}",
+            "spec: ~",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
+             spec: {replicas: 99999999999999999999, template: {image: x}}",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
+             spec: {template: {image: x, resources: {memory: 1e400, cpus: -1}}}",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
+             spec: {template: {image: x, stopGracePeriod: 99999999999999999999999h}}",
+            "&a [*a]",
+            "a: &x\n  b: *x\n",
+            "? [a]\n: b",
         ];
         for input in inputs {
             let _ = parse_str(Path::new("fuzz.yaml"), input);

@@ -99,7 +99,12 @@ impl HaproxyBalancer {
     ) -> Result<Self, ApiError> {
         let api = api_for(endpoint, &metrics);
         let info = api.info().await?;
-        tracing::info!(endpoint = %api.endpoint(), version = %info.version, pid = info.pid, "driving an external HAProxy");
+        tracing::info!(
+            endpoint = %api.endpoint(),
+            version = %info.version,
+            pid = info.pid,
+            "driving an external HAProxy"
+        );
         Ok(Self::with_mode(api, Mode::External, metrics, status))
     }
 
@@ -248,7 +253,8 @@ impl Inner {
                         backend = %g.backend,
                         from = g.from,
                         to = g.to,
-                        "{} replicas at once do not fit the slot pool: growing it, HAProxy reloaded with the current servers written in",
+                        "{} replicas at once do not fit the slot pool: growing it, HAProxy \
+                         reloaded with the current servers written in",
                         g.needed
                     );
                 }
@@ -299,7 +305,10 @@ impl Inner {
         } = &e
         {
             let hint = match self.mode {
-                Mode::External => " (declare it in your haproxy.cfg with `slotN` servers: see manifests/haproxy.cfg)",
+                Mode::External => {
+                    " (declare it in your haproxy.cfg with `slotN` servers: see \
+                     manifests/haproxy.cfg)"
+                }
                 Mode::Managed(_) => "",
             };
             return LbError::new(
@@ -315,7 +324,8 @@ impl Inner {
             LbErrorKind::NoSlots,
             format!(
                 "backend `{backend}` has no `slotN` servers for replicas: declare them, e.g. \
-                 `server-template slot 1-32 0.0.0.0:8080 disabled weight 0 check` (see manifests/haproxy.cfg)"
+                 `server-template slot 1-32 0.0.0.0:8080 disabled weight 0 check` \
+                 (see manifests/haproxy.cfg)"
             ),
         )
     }
@@ -330,7 +340,11 @@ impl LoadBalancer for HaproxyBalancer {
                 let present = self.inner.api.backends().await.map_err(lb_error)?;
                 for b in &backends {
                     if !present.contains(&b.backend) {
-                        tracing::error!(service = %b.service, backend = %b.backend, "the external HAProxy has no such backend");
+                        tracing::error!(
+                            service = %b.service,
+                            backend = %b.backend,
+                            "the external HAProxy has no such backend"
+                        );
                     }
                 }
                 *Inner::lock(&self.inner.backends) = backends;
@@ -496,7 +510,11 @@ impl LoadBalancer for HaproxyBalancer {
                 // timeout, as they would without dockscale: worth a warning, once.
                 static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
-                    tracing::warn!(error = %crate::report::Chain(&e), "cannot cut connections to vanished replicas; their requests wait for timeout server");
+                    tracing::warn!(
+                        error = %crate::report::Chain(&e),
+                        "cannot cut connections to vanished replicas; their requests wait for \
+                         timeout server"
+                    );
                 });
                 Ok(0)
             }
@@ -605,7 +623,10 @@ async fn supervise(inner: Arc<Inner>) {
                 master = pid.and_then(|pid| match ProcessWatch::new(pid) {
                     Ok(watch) => Some(watch),
                     Err(e) => {
-                        tracing::warn!(error = %crate::report::Chain(&e), "cannot watch the HAProxy master; polling it");
+                        tracing::warn!(
+                            error = %crate::report::Chain(&e),
+                            "cannot watch the HAProxy master; polling it"
+                        );
                         None
                     }
                 });

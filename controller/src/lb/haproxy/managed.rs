@@ -258,7 +258,8 @@ impl ManagedHaproxy {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ManagedError::Start(format!(
-                    "its runtime API at {} did not answer within {READY_TIMEOUT:?}; its output:\n{}",
+                    "its runtime API at {} did not answer within {READY_TIMEOUT:?}; \
+                     its output:\n{}",
                     self.paths.socket.display(),
                     tail(&self.paths.log, 15)
                 )));
@@ -288,7 +289,10 @@ impl ManagedHaproxy {
         let old_worker = self.api.info().await.ok().map(|i| i.pid);
         write_atomically(&self.paths.config, &text)?;
         if let Err(e) = kill(master, Signal::SIGUSR2) {
-            tracing::warn!(error = %crate::report::Chain(&e), "cannot signal the HAProxy master; starting a new one");
+            tracing::warn!(
+                error = %crate::report::Chain(&e),
+                "cannot signal the HAProxy master; starting a new one"
+            );
             return self.start_locked(config).await;
         }
         let wanted: Vec<String> = config.backends.iter().map(|b| b.backend.clone()).collect();
@@ -471,11 +475,13 @@ fn tail(path: &Path, n: usize) -> String {
 mod tests {
     use super::*;
 
-    // Captured from HAProxy 2.6.12's `haproxy -c` of a relative socket path.
+    // Captured from HAProxy 2.6.12's `haproxy -c` of a relative socket path (its long
+    // line continued with `\`).
     const REJECTED: &str = "\
 [NOTICE]   (10924) : haproxy version is 2.6.12-1+deb12u4
 [NOTICE]   (10924) : path to executable is /usr/sbin/haproxy
-[ALERT]    (10924) : config : parsing [t.cfg:2] : 'stats socket' : missing port specification in '.dockscale/haproxy.sock'
+[ALERT]    (10924) : config : parsing [t.cfg:2] : 'stats socket' : \
+missing port specification in '.dockscale/haproxy.sock'
 
 [ALERT]    (10924) : config : Error(s) found in configuration file : t.cfg
 [ALERT]    (10924) : config : Fatal errors found in configuration.

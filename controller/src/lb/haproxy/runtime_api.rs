@@ -553,11 +553,13 @@ mod tests {
         let (_dir, api) = scripted(&[
             (
                 "set server web/slot1 addr 10.0.0.2 port 8080",
-                "IP changed from '0.0.0.0' to '10.0.0.2', no need to change the port by 'stats socket command'\n\n",
+                "IP changed from '0.0.0.0' to '10.0.0.2', \
+                 no need to change the port by 'stats socket command'\n\n",
             ),
             (
                 "set server web/slot2 addr 10.0.0.2 port 8080",
-                "no need to change the addr, no need to change the port by 'stats socket command'\n\n",
+                "no need to change the addr, \
+                 no need to change the port by 'stats socket command'\n\n",
             ),
         ])
         .await;

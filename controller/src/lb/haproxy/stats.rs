@@ -287,7 +287,10 @@ mod tests {
             assert!(parse_servers_state(text).is_err(), "{text:?}");
         }
         assert_eq!(parse_stat("Unknown command."), Err(ParseError::NoHeader));
-        let truncated = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_port\n3 web 1";
+        let truncated = "1\n\
+            # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight \
+            srv_iweight srv_port\n\
+            3 web 1";
         assert!(matches!(
             parse_servers_state(truncated),
             Err(ParseError::Line { line: 3, .. })
@@ -298,7 +301,8 @@ mod tests {
     #[test]
     fn info_names_the_process() {
         let info = parse_info(
-            "Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nRelease_date: 2026/10/17\nPid: 8624\nUptime: 0d 0h00m00s\nUptime_sec: 42\n",
+            "Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nRelease_date: 2026/10/17\n\
+             Pid: 8624\nUptime: 0d 0h00m00s\nUptime_sec: 42\n",
         )
         .expect("parses");
         assert_eq!(info.pid, 8624);
