@@ -29,6 +29,7 @@ pub mod engine;
 pub mod haproxy;
 pub mod load;
 pub mod process;
+pub mod swarm;
 
 /// The demo image every test runs.
 pub const WEBAPP_IMAGE: &str = "dockscale-webapp:latest";

@@ -1,0 +1,202 @@
+//! dockscale on real swarms (`run --runtime swarm`): a one-node swarm and a two-node
+//! one, each made of private engines. HAProxy runs on this host (managed) and reaches
+//! the tasks at their nodes' addresses and published ports, never on an overlay
+//! address.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use dockscale_e2e::haproxy::{in_rotation, LbFixture, Load};
+use dockscale_e2e::process::DockscaleProcess;
+use dockscale_e2e::swarm::{Swarm, SWARM_IMAGE};
+use dockscale_e2e::{dockscale_bin, WEBAPP_IMAGE};
+
+const LOAD_LIMIT: Duration = Duration::from_secs(90);
+
+/// The running tasks' addresses (node address and published port), as the swarm's
+/// manager reports them, over every node of the swarm.
+async fn task_addrs(swarm: &Swarm, service: &str) -> BTreeSet<SocketAddrV4> {
+    let host = swarm.docker_host();
+    let socket = host.trim_start_matches("unix://");
+    let Ok(docker) = bollard::Docker::connect_with_unix(socket, 10, bollard::API_DEFAULT_VERSION)
+    else {
+        return BTreeSet::new();
+    };
+    let filters = HashMap::from([
+        ("service", vec![service]),
+        ("desired-state", vec!["running"]),
+    ]);
+    let options = bollard::query_parameters::ListTasksOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    let (Ok(tasks), Ok(nodes)) = (
+        docker.list_tasks(Some(options)).await,
+        docker
+            .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+            .await,
+    ) else {
+        return BTreeSet::new();
+    };
+    let addr_of: HashMap<String, String> = nodes
+        .into_iter()
+        .filter_map(|n| Some((n.id?, n.status?.addr?)))
+        .collect();
+    tasks
+        .into_iter()
+        .filter_map(|t| {
+            let status = t.status?;
+            if status.state != Some(bollard::models::TaskState::RUNNING) {
+                return None;
+            }
+            let port = status.port_status?.ports?.first()?.published_port?;
+            let ip = addr_of.get(&t.node_id?)?.parse().ok()?;
+            Some(SocketAddrV4::new(ip, u16::try_from(port).ok()?))
+        })
+        .collect()
+}
+
+/// Waits until HAProxy's servers in rotation are exactly the `n` running tasks, all UP.
+async fn converged(
+    fixture: &LbFixture,
+    swarm: &Swarm,
+    n: usize,
+    timeout: Duration,
+    log: &DockscaleProcess,
+) -> Duration {
+    let api = fixture.api();
+    let start = Instant::now();
+    loop {
+        let tasks = task_addrs(swarm, &fixture.service).await;
+        let rotation = match api.servers_state(&fixture.backend).await {
+            Ok(s) => in_rotation(&s),
+            Err(_) => Default::default(),
+        };
+        let up: BTreeSet<SocketAddrV4> = rotation
+            .iter()
+            .filter(|(_, up)| **up)
+            .map(|(a, _)| *a)
+            .collect();
+        if tasks.len() == n && up == tasks && rotation.len() == n {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "not converged on {n} tasks after {timeout:?}: tasks {tasks:?}, rotation {rotation:?}\n{}",
+            log.log_digest(30, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn swarm_spec(fixture: &LbFixture, replicas: u32, greeting: &str) -> String {
+    fixture
+        .lb_spec(replicas, greeting, "")
+        .replace(WEBAPP_IMAGE, SWARM_IMAGE)
+}
+
+fn start_controller(fixture: &LbFixture, swarm: &Swarm, extra: &[&str]) -> DockscaleProcess {
+    let mut args = fixture.lb_run_args(&[&["--runtime", "swarm"], extra].concat());
+    args.remove(0);
+    DockscaleProcess::spawn_with_env(
+        &dockscale_bin(),
+        args,
+        fixture
+            .dir
+            .path()
+            .join(format!("dockscale-{}.log", dockscale_e2e::free_port())),
+        vec![("DOCKER_HOST".to_owned(), swarm.docker_host())],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_one_node_swarm_haproxy_follows_scaling_a_killed_task_and_a_rollout_without_a_failed_request(
+) {
+    let swarm = Swarm::single("swarm1");
+    let fixture = LbFixture::new("e2e-swarm");
+    fixture.write_spec(&swarm_spec(&fixture, 2, "one"));
+    let controller = start_controller(&fixture, &swarm, &[]);
+
+    let took = converged(&fixture, &swarm, 2, Duration::from_secs(60), &controller).await;
+    println!("service created: 2 tasks serving through HAProxy after {took:?}");
+
+    fixture.write_spec(&swarm_spec(&fixture, 4, "one"));
+    let took = converged(&fixture, &swarm, 4, Duration::from_secs(30), &controller).await;
+    println!("scaled 2 -> 4: HAProxy holds the 4 tasks after {took:?}");
+
+    // A task's container killed under load: Swarm replaces it, HAProxy follows.
+    let load = Load::start(fixture.bind, "/", 8, LOAD_LIMIT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let label = format!("label=dockscale.service={}", fixture.service);
+    let victim = swarm.manager.docker(&["ps", "-q", "--filter", &label]);
+    let victim = victim
+        .split_whitespace()
+        .next()
+        .expect("a task's container")
+        .to_owned();
+    let before = task_addrs(&swarm, &fixture.service).await;
+    let killed = Instant::now();
+    swarm.manager.docker(&["kill", &victim]);
+    while task_addrs(&swarm, &fixture.service).await == before {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "Swarm did not replace the task"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replaced = killed.elapsed();
+    let took = converged(&fixture, &swarm, 4, Duration::from_secs(30), &controller).await;
+    println!("task container killed: Swarm's replacement running after {replaced:?}");
+    println!("task container killed: HAProxy holds the 4 running tasks again after {took:?}");
+    let report = load.finish().await;
+    println!(
+        "kill under load: {} ok, {} failed; first failures {:?}",
+        report.ok, report.failed, report.failures
+    );
+    assert!(report.ok > 100, "the load ran: {report:?}");
+    assert!(
+        report.failed <= 8,
+        "at most the requests in flight on the killed task fail: {report:?}"
+    );
+
+    // A rollout through Swarm's update, under load: not one request fails.
+    let load = Load::start(fixture.bind, "/", 8, LOAD_LIMIT);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    fixture.write_spec(&swarm_spec(&fixture, 4, "two"));
+    loop {
+        let body = dockscale_e2e::http_get(fixture.bind, "/").await.1;
+        let rolled = controller
+            .service_status(&fixture.service)
+            .await
+            .map(|s| s["replicas"]["readyUpdated"] == 4 && s["replicas"]["updated"] == 4)
+            .unwrap_or(false);
+        if rolled && body.contains("two") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the rollout did not finish: {}",
+            controller.log_digest(30, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = converged(&fixture, &swarm, 4, Duration::from_secs(30), &controller).await;
+    println!(
+        "rollout: every task replaced {:?} after the edit, HAProxy exact {took:?} later",
+        started.elapsed()
+    );
+    load.finish_without_failures("rollout through Swarm under load")
+        .await;
+
+    let status = controller
+        .service_status(&fixture.service)
+        .await
+        .expect("status");
+    let tasks = status["tasks"].as_array().expect("tasks in status");
+    assert_eq!(
+        tasks.iter().filter(|t| t["inRotation"] == true).count(),
+        4,
+        "{tasks:?}"
+    );
+}
