@@ -21,8 +21,10 @@
 //!   [`controller::store`] (the owned containers between two Docker lists),
 //!   [`controller::watch`] (the spec file watch) and [`controller::claim`] (one
 //!   controller per engine), and, in tests, the scenarios that drive whole passes
-//!   against the fakes.
-//! - [`runtime`]: the container runtime trait, [`runtime::docker`] over bollard, and
+//!   against the fakes; [`controller::swarm`], the loop on Docker Swarm, and
+//!   [`controller::lease`], one controller per swarm.
+//! - [`runtime`]: the container runtime trait, [`runtime::docker`] over bollard,
+//!   [`runtime::swarm`] (a swarm manager's services, tasks, nodes and the lease), and
 //!   (tests only) `runtime::fake`, an in-memory engine.
 //! - [`lb`]: the load balancer trait, (tests only) `lb::fake`, an in-memory HAProxy,
 //!   and [`lb::haproxy`]: the runtime API client, the managed process, its
