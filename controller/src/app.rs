@@ -359,8 +359,8 @@ async fn run_swarm(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<
         held = acquire_lease(&api, &mut lease, &status) => match held {
             Ok(()) => {
                 tracing::info!(swarm = %swarm, holder = %me, "holding the swarm's lease");
-                lead(&args, services, settings, api.clone(), lease, &status, &metrics, &mut shutdown)
-                    .await
+                let api = api.clone();
+                lead(&args, services, settings, api, lease, &status, &metrics, &mut shutdown).await
             }
             Err(e) => Err(e),
         },
@@ -397,7 +397,11 @@ async fn acquire_lease(
                 },
                 Step::Wait { holder } => {
                     if announced.as_ref() != Some(&holder) {
-                        tracing::info!(%holder, "standby: another dockscale leads this swarm; taking over when its lease lapses");
+                        tracing::info!(
+                            %holder,
+                            "standby: another dockscale leads this swarm; \
+                             taking over when its lease lapses"
+                        );
                         status.update(|s| s.standby_for = Some(holder.clone()));
                         announced = Some(holder);
                     }

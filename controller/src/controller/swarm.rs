@@ -180,7 +180,8 @@ impl<L: LoadBalancer> SwarmController<L> {
                         due.get_or_insert_with(|| Instant::now() + Duration::from_millis(50));
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %crate::report::Chain(&e), "swarm events: reconnecting");
+                        let error = crate::report::Chain(&e);
+                        tracing::warn!(%error, "swarm events: reconnecting");
                         events_retry = Some(Instant::now() + Duration::from_secs(1));
                     }
                     None => events_retry = Some(Instant::now() + Duration::from_secs(1)),
@@ -316,7 +317,8 @@ impl<L: LoadBalancer> SwarmController<L> {
                 .with_label_values(&[&name, label])
                 .inc();
             if let Err(e) = result {
-                tracing::warn!(service = %name, error = %crate::report::Chain(&e), "swarm pass failed");
+                let error = crate::report::Chain(&e);
+                tracing::warn!(service = %name, %error, "swarm pass failed");
                 self.metrics
                     .reconcile_errors_total
                     .with_label_values(&[&name, e.kind()])
@@ -569,7 +571,8 @@ impl<L: LoadBalancer> SwarmController<L> {
                 _ => continue,
             };
             if let Err(e) = result {
-                tracing::warn!(error = %crate::report::Chain(&e), ?action, "load balancer step failed");
+                let error = crate::report::Chain(&e);
+                tracing::warn!(%error, ?action, "load balancer step failed");
                 failed.get_or_insert_with(|| e.to_string());
             }
         }

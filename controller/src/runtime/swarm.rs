@@ -737,7 +737,24 @@ mod tests {
         loaded.into_iter().next().expect("one").service
     }
 
-    const WEB: &str = "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: web}\nspec:\n  replicas: 3\n  template:\n    image: img:1\n    command: [serve, --fast]\n    env: {A: b}\n    port: 8080\n    resources: {memory: 64Mi, cpus: 0.5}\n    stopGracePeriod: 7s\n  placement:\n    constraints: [node.role==worker]\n    preferences: [{spread: node.labels.zone}]\n    maxReplicasPerNode: 2\n  loadBalancer: {backend: web}\n";
+    const WEB: &str = "apiVersion: dockscale/v1alpha1
+kind: ScaledService
+metadata: {name: web}
+spec:
+  replicas: 3
+  template:
+    image: img:1
+    command: [serve, --fast]
+    env: {A: b}
+    port: 8080
+    resources: {memory: 64Mi, cpus: 0.5}
+    stopGracePeriod: 7s
+  placement:
+    constraints: [node.role==worker]
+    preferences: [{spread: node.labels.zone}]
+    maxReplicasPerNode: 2
+  loadBalancer: {backend: web}
+";
 
     #[test]
     fn the_swarm_spec_carries_the_template_labels_ports_and_placement() {
