@@ -32,16 +32,17 @@ fn git_revision() -> Option<String> {
     // commit) and packed refs. A worktree's HEAD lives in its own git dir, the refs in
     // the common one.
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
-        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+        let mut watched = vec![dir.join("HEAD")];
         if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
             let common = git(&["rev-parse", "--git-common-dir"])
                 .map(PathBuf::from)
                 .unwrap_or(dir);
-            println!("cargo:rerun-if-changed={}", common.join(&branch).display());
-            println!(
-                "cargo:rerun-if-changed={}",
-                common.join("packed-refs").display()
-            );
+            watched.push(common.join(&branch));
+            watched.push(common.join("packed-refs"));
+        }
+        // A path that does not exist would make cargo run this script on every build.
+        for path in watched.iter().filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
         }
     }
     Some(head)
