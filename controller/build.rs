@@ -32,7 +32,9 @@ fn git_revision() -> Option<String> {
     // commit) and packed refs. A worktree's HEAD lives in its own git dir, the refs in
     // the common one.
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
-        let mut watched = vec![dir.join("HEAD")];
+        // HEAD's reflog moves with every commit and checkout, even when the branch's
+        // ref is packed.
+        let mut watched = vec![dir.join("HEAD"), dir.join("logs").join("HEAD")];
         if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
             let common = git(&["rev-parse", "--git-common-dir"])
                 .map(PathBuf::from)
