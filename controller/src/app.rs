@@ -1,13 +1,17 @@
 //! `dockscale run`, as a library function: wires the spec, Docker, the load balancer,
 //! the HTTP server and the controller loop together, and runs until `shutdown`.
 //!
-//! `main` calls it with Ctrl-C/SIGTERM as the shutdown signal; end-to-end tests call
-//! it with their own ports and a oneshot, like mini-redis's `server::run`.
+//! `main` calls it with Ctrl-C/SIGTERM as the shutdown signal and SIGHUP as the reload
+//! signal; end-to-end tests call it with their own ports and a oneshot, like
+//! mini-redis's `server::run`. A reload takes the path of a spec file renamed into
+//! place: the spec is re-read at once. Under systemd, readiness and state are told to
+//! its notify socket ([`crate::serve::systemd`]).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -26,6 +30,7 @@ use crate::runtime::{ContainerRuntime, DockerError};
 use crate::serve::http::{self, AppState};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
+use crate::serve::systemd;
 use crate::spec::manifest::{self, SpecErrors};
 use crate::spec::Runtime;
 
@@ -76,7 +81,12 @@ pub enum AppError {
 }
 
 /// Runs the controller until `shutdown` resolves; the replicas keep running after.
-pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+/// Each item of `reloads` re-reads the spec at once.
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl Future<Output = ()>,
+    reloads: impl Stream<Item = ()> + Send + 'static,
+) -> Result<(), AppError> {
     let args = resolve_paths(args)?;
     if args.runtime == Runtime::Swarm {
         return run_swarm(args, shutdown).await;
@@ -121,6 +131,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     if let Attempt::HeldBy(Some(holder)) = claim.try_acquire(&me).map_err(AppError::Claim)? {
         if args.standby {
             status.update(|s| s.standby_for = Some(holder.to_string()));
+            // Started as asked: systemd's start is done; the wait is its state.
+            systemd::ready(&format!("standby while {holder} drives the Docker engine"));
         }
     }
 
@@ -148,6 +160,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             match controller(&args, services, runtime, &status, &metrics).await {
                 Ok(controller) => {
                     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+                    let reloader = tokio::spawn(forward_reloads(reloads, changes_tx.clone()));
                     match crate::controller::watch::watch(&args.paths, changes_tx) {
                         Ok(_watch) => {
                             tracing::info!(
@@ -155,6 +168,10 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
                                 listen = ?local,
                                 "dockscale running"
                             );
+                            let count = status.read().services.len();
+                            systemd::ready(&format!(
+                                "driving the Docker engine {engine}: {count} service(s)"
+                            ));
                             let stop = async {
                                 tokio::select! {
                                     () = &mut shutdown => {}
@@ -164,9 +181,13 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
                                 }
                             };
                             controller.run(changes_rx, stop).await;
+                            reloader.abort();
                             Ok(())
                         }
-                        Err(e) => Err(AppError::Watch(e)),
+                        Err(e) => {
+                            reloader.abort();
+                            Err(AppError::Watch(e))
+                        }
                     }
                 }
                 Err(e) => Err(e),
@@ -176,6 +197,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         Err(e) => Err(e),
     };
 
+    systemd::stopping();
     let _ = stop_http.send(true);
     match server.await {
         Ok(Err(e)) => tracing::warn!(error = %crate::report::Chain(&e), "http server"),
@@ -183,6 +205,24 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// Sends each reload request to the loop as a spec file renamed into place (read at
+/// once, like an editor's save).
+async fn forward_reloads(
+    reloads: impl Stream<Item = ()> + Send + 'static,
+    changes: mpsc::UnboundedSender<crate::controller::watch::Change>,
+) {
+    let mut reloads = std::pin::pin!(reloads);
+    while reloads.next().await.is_some() {
+        tracing::info!("reload requested: re-reading the spec");
+        if changes
+            .send(crate::controller::watch::Change::Replaced)
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Takes the claim on the engine. Held by another: an error naming it, or with
@@ -197,7 +237,9 @@ async fn take_claim(
     loop {
         match claim.try_acquire(me).map_err(AppError::Claim)? {
             Attempt::Acquired => {
-                status.update(|s| s.standby_for = None);
+                if status.update(|s| s.standby_for.take()).is_some() {
+                    systemd::status("took over the Docker engine");
+                }
                 return Ok(true);
             }
             Attempt::HeldBy(holder) if !standby => {
@@ -226,6 +268,7 @@ async fn take_claim(
                          taking over when it stops"
                     );
                     status.update(|s| s.standby_for = Some(who.clone()));
+                    systemd::ready(&format!("standby while {who} drives the Docker engine"));
                     announced = Some(who);
                 }
                 tokio::time::sleep(claim::STANDBY_POLL).await;
@@ -403,6 +446,7 @@ async fn acquire_lease(
                              taking over when its lease lapses"
                         );
                         status.update(|s| s.standby_for = Some(holder.clone()));
+                        systemd::ready(&format!("standby while {holder} leads the swarm"));
                         announced = Some(holder);
                     }
                     None
@@ -487,6 +531,10 @@ async fn lead(
         let _ = lost_rx.wait_for(|lost| *lost).await;
     };
     tracing::info!(paths = ?args.paths, "dockscale running on swarm");
+    systemd::ready(&format!(
+        "leading the swarm: {} service(s)",
+        status.read().services.len()
+    ));
     let mut lost_lease = false;
     controller
         .run(changes_rx, async {

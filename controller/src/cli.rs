@@ -10,7 +10,7 @@ use crate::spec::{Duration, Runtime};
 #[derive(Parser, Debug)]
 #[command(
     name = "dockscale",
-    version,
+    version = crate::version::LONG,
     about = "Keeps Docker replicas at the count a spec file asks for, behind HAProxy",
     propagate_version = true
 )]
@@ -65,6 +65,63 @@ pub enum Command {
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
     },
+    /// Print the replicas' logs, merged, each line prefixed with its replica's name
+    /// (read from the Docker engine: `DOCKER_HOST`, else /var/run/docker.sock).
+    Logs(LogsArgs),
+    /// Print the events of every service of a running controller, oldest first.
+    Events {
+        /// Keep printing events as they happen, until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+        /// Address of the controller's HTTP server (its --listen).
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        addr: SocketAddr,
+        /// Output format: a table, or one JSON object per event and line.
+        #[arg(short, long, value_enum, default_value_t = crate::status_cli::Output::Table)]
+        output: crate::status_cli::Output,
+    },
+    /// Print the version and the git revision of this build.
+    Version {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = crate::status_cli::Output::Table)]
+        output: crate::status_cli::Output,
+    },
+    /// Print a shell completion script (bash: source it, or put it in
+    /// /usr/share/bash-completion/completions/dockscale).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (dockscale.1 and one per subcommand) into a directory.
+    Man {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// The service (`metadata.name`).
+    pub name: String,
+
+    /// Keep printing new lines, and the lines of replicas that start later, until
+    /// interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Only lines since this long ago (`10m`, `90s`) or this time (RFC 3339,
+    /// `2024-05-01T12:00:00Z`). Default: every line Docker kept.
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
+
+    /// Only the last N lines of each replica. Default: all.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u64>,
+
+    /// Prefix every line with the time Docker received it.
+    #[arg(short, long)]
+    pub timestamps: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -164,6 +221,34 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_version_names_the_git_revision() {
+        let version = Cli::command().render_version();
+        assert!(version.contains(crate::version::GIT_REVISION), "{version}");
+    }
+
+    #[test]
+    fn logs_takes_the_flags_of_docker_compose_logs() {
+        let cli = Cli::try_parse_from([
+            "dockscale",
+            "logs",
+            "webapp",
+            "-f",
+            "--since",
+            "10m",
+            "--tail",
+            "5",
+        ])
+        .expect("parses");
+        let Command::Logs(args) = cli.command else {
+            panic!("not logs");
+        };
+        assert_eq!(args.name, "webapp");
+        assert!(args.follow);
+        assert_eq!(args.since.as_deref(), Some("10m"));
+        assert_eq!(args.tail, Some(5));
     }
 
     #[test]

@@ -30,8 +30,12 @@
 //!   and [`lb::haproxy`]: the runtime API client, the managed process, its
 //!   configuration, the cutting of a vanished replica's connections and the balancer
 //!   over them.
-//! - [`serve`]: the status kept per service, the Prometheus metrics, the HTTP server.
+//! - [`serve`]: the status kept per service, the Prometheus metrics, the HTTP server,
+//!   and [`serve::systemd`], readiness and state told to systemd.
 //! - [`status_cli`]: `dockscale status`, the table and describe views.
+//! - [`events_cli`]: `dockscale events [-w]`, every service's events from the API.
+//! - [`logs_cli`]: `dockscale logs NAME [-f]`, the replicas' logs merged, from Docker.
+//! - [`version`]: the version and git revision of this build.
 //! - [`report`]: an error and its causes on one line.
 //! - [`app`]: `dockscale run` as a function: everything wired together.
 //! - [`cli`]: the command line.
@@ -41,7 +45,9 @@ pub mod app;
 pub mod autoscale;
 pub mod cli;
 pub mod controller;
+pub mod events_cli;
 pub mod lb;
+pub mod logs_cli;
 pub mod model;
 pub mod reconcile;
 pub mod report;
@@ -51,6 +57,7 @@ pub mod spec;
 pub mod status_cli;
 #[cfg(test)]
 mod testing;
+pub mod version;
 
 /// The JSON Schema of a `ScaledService` document, as `dockscale schema` prints it.
 pub fn schema_json() -> String {

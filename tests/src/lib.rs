@@ -358,9 +358,13 @@ impl RunningController {
         };
         let listen = run.listen;
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(dockscale::app::run(run, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(dockscale::app::run(
+            run,
+            async move {
+                let _ = stopped.await;
+            },
+            futures::stream::pending(),
+        ));
         RunningController {
             stop: Some(stop),
             task: Some(task),

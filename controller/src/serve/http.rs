@@ -3,16 +3,24 @@
 //! It reads the shared [`StatusHandle`] and the metrics registry; it never changes the
 //! controller's state. `/healthz` answers while the process runs; `/readyz` only when
 //! Docker answers, the spec is loaded and HAProxy (when used) answers its socket.
+//!
+//! `/api/v1/events?watch=true` streams events as they happen, one JSON object per line
+//! (like a Kubernetes watch); such streams end when the server is asked to stop, so a
+//! watcher never holds up a shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
@@ -24,28 +32,45 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-pub fn router(state: AppState) -> Router {
+/// The handlers' state and the server's stop, which ends event watches.
+#[derive(Clone)]
+struct Shared {
+    app: AppState,
+    stopping: watch::Receiver<bool>,
+}
+
+fn routes(shared: Shared) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{name}", get(service))
-        .with_state(state)
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/version", get(version))
+        .with_state(shared)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves; event watches end then.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+    let (stop, stopping) = watch::channel(false);
+    let router = routes(Shared {
+        app: state,
+        stopping,
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
         .await
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(Shared { app: state, .. }): State<Shared>) -> Response {
     match state.metrics.render() {
         Ok(text) => (
             [(
@@ -59,7 +84,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(Shared { app: state, .. }): State<Shared>) -> Response {
     let status = state.status.read();
     let mut problems = Vec::new();
     let standby;
@@ -87,7 +112,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn services(State(state): State<AppState>) -> Response {
+async fn services(State(Shared { app: state, .. }): State<Shared>) -> Response {
     let status = state.status.read();
     Json(serde_json::json!({
         "services": status.services.values().collect::<Vec<_>>(),
@@ -96,7 +121,10 @@ async fn services(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn service(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+async fn service(
+    State(Shared { app: state, .. }): State<Shared>,
+    Path(name): Path<String>,
+) -> Response {
     let status = state.status.read();
     match status.services.get(&name) {
         Some(svc) => Json(svc).into_response(),
@@ -106,4 +134,54 @@ async fn service(State(state): State<AppState>, Path(name): Path<String>) -> Res
         )
             .into_response(),
     }
+}
+
+async fn version() -> Response {
+    Json(crate::version::build_info()).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct EventsQuery {
+    /// Stream the events, then every new or folded one, as JSON lines.
+    #[serde(default)]
+    watch: bool,
+}
+
+/// Every service's events in the order they happened; with `watch=true`, a stream of
+/// them that goes on with each new one.
+async fn events(State(shared): State<Shared>, Query(query): Query<EventsQuery>) -> Response {
+    if !query.watch {
+        let events = shared.app.status.read().events_after(0);
+        return Json(serde_json::json!({ "events": events })).into_response();
+    }
+    let stream = futures::stream::unfold((shared, 0u64), |(mut shared, cursor)| async move {
+        loop {
+            let status = shared.app.status.clone();
+            let changed = status.changed();
+            tokio::pin!(changed);
+            // Enabled before the read: an event recorded in between still wakes it.
+            changed.as_mut().enable();
+            let events = status.read().events_after(cursor);
+            if let Some(last) = events.last().map(|e| e.event.seq) {
+                let mut lines = String::new();
+                for event in &events {
+                    // An event is strings, numbers and timestamps: it always serializes.
+                    if let Ok(line) = serde_json::to_string(event) {
+                        lines.push_str(&line);
+                        lines.push('\n');
+                    }
+                }
+                return Some((Ok::<_, Infallible>(Bytes::from(lines)), (shared, last)));
+            }
+            tokio::select! {
+                () = &mut changed => {}
+                _ = shared.stopping.wait_for(|stop| *stop) => return None,
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }

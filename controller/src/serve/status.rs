@@ -13,15 +13,27 @@
 //! written into the user's spec files.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::reconcile::Counts;
 
 /// Events kept per service.
 pub const MAX_EVENTS: usize = 50;
+
+/// The sequence number of the last event recorded or folded, in this process (like a
+/// Kubernetes `resourceVersion`: it only grows, across services, so that a watcher
+/// needs one cursor, and a service removed and added again never reuses a number).
+static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn next_event_seq() -> u64 {
+    EVENT_SEQ.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum ConditionType {
@@ -67,6 +79,18 @@ pub struct Event {
     pub first_time: SystemTime,
     #[serde(with = "rfc3339")]
     pub last_time: SystemTime,
+    /// Set anew each time the event is recorded or folded: a watcher that saw every
+    /// number up to N has seen every event as it is now.
+    pub seq: u64,
+}
+
+/// An event with the service it belongs to, as `/api/v1/events` lists them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEvent {
+    pub service: String,
+    #[serde(flatten)]
+    pub event: Event,
 }
 
 /// What the autoscaler last decided, for status.
@@ -222,6 +246,7 @@ impl ServiceStatus {
         if let Some(mut event) = repeated.and_then(|at| self.events.remove(at)) {
             event.count += 1;
             event.last_time = now;
+            event.seq = next_event_seq();
             self.events.push_back(event);
             return;
         }
@@ -235,6 +260,7 @@ impl ServiceStatus {
             count: 1,
             first_time: now,
             last_time: now,
+            seq: next_event_seq(),
         });
     }
 }
@@ -254,20 +280,59 @@ pub struct ControllerStatus {
     pub standby_for: Option<String>,
 }
 
+impl ControllerStatus {
+    /// Every service's events recorded or folded after `seq`, in the order they
+    /// happened (by sequence number).
+    pub fn events_after(&self, seq: u64) -> Vec<ServiceEvent> {
+        let mut events: Vec<ServiceEvent> = self
+            .services
+            .values()
+            .flat_map(|svc| {
+                svc.events
+                    .iter()
+                    .filter(move |e| e.seq > seq)
+                    .map(|e| ServiceEvent {
+                        service: svc.name.clone(),
+                        event: e.clone(),
+                    })
+            })
+            .collect();
+        events.sort_by_key(|e| e.event.seq);
+        events
+    }
+}
+
 /// A cloneable handle on the status: the writers the module documentation names
-/// update it, the HTTP server reads snapshots.
+/// update it, the HTTP server reads snapshots, and watchers (`/api/v1/events?watch=true`) are woken by every write.
 #[derive(Clone, Debug, Default)]
-pub struct StatusHandle(Arc<RwLock<ControllerStatus>>);
+pub struct StatusHandle {
+    status: Arc<RwLock<ControllerStatus>>,
+    changed: Arc<Notify>,
+}
 
 impl StatusHandle {
     pub fn read(&self) -> ControllerStatus {
         // A writer that panicked leaves the data as it was; reading it is still fine.
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn update<T>(&self, f: impl FnOnce(&mut ControllerStatus) -> T) -> T {
-        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
+        let result = {
+            let mut guard = self.status.write().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        };
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// Resolves at the next [`Self::update`] after it was created, or after it was
+    /// `enable`d: enable it before reading, and no update between the read and the
+    /// wait is missed.
+    pub fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
     }
 }
 
@@ -335,5 +400,55 @@ mod tests {
             s.events.back().map(|e| e.message.as_str()),
             Some("replica 54")
         );
+    }
+
+    #[test]
+    fn a_folded_event_comes_after_the_events_it_was_folded_past() {
+        let t = SystemTime::UNIX_EPOCH;
+        let status = StatusHandle::default();
+        status.update(|c| {
+            for name in ["a", "b"] {
+                c.services.insert(name.into(), ServiceStatus::new(name, t));
+            }
+        });
+        let record = |svc: &str, reason: &str| {
+            status.update(|c| {
+                if let Some(s) = c.services.get_mut(svc) {
+                    s.record(EventType::Normal, reason, format!("{reason} {svc}"), t);
+                }
+            })
+        };
+        record("a", "Created");
+        let cursor = status.read().events_after(0).last().map(|e| e.event.seq);
+        record("b", "Created");
+        record("a", "Scaled");
+        record("a", "Created");
+        let after: Vec<(String, String, u32)> = status
+            .read()
+            .events_after(cursor.unwrap_or_default())
+            .into_iter()
+            .map(|e| (e.service, e.event.reason, e.event.count))
+            .collect();
+        assert_eq!(
+            after,
+            [
+                ("b".into(), "Created".into(), 1),
+                ("a".into(), "Scaled".into(), 1),
+                ("a".into(), "Created".into(), 2),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_update_wakes_a_watcher_that_enabled_its_wait_before_reading() {
+        let status = StatusHandle::default();
+        let changed = status.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let _ = status.read();
+        status.update(|c| c.spec_loaded = true);
+        tokio::time::timeout(std::time::Duration::from_secs(1), changed)
+            .await
+            .expect("woken by the update");
     }
 }

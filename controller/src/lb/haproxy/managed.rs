@@ -221,10 +221,14 @@ impl ManagedHaproxy {
             source,
         })?;
         let binary = self.binary()?;
+        // Under systemd, HAProxy in master-worker mode would tell the unit's notify
+        // socket it is ready (and whose pid is the main one): only dockscale speaks
+        // for the unit.
         let status = tokio::process::Command::new(binary)
             .arg("-D")
             .arg("-f")
             .arg(&self.paths.config)
+            .env_remove("NOTIFY_SOCKET")
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err)
