@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use dockscale_e2e::get_with_cookies;
 use dockscale_e2e::haproxy::{
-    external_config, get_with_cookies, hostname_of, in_rotation, servers, ExternalHaproxy,
-    LbFixture,
+    external_config, hostname_of, in_rotation, servers, ExternalHaproxy, LbFixture,
 };
 use dockscale_e2e::process::DockscaleProcess;
 use dockscale_e2e::{dockscale_bin, free_port, http_get, sh, sh_quiet, unique, wait_for};
