@@ -263,11 +263,12 @@ async fn on_two_nodes_a_node_that_goes_down_leaves_rotation_and_its_tasks_come_b
         report.failures
     );
     assert!(report.ok > 100, "the load ran: {report:?}");
-    // Requests fail only while the node's tasks stop and before they leave rotation:
-    // measured here, 206 of 58,473 (0.35%), 503s from 0.15 s after the stop began.
+    // At most the requests in flight on the node that went down may fail (8 clients);
+    // measured here: none, of 33,488 and of 41,206 (a failed connect marks the server
+    // DOWN at once, so the retries go elsewhere).
     assert!(
-        report.failed * 100 <= report.ok,
-        "more than 1% of the requests failed when a node went down: {report:?}"
+        report.failed <= 8,
+        "more than the requests in flight failed when a node went down: {report:?}"
     );
     let tasks = task_addrs(&swarm, &fixture.service).await;
     assert!(tasks.iter().all(|a| *a.ip() != worker_addr), "{tasks:?}");

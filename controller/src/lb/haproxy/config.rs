@@ -237,8 +237,11 @@ frontend {service}
                     backend = b.backend,
                 );
             }
+            // A failed connect marks the server DOWN at once (and checks it again):
+            // the retries of the requests behind it go elsewhere, not to its
+            // neighbours in the round robin that died with it (a node going down).
             let check = if b.server.check {
-                " check inter 1s fall 2 rise 2"
+                " check inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down"
             } else {
                 ""
             };
@@ -355,7 +358,10 @@ mod tests {
         assert!(text.contains("stats socket /run/ds/haproxy.sock mode 600 level admin"));
         assert!(text.contains("server-state-file /run/ds/haproxy.state"));
         assert!(text.contains("frontend web\n    bind 127.0.0.1:8080\n    default_backend web\n"));
-        assert!(text.contains("    default-server check inter 1s fall 2 rise 2\n"));
+        assert!(text.contains(
+            "    default-server check inter 1s fall 2 rise 2 \
+             observe layer4 error-limit 1 on-error mark-down\n"
+        ));
         assert!(text.contains("    server slot1 0.0.0.0:8080 weight 0 disabled\n"));
         assert!(text.contains("    server slot16 0.0.0.0:8080 weight 0 disabled\n"));
         assert!(!text.contains("slot17"));
