@@ -236,6 +236,7 @@ pub fn describe(svc: &Value, now: SystemTime) -> String {
             a["message"].as_str().unwrap_or("")
         );
     }
+    describe_tasks(svc, &mut out);
     out.push_str("Conditions:\n");
     let mut rows = vec![["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]
         .map(str::to_owned)
@@ -282,6 +283,34 @@ pub fn describe(svc: &Value, now: SystemTime) -> String {
         }
     }
     out
+}
+
+/// Swarm runtime: the service's tasks, by node.
+fn describe_tasks(svc: &Value, out: &mut String) {
+    let Some(tasks) = svc["tasks"].as_array().filter(|t| !t.is_empty()) else {
+        return;
+    };
+    out.push_str("Tasks:\n");
+    let mut rows = vec![[
+        "NODE", "TASK", "STATE", "DESIRED", "ADDRESS", "ROTATION", "ERROR",
+    ]
+    .map(str::to_owned)
+    .to_vec()];
+    for t in tasks {
+        let text = |key: &str| t[key].as_str().unwrap_or("-").to_owned();
+        rows.push(vec![
+            text("node"),
+            text("name"),
+            text("state"),
+            text("desired"),
+            text("addr"),
+            if t["inRotation"] == true { "in" } else { "out" }.to_owned(),
+            t["error"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    for line in columns(&rows).lines() {
+        let _ = writeln!(out, "  {}", line.trim_end());
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -398,6 +427,40 @@ mod tests {
             "SERVICE   DESIRED   READY   UP-TO-DATE   AVAILABLE   AUTOSCALE                   AGE   LAST EVENT\n\
              webapp    4         3/4     4            True        4/2-10 inflight 8/replica   60m   autoscaler: scaling up from 2 to 4\n\
              workers   2         2/2     2            -           -                           0s\n"
+        );
+    }
+
+    #[test]
+    fn describe_lists_swarm_tasks_by_node() {
+        let svc = serde_json::json!({
+            "name": "web",
+            "replicas": {},
+            "tasks": [
+                {"node": "node-a", "name": "web.1", "state": "running", "desired": "running",
+                 "addr": "198.18.0.2:30001", "inRotation": true},
+                {"node": "node-b", "name": "web.2", "state": "pending", "desired": "running",
+                 "addr": null, "inRotation": false, "error": "no suitable node"}
+            ]
+        });
+        let text = describe(&svc, SystemTime::now());
+        let tasks: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "Tasks:")
+            .take(4)
+            .collect();
+        assert_eq!(tasks[0], "Tasks:");
+        assert!(tasks[1].starts_with("  NODE"), "{text}");
+        assert!(
+            tasks[2].contains("node-a")
+                && tasks[2].contains("198.18.0.2:30001")
+                && tasks[2].contains(" in"),
+            "{text}"
+        );
+        assert!(
+            tasks[3].contains("node-b")
+                && tasks[3].contains("out")
+                && tasks[3].contains("no suitable node"),
+            "{text}"
         );
     }
 
