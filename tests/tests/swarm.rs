@@ -338,3 +338,67 @@ async fn a_standby_controller_takes_over_the_swarm_within_the_lease_and_never_ac
         "one service: {services}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_swarm_a_load_step_scales_the_service_up_from_haproxys_queue_and_back_down() {
+    const AUTOSCALE: &str = "  autoscale:
+    minReplicas: 1
+    maxReplicas: 5
+    target: {inflightPerReplica: 4}
+    behavior:
+      scaleUp:   {stabilizationWindow: 0s,  maxStep: 4, period: 4s}
+      scaleDown: {stabilizationWindow: 10s, maxStep: 2, period: 4s}
+";
+    let swarm = Swarm::single("swarm4");
+    let fixture = LbFixture::new("e2e-swarm4");
+    let spec = fixture
+        .lb_spec(1, "hello", AUTOSCALE)
+        .replace(WEBAPP_IMAGE, SWARM_IMAGE)
+        .replace("maxconn: 32", "maxconn: 4");
+    fixture.write_spec(&spec);
+    let controller = start_controller(&fixture, &swarm, &["--metrics-interval", "1s"]);
+    converged(&fixture, &swarm, 1, Duration::from_secs(60), &controller).await;
+
+    // 20 concurrent requests of 500 ms: 5 tasks at 4 in flight each.
+    let load = Load::start(fixture.bind, "/?delay=500", 20, Duration::from_secs(40));
+    let started = Instant::now();
+    let scaled = loop {
+        if task_addrs(&swarm, &fixture.service).await.len() == 5 {
+            let took = converged(&fixture, &swarm, 5, Duration::from_secs(30), &controller).await;
+            break started.elapsed() + took;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(35),
+            "never scaled to 5 tasks: {}",
+            controller.log_digest(20, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let report = load.finish().await;
+    // Swarm picks the tasks a scale-down stops: each leaves rotation as soon as its
+    // desired state changes, and a light load meanwhile sees no failure.
+    let light = Load::start(fixture.bind, "/", 4, Duration::from_secs(60));
+    let stopped = Instant::now();
+    converged(&fixture, &swarm, 1, Duration::from_secs(60), &controller).await;
+    light
+        .finish_without_failures("scale-down 5 -> 1 on Swarm under load")
+        .await;
+    println!(
+        "load step: 5 tasks in rotation {scaled:?} after it began; back to 1 task {:?} \
+         after it stopped; {} ok, {} failed",
+        stopped.elapsed(),
+        report.ok,
+        report.failed
+    );
+    assert!(report.ok > 100, "{report:?}");
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    let status = controller
+        .service_status(&fixture.service)
+        .await
+        .expect("status");
+    let events = status["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["reason"] == "Autoscaled"),
+        "the autoscaler said why: {events:?}"
+    );
+}
