@@ -9,6 +9,7 @@
 
 mod measure;
 mod soak;
+mod swarm;
 mod world;
 
 use std::fmt::Write as _;
@@ -35,8 +36,8 @@ struct Args {
     #[arg(long, default_value = "target/release/dockscale")]
     dockscale: PathBuf,
     /// Only these sections (pool, convergence, backend, failure, autoscale, cost;
-    /// and soak, about 10 minutes, which runs only when named and writes SOAK.md
-    /// beside --out instead).
+    /// and soak, about 10 minutes, and swarm, about 3, which run only when named and
+    /// write SOAK.md and SWARM.md beside --out instead).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -119,8 +120,22 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&path, text)?;
         println!("written to {}", path.display());
     }
+    // Swarm, like the soak, only when named, into a file of its own.
+    if args.only.iter().any(|o| o == "swarm") {
+        let section = swarm::swarm(&args.dockscale, args.quick).await?;
+        println!("{section}");
+        let path = args.out.with_file_name("SWARM.md");
+        let text = format!(
+            "# dockscale on Swarm\n\nCommand: `bench/run --only swarm{}`. Date: {}.\n\n\
+             ## Machine\n\n{machine}\n\n{section}",
+            if args.quick { " --quick" } else { "" },
+            measure::today(),
+        );
+        std::fs::write(&path, text)?;
+        println!("written to {}", path.display());
+    }
     world.cleanup();
-    if args.only.is_empty() || args.only.iter().any(|o| o != "soak") {
+    if args.only.is_empty() || args.only.iter().any(|o| o != "soak" && o != "swarm") {
         let _ = writeln!(
             report,
             "\nThe whole run took {:.0} s.",

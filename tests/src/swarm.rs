@@ -10,7 +10,8 @@
 //! Dropping the swarm (also on panic) makes every engine leave it; each engine's own
 //! drop then removes everything else.
 
-use std::net::Ipv4Addr;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 
 use crate::engine::PrivateEngine;
@@ -72,6 +73,49 @@ impl Swarm {
             manager,
             workers: vec![worker],
         }
+    }
+
+    /// The running tasks' addresses (node address and published port), as the swarm's
+    /// manager reports them, over every node of the swarm.
+    pub async fn task_addrs(&self, service: &str) -> BTreeSet<SocketAddrV4> {
+        let host = self.docker_host();
+        let socket = host.trim_start_matches("unix://");
+        let Ok(docker) =
+            bollard::Docker::connect_with_unix(socket, 10, bollard::API_DEFAULT_VERSION)
+        else {
+            return BTreeSet::new();
+        };
+        let filters = HashMap::from([
+            ("service", vec![service]),
+            ("desired-state", vec!["running"]),
+        ]);
+        let options = bollard::query_parameters::ListTasksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let (Ok(tasks), Ok(nodes)) = (
+            docker.list_tasks(Some(options)).await,
+            docker
+                .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+                .await,
+        ) else {
+            return BTreeSet::new();
+        };
+        let addr_of: HashMap<String, String> = nodes
+            .into_iter()
+            .filter_map(|n| Some((n.id?, n.status?.addr?)))
+            .collect();
+        tasks
+            .into_iter()
+            .filter_map(|t| {
+                let status = t.status?;
+                if status.state != Some(bollard::models::TaskState::RUNNING) {
+                    return None;
+                }
+                let port = status.port_status?.ports?.first()?.published_port?;
+                let ip = addr_of.get(&t.node_id?)?.parse().ok()?;
+                Some(SocketAddrV4::new(ip, u16::try_from(port).ok()?))
+            })
+            .collect()
     }
 
     /// `DOCKER_HOST` for a controller driving this swarm.

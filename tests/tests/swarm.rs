@@ -3,7 +3,7 @@
 //! the tasks at their nodes' addresses and published ports, never on an overlay
 //! address.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
@@ -13,48 +13,6 @@ use dockscale_e2e::swarm::{Swarm, SWARM_IMAGE};
 use dockscale_e2e::{dockscale_bin, WEBAPP_IMAGE};
 
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
-
-/// The running tasks' addresses (node address and published port), as the swarm's
-/// manager reports them, over every node of the swarm.
-async fn task_addrs(swarm: &Swarm, service: &str) -> BTreeSet<SocketAddrV4> {
-    let host = swarm.docker_host();
-    let socket = host.trim_start_matches("unix://");
-    let Ok(docker) = bollard::Docker::connect_with_unix(socket, 10, bollard::API_DEFAULT_VERSION)
-    else {
-        return BTreeSet::new();
-    };
-    let filters = HashMap::from([
-        ("service", vec![service]),
-        ("desired-state", vec!["running"]),
-    ]);
-    let options = bollard::query_parameters::ListTasksOptionsBuilder::default()
-        .filters(&filters)
-        .build();
-    let (Ok(tasks), Ok(nodes)) = (
-        docker.list_tasks(Some(options)).await,
-        docker
-            .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
-            .await,
-    ) else {
-        return BTreeSet::new();
-    };
-    let addr_of: HashMap<String, String> = nodes
-        .into_iter()
-        .filter_map(|n| Some((n.id?, n.status?.addr?)))
-        .collect();
-    tasks
-        .into_iter()
-        .filter_map(|t| {
-            let status = t.status?;
-            if status.state != Some(bollard::models::TaskState::RUNNING) {
-                return None;
-            }
-            let port = status.port_status?.ports?.first()?.published_port?;
-            let ip = addr_of.get(&t.node_id?)?.parse().ok()?;
-            Some(SocketAddrV4::new(ip, u16::try_from(port).ok()?))
-        })
-        .collect()
-}
 
 /// Waits until HAProxy's servers in rotation are exactly the `n` running tasks, all UP.
 async fn converged(
@@ -67,7 +25,7 @@ async fn converged(
     let api = fixture.api();
     let start = Instant::now();
     loop {
-        let tasks = task_addrs(swarm, &fixture.service).await;
+        let tasks = swarm.task_addrs(&fixture.service).await;
         let rotation = match api.servers_state(&fixture.backend).await {
             Ok(s) => in_rotation(&s),
             Err(_) => Default::default(),
@@ -135,10 +93,10 @@ async fn on_one_node_haproxy_follows_a_scale_a_killed_task_and_a_rollout_without
         .next()
         .expect("a task's container")
         .to_owned();
-    let before = task_addrs(&swarm, &fixture.service).await;
+    let before = swarm.task_addrs(&fixture.service).await;
     let killed = Instant::now();
     swarm.manager.docker(&["kill", &victim]);
-    while task_addrs(&swarm, &fixture.service).await == before {
+    while swarm.task_addrs(&fixture.service).await == before {
         assert!(
             killed.elapsed() < Duration::from_secs(30),
             "Swarm did not replace the task"
@@ -214,7 +172,8 @@ async fn on_two_nodes_a_node_that_goes_down_leaves_rotation_and_its_tasks_come_b
     let controller = start_controller(&fixture, &swarm, &[]);
     let took = converged(&fixture, &swarm, 6, Duration::from_secs(90), &controller).await;
     let worker_addr = swarm.workers[0].node_addr();
-    let on_worker = task_addrs(&swarm, &fixture.service)
+    let on_worker = swarm
+        .task_addrs(&fixture.service)
         .await
         .iter()
         .filter(|a| *a.ip() == worker_addr)
@@ -270,7 +229,7 @@ async fn on_two_nodes_a_node_that_goes_down_leaves_rotation_and_its_tasks_come_b
         report.failed <= 8,
         "more than the requests in flight failed when a node went down: {report:?}"
     );
-    let tasks = task_addrs(&swarm, &fixture.service).await;
+    let tasks = swarm.task_addrs(&fixture.service).await;
     assert!(tasks.iter().all(|a| *a.ip() != worker_addr), "{tasks:?}");
 }
 
@@ -363,7 +322,7 @@ async fn on_swarm_a_load_step_scales_the_service_up_from_haproxys_queue_and_back
     let load = Load::start(fixture.bind, "/?delay=500", 20, Duration::from_secs(40));
     let started = Instant::now();
     let scaled = loop {
-        if task_addrs(&swarm, &fixture.service).await.len() == 5 {
+        if swarm.task_addrs(&fixture.service).await.len() == 5 {
             let took = converged(&fixture, &swarm, 5, Duration::from_secs(30), &controller).await;
             break started.elapsed() + took;
         }
