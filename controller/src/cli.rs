@@ -65,10 +65,16 @@ pub enum Command {
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
     },
-    /// Print the replicas' logs, merged, each line prefixed with its replica's name
-    /// (read from the Docker engine: `DOCKER_HOST`, else /var/run/docker.sock).
+    /// Print a service's replicas' logs, merged, each line prefixed with its replica.
+    ///
+    /// Read from the Docker engine (`DOCKER_HOST`, else /var/run/docker.sock), not
+    /// from the controller, so it works while no controller runs. With --follow, the
+    /// replicas that start later (replacements, scale-ups) are followed too.
     Logs(LogsArgs),
     /// Print the events of every service of a running controller, oldest first.
+    ///
+    /// Read from its /api/v1/events; with --watch, from /api/v1/events?watch=true, a
+    /// stream that ends when the controller stops.
     Events {
         /// Keep printing events as they happen, until interrupted.
         #[arg(short, long)]
@@ -86,8 +92,11 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = crate::status_cli::Output::Table)]
         output: crate::status_cli::Output,
     },
-    /// Print a shell completion script (bash: source it, or put it in
-    /// /usr/share/bash-completion/completions/dockscale).
+    /// Print a shell completion script.
+    ///
+    /// bash: source it, or put it in /usr/share/bash-completion/completions/dockscale;
+    /// zsh: `_dockscale` in a directory of $fpath; fish: ~/.config/fish/completions/.
+    /// The Debian package installs all three.
     Completions {
         /// The shell.
         #[arg(value_enum)]

@@ -159,7 +159,11 @@ fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> 
         written.push(path);
         Ok(())
     };
-    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // `help` is clap's own; `dockscale.1` lists it.
+    let subcommands = command
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help");
+    for sub in subcommands {
         // Built, a subcommand is displayed as `dockscale-run` and synopsized as
         // `dockscale run`.
         write(format!("dockscale-{}", sub.get_name()), sub.clone())?;
