@@ -74,7 +74,7 @@ async fn on_one_node_haproxy_follows_a_scale_a_killed_task_and_a_rollout_without
     let swarm = Swarm::single("swarm1");
     let fixture = LbFixture::new("e2e-swarm");
     fixture.write_spec(&swarm_spec(&fixture, 2, "one"));
-    let controller = start_controller(&fixture, &swarm, &[]);
+    let mut controller = start_controller(&fixture, &swarm, &[]);
 
     let took = converged(&fixture, &swarm, 2, Duration::from_secs(60), &controller).await;
     println!("service created: 2 tasks serving through HAProxy after {took:?}");
@@ -158,6 +158,39 @@ async fn on_one_node_haproxy_follows_a_scale_a_killed_task_and_a_rollout_without
         4,
         "{tasks:?}"
     );
+
+    // A restarted controller adopts the service as it is: no update of it, its tasks
+    // served throughout.
+    let version = |swarm: &Swarm| {
+        swarm
+            .manager
+            .docker(&[
+                "service",
+                "inspect",
+                "--format",
+                "{{.Version.Index}}",
+                &fixture.service,
+            ])
+            .trim()
+            .to_owned()
+    };
+    let before = version(&swarm);
+    let load = Load::start(fixture.bind, "/", 4, LOAD_LIMIT);
+    controller.kill();
+    controller.restart();
+    controller
+        .wait_listening(Duration::from_secs(30))
+        .await
+        .expect("the restarted controller listens");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    converged(&fixture, &swarm, 4, Duration::from_secs(30), &controller).await;
+    assert_eq!(
+        version(&swarm),
+        before,
+        "the restart changed the Swarm service"
+    );
+    load.finish_without_failures("dockscale restarted on Swarm")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
