@@ -39,9 +39,9 @@ pub(crate) async fn observe<R: ContainerRuntime, L: LoadBalancer>(
     };
     let answering = match &backend {
         Ok(b) => {
-            runtime
-                .answering(reconcile::probe_targets(spec, &replicas, b), probe_timeout)
-                .await
+            let targets = reconcile::probe_targets(spec, &replicas, b);
+            let probe = crate::runtime::Probe::of(spec);
+            runtime.answering(targets, &probe, probe_timeout).await
         }
         Err(_) => BTreeSet::new(),
     };

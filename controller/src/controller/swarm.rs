@@ -398,7 +398,9 @@ impl<L: LoadBalancer> SwarmController<L> {
             None => None,
         };
         let probe = plan::to_probe(tasks, nodes, backend.as_ref().and_then(|b| b.as_ref().ok()));
-        let answering = crate::runtime::tcp_answering(probe, self.settings.probe_timeout).await;
+        let how = crate::runtime::Probe::of(&entry.service.spec);
+        let answering =
+            crate::runtime::probe_answering(probe, &how, self.settings.probe_timeout).await;
         let input = SwarmInput {
             desired: entry.desired(),
             template_hash: &entry.template_hash,

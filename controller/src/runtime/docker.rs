@@ -278,9 +278,10 @@ impl ContainerRuntime for DockerRuntime {
     async fn answering(
         &self,
         targets: Vec<(ContainerId, std::net::SocketAddrV4)>,
+        probe: &super::Probe,
         timeout: Duration,
     ) -> std::collections::BTreeSet<ContainerId> {
-        super::tcp_answering(targets, timeout).await
+        super::probe_answering(targets, probe, timeout).await
     }
 
     async fn engine_id(&self) -> Result<String, DockerError> {

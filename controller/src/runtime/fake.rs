@@ -1096,6 +1096,7 @@ impl ContainerRuntime for FakeRuntime {
     async fn answering(
         &self,
         targets: Vec<(ContainerId, SocketAddrV4)>,
+        _probe: &super::Probe,
         _timeout: Duration,
     ) -> BTreeSet<ContainerId> {
         let e = self.engine();

@@ -13,7 +13,7 @@ use bollard::errors::Error as BollardError;
 use futures::stream::BoxStream;
 
 use crate::model::replica::{ContainerId, Replica};
-use crate::spec::ServiceSpec;
+use crate::spec::{HealthCheck, ServiceSpec};
 
 pub mod docker;
 #[cfg(test)]
@@ -138,13 +138,76 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// controller claims.
     fn engine_id(&self) -> impl Future<Output = Result<String, DockerError>> + Send;
 
-    /// Which of these replicas answer on their address now (the readiness gate before a
-    /// server is enabled), each given `timeout`.
+    /// Which of these replicas answer `probe` on their address now (the readiness gate
+    /// before a server is enabled), each given `timeout` (a TCP connect) or the health
+    /// check's own.
     fn answering(
         &self,
         targets: Vec<(ContainerId, SocketAddrV4)>,
+        probe: &Probe,
         timeout: Duration,
     ) -> impl Future<Output = BTreeSet<ContainerId>> + Send;
+}
+
+/// How the readiness gate asks a replica whether it answers: a TCP connect, or the
+/// service's HTTP health check (the same request HAProxy's checks send).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Probe {
+    Tcp,
+    Http(HealthCheck),
+}
+
+impl Probe {
+    pub fn of(spec: &ServiceSpec) -> Probe {
+        match spec
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.health_check.clone())
+        {
+            Some(check) => Probe::Http(check),
+            None => Probe::Tcp,
+        }
+    }
+}
+
+/// Which of these addresses answer `probe`, all at once.
+pub async fn probe_answering(
+    targets: Vec<(ContainerId, SocketAddrV4)>,
+    probe: &Probe,
+    timeout: Duration,
+) -> BTreeSet<ContainerId> {
+    let check = match probe {
+        Probe::Tcp => return tcp_answering(targets, timeout).await,
+        Probe::Http(check) => check,
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(check.timeout.get())
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the HTTP probe client");
+            return BTreeSet::new();
+        }
+    };
+    let method = reqwest::Method::from_bytes(check.method.as_str().as_bytes())
+        .unwrap_or(reqwest::Method::GET);
+    let checks = targets.into_iter().map(|(id, addr)| {
+        let request = client.request(method.clone(), format!("http://{addr}{}", check.path));
+        async move {
+            match request.send().await {
+                Ok(answer) if check.expect_status.contains(answer.status().as_u16()) => Some(id),
+                _ => None,
+            }
+        }
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Which of these addresses accept a TCP connection within `timeout`, all at once.
@@ -164,4 +227,59 @@ pub async fn tcp_answering(
         .into_iter()
         .flatten()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server answering every request with `status`, on a loopback port.
+    async fn answering_with(status: u16) -> SocketAddrV4 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let std::net::SocketAddr::V4(addr) = listener.local_addr().expect("addr") else {
+            panic!("not IPv4");
+        };
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_http_probe_passes_only_the_expected_statuses() {
+        let ok = answering_with(204).await;
+        let failing = answering_with(503).await;
+        // Nothing listens there any more.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let std::net::SocketAddr::V4(a) = l.local_addr().expect("addr") else {
+                panic!("not IPv4");
+            };
+            a
+        };
+        let check: HealthCheck =
+            serde_saphyr::from_str("{path: /healthz, expectStatus: 200-299, timeout: 1s}")
+                .expect("a health check");
+        let targets = vec![
+            (ContainerId("ok".into()), ok),
+            (ContainerId("failing".into()), failing),
+            (ContainerId("closed".into()), closed),
+        ];
+        let passed =
+            probe_answering(targets.clone(), &Probe::Http(check), Duration::from_secs(1)).await;
+        assert_eq!(passed, BTreeSet::from([ContainerId("ok".into())]));
+        let connected = probe_answering(targets, &Probe::Tcp, Duration::from_secs(1)).await;
+        assert_eq!(
+            connected,
+            BTreeSet::from([ContainerId("ok".into()), ContainerId("failing".into())])
+        );
+    }
 }

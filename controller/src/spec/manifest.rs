@@ -380,6 +380,23 @@ fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
                 format!("weight ({}) must be between 1 and 256", lb.server.weight),
             ));
         }
+        if let Some(h) = &lb.health_check {
+            if !lb.server.check {
+                out.push((
+                    vec!["spec", "loadBalancer", "healthCheck"],
+                    "healthCheck needs server.check: true (it is what HAProxy's checks send)"
+                        .to_owned(),
+                ));
+            }
+            for (field, value) in [("interval", h.interval), ("timeout", h.timeout)] {
+                if value.get().is_zero() {
+                    out.push((
+                        vec!["spec", "loadBalancer", "healthCheck", field],
+                        format!("{field} must be above 0s"),
+                    ));
+                }
+            }
+        }
         if lb.server.maxconn == Some(0) {
             out.push((
                 vec!["spec", "loadBalancer", "server", "maxconn"],
@@ -718,6 +735,38 @@ spec:
         assert_eq!(
             one_error(&text),
             "s.yaml:10:15: illegal placement of ':' indicator"
+        );
+    }
+
+    #[test]
+    fn a_health_check_reads_with_its_defaults_and_its_errors_are_located() {
+        let text = GOOD.replace(
+            "  loadBalancer:\n",
+            "  loadBalancer:\n    healthCheck: {path: /healthz}\n",
+        );
+        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        let lb = services[0].service.spec.load_balancer.as_ref().expect("lb");
+        let h = lb.health_check.as_ref().expect("health check");
+        assert_eq!(h.path.as_str(), "/healthz");
+        assert_eq!(h.expect_status.to_string(), "200-399");
+        assert_eq!((h.rise, h.fall), (2, 3));
+        let bad = GOOD.replace(
+            "  loadBalancer:\n",
+            "  loadBalancer:\n    healthCheck: {path: healthz}\n",
+        );
+        assert!(
+            one_error(&bad).contains("is not a request path"),
+            "{}",
+            one_error(&bad)
+        );
+        let bad = GOOD.replace(
+            "  loadBalancer:\n",
+            "  loadBalancer:\n    healthCheck: {path: /h, expectStatus: 399-200}\n",
+        );
+        assert!(
+            one_error(&bad).contains("is not an HTTP status or range"),
+            "{}",
+            one_error(&bad)
         );
     }
 

@@ -251,6 +251,10 @@ pub struct LoadBalancer {
     /// How long a removed replica may keep serving its open sessions before it is cut.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Duration,
+    /// An HTTP health check (HAProxy's `option httpchk`), also the readiness gate
+    /// before a replica is enabled. Without it both are a TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 fn default_drain_timeout() -> Duration {
@@ -611,6 +615,159 @@ impl fmt::Display for EnvName {
 }
 
 deserialize_from_str!(EnvName);
+
+/// An HTTP health check of every server.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The path asked for, from `/`.
+    pub path: HttpPath,
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// The answers that mean healthy: a status (`200`) or a range (`200-399`).
+    #[serde(default)]
+    pub expect_status: StatusRange,
+    #[serde(default = "default_check_interval")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Duration,
+    /// Checks in a row that pass before a server is UP.
+    #[serde(default = "default_rise", deserialize_with = "positive_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub rise: u32,
+    /// Checks in a row that fail before a server is DOWN.
+    #[serde(default = "default_fall", deserialize_with = "positive_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub fall: u32,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_rise() -> u32 {
+    2
+}
+
+fn default_fall() -> u32 {
+    3
+}
+
+/// The method of a health check.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Head,
+    Options,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Options => "OPTIONS",
+        }
+    }
+}
+
+/// A request path: starts with `/`, printable ASCII without spaces.
+#[derive(Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct HttpPath(String);
+
+impl HttpPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for HttpPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with('/') && s.len() <= 1024 && s.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(HttpPath(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}` is not a request path: it starts with '/' and has no spaces or \
+                 control characters"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for HttpPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+deserialize_from_str!(HttpPath);
+
+/// HTTP statuses from `low` to `high`, both included: `200` or `200-399`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl Default for StatusRange {
+    fn default() -> Self {
+        StatusRange {
+            low: 200,
+            high: 399,
+        }
+    }
+}
+
+impl StatusRange {
+    pub fn contains(self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+}
+
+impl FromStr for StatusRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let status = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+        };
+        let range = match s.split_once('-') {
+            Some((a, b)) => status(a).zip(status(b)),
+            None => status(s).map(|c| (c, c)),
+        };
+        match range {
+            Some((low, high)) if low <= high => Ok(StatusRange { low, high }),
+            _ => Err(format!(
+                "`{s}` is not an HTTP status or range: write `200` or `200-399` (100 to 599)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
+        }
+    }
+}
+
+deserialize_from_str!(StatusRange);
 
 /// A duration written as a string: `500ms`, `10s`, `5m`, `1h30m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, JsonSchema)]

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::spec::{ScaledService, ServerOptions};
+use crate::spec::{HealthCheck, ScaledService, ServerOptions};
 
 /// Prefix of slot names: `slot1`, `slot2`, ...
 pub const SLOT_PREFIX: &str = "slot";
@@ -43,6 +43,8 @@ pub struct BackendConfig {
     /// Replicas the service may run at once: the least pool that holds them.
     pub needed: u32,
     pub server: ServerOptions,
+    /// The HTTP health check, when the service has one (else checks are TCP connects).
+    pub health: Option<HealthCheck>,
     /// Slots in use, by number (1-based), as observed just before rendering.
     pub assigned: BTreeMap<u32, AssignedSlot>,
 }
@@ -77,6 +79,7 @@ impl BackendConfig {
             slots: slots_for(service),
             needed: slots_needed(service),
             server: lb.server.clone(),
+            health: lb.health_check.clone(),
             assigned: BTreeMap::new(),
         })
     }
@@ -240,10 +243,32 @@ frontend {service}
             // A failed connect marks the server DOWN at once (and checks it again):
             // the retries of the requests behind it go elsewhere, not to its
             // neighbours in the round robin that died with it (a node going down).
-            let check = if b.server.check {
-                " check inter 1s fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down"
-            } else {
-                ""
+            let check = match (&b.server.check, &b.health) {
+                (false, _) => String::new(),
+                (true, None) => " check inter 1s fall 2 rise 2 observe layer4 error-limit 1 \
+                                 on-error mark-down"
+                    .to_owned(),
+                (true, Some(h)) => format!(
+                    " check inter {}ms fall {} rise {} observe layer4 error-limit 1 \
+                     on-error mark-down",
+                    h.interval.get().as_millis(),
+                    h.fall,
+                    h.rise
+                ),
+            };
+            let httpchk = match (&b.server.check, &b.health) {
+                (true, Some(h)) => format!(
+                    "    option httpchk\n    \
+                     http-check send meth {} uri {} ver HTTP/1.1 hdr Host {}\n    \
+                     http-check expect status {}\n    \
+                     timeout check {}ms\n",
+                    h.method.as_str(),
+                    h.path,
+                    b.service,
+                    h.expect_status,
+                    h.timeout.get().as_millis()
+                ),
+                _ => String::new(),
             };
             let maxconn = b
                 .server
@@ -257,7 +282,7 @@ backend {backend}
     balance roundrobin
     cookie {COOKIE_NAME} insert indirect nocache dynamic
     dynamic-cookie-key {key}
-    default-server{check}{maxconn}
+{httpchk}    default-server{check}{maxconn}
 ",
                 backend = b.backend,
                 key = self.cookie_key,
@@ -367,6 +392,39 @@ mod tests {
         assert!(!text.contains("slot17"));
         assert!(text.contains("cookie DSSERVER insert indirect nocache dynamic"));
         assert!(text.contains("http-request use-service prometheus-exporter if { path /metrics }"));
+        assert!(!text.contains("httpchk"), "no HTTP check unless asked for");
+    }
+
+    #[test]
+    fn an_http_health_check_becomes_httpchk_and_its_timings_the_servers_checks() {
+        let mut service = testing::spec().replicas(2).lb().build_service("web");
+        let lb = service.spec.load_balancer.as_mut().expect("lb");
+        lb.health_check = Some(
+            serde_saphyr::from_str(
+                "{path: /healthz, method: HEAD, expectStatus: 200-299, interval: 3s, \
+                 timeout: 500ms, rise: 1, fall: 4}",
+            )
+            .expect("a health check"),
+        );
+        let backend = BackendConfig::of(&service).expect("has a load balancer");
+        let text = ManagedConfig::new(
+            Path::new("/run/ds"),
+            "127.0.0.1:9181".parse().expect("addr"),
+            "secret",
+            vec![backend],
+        )
+        .render();
+        assert!(
+            text.contains(
+                "    option httpchk\n    \
+             http-check send meth HEAD uri /healthz ver HTTP/1.1 hdr Host web\n    \
+             http-check expect status 200-299\n    \
+             timeout check 500ms\n    \
+             default-server check inter 3000ms fall 4 rise 1 observe layer4 error-limit 1 \
+             on-error mark-down\n"
+            ),
+            "{text}"
+        );
     }
 
     fn config_with(assigned: &[(u32, &str, u32, bool)]) -> ManagedConfig {
