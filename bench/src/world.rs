@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use dockscale::lb::haproxy::runtime_api::{Endpoint, RuntimeApi};
 use dockscale_e2e::haproxy::{end_haproxy, wait_answering};
 use dockscale_e2e::{
-    free_port, remove_by_label, try_http_get, try_sh, unique, wait_listening, wait_until,
-    write_atomically, ShError, WEBAPP_IMAGE as IMAGE,
+    free_port, remove_by_label, remove_network, try_http_get, try_sh, unique, wait_listening,
+    wait_until, write_atomically, ShError, WEBAPP_IMAGE as IMAGE,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -184,17 +184,7 @@ impl World {
             let _ = remove_by_label(&format!("dockscale.service={s}"));
         }
         let _ = remove_by_label(&format!("dockscale-bench.run={}", self.id));
-        // The engine may still be releasing the last endpoints of removed containers.
-        let mut last = None;
-        for _ in 0..40 {
-            match try_sh("docker", &["network", "rm", &self.network]) {
-                Ok(_) => return,
-                Err(ShError::Failed { stderr, .. }) if stderr.contains("No such network") => return,
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        if let Some(e) = last {
+        if let Err(e) = remove_network(&self.network) {
             eprintln!("leftover network {}: {e:#}", self.network);
         }
     }

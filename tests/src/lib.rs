@@ -331,8 +331,27 @@ impl Drop for Fixture {
         for name in &self.extra_containers {
             let _ = sh_quiet("docker", &["rm", "-f", name]);
         }
-        let _ = sh_quiet("docker", &["network", "rm", &self.network]);
+        if let Err(e) = remove_network(&self.network) {
+            eprintln!("leftover network {}: {e}", self.network);
+        }
     }
+}
+
+/// Removes a Docker network, waiting (up to 10 s) for the engine to release the last
+/// endpoints of containers just removed; one that is already gone is not an error.
+pub fn remove_network(network: &str) -> Result<(), ShError> {
+    let mut last = None;
+    for _ in 0..40 {
+        match try_sh("docker", &["network", "rm", network]) {
+            Ok(_) => return Ok(()),
+            Err(ShError::Failed { stderr, .. }) if stderr.contains("No such network") => {
+                return Ok(())
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    last.map_or(Ok(()), Err)
 }
 
 /// Writes a file the way editors do: a temporary file beside it, renamed over it.
