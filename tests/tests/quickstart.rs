@@ -164,11 +164,23 @@ async fn the_readme_quick_start_serves_the_demo_from_three_replicas() {
         "webapp replicas: {running}"
     );
 
-    // The README: `curl -s 127.0.0.1:9180/api/v1/services/webapp | jq .replicas`.
-    let (code, body) = http_get(([127, 0, 0, 1], 9180).into(), "/api/v1/services/webapp").await;
-    assert_eq!(code, 200, "{body}");
-    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-    assert_eq!(status["replicas"]["ready"], 3, "{status}");
+    // The README: `curl -s 127.0.0.1:9180/api/v1/services/webapp | jq .replicas`. The
+    // status is written by the pass after the one that enabled the last replica: a
+    // moment after it serves.
+    let asked = Instant::now();
+    loop {
+        let (code, body) = http_get(([127, 0, 0, 1], 9180).into(), "/api/v1/services/webapp").await;
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        if status["replicas"]["ready"] == 3 {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the status does not show 3 ready replicas: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The state dir was relative; everything HAProxy was given is absolute.
     let config = std::fs::read_to_string(demo.state_dir.join("haproxy.cfg")).expect("haproxy.cfg");
     let socket = demo.state_dir.join("haproxy.sock");
