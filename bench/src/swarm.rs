@@ -114,7 +114,7 @@ pub async fn swarm(dockscale: &Path, quick: bool) -> anyhow::Result<String> {
     let one = Swarm::single("bench1");
     let f = LbFixture::new("bench-swarm");
     f.write_spec(&spec(&f, 0, "one"));
-    let _dockscale = controller(&bin, &f, &one);
+    let dockscale = controller(&bin, &f, &one);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 0 -> N: dockscale (until HAProxy serves them) and docker service scale alone
@@ -213,6 +213,8 @@ pub async fn swarm(dockscale: &Path, quick: bool) -> anyhow::Result<String> {
     }
     let rolled = started.elapsed();
     let rolling = load.finish().await;
+    // dockscale first: it would start the HAProxy the fixture ends again.
+    drop(dockscale);
     drop(f);
     drop(one);
 
@@ -223,7 +225,7 @@ pub async fn swarm(dockscale: &Path, quick: bool) -> anyhow::Result<String> {
         "  loadBalancer:",
         "  placement: {preferences: [{spread: node.id}]}\n  loadBalancer:",
     ));
-    let _dockscale2 = controller(&bin, &f, &two);
+    let dockscale = controller(&bin, &f, &two);
     serving(&f, &two, 6, Duration::from_secs(120)).await?;
     let worker = two.workers[0].node_addr();
     let on_worker: Vec<SocketAddrV4> = two
@@ -263,6 +265,8 @@ pub async fn swarm(dockscale: &Path, quick: bool) -> anyhow::Result<String> {
     serving(&f, &two, 6, Duration::from_secs(120)).await?;
     let back = lost.elapsed();
     let node_load = load.finish().await;
+    drop(dockscale);
+    drop(f);
 
     let mut s = String::new();
     let _ = writeln!(s, "## Swarm\n");
