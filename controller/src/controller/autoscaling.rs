@@ -6,14 +6,14 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use crate::autoscale::{Decision, Reason};
+use crate::autoscale::{Autoscaler, Decision, Reason};
 use crate::controller::Controller;
 use crate::lb::LoadBalancer;
 use crate::model::backend::BackendLoad;
 use crate::runtime::ContainerRuntime;
 use crate::serve::metrics::Metrics;
 use crate::serve::status::{AutoscalerStatus, EventType, StatusHandle};
-use crate::spec::{Autoscale, Target};
+use crate::spec::{Autoscale, ServiceSpec, Target};
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Every autoscaled service samples its backend's load and its autoscaler decides.
@@ -67,9 +67,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         decision: &Decision,
     ) {
         if let Some(entry) = self.services.get_mut(name) {
-            let repeat = entry.last_reason == Some(decision.reason) && !decision.changed();
-            entry.last_reason = Some(decision.reason);
-            log_decision(name, decision, repeat);
+            log_decision(name, decision, &mut entry.last_reason);
             if decision.changed() {
                 entry.wake(Instant::now());
             }
@@ -87,8 +85,31 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     }
 }
 
-/// The log line of a decision: repeats of a reason at debug level.
-pub(crate) fn log_decision(name: &str, decision: &Decision, repeat: bool) {
+/// Creates, reconfigures or drops a service's autoscaler to match its spec, whatever
+/// runs the replicas. A new one starts from the `running` replicas (a restarted
+/// dockscale keeps the scale it had), or the spec's count when none runs.
+pub(crate) fn follow_autoscaler(
+    autoscaler: &mut Option<Autoscaler>,
+    spec: &ServiceSpec,
+    running: u32,
+    now: std::time::Duration,
+) {
+    match (&spec.autoscale, autoscaler.as_mut()) {
+        (Some(config), None) => {
+            let start = if running > 0 { running } else { spec.replicas };
+            *autoscaler = Some(Autoscaler::new(config, start, now));
+        }
+        (Some(config), Some(a)) if a.config() != config => a.reconfigure(config),
+        (None, Some(_)) => *autoscaler = None,
+        _ => {}
+    }
+}
+
+/// The log line of a decision: a reason that repeats the last one without changing the
+/// count at debug level. `last` is the service's last reason, updated.
+pub(crate) fn log_decision(name: &str, decision: &Decision, last: &mut Option<Reason>) {
+    let repeat = *last == Some(decision.reason) && !decision.changed();
+    *last = Some(decision.reason);
     let reason = decision.reason.as_str();
     if repeat {
         tracing::debug!(service = %name, reason, "{}", decision.message);

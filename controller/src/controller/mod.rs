@@ -61,7 +61,7 @@ use crate::lb::LoadBalancer;
 use crate::reconcile::BackoffPolicy;
 use crate::runtime::ContainerRuntime;
 use crate::serve::metrics::Metrics;
-use crate::serve::status::{ServiceStatus, StatusHandle};
+use crate::serve::status::StatusHandle;
 use crate::spec::manifest::LoadedService;
 
 /// How the loop runs; the CLI fills it in.
@@ -137,14 +137,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         metrics: Arc<Metrics>,
     ) -> Self {
         let now = settings.clock.wall();
-        status.update(|s| {
-            s.spec_loaded = true;
-            for loaded in &services {
-                let name = loaded.service.name().to_owned();
-                s.services
-                    .insert(name.clone(), ServiceStatus::new(&name, now));
-            }
-        });
+        let names = services.iter().map(|l| l.service.name().to_owned());
+        status.update(|s| s.loaded(names, now));
         let services = services
             .into_iter()
             .map(|l| (l.service.name().to_owned(), Entry::new(l.service)))

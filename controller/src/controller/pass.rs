@@ -5,7 +5,7 @@
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::autoscale::Autoscaler;
+use crate::controller::autoscaling::follow_autoscaler;
 use crate::controller::error::{error_policy, ReconcileError};
 use crate::controller::observe::{observe, Observation};
 use crate::controller::store::Refresh;
@@ -269,30 +269,17 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         }
     }
 
-    /// Creates, reconfigures or drops the service's autoscaler to match its spec. A new
-    /// one starts from what runs (a restarted dockscale keeps the scale it had).
+    /// The service's autoscaler follows its spec, starting from what runs.
     fn follow_autoscaler(&mut self, name: &str, listed: &[Replica]) {
         let started = self.started.elapsed();
         let Some(entry) = self.services.get_mut(name) else {
             return;
         };
-        match (&entry.spec.spec.autoscale, &mut entry.autoscaler) {
-            (Some(config), None) => {
-                let running = listed
-                    .iter()
-                    .filter(|r| r.service == name && r.state == ContainerState::Running)
-                    .count() as u32;
-                let start = if running > 0 {
-                    running
-                } else {
-                    entry.spec.spec.replicas
-                };
-                entry.autoscaler = Some(Autoscaler::new(config, start, started));
-            }
-            (Some(config), Some(a)) if a.config() != config => a.reconfigure(config),
-            (None, Some(_)) => entry.autoscaler = None,
-            _ => {}
-        }
+        let running = listed
+            .iter()
+            .filter(|r| r.service == name && r.state == ContainerState::Running)
+            .count() as u32;
+        follow_autoscaler(&mut entry.autoscaler, &entry.spec.spec, running, started);
     }
 
     /// The exits the plan judged: events and metrics.

@@ -281,6 +281,15 @@ pub struct ControllerStatus {
 }
 
 impl ControllerStatus {
+    /// The spec loaded at start: every service in it, with a fresh status.
+    pub fn loaded(&mut self, names: impl IntoIterator<Item = String>, now: SystemTime) {
+        self.spec_loaded = true;
+        for name in names {
+            let status = ServiceStatus::new(&name, now);
+            self.services.insert(name, status);
+        }
+    }
+
     /// Every service's events recorded or folded after `seq`, in the order they
     /// happened (by sequence number).
     pub fn events_after(&self, seq: u64) -> Vec<ServiceEvent> {

@@ -125,14 +125,8 @@ impl<L: LoadBalancer> SwarmController<L> {
         metrics: Arc<Metrics>,
     ) -> Self {
         let now = settings.clock.wall();
-        status.update(|s| {
-            s.spec_loaded = true;
-            for l in &services {
-                let name = l.service.name().to_owned();
-                s.services
-                    .insert(name.clone(), ServiceStatus::new(&name, now));
-            }
-        });
+        let names = services.iter().map(|l| l.service.name().to_owned());
+        status.update(|s| s.loaded(names, now));
         SwarmController {
             settings,
             api,

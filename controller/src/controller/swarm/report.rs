@@ -4,28 +4,22 @@
 use super::*;
 
 impl<L: LoadBalancer> SwarmController<L> {
+    /// The service's autoscaler follows its spec, starting from the tasks Swarm keeps.
     pub(super) fn follow_autoscaler(&mut self, name: &str, tasks: &[SwarmTask]) {
         let started = self.started.elapsed();
         let Some(entry) = self.services.get_mut(name) else {
             return;
         };
-        match (&entry.service.spec.autoscale, &mut entry.autoscaler) {
-            (Some(config), None) => {
-                let running = tasks
-                    .iter()
-                    .filter(|t| t.desired == crate::runtime::swarm::TaskPhase::Running)
-                    .count() as u32;
-                let start = if running > 0 {
-                    running
-                } else {
-                    entry.service.spec.replicas
-                };
-                entry.autoscaler = Some(Autoscaler::new(config, start, started));
-            }
-            (Some(config), Some(a)) if a.config() != config => a.reconfigure(config),
-            (None, Some(_)) => entry.autoscaler = None,
-            _ => {}
-        }
+        let running = tasks
+            .iter()
+            .filter(|t| t.desired == crate::runtime::swarm::TaskPhase::Running)
+            .count() as u32;
+        crate::controller::autoscaling::follow_autoscaler(
+            &mut entry.autoscaler,
+            &entry.service.spec,
+            running,
+            started,
+        );
     }
 
     /// The metrics tick: autoscaled services sample their backend and decide.
@@ -56,9 +50,7 @@ impl<L: LoadBalancer> SwarmController<L> {
             };
             let decision = autoscaler.observe(now, sample);
             let config = autoscaler.config().clone();
-            let repeat = entry.last_reason == Some(decision.reason) && !decision.changed();
-            entry.last_reason = Some(decision.reason);
-            log_decision(&name, &decision, repeat);
+            log_decision(&name, &decision, &mut entry.last_reason);
             changed |= decision.changed();
             let wall = self.settings.clock.wall();
             publish_decision(
