@@ -110,13 +110,8 @@ pub async fn run(
         return Ok(());
     }
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| AppError::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    let local = listener.local_addr().ok();
+    let http = HttpServer::bind(args.listen).await?;
+    let local = http.local;
     let engine = runtime.engine_id().await.map_err(AppError::Docker)?;
     let lock_dir = args
         .lock_dir
@@ -136,14 +131,7 @@ pub async fn run(
         }
     }
 
-    let (stop_http, mut http_stopped) = watch::channel(false);
-    let state = AppState {
-        status: status.clone(),
-        metrics: metrics.clone(),
-    };
-    let server = tokio::spawn(http::serve(listener, state, async move {
-        let _ = http_stopped.wait_for(|stop| *stop).await;
-    }));
+    let http = http.serve(&status, &metrics);
 
     tokio::pin!(shutdown);
     let claimed = tokio::select! {
@@ -198,12 +186,7 @@ pub async fn run(
     };
 
     systemd::stopping();
-    let _ = stop_http.send(true);
-    match server.await {
-        Ok(Err(e)) => tracing::warn!(error = %crate::report::Chain(&e), "http server"),
-        Err(e) => tracing::warn!(error = %e, "http server task"),
-        Ok(Ok(())) => {}
-    }
+    http.stop().await;
     result
 }
 
@@ -221,6 +204,52 @@ async fn forward_reloads(
             .is_err()
         {
             return;
+        }
+    }
+}
+
+/// The HTTP server on `--listen`: bound first (a port in use is an error before
+/// anything else happens), serving once started, stopped at the end.
+struct HttpServer {
+    listener: TcpListener,
+    local: Option<std::net::SocketAddr>,
+}
+
+/// A running [`HttpServer`].
+struct ServingHttp {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    async fn bind(addr: std::net::SocketAddr) -> Result<Self, AppError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Listen { addr, source })?;
+        let local = listener.local_addr().ok();
+        Ok(HttpServer { listener, local })
+    }
+
+    fn serve(self, status: &StatusHandle, metrics: &Arc<Metrics>) -> ServingHttp {
+        let (stop, mut stopped) = watch::channel(false);
+        let state = AppState {
+            status: status.clone(),
+            metrics: metrics.clone(),
+        };
+        let task = tokio::spawn(http::serve(self.listener, state, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        ServingHttp { stop, task }
+    }
+}
+
+impl ServingHttp {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        match self.task.await {
+            Ok(Err(e)) => tracing::warn!(error = %crate::report::Chain(&e), "http server"),
+            Err(e) => tracing::warn!(error = %e, "http server task"),
+            Ok(Ok(())) => {}
         }
     }
 }
@@ -375,21 +404,9 @@ async fn run_swarm(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<
         print!("{}", controller.dry_run().await.map_err(AppError::Docker)?);
         return Ok(());
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| AppError::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    let local = listener.local_addr().ok();
-    let (stop_http, mut http_stopped) = watch::channel(false);
-    let state = AppState {
-        status: status.clone(),
-        metrics: metrics.clone(),
-    };
-    let server = tokio::spawn(http::serve(listener, state, async move {
-        let _ = http_stopped.wait_for(|stop| *stop).await;
-    }));
+    let http = HttpServer::bind(args.listen).await?;
+    let local = http.local;
+    let http = http.serve(&status, &metrics);
     let me = format!(
         "{}:{} pid {}",
         hostname(),
@@ -409,10 +426,7 @@ async fn run_swarm(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<
         },
         () = &mut shutdown => Ok(()),
     };
-    let _ = stop_http.send(true);
-    if let Ok(Err(e)) = server.await {
-        tracing::warn!(error = %crate::report::Chain(&e), "http server");
-    }
+    http.stop().await;
     result
 }
 
