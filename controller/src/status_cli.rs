@@ -237,6 +237,7 @@ pub fn describe(svc: &Value, now: SystemTime) -> String {
         );
     }
     describe_tasks(svc, &mut out);
+    describe_containers(svc, &mut out);
     out.push_str("Conditions:\n");
     let mut rows = vec![["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]
         .map(str::to_owned)
@@ -306,6 +307,30 @@ fn describe_tasks(svc: &Value, out: &mut String) {
             text("addr"),
             if t["inRotation"] == true { "in" } else { "out" }.to_owned(),
             t["error"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    for line in columns(&rows).lines() {
+        let _ = writeln!(out, "  {}", line.trim_end());
+    }
+}
+
+/// Docker runtime: the live replicas, with their health.
+fn describe_containers(svc: &Value, out: &mut String) {
+    let Some(containers) = svc["containers"].as_array().filter(|c| !c.is_empty()) else {
+        return;
+    };
+    out.push_str("Replicas:\n");
+    let mut rows = vec![["NAME", "ID", "STATE", "HEALTH", "TEMPLATE"]
+        .map(str::to_owned)
+        .to_vec()];
+    for c in containers {
+        let text = |key: &str| c[key].as_str().unwrap_or("-").to_owned();
+        rows.push(vec![
+            text("name"),
+            text("id"),
+            text("state"),
+            text("health"),
+            if c["updated"] == true { "current" } else { "old" }.to_owned(),
         ]);
     }
     for line in columns(&rows).lines() {
@@ -428,6 +453,33 @@ mod tests {
              webapp    4         3/4     4            True        4/2-10 inflight 8/replica   60m   autoscaler: scaling up from 2 to 4\n\
              workers   2         2/2     2            -           -                           0s\n"
         );
+    }
+
+    #[test]
+    fn describe_lists_replicas_with_their_health() {
+        let svc = serde_json::json!({
+            "name": "web",
+            "replicas": {},
+            "containers": [
+                {"name": "web-abcde", "id": "0123456789ab", "state": "serving",
+                 "health": "healthy", "updated": true},
+                {"name": "web-fghij", "id": "ba9876543210", "state": "unhealthy",
+                 "health": "unhealthy", "updated": false},
+                {"name": "web-klmno", "id": "aaaaaaaaaaaa", "state": "serving",
+                 "health": null, "updated": true}
+            ]
+        });
+        let text = describe(&svc, SystemTime::now());
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "Replicas:")
+            .take(5)
+            .collect();
+        assert_eq!(rows.len(), 5, "{text}");
+        assert!(rows[1].split_whitespace().eq(["NAME", "ID", "STATE", "HEALTH", "TEMPLATE"]));
+        assert!(rows[2].split_whitespace().eq(["web-abcde", "0123456789ab", "serving", "healthy", "current"]));
+        assert!(rows[3].split_whitespace().eq(["web-fghij", "ba9876543210", "unhealthy", "unhealthy", "old"]));
+        assert!(rows[4].split_whitespace().eq(["web-klmno", "aaaaaaaaaaaa", "serving", "-", "current"]));
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub fn replica(n: u8, hash: &str) -> Replica {
         status: "Up 1 second".to_owned(),
         ips: BTreeMap::from([(NET.to_owned(), ip(n))]),
         exit_cause: None,
+        health: None,
     }
 }
 

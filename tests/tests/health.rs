@@ -124,3 +124,195 @@ async fn a_replica_failing_its_http_check_leaves_rotation_and_a_new_one_failing_
         .await;
     controller.stop().await;
 }
+
+/// `template.healthcheck`: Docker runs the demo backend's own probe in each replica.
+const CONTAINER_CHECK: &str = "    healthcheck: {command: [/dockscale-webapp, check], interval: 300ms, timeout: 1s, retries: 1}\n    unhealthyReplaceAfter: 3s\n";
+
+fn with_container_check(spec: &str, greeting: &str) -> String {
+    spec.replace(
+        &format!("env: {{GREETING: \"{greeting}\"}}\n"),
+        &format!(
+            "env: {{GREETING: \"{greeting}\", HEALTH_FAIL_FILE: /unhealthy}}\n{CONTAINER_CHECK}"
+        ),
+    )
+}
+
+/// The replicas in the status, by name: (state, health).
+async fn containers(controller: &RunningController, service: &str) -> Vec<(String, String, String)> {
+    let status = controller.service_status(service).await;
+    status["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or("-").to_owned();
+            (text("name"), text("state"), text("health"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unhealthy_container_leaves_rotation_at_once_and_is_replaced_after_unhealthy_replace_after(
+) {
+    let fixture = LbFixture::new("e2e-chealth");
+    fixture.write_spec(&with_container_check(&fixture.lb_spec(2, "hello", ""), "hello"));
+    let controller = RunningController::start(&fixture.lb_run_args(&[]));
+    controller.wait_listening().await;
+
+    // Ready only once Docker reports the replicas healthy.
+    let started = Instant::now();
+    let first: BTreeSet<SocketAddrV4> = loop {
+        let replicas: BTreeSet<SocketAddrV4> = fixture.replica_addrs().into_values().collect();
+        if replicas.len() == 2 && up(&fixture).await == replicas {
+            break replicas;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "2 replicas never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let seen = containers(&controller, &fixture.service).await;
+    println!("serving: {seen:?}");
+    assert!(
+        seen.iter().filter(|(_, state, health)| state == "serving" && health == "healthy").count()
+            >= 1,
+        "status shows each replica's health: {seen:?}"
+    );
+
+    // One replica's check starts failing: out of rotation on Docker's health_status
+    // event, then drained and replaced 3 s later; the load never sees it.
+    let load = Load::start(fixture.bind, "/", 8, Duration::from_secs(90));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sick_name, sick_addr) = fixture.replica_addrs().into_iter().next().expect("a replica");
+    let flag = fixture.dir.path().join("unhealthy");
+    std::fs::write(&flag, "1").expect("flag file");
+    sh("docker", &["cp", &flag.display().to_string(), &format!("{sick_name}:/unhealthy")]);
+    let flagged = Instant::now();
+    let in_rotation_now = |rotation: &std::collections::BTreeMap<SocketAddrV4, bool>| {
+        rotation.contains_key(&sick_addr)
+    };
+    loop {
+        let rotation = fixture
+            .api()
+            .servers_state(&fixture.backend)
+            .await
+            .map(|s| in_rotation(&s))
+            .expect("servers");
+        if !in_rotation_now(&rotation) {
+            break;
+        }
+        assert!(flagged.elapsed() < Duration::from_secs(20), "still in rotation: {rotation:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out_after = flagged.elapsed();
+    println!("an unhealthy container left rotation {out_after:?} after its check began failing");
+    let unhealthy = containers(&controller, &fixture.service).await;
+    println!("after: {unhealthy:?}");
+
+    // Replaced: the sick container is removed and two healthy replicas serve again.
+    let replaced = loop {
+        let replicas = fixture.replica_addrs();
+        let serving: BTreeSet<SocketAddrV4> = replicas.values().copied().collect();
+        if !replicas.contains_key(&sick_name)
+            && serving.len() == 2
+            && up(&fixture).await == serving
+        {
+            break flagged.elapsed();
+        }
+        assert!(flagged.elapsed() < Duration::from_secs(60), "never replaced: {replicas:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("replaced and serving again {replaced:?} after (unhealthyReplaceAfter: 3s)");
+    assert!(replaced >= Duration::from_secs(3), "replaced before unhealthyReplaceAfter");
+    let status = controller.service_status(&fixture.service).await;
+    let events = status["events"].to_string();
+    assert!(events.contains(&sick_name) && events.contains("unhealthy"), "{events}");
+    load.finish_without_failures("an unhealthy container, out of rotation and replaced")
+        .await;
+    controller.stop().await;
+}
+
+/// An image of the demo backend with a Dockerfile `HEALTHCHECK`, removed on drop.
+struct ImageWithHealthcheck(String);
+
+impl ImageWithHealthcheck {
+    fn build(tag: &str) -> Self {
+        let context = tempfile::tempdir().expect("build context");
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!(
+                "FROM {}\nHEALTHCHECK --interval=300ms --timeout=1s --retries=1 \
+                 CMD [\"/dockscale-webapp\", \"check\"]\n",
+                dockscale_e2e::WEBAPP_IMAGE
+            ),
+        )
+        .expect("Dockerfile");
+        let built = std::process::Command::new("docker")
+            .args(["build", "--quiet", "--tag", tag])
+            .arg(context.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .expect("docker build");
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        ImageWithHealthcheck(tag.to_owned())
+    }
+}
+
+impl Drop for ImageWithHealthcheck {
+    fn drop(&mut self) {
+        let _ = dockscale_e2e::sh_quiet("docker", &["rmi", "-f", &self.0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_images_own_healthcheck_gates_readiness_and_can_be_disabled_in_the_spec() {
+    let fixture = LbFixture::new("e2e-ihealth");
+    let image = ImageWithHealthcheck::build(&format!("{}-img:e2e", fixture.service));
+    // The image's check always fails here (the flag file is the binary itself).
+    let spec = fixture
+        .lb_spec(1, "hello", "")
+        .replace(dockscale_e2e::WEBAPP_IMAGE, &image.0)
+        .replace(
+            "env: {GREETING: \"hello\"}",
+            "env: {GREETING: \"hello\", HEALTH_FAIL_FILE: /dockscale-webapp}",
+        );
+    fixture.write_spec(&spec);
+    let controller = RunningController::start(&fixture.lb_run_args(&[]));
+    controller.wait_listening().await;
+    let started = Instant::now();
+    loop {
+        let seen = containers(&controller, &fixture.service).await;
+        if seen.iter().any(|(_, _, health)| health == "unhealthy") {
+            println!("the image's failing HEALTHCHECK: {seen:?}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never unhealthy: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rotation = fixture
+        .api()
+        .servers_state(&fixture.backend)
+        .await
+        .map(|s| in_rotation(&s))
+        .expect("servers");
+    assert!(rotation.is_empty(), "an unhealthy replica was put in rotation: {rotation:?}");
+
+    // `healthcheck: {disable: true}` turns the image's check off: a new template,
+    // rolled, whose replica serves.
+    let disabled = spec.replace(
+        "    stopGracePeriod: 5s\n",
+        "    stopGracePeriod: 5s\n    healthcheck: {disable: true}\n",
+    );
+    fixture.write_spec(&disabled);
+    let rolled = Instant::now();
+    loop {
+        let replicas: BTreeSet<SocketAddrV4> = fixture.replica_addrs().into_values().collect();
+        if replicas.len() == 1 && up(&fixture).await == replicas {
+            break;
+        }
+        assert!(rolled.elapsed() < Duration::from_secs(60), "the disabled check never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = containers(&controller, &fixture.service).await;
+    assert!(seen.iter().all(|(_, _, health)| health == "-"), "{seen:?}");
+    controller.stop().await;
+}

@@ -140,8 +140,9 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 self.store.started(event.id.clone());
                 Some(now + Duration::from_millis(10))
             }
-            // Out of the service network: out of rotation now.
-            "disconnect" => {
+            // Out of the service network, or its health check changed its verdict
+            // (`health_status: unhealthy`): in or out of rotation now.
+            action if action == "disconnect" || action.starts_with("health_status") => {
                 self.store.touch(event.id.clone());
                 Some(now)
             }

@@ -409,6 +409,14 @@ fn removal_event(
             "NeverStarted",
             format!("Removing replica {replica}: it was created but never ran"),
         )),
+        RemoveReason::Unhealthy => Some((
+            EventType::Warning,
+            "Unhealthy",
+            format!(
+                "Replica {replica} stayed unhealthy (its container health check fails) \
+                 past unhealthyReplaceAfter: replacing it"
+            ),
+        )),
         RemoveReason::ScaleDown | RemoveReason::Rollout => Some((
             EventType::Normal,
             "SuccessfulDelete",

@@ -15,7 +15,7 @@ use crate::model::replica::{ContainerId, ContainerState, Replica};
 use crate::reconcile::conditions::{self, Context};
 use crate::reconcile::{self, Action, ExitRecord, Limits, Plan, Verdict};
 use crate::runtime::{ContainerRuntime, DockerError};
-use crate::serve::status::EventType;
+use crate::serve::status::{ContainerStatus, EventType};
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Reconciles every service that is due, from one Docker list.
@@ -349,6 +349,17 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             svc.observed_generation = svc.generation;
             svc.template_hash = hash;
             svc.replicas = plan.counts;
+            svc.containers = plan
+                .replicas
+                .iter()
+                .map(|r| ContainerStatus {
+                    name: r.name.clone(),
+                    id: r.id.short().to_owned(),
+                    state: r.serving.to_owned(),
+                    health: r.health.map(|h| h.as_str().to_owned()),
+                    updated: r.updated,
+                })
+                .collect();
             svc.backend = backend;
             update.apply(svc, wall);
         });

@@ -106,6 +106,41 @@ impl ExitCause {
     }
 }
 
+/// What Docker's health check of a container says, for a container that has one (its
+/// image's `HEALTHCHECK` or the template's `healthcheck`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// No verdict yet: within its start period, or before its first check.
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    /// From Docker's list status (`Up 3 minutes (healthy)`, `Up 2 seconds (health:
+    /// starting)`); `None` for a container without a health check.
+    pub fn from_status(status: &str) -> Option<Self> {
+        if status.contains("(healthy)") {
+            Some(Health::Healthy)
+        } else if status.contains("(unhealthy)") {
+            Some(Health::Unhealthy)
+        } else if status.contains("(health: starting)") {
+            Some(Health::Starting)
+        } else {
+            None
+        }
+    }
+
+    /// Docker's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 /// One owned container, as listed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Replica {
@@ -123,9 +158,17 @@ pub struct Replica {
     /// Why it exited, once it has; `None` for an exited container while its cause is not
     /// known yet (its `die` event, which says, is on its way).
     pub exit_cause: Option<ExitCause>,
+    /// Docker's health verdict, for a container with a health check.
+    pub health: Option<Health>,
 }
 
 impl Replica {
+    /// Whether its health check, if it has one, lets it take traffic: only a healthy
+    /// verdict does.
+    pub fn health_allows_traffic(&self) -> bool {
+        self.health.is_none_or(|h| h == Health::Healthy)
+    }
+
     /// The replica's address on `network`.
     pub fn ip_on(&self, network: &str) -> Option<Ipv4Addr> {
         self.ips.get(network).copied()
@@ -164,8 +207,14 @@ pub fn replica_labels(
 /// across dockscale versions and restarts (SHA-256 of canonical JSON; maps are sorted),
 /// since adoption after a restart compares it with the labels of running containers.
 pub fn template_hash(spec: &ServiceSpec) -> String {
+    // How long an unhealthy replica is kept is the controller's business, not the
+    // container's: changing it rolls nothing.
+    let template = crate::spec::Template {
+        unhealthy_replace_after: None,
+        ..spec.template.clone()
+    };
     let canonical = serde_json::json!({
-        "template": spec.template,
+        "template": template,
         "network": spec.network,
     });
     let digest = Sha256::digest(canonical.to_string().as_bytes());
@@ -199,6 +248,18 @@ mod tests {
     }
 
     #[test]
+    fn health_is_read_from_the_list_status() {
+        assert_eq!(Health::from_status("Up 3 minutes (healthy)"), Some(Health::Healthy));
+        assert_eq!(Health::from_status("Up 3 minutes (unhealthy)"), Some(Health::Unhealthy));
+        assert_eq!(
+            Health::from_status("Up 2 seconds (health: starting)"),
+            Some(Health::Starting)
+        );
+        assert_eq!(Health::from_status("Up 3 minutes"), None);
+        assert_eq!(Health::from_status("Exited (0) 1 second ago"), None);
+    }
+
+    #[test]
     fn exit_code_is_read_from_the_status() {
         let mut r = Replica {
             id: ContainerId("abc".into()),
@@ -210,6 +271,7 @@ mod tests {
             status: "Exited (137) 3 seconds ago".into(),
             ips: BTreeMap::new(),
             exit_cause: Some(ExitCause::Unknown),
+            health: None,
         };
         assert_eq!(r.exit_code(), Some(137));
         r.status = "Up 3 seconds".into();

@@ -36,14 +36,14 @@ pub mod swarm;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::model::backend::{Admin, Backend};
-use crate::model::replica::{ContainerId, Replica};
+use crate::model::replica::{ContainerId, Health, Replica};
 use crate::spec::ServiceSpec;
 
 pub use crash_loop::{BackoffPolicy, ExitRecord, Vacancy, Verdict};
@@ -113,6 +113,8 @@ pub enum RemoveReason {
     /// It runs but lost its address on the service network (`docker network
     /// disconnect`): nothing can reach it there any more.
     NetworkLost,
+    /// Docker reported it unhealthy for longer than `unhealthyReplaceAfter`.
+    Unhealthy,
 }
 
 impl RemoveReason {
@@ -124,6 +126,7 @@ impl RemoveReason {
             RemoveReason::Exited { .. } => "exited",
             RemoveReason::NeverStarted => "never_started",
             RemoveReason::NetworkLost => "network_lost",
+            RemoveReason::Unhealthy => "unhealthy",
         }
     }
 }
@@ -165,8 +168,9 @@ pub enum Action {
     Cut { slot: String, addr: SocketAddrV4 },
     /// Re-apply weight and maxconn to a serving slot whose options drifted.
     Reconfigure { slot: String },
-    /// Take a paused replica's slot out of rotation, kept assigned (maintenance, weight
-    /// 0): it is enabled again once the replica runs and answers.
+    /// Take a paused or unhealthy replica's slot out of rotation, kept assigned
+    /// (maintenance, weight 0): it is enabled again once the replica runs, passes its
+    /// health check and answers.
     Suspend { id: ContainerId, slot: String },
 }
 
@@ -259,6 +263,23 @@ pub struct Plan {
     pub rollout: Option<RolloutProgress>,
     /// Replicas in memory whose containers are gone: forgotten.
     pub forget: Vec<String>,
+    /// The replicas Docker reports unhealthy, and since when (what memory keeps).
+    pub unhealthy_since: BTreeMap<String, Instant>,
+    /// Every live replica and where it stands, for status.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One live replica as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub name: String,
+    pub id: ContainerId,
+    /// Where it stands with the load balancer (`serving`, `warming`, `draining`, ...).
+    pub serving: &'static str,
+    /// Docker's health verdict, for a replica with a health check.
+    pub health: Option<Health>,
+    /// Of the current template.
+    pub updated: bool,
 }
 
 impl Plan {
@@ -292,6 +313,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     // 2.-3. Slots, and the replicas being drained finished.
     let matched = rotation::match_slots(input, &sorted.live, &mut plan);
     let mut lives = rotation::lives(input, memory, &sorted.live, &matched);
+    plan.replicas = lives.iter().map(rotation::Live::view).collect();
     let draining = retire::finish_drains(input, memory, &mut lives, &mut plan);
 
     // 4. Counts.
@@ -351,7 +373,8 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
                 Action::Remove {
                     reason: RemoveReason::Rollout
                         | RemoveReason::ScaleDown
-                        | RemoveReason::NetworkLost,
+                        | RemoveReason::NetworkLost
+                        | RemoveReason::Unhealthy,
                     ..
                 }
             )
@@ -403,7 +426,12 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     }
 
     // 7. What to remove.
-    let victims = retire::victims(input, &lives, live_old, ready_new + ready_old);
+    let mut victims = retire::victims(input, &lives, live_old, ready_new + ready_old);
+    for i in retire::unhealthy(input, memory, &lives, &mut plan) {
+        if !victims.iter().any(|(v, _)| *v == i) {
+            victims.push((i, RemoveReason::Unhealthy));
+        }
+    }
     let drain_timeout = lb.map(|l| l.drain_timeout.get()).unwrap_or_default();
     for (i, reason) in &victims {
         retire::retire(

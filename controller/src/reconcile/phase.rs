@@ -83,6 +83,9 @@ pub struct Memory {
     pub creates_held_until: Option<Instant>,
     /// Such create failures in a row, for the next hold.
     pub create_failures: u32,
+    /// Replicas Docker reports unhealthy, by name, and since when (as first seen by a
+    /// pass): past `unhealthyReplaceAfter` they are replaced.
+    pub unhealthy_since: BTreeMap<String, Instant>,
 }
 
 impl Memory {
@@ -139,6 +142,11 @@ impl Memory {
         self.replicas.get(name).is_some_and(|t| t.hold_reported)
     }
 
+    /// Since when a replica has been seen unhealthy, if it is.
+    pub fn unhealthy_since(&self, name: &str) -> Option<Instant> {
+        self.unhealthy_since.get(name).copied()
+    }
+
     pub fn exit_judged(&self, name: &str) -> bool {
         self.replicas.get(name).is_some_and(|t| t.exit_judged)
     }
@@ -159,6 +167,7 @@ impl Memory {
         }
         self.vacant = plan.vacant.clone();
         self.rollout = plan.rollout.clone();
+        self.unhealthy_since = plan.unhealthy_since.clone();
         for note in &plan.notes {
             if let Note::OperatorHold { name, .. } = note {
                 self.track(name, None).hold_reported = true;

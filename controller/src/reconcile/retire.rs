@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::model::backend::Admin;
+use crate::model::replica::Health;
 
 use super::rotation::{Live, Serving};
 use super::{Action, Input, Memory, Now, Plan, RemoveReason, ACTIVE_REQUEUE};
@@ -34,7 +35,9 @@ pub fn retire(
         slot: slot.to_owned(),
     };
     match (l.serving, draining_since) {
-        (Serving::Plain | Serving::Unassigned, _) => plan.actions.push(remove),
+        (Serving::Plain | Serving::Unready | Serving::Unassigned, _) => {
+            plan.actions.push(remove);
+        }
         // HAProxy unreadable: the server may still be in rotation, so wait.
         (Serving::Unknown, _) => plan.requeue(ACTIVE_REQUEUE),
         (Serving::Warming(slot) | Serving::Held(slot), _) if slot.admin == Admin::Maint => {
@@ -54,6 +57,7 @@ pub fn retire(
             Serving::Ready(slot)
             | Serving::Unhealthy(slot)
             | Serving::Paused(slot)
+            | Serving::HealthFailing(slot)
             | Serving::Held(slot)
             | Serving::Warming(slot)
             | Serving::Draining(slot),
@@ -146,4 +150,28 @@ pub fn victims(
         victims.push((i, RemoveReason::ScaleDown));
     }
     victims
+}
+
+/// The live replicas Docker has reported unhealthy for `unhealthyReplaceAfter`, by index
+/// into `lives`: they are drained and replaced. Records in the plan since when each
+/// unhealthy one has been (memory keeps it), and looks again when the next one is due.
+pub fn unhealthy(input: &Input<'_>, memory: &Memory, lives: &[Live], plan: &mut Plan) -> Vec<usize> {
+    let now = input.now.instant;
+    let limit = input.spec.template.unhealthy_replace_after();
+    let mut due = Vec::new();
+    for (i, l) in lives.iter().enumerate() {
+        if l.replica.health != Some(Health::Unhealthy) {
+            continue;
+        }
+        let name = &l.replica.name;
+        let since = memory.unhealthy_since(name).unwrap_or(now);
+        plan.unhealthy_since.insert(name.clone(), since);
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= limit {
+            due.push(i);
+        } else {
+            plan.requeue(limit - elapsed);
+        }
+    }
+    due
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use crate::model::backend::{Admin, Backend, Slot};
-use crate::model::replica::{ContainerId, ContainerState, Replica};
+use crate::model::replica::{ContainerId, ContainerState, Health, Replica};
 use crate::spec::ServiceSpec;
 
 use super::{Action, Input, Memory, Note, Plan, ACTIVE_REQUEUE};
@@ -15,8 +15,10 @@ use super::{Action, Input, Memory, Note, Plan, ACTIVE_REQUEUE};
 /// Where a live replica stands with the load balancer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Serving<'s> {
-    /// No load balancer: running means ready.
+    /// No load balancer: running (and healthy, with a health check) means ready.
     Plain,
+    /// No load balancer, and its container health check does not pass (yet).
+    Unready,
     /// HAProxy could not be read: readiness unknown, treated as not ready.
     Unknown,
     Unassigned,
@@ -30,6 +32,8 @@ pub enum Serving<'s> {
     Draining(&'s Slot),
     /// In rotation, but its container is paused (`docker pause`).
     Paused(&'s Slot),
+    /// In rotation, but Docker's health check reports the container unhealthy.
+    HealthFailing(&'s Slot),
 }
 
 impl Serving<'_> {
@@ -40,11 +44,30 @@ impl Serving<'_> {
     /// Removal order among replicas of equal template: not serving first.
     pub fn removal_rank(self) -> u8 {
         match self {
-            Serving::Unassigned | Serving::Unknown => 0,
+            Serving::Unassigned | Serving::Unknown | Serving::Unready => 0,
             Serving::Warming(_) | Serving::Held(_) | Serving::Paused(_) => 1,
-            Serving::Unhealthy(_) => 2,
+            Serving::Unhealthy(_) | Serving::HealthFailing(_) => 2,
             Serving::Draining(_) => 3,
             Serving::Plain | Serving::Ready(_) => 4,
+        }
+    }
+}
+
+impl Serving<'_> {
+    /// A word for status.
+    pub fn label(self) -> &'static str {
+        match self {
+            Serving::Plain => "running",
+            Serving::Unready => "not ready",
+            Serving::Unknown => "unknown",
+            Serving::Unassigned => "starting",
+            Serving::Warming(_) => "warming",
+            Serving::Ready(_) => "serving",
+            Serving::Unhealthy(_) => "down",
+            Serving::Held(_) => "held",
+            Serving::Draining(_) => "draining",
+            Serving::Paused(_) => "paused",
+            Serving::HealthFailing(_) => "unhealthy",
         }
     }
 }
@@ -55,6 +78,18 @@ pub struct Live<'a, 's> {
     pub serving: Serving<'s>,
     /// Of the current template.
     pub updated: bool,
+}
+
+impl Live<'_, '_> {
+    pub fn view(&self) -> super::ReplicaView {
+        super::ReplicaView {
+            name: self.replica.name.clone(),
+            id: self.replica.id.clone(),
+            serving: self.serving.label(),
+            health: self.replica.health,
+            updated: self.updated,
+        }
+    }
 }
 
 /// Replicas paired with slots, and the free slots.
@@ -129,7 +164,8 @@ pub fn lives<'a, 's>(
     live.iter()
         .map(|r| {
             let serving = match (lb, input.backend) {
-                (None, _) => Serving::Plain,
+                (None, _) if r.health_allows_traffic() => Serving::Plain,
+                (None, _) => Serving::Unready,
                 (Some(_), None) => Serving::Unknown,
                 (Some(_), Some(_)) => match matched.slot_of.get(&r.id) {
                     None => Serving::Unassigned,
@@ -141,6 +177,9 @@ pub fn lives<'a, 's>(
                         }
                         Admin::Drain => Serving::Held(slot),
                         Admin::Ready if r.state == ContainerState::Paused => Serving::Paused(slot),
+                        Admin::Ready if r.health == Some(Health::Unhealthy) => {
+                            Serving::HealthFailing(slot)
+                        }
                         Admin::Ready if slot.up => Serving::Ready(slot),
                         Admin::Ready => Serving::Unhealthy(slot),
                     },
@@ -171,7 +210,10 @@ pub fn bring_in(
     };
     let mut free = free.into_iter();
     let mut waiting_for_slot = 0usize;
-    let answering = |l: &Live| input.answering.contains(&l.replica.id);
+    // Enabled only once its port (or HTTP check) answers and Docker's health check,
+    // if it has one, reports it healthy.
+    let answering =
+        |l: &Live| input.answering.contains(&l.replica.id) && l.replica.health_allows_traffic();
     for l in kept {
         let id = l.replica.id.clone();
         match l.serving {
@@ -203,7 +245,11 @@ pub fn bring_in(
                         slot: slot.name.clone(),
                     });
                 }
-                plan.requeue(ACTIVE_REQUEUE);
+                // A replica whose health check does not pass yet is woken by Docker's
+                // `health_status` event, not polled.
+                if l.replica.health_allows_traffic() {
+                    plan.requeue(ACTIVE_REQUEUE);
+                }
             }
             Serving::Ready(slot) | Serving::Unhealthy(slot) => {
                 if slot.weight != u32::from(lb.server.weight) {
@@ -224,11 +270,14 @@ pub fn bring_in(
                     });
                 }
             }
-            Serving::Paused(slot) => plan.actions.push(Action::Suspend {
-                id,
-                slot: slot.name.clone(),
-            }),
-            Serving::Plain | Serving::Unknown | Serving::Draining(_) => {}
+            // Out of rotation at once; back in once it runs, is healthy and answers.
+            Serving::Paused(slot) | Serving::HealthFailing(slot) => {
+                plan.actions.push(Action::Suspend {
+                    id,
+                    slot: slot.name.clone(),
+                });
+            }
+            Serving::Plain | Serving::Unready | Serving::Unknown | Serving::Draining(_) => {}
         }
     }
     if waiting_for_slot > 0 {

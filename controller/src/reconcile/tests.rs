@@ -7,7 +7,8 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::model::backend::Slot;
-use crate::model::replica::{ContainerState, ExitCause};
+use crate::model::replica::{ContainerState, ExitCause, Health};
+use crate::spec::DEFAULT_UNHEALTHY_REPLACE_AFTER;
 use crate::testing::{self, free_slot, replica, serving_slot, warming_slot};
 
 const HASH: &str = "new";
@@ -876,4 +877,121 @@ fn gone_replicas_are_forgotten_but_creates_and_removals_in_flight_are_not() {
         w.t0,
     );
     assert_eq!(w.plan().forget, vec!["w-00009".to_owned()]);
+}
+
+fn enabled(plan: &Plan) -> Vec<&str> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Enable { slot, .. } => Some(slot.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn suspended(plan: &Plan) -> Vec<&str> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Suspend { slot, .. } => Some(slot.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_replica_with_a_health_check_is_enabled_only_once_docker_reports_it_healthy() {
+    let mut w = World::new(testing::spec().replicas(1).lb().build())
+        .with_replicas([1], HASH)
+        .with_slots(vec![warming_slot(1, 1)]);
+    w.answering.insert(ContainerId("id01".into()));
+    w.replicas[0].health = Some(Health::Starting);
+    let plan = w.plan();
+    assert!(enabled(&plan).is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.counts.ready, 0);
+    assert_eq!(plan.replicas[0].serving, "warming");
+
+    w.replicas[0].health = Some(Health::Unhealthy);
+    assert!(enabled(&w.plan()).is_empty());
+
+    w.replicas[0].health = Some(Health::Healthy);
+    assert_eq!(enabled(&w.plan()), vec!["web1"]);
+}
+
+#[test]
+fn a_serving_replica_that_turns_unhealthy_leaves_rotation_in_the_same_pass() {
+    let mut w = World::new(testing::spec().replicas(2).lb().build())
+        .with_replicas([1, 2], HASH)
+        .with_slots(vec![serving_slot(1, 1), serving_slot(2, 2)]);
+    w.replicas[1].health = Some(Health::Unhealthy);
+    let plan = w.plan();
+    assert_eq!(suspended(&plan), vec!["web2"]);
+    assert_eq!(plan.counts.ready, 1);
+    assert_eq!(plan.replicas[1].serving, "unhealthy");
+    // Not replaced yet: it may recover within unhealthyReplaceAfter.
+    assert!(removed(&plan).is_empty());
+    assert_eq!(creates(&plan), 0);
+    assert_eq!(plan.requeue_after, Some(DEFAULT_UNHEALTHY_REPLACE_AFTER));
+}
+
+#[test]
+fn a_replica_unhealthy_for_unhealthy_replace_after_is_removed_and_its_start_is_remembered() {
+    let mut spec = testing::spec().replicas(2).lb().build();
+    spec.template.unhealthy_replace_after = Some(crate::spec::Duration::from_secs(10));
+    let mut w = World::new(spec)
+        .with_replicas([1, 2], HASH)
+        .with_slots(vec![serving_slot(1, 1), warming_slot(2, 2)]);
+    w.replicas[1].health = Some(Health::Unhealthy);
+    let first = w.plan();
+    assert_eq!(first.unhealthy_since.get("w-00002"), Some(&w.t0));
+    assert!(removed(&first).is_empty());
+    w.memory.apply_plan(&first);
+
+    // 4 s on, the clock runs from when it was first seen.
+    w.at = Duration::from_secs(4);
+    let plan = w.plan();
+    assert!(removed(&plan).is_empty());
+    assert_eq!(plan.requeue_after, Some(Duration::from_secs(6)));
+
+    // 10 s on: released and removed (it was out of rotation already).
+    w.at = Duration::from_secs(10);
+    let plan = w.plan();
+    assert_eq!(removed(&plan), vec!["w-00002"]);
+    assert!(plan.actions.contains(&Action::Remove {
+        id: ContainerId("id02".into()),
+        name: "w-00002".into(),
+        reason: RemoveReason::Unhealthy,
+    }));
+
+    // It recovered instead: its clock is forgotten.
+    w.replicas[1].health = Some(Health::Healthy);
+    let plan = w.plan();
+    assert!(removed(&plan).is_empty());
+    assert!(plan.unhealthy_since.is_empty());
+}
+
+#[test]
+fn without_a_load_balancer_a_replica_is_ready_only_when_healthy() {
+    let mut w = World::new(testing::spec().replicas(2).build()).with_replicas([1, 2], HASH);
+    w.replicas[0].health = Some(Health::Starting);
+    w.replicas[1].health = Some(Health::Healthy);
+    let plan = w.plan();
+    assert_eq!(plan.counts.ready, 1);
+    assert_eq!(plan.counts.current, 2);
+    assert_eq!(plan.replicas[0].serving, "not ready");
+    assert_eq!(creates(&plan), 0);
+}
+
+#[test]
+fn a_rollout_keeps_the_old_replicas_while_the_new_ones_are_not_healthy() {
+    let mut w = World::new(testing::spec().replicas(1).lb().rollout(1, 0).build())
+        .with_replicas([1], "old")
+        .with_replicas([2], HASH)
+        .with_slots(vec![serving_slot(1, 1), warming_slot(2, 2)]);
+    w.answering.insert(ContainerId("id02".into()));
+    w.replicas[1].health = Some(Health::Starting);
+    let plan = w.plan();
+    assert!(enabled(&plan).is_empty());
+    assert!(drained(&plan).is_empty(), "{:?}", plan.actions);
+    assert!(removed(&plan).is_empty());
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    ContainerCreateBody, EndpointSettings, HealthStatusEnum, HostConfig, NetworkCreateRequest, NetworkingConfig,
     RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
@@ -24,7 +24,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use crate::model::replica::{
-    replica_labels, ContainerId, ContainerState, ExitCause, Replica, LABEL_CREATED_AT,
+    replica_labels, ContainerId, ContainerState, ExitCause, Health, Replica, LABEL_CREATED_AT,
     LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
 };
 
@@ -226,6 +226,9 @@ impl ContainerRuntime for DockerRuntime {
                 "unpause",
                 "connect",
                 "disconnect",
+                // Matches `health_status: healthy` and the others (Docker matches
+                // this one by prefix).
+                "health_status",
             ]
             .map(String::from)
             .to_vec(),
@@ -325,6 +328,7 @@ fn container_body(request: &CreateReplica) -> ContainerCreateBody {
         env: (!env.is_empty()).then_some(env),
         labels: Some(labels.into_iter().collect()),
         stop_timeout: Some(i64::try_from(grace).unwrap_or(i64::MAX)),
+        healthcheck: template.healthcheck.as_ref().map(super::health_config),
         host_config: Some(HostConfig {
             init: Some(template.init),
             memory: template
@@ -359,6 +363,7 @@ struct Seen {
     networks: Option<HashMap<String, EndpointSettings>>,
     /// The kernel OOM-killed it (an inspect says so; a list does not).
     oom_killed: bool,
+    health: Option<Health>,
 }
 
 /// A replica from what Docker says of a container, `None` when it is not dockscale's.
@@ -403,6 +408,7 @@ fn replica_from(seen: Seen) -> Option<Replica> {
                 }
             },
         ),
+        health: seen.health.filter(|_| seen.state == ContainerState::Running),
         state: seen.state,
         status: seen.status,
         ips,
@@ -419,6 +425,7 @@ fn replica_from_summary(summary: bollard::models::ContainerSummary) -> Option<Re
             .state
             .and_then(|s| ContainerState::parse(s.as_ref()))
             .unwrap_or(ContainerState::Dead),
+        health: summary.status.as_deref().and_then(Health::from_status),
         status: summary.status.unwrap_or_default(),
         networks: summary.network_settings.and_then(|n| n.networks),
         oom_killed: false,
@@ -439,6 +446,16 @@ fn replica_from_inspect(inspected: bollard::models::ContainerInspectResponse) ->
         ContainerState::Exited => Replica::exited_status(docker_state.exit_code),
         other => format!("{other:?}"),
     };
+    let health = docker_state
+        .health
+        .as_ref()
+        .and_then(|h| h.status)
+        .and_then(|status| match status {
+            HealthStatusEnum::STARTING => Some(Health::Starting),
+            HealthStatusEnum::HEALTHY => Some(Health::Healthy),
+            HealthStatusEnum::UNHEALTHY => Some(Health::Unhealthy),
+            HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => None,
+        });
     let created_ns = inspected.created.as_deref().and_then(|c| {
         let created = humantime::parse_rfc3339_weak(c).ok()?;
         let since = created.duration_since(std::time::UNIX_EPOCH).ok()?;
@@ -453,6 +470,7 @@ fn replica_from_inspect(inspected: bollard::models::ContainerInspectResponse) ->
         status,
         networks: inspected.network_settings.and_then(|n| n.networks),
         oom_killed: docker_state.oom_killed.unwrap_or(false),
+        health,
     })
 }
 

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::model::replica::{
-    replica_labels, ContainerId, ContainerState, ExitCause, Replica, LABEL_CREATED_AT,
+    replica_labels, ContainerId, ContainerState, ExitCause, Health, Replica, LABEL_CREATED_AT,
     LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
 };
 use crate::runtime::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
@@ -142,6 +142,8 @@ pub struct FakeContainer {
     pub answers: bool,
     /// A stop was asked for (SIGTERM sent); it is on its way out.
     pub stopping: bool,
+    /// Its health check's verdict, for a container whose template has one.
+    pub health: Option<Health>,
 }
 
 impl FakeContainer {
@@ -183,8 +185,13 @@ impl FakeContainer {
             .and_then(|v| v.parse().ok())
             .unwrap_or(self.created_at_ns);
         let exited = matches!(self.state, ContainerState::Exited | ContainerState::Dead);
+        let health = self.health.filter(|_| self.state == ContainerState::Running);
         let status = match (self.state, inspect) {
-            (ContainerState::Running, false) => "Up 2 seconds".to_owned(),
+            (ContainerState::Running, false) => match health {
+                Some(Health::Starting) => "Up 2 seconds (health: starting)".to_owned(),
+                Some(h) => format!("Up 2 seconds ({})", h.as_str()),
+                None => "Up 2 seconds".to_owned(),
+            },
             (ContainerState::Running, true) => "Up".to_owned(),
             (ContainerState::Paused, false) => "Up 2 seconds (Paused)".to_owned(),
             (ContainerState::Exited, false) => {
@@ -207,6 +214,7 @@ impl FakeContainer {
             } else {
                 ExitCause::Unknown
             }),
+            health,
         })
     }
 }
@@ -586,6 +594,7 @@ impl FakeRuntime {
                 created_at_ns,
                 answers: true,
                 stopping: false,
+                health: None,
             },
         );
         id
@@ -689,6 +698,17 @@ impl FakeRuntime {
             if c.ips.remove(network).is_some() {
                 e.emit_network(id, "disconnect");
             }
+        }
+    }
+
+    /// Its health check's verdict changes, with Docker's `health_status: ...` event.
+    pub fn set_health(&self, id: &ContainerId, health: Health) {
+        self.journal
+            .record(Call::Outside(format!("{id} health: {}", health.as_str())));
+        let mut e = self.engine();
+        if let Some(c) = e.containers.get_mut(id).filter(|c| c.is_running()) {
+            c.health = Some(health);
+            e.emit(id, &format!("health_status: {}", health.as_str()), None);
         }
     }
 
@@ -962,6 +982,13 @@ impl ContainerRuntime for FakeRuntime {
                     created_at_ns: request.created_at_ns,
                     answers: !behaviour.never_answers,
                     stopping: false,
+                    health: request
+                        .spec
+                        .template
+                        .healthcheck
+                        .as_ref()
+                        .filter(|h| !h.disable)
+                        .map(|_| Health::Starting),
                 },
             );
             e.count_population();

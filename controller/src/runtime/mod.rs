@@ -149,6 +149,29 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> impl Future<Output = BTreeSet<ContainerId>> + Send;
 }
 
+/// The template's health check in Docker's terms (a container's and a Swarm task's
+/// `Healthcheck`): the exec form `CMD`, or `NONE` to turn off the image's.
+pub fn health_config(check: &crate::spec::ContainerHealthcheck) -> bollard::models::HealthConfig {
+    let nanos = |d: crate::spec::Duration| i64::try_from(d.get().as_nanos()).unwrap_or(i64::MAX);
+    if check.disable {
+        return bollard::models::HealthConfig {
+            test: Some(vec!["NONE".to_owned()]),
+            ..Default::default()
+        };
+    }
+    let test = std::iter::once("CMD".to_owned())
+        .chain(check.command.iter().cloned())
+        .collect();
+    bollard::models::HealthConfig {
+        test: Some(test),
+        interval: Some(nanos(check.interval)),
+        timeout: Some(nanos(check.timeout)),
+        retries: Some(i64::from(check.retries)),
+        start_period: Some(nanos(check.start_period)),
+        start_interval: None,
+    }
+}
+
 /// How the readiness gate asks a replica whether it answers: a TCP connect, or the
 /// service's HTTP health check (the same request HAProxy's checks send).
 #[derive(Clone, Debug, PartialEq)]

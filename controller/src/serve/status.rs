@@ -134,6 +134,25 @@ pub struct ServiceStatus {
     /// Swarm runtime: the service's tasks, by node.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskStatus>,
+    /// Docker runtime: the live replicas, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// One live replica, as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    pub id: String,
+    /// Where it stands with the load balancer: `serving`, `warming`, `draining`,
+    /// `unhealthy` (Docker's health check fails), `down` (HAProxy's check fails), ...
+    pub state: String,
+    /// Docker's health verdict (`starting`, `healthy`, `unhealthy`), for a replica
+    /// with a health check.
+    pub health: Option<String>,
+    /// Of the current template.
+    pub updated: bool,
 }
 
 /// One Swarm task of a service, as the status shows it.
@@ -188,6 +207,7 @@ impl ServiceStatus {
             deleting: false,
             back_off: Vec::new(),
             tasks: Vec::new(),
+            containers: Vec::new(),
         }
     }
 

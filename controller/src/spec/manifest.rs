@@ -417,6 +417,9 @@ fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
                 .to_owned(),
         ));
     }
+    if let Some(h) = &spec.template.healthcheck {
+        out.extend(check_container_healthcheck(h));
+    }
     for key in spec.template.labels.keys() {
         if key.starts_with("dockscale.") {
             out.push((
@@ -426,6 +429,40 @@ fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
                 ),
             ));
         }
+    }
+    out
+}
+
+/// A container health check Docker accepts: a command unless disabled, and periods of
+/// at least 1ms (Docker's floor).
+fn check_container_healthcheck(
+    h: &crate::spec::ContainerHealthcheck,
+) -> Vec<(Vec<&'static str>, String)> {
+    let at = |field: &'static str| vec!["spec", "template", "healthcheck", field];
+    let mut out = Vec::new();
+    match (h.disable, h.command.is_empty()) {
+        (false, true) => out.push((
+            vec!["spec", "template", "healthcheck"],
+            "healthcheck needs a command (or `disable: true` to turn off the image's)"
+                .to_owned(),
+        )),
+        (true, false) => out.push((
+            at("command"),
+            "a disabled healthcheck runs no command: remove one of the two".to_owned(),
+        )),
+        _ => {}
+    }
+    if h.command.first().is_some_and(|c| c.is_empty()) {
+        out.push((at("command"), "the command's program is empty".to_owned()));
+    }
+    let floor = std::time::Duration::from_millis(1);
+    for (field, value) in [("interval", h.interval), ("timeout", h.timeout)] {
+        if value.get() < floor {
+            out.push((at(field), format!("{field} must be at least 1ms")));
+        }
+    }
+    if !h.start_period.is_zero() && h.start_period.get() < floor {
+        out.push((at("startPeriod"), "startPeriod must be 0s or at least 1ms".to_owned()));
     }
     out
 }
@@ -454,6 +491,14 @@ fn check_runtime(services: &[Parsed], runtime: Runtime, errors: &mut Vec<SpecErr
                 }
             }
             Runtime::Swarm => {
+                if spec.template.unhealthy_replace_after.is_some() {
+                    wrong(
+                        &["spec", "template", "unhealthyReplaceAfter"],
+                        "unhealthyReplaceAfter is for the docker runtime: Swarm replaces \
+                         an unhealthy task itself, as soon as it turns unhealthy"
+                            .to_owned(),
+                    );
+                }
                 if let Some(max) = spec
                     .placement
                     .as_ref()

@@ -215,6 +215,65 @@ pub struct Template {
     /// Run Docker's init as PID 1 so that SIGTERM reaches and stops the server.
     #[serde(default = "default_true")]
     pub init: bool,
+    /// Docker's health check of each replica, replacing the image's `HEALTHCHECK`.
+    /// A replica with a health check (its own or its image's) is ready only once
+    /// Docker reports it healthy, and leaves rotation when it turns unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<ContainerHealthcheck>,
+    /// A replica unhealthy this long is drained and replaced (like a failed liveness
+    /// probe). Default 30s. Not part of the template hash: changing it rolls nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_replace_after: Option<Duration>,
+}
+
+impl Template {
+    /// How long a replica may stay unhealthy before it is replaced.
+    pub fn unhealthy_replace_after(&self) -> std::time::Duration {
+        self.unhealthy_replace_after
+            .map_or(DEFAULT_UNHEALTHY_REPLACE_AFTER, Duration::get)
+    }
+}
+
+/// How long a replica may stay unhealthy when `unhealthyReplaceAfter` is not given.
+pub const DEFAULT_UNHEALTHY_REPLACE_AFTER: std::time::Duration =
+    std::time::Duration::from_secs(30);
+
+/// A container health check that Docker runs inside each replica (`HEALTHCHECK`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerHealthcheck {
+    /// The command, run without a shell (exec form): exit 0 is healthy, anything else
+    /// unhealthy. Required unless `disable` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Time between checks.
+    #[serde(default = "default_container_check_interval")]
+    pub interval: Duration,
+    /// A check that takes longer fails.
+    #[serde(default = "default_container_check_timeout")]
+    pub timeout: Duration,
+    /// Failed checks in a row before the replica is unhealthy.
+    #[serde(default = "default_container_check_retries", deserialize_with = "positive_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub retries: u32,
+    /// Time to start during which failed checks do not count.
+    #[serde(default, skip_serializing_if = "Duration::is_zero")]
+    pub start_period: Duration,
+    /// Turns off the image's `HEALTHCHECK` (the replicas then report no health).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable: bool,
+}
+
+fn default_container_check_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_container_check_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_container_check_retries() -> u32 {
+    3
 }
 
 fn default_stop_grace_period() -> Duration {
@@ -788,6 +847,10 @@ impl Duration {
 
     pub const fn get(self) -> std::time::Duration {
         self.0
+    }
+
+    pub const fn is_zero(&self) -> bool {
+        self.0.is_zero()
     }
 }
 

@@ -78,6 +78,8 @@ pub fn service_spec(
         task_template: Some(TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
                 image: Some(t.image.clone()),
+                // Swarm replaces a task that turns unhealthy by itself.
+                health_check: t.healthcheck.as_ref().map(crate::runtime::health_config),
                 labels: Some(task_labels),
                 // `command` replaces the image's CMD, as in docker mode.
                 args: Some(t.command.clone()).filter(|c| !c.is_empty()),
