@@ -330,7 +330,12 @@ fn describe_containers(svc: &Value, out: &mut String) {
             text("id"),
             text("state"),
             text("health"),
-            if c["updated"] == true { "current" } else { "old" }.to_owned(),
+            if c["updated"] == true {
+                "current"
+            } else {
+                "old"
+            }
+            .to_owned(),
         ]);
     }
     for line in columns(&rows).lines() {
@@ -476,10 +481,30 @@ mod tests {
             .take(5)
             .collect();
         assert_eq!(rows.len(), 5, "{text}");
-        assert!(rows[1].split_whitespace().eq(["NAME", "ID", "STATE", "HEALTH", "TEMPLATE"]));
-        assert!(rows[2].split_whitespace().eq(["web-abcde", "0123456789ab", "serving", "healthy", "current"]));
-        assert!(rows[3].split_whitespace().eq(["web-fghij", "ba9876543210", "unhealthy", "unhealthy", "old"]));
-        assert!(rows[4].split_whitespace().eq(["web-klmno", "aaaaaaaaaaaa", "serving", "-", "current"]));
+        assert!(rows[1]
+            .split_whitespace()
+            .eq(["NAME", "ID", "STATE", "HEALTH", "TEMPLATE"]));
+        assert!(rows[2].split_whitespace().eq([
+            "web-abcde",
+            "0123456789ab",
+            "serving",
+            "healthy",
+            "current"
+        ]));
+        assert!(rows[3].split_whitespace().eq([
+            "web-fghij",
+            "ba9876543210",
+            "unhealthy",
+            "unhealthy",
+            "old"
+        ]));
+        assert!(rows[4].split_whitespace().eq([
+            "web-klmno",
+            "aaaaaaaaaaaa",
+            "serving",
+            "-",
+            "current"
+        ]));
     }
 
     #[test]

@@ -138,8 +138,16 @@ fn with_container_check(spec: &str, greeting: &str) -> String {
 }
 
 /// The replicas in the status, by name: (state, health).
-async fn containers(controller: &RunningController, service: &str) -> Vec<(String, String, String)> {
-    let status = controller.service_status(service).await;
+async fn containers(
+    controller: &RunningController,
+    service: &str,
+) -> Vec<(String, String, String)> {
+    // The service is listed once the controller has loaded it (after HAProxy started).
+    let (code, body) = controller.get(&format!("/api/v1/services/{service}")).await;
+    if code != 200 {
+        return Vec::new();
+    }
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
     status["containers"]
         .as_array()
         .cloned()
@@ -156,24 +164,32 @@ async fn containers(controller: &RunningController, service: &str) -> Vec<(Strin
 async fn an_unhealthy_container_leaves_rotation_at_once_and_is_replaced_after_unhealthy_replace_after(
 ) {
     let fixture = LbFixture::new("e2e-chealth");
-    fixture.write_spec(&with_container_check(&fixture.lb_spec(2, "hello", ""), "hello"));
+    fixture.write_spec(&with_container_check(
+        &fixture.lb_spec(2, "hello", ""),
+        "hello",
+    ));
     let controller = RunningController::start(&fixture.lb_run_args(&[]));
     controller.wait_listening().await;
 
     // Ready only once Docker reports the replicas healthy.
     let started = Instant::now();
-    let first: BTreeSet<SocketAddrV4> = loop {
+    loop {
         let replicas: BTreeSet<SocketAddrV4> = fixture.replica_addrs().into_values().collect();
         if replicas.len() == 2 && up(&fixture).await == replicas {
-            break replicas;
+            break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "2 replicas never served");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "2 replicas never served"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     let seen = containers(&controller, &fixture.service).await;
     println!("serving: {seen:?}");
     assert!(
-        seen.iter().filter(|(_, state, health)| state == "serving" && health == "healthy").count()
+        seen.iter()
+            .filter(|(_, state, health)| state == "serving" && health == "healthy")
+            .count()
             >= 1,
         "status shows each replica's health: {seen:?}"
     );
@@ -182,10 +198,21 @@ async fn an_unhealthy_container_leaves_rotation_at_once_and_is_replaced_after_un
     // event, then drained and replaced 3 s later; the load never sees it.
     let load = Load::start(fixture.bind, "/", 8, Duration::from_secs(90));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (sick_name, sick_addr) = fixture.replica_addrs().into_iter().next().expect("a replica");
+    let (sick_name, sick_addr) = fixture
+        .replica_addrs()
+        .into_iter()
+        .next()
+        .expect("a replica");
     let flag = fixture.dir.path().join("unhealthy");
     std::fs::write(&flag, "1").expect("flag file");
-    sh("docker", &["cp", &flag.display().to_string(), &format!("{sick_name}:/unhealthy")]);
+    sh(
+        "docker",
+        &[
+            "cp",
+            &flag.display().to_string(),
+            &format!("{sick_name}:/unhealthy"),
+        ],
+    );
     let flagged = Instant::now();
     let in_rotation_now = |rotation: &std::collections::BTreeMap<SocketAddrV4, bool>| {
         rotation.contains_key(&sick_addr)
@@ -200,7 +227,10 @@ async fn an_unhealthy_container_leaves_rotation_at_once_and_is_replaced_after_un
         if !in_rotation_now(&rotation) {
             break;
         }
-        assert!(flagged.elapsed() < Duration::from_secs(20), "still in rotation: {rotation:?}");
+        assert!(
+            flagged.elapsed() < Duration::from_secs(20),
+            "still in rotation: {rotation:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let out_after = flagged.elapsed();
@@ -212,20 +242,27 @@ async fn an_unhealthy_container_leaves_rotation_at_once_and_is_replaced_after_un
     let replaced = loop {
         let replicas = fixture.replica_addrs();
         let serving: BTreeSet<SocketAddrV4> = replicas.values().copied().collect();
-        if !replicas.contains_key(&sick_name)
-            && serving.len() == 2
-            && up(&fixture).await == serving
+        if !replicas.contains_key(&sick_name) && serving.len() == 2 && up(&fixture).await == serving
         {
             break flagged.elapsed();
         }
-        assert!(flagged.elapsed() < Duration::from_secs(60), "never replaced: {replicas:?}");
+        assert!(
+            flagged.elapsed() < Duration::from_secs(60),
+            "never replaced: {replicas:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!("replaced and serving again {replaced:?} after (unhealthyReplaceAfter: 3s)");
-    assert!(replaced >= Duration::from_secs(3), "replaced before unhealthyReplaceAfter");
+    assert!(
+        replaced >= Duration::from_secs(3),
+        "replaced before unhealthyReplaceAfter"
+    );
     let status = controller.service_status(&fixture.service).await;
     let events = status["events"].to_string();
-    assert!(events.contains(&sick_name) && events.contains("unhealthy"), "{events}");
+    assert!(
+        events.contains(&sick_name) && events.contains("unhealthy"),
+        "{events}"
+    );
     load.finish_without_failures("an unhealthy container, out of rotation and replaced")
         .await;
     controller.stop().await;
@@ -252,7 +289,11 @@ impl ImageWithHealthcheck {
             .env("DOCKER_BUILDKIT", "0")
             .output()
             .expect("docker build");
-        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
         ImageWithHealthcheck(tag.to_owned())
     }
 }
@@ -285,7 +326,10 @@ async fn an_images_own_healthcheck_gates_readiness_and_can_be_disabled_in_the_sp
             println!("the image's failing HEALTHCHECK: {seen:?}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "never unhealthy: {seen:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never unhealthy: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rotation = fixture
@@ -294,7 +338,10 @@ async fn an_images_own_healthcheck_gates_readiness_and_can_be_disabled_in_the_sp
         .await
         .map(|s| in_rotation(&s))
         .expect("servers");
-    assert!(rotation.is_empty(), "an unhealthy replica was put in rotation: {rotation:?}");
+    assert!(
+        rotation.is_empty(),
+        "an unhealthy replica was put in rotation: {rotation:?}"
+    );
 
     // `healthcheck: {disable: true}` turns the image's check off: a new template,
     // rolled, whose replica serves.
@@ -309,7 +356,10 @@ async fn an_images_own_healthcheck_gates_readiness_and_can_be_disabled_in_the_sp
         if replicas.len() == 1 && up(&fixture).await == replicas {
             break;
         }
-        assert!(rolled.elapsed() < Duration::from_secs(60), "the disabled check never served");
+        assert!(
+            rolled.elapsed() < Duration::from_secs(60),
+            "the disabled check never served"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seen = containers(&controller, &fixture.service).await;

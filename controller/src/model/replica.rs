@@ -249,8 +249,14 @@ mod tests {
 
     #[test]
     fn health_is_read_from_the_list_status() {
-        assert_eq!(Health::from_status("Up 3 minutes (healthy)"), Some(Health::Healthy));
-        assert_eq!(Health::from_status("Up 3 minutes (unhealthy)"), Some(Health::Unhealthy));
+        assert_eq!(
+            Health::from_status("Up 3 minutes (healthy)"),
+            Some(Health::Healthy)
+        );
+        assert_eq!(
+            Health::from_status("Up 3 minutes (unhealthy)"),
+            Some(Health::Unhealthy)
+        );
         assert_eq!(
             Health::from_status("Up 2 seconds (health: starting)"),
             Some(Health::Starting)

@@ -155,7 +155,12 @@ pub fn victims(
 /// The live replicas Docker has reported unhealthy for `unhealthyReplaceAfter`, by index
 /// into `lives`: they are drained and replaced. Records in the plan since when each
 /// unhealthy one has been (memory keeps it), and looks again when the next one is due.
-pub fn unhealthy(input: &Input<'_>, memory: &Memory, lives: &[Live], plan: &mut Plan) -> Vec<usize> {
+pub fn unhealthy(
+    input: &Input<'_>,
+    memory: &Memory,
+    lives: &[Live],
+    plan: &mut Plan,
+) -> Vec<usize> {
     let now = input.now.instant;
     let limit = input.spec.template.unhealthy_replace_after();
     let mut due = Vec::new();

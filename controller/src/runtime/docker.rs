@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthStatusEnum, HostConfig, NetworkCreateRequest, NetworkingConfig,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, EndpointSettings, HealthStatusEnum, HostConfig, NetworkCreateRequest,
+    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -408,7 +408,9 @@ fn replica_from(seen: Seen) -> Option<Replica> {
                 }
             },
         ),
-        health: seen.health.filter(|_| seen.state == ContainerState::Running),
+        health: seen
+            .health
+            .filter(|_| seen.state == ContainerState::Running),
         state: seen.state,
         status: seen.status,
         ips,

@@ -185,7 +185,9 @@ impl FakeContainer {
             .and_then(|v| v.parse().ok())
             .unwrap_or(self.created_at_ns);
         let exited = matches!(self.state, ContainerState::Exited | ContainerState::Dead);
-        let health = self.health.filter(|_| self.state == ContainerState::Running);
+        let health = self
+            .health
+            .filter(|_| self.state == ContainerState::Running);
         let status = match (self.state, inspect) {
             (ContainerState::Running, false) => match health {
                 Some(Health::Starting) => "Up 2 seconds (health: starting)".to_owned(),

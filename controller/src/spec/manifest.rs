@@ -443,8 +443,7 @@ fn check_container_healthcheck(
     match (h.disable, h.command.is_empty()) {
         (false, true) => out.push((
             vec!["spec", "template", "healthcheck"],
-            "healthcheck needs a command (or `disable: true` to turn off the image's)"
-                .to_owned(),
+            "healthcheck needs a command (or `disable: true` to turn off the image's)".to_owned(),
         )),
         (true, false) => out.push((
             at("command"),
@@ -462,7 +461,10 @@ fn check_container_healthcheck(
         }
     }
     if !h.start_period.is_zero() && h.start_period.get() < floor {
-        out.push((at("startPeriod"), "startPeriod must be 0s or at least 1ms".to_owned()));
+        out.push((
+            at("startPeriod"),
+            "startPeriod must be 0s or at least 1ms".to_owned(),
+        ));
     }
     out
 }
@@ -1002,6 +1004,74 @@ spec:
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
         let loaded = load(&[dir]).expect("manifests validate");
         assert!(loaded.iter().any(|l| l.service.name() == "webapp"));
+    }
+
+    #[test]
+    fn the_readmes_spec_reference_validates() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("## The spec\n")
+            .nth(1)
+            .expect("a spec section");
+        let block = section
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a yaml block");
+        let loaded = parse_str(Path::new("README.md"), block).expect("the README's spec validates");
+        assert!(loaded[0].service.spec.template.healthcheck.is_some());
+    }
+
+    #[test]
+    fn a_container_healthcheck_reads_with_its_defaults_and_its_errors_are_located() {
+        let spec = |hc: &str| {
+            format!(
+                "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: a}}\n\
+                 spec:\n  template:\n    image: x\n    healthcheck: {hc}\n"
+            )
+        };
+        let loaded = parse_str(Path::new("s.yaml"), &spec("{command: [/check]}")).expect("valid");
+        let hc = loaded[0]
+            .service
+            .spec
+            .template
+            .healthcheck
+            .clone()
+            .expect("healthcheck");
+        assert_eq!(hc.interval.get(), std::time::Duration::from_secs(10));
+        assert_eq!(hc.timeout.get(), std::time::Duration::from_secs(5));
+        assert_eq!(hc.retries, 3);
+        assert!(hc.start_period.is_zero() && !hc.disable);
+        assert_eq!(
+            one_error(&spec("{interval: 5s}")),
+            "s.yaml:7:18: healthcheck needs a command (or `disable: true` to turn off the image's)"
+        );
+        assert!(
+            one_error(&spec("{disable: true, command: [/c]}")).contains("a disabled healthcheck")
+        );
+        assert!(one_error(&spec("{command: [/c], interval: 0s}"))
+            .contains("interval must be at least 1ms"));
+        assert!(one_error(&spec("{command: [/c], retries: 0}")).starts_with("s.yaml:7:"));
+        assert!(parse_str(Path::new("s.yaml"), &spec("{disable: true}")).is_ok());
+    }
+
+    #[test]
+    fn unhealthy_replace_after_is_located_under_swarm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("s.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
+             spec:\n  template:\n    image: x\n    unhealthyReplaceAfter: 10s\n",
+        )
+        .expect("write");
+        assert!(load_for(std::slice::from_ref(&file), Runtime::Docker).is_ok());
+        let errors = load_for(&[file], Runtime::Swarm).expect_err("swarm rejects it");
+        let text = errors.to_string();
+        assert!(
+            text.contains("s.yaml:7:") && text.contains("Swarm replaces"),
+            "{text}"
+        );
     }
 
     /// Every error names the file and, when it has a position, one inside the text.

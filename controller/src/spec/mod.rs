@@ -235,8 +235,7 @@ impl Template {
 }
 
 /// How long a replica may stay unhealthy when `unhealthyReplaceAfter` is not given.
-pub const DEFAULT_UNHEALTHY_REPLACE_AFTER: std::time::Duration =
-    std::time::Duration::from_secs(30);
+pub const DEFAULT_UNHEALTHY_REPLACE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A container health check that Docker runs inside each replica (`HEALTHCHECK`).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
@@ -253,7 +252,10 @@ pub struct ContainerHealthcheck {
     #[serde(default = "default_container_check_timeout")]
     pub timeout: Duration,
     /// Failed checks in a row before the replica is unhealthy.
-    #[serde(default = "default_container_check_retries", deserialize_with = "positive_count")]
+    #[serde(
+        default = "default_container_check_retries",
+        deserialize_with = "positive_count"
+    )]
     #[schemars(range(min = 1, max = 1000))]
     pub retries: u32,
     /// Time to start during which failed checks do not count.
