@@ -18,6 +18,7 @@ mod chaos;
 mod crash_loop;
 mod engine;
 mod haproxy;
+mod health;
 mod lifecycle;
 mod regressions;
 mod rollout;
@@ -60,6 +61,8 @@ struct Svc {
     check: bool,
     rollout: (u32, u32),
     autoscale: Option<(u32, u32)>,
+    /// A container health check, and `unhealthyReplaceAfter`.
+    healthcheck: Option<String>,
 }
 
 fn svc(name: &str) -> Svc {
@@ -74,6 +77,7 @@ fn svc(name: &str) -> Svc {
         check: true,
         rollout: (1, 0),
         autoscale: None,
+        healthcheck: None,
     }
 }
 
@@ -117,6 +121,12 @@ impl Svc {
         self
     }
 
+    /// With a container health check; unhealthy replicas replaced after `replace_after`.
+    fn healthcheck(mut self, replace_after: &str) -> Self {
+        self.healthcheck = Some(replace_after.to_owned());
+        self
+    }
+
     fn yaml(&self) -> String {
         let mut y = format!(
             "apiVersion: dockscale/v1alpha1\n\
@@ -138,6 +148,16 @@ impl Svc {
             surge = self.rollout.0,
             unavailable = self.rollout.1,
         );
+        if let Some(after) = &self.healthcheck {
+            let at = y.find("  rollout:").unwrap_or(y.len());
+            y.insert_str(
+                at,
+                &format!(
+                    "    healthcheck: {{command: [/dockscale-webapp, check], interval: 1s}}\n    \
+                     unhealthyReplaceAfter: {after}\n"
+                ),
+            );
+        }
         if self.lb {
             y.push_str(&format!(
                 "  loadBalancer:\n    \
