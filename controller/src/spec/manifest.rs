@@ -20,6 +20,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::spec::frontend::{Frontend, FRONTEND_KIND};
 use crate::spec::{Runtime, ScaledService};
 
 /// A located problem in a spec.
@@ -70,6 +71,22 @@ pub struct LoadedService {
     pub line: u64,
 }
 
+/// A frontend and where its document starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadedFrontend {
+    /// Its certificate paths are absolute (relative ones resolved from the file).
+    pub frontend: Frontend,
+    pub file: PathBuf,
+    pub line: u64,
+}
+
+/// Every document of a spec: the services and the frontends in front of them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Loaded {
+    pub services: Vec<LoadedService>,
+    pub frontends: Vec<LoadedFrontend>,
+}
+
 /// Loads every spec under `paths` (files, or directories of `*.yaml`/`*.yml`) and
 /// validates them together. Either all services or all errors: a partial result would
 /// let the controller delete what an unparsable document describes.
@@ -80,7 +97,12 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<LoadedService>, SpecErrors> {
 /// [`load`], with the rules of the runtime that will run the services: a field that
 /// means nothing there is an error where it is written.
 pub fn load_for(paths: &[PathBuf], runtime: Runtime) -> Result<Vec<LoadedService>, SpecErrors> {
-    let mut services = Vec::new();
+    load_all(paths, runtime).map(|l| l.services)
+}
+
+/// [`load_for`], with the `Frontend` documents too.
+pub fn load_all(paths: &[PathBuf], runtime: Runtime) -> Result<Loaded, SpecErrors> {
+    let mut docs = Docs::default();
     let mut errors = Vec::new();
     if paths.is_empty() {
         errors.push(SpecError {
@@ -94,20 +116,22 @@ pub fn load_for(paths: &[PathBuf], runtime: Runtime) -> Result<Vec<LoadedService
             Ok(meta) if meta.is_dir() => match spec_files_in(path) {
                 Ok(files) => {
                     for file in files {
-                        read_file(&file, Origin::Directory, &mut services, &mut errors);
+                        read_file(&file, Origin::Directory, &mut docs, &mut errors);
                     }
                 }
                 Err(e) => errors.push(file_error(path, format!("cannot read directory: {e}"))),
             },
-            Ok(_) => read_file(path, Origin::Explicit, &mut services, &mut errors),
+            Ok(_) => read_file(path, Origin::Explicit, &mut docs, &mut errors),
             Err(e) => errors.push(file_error(path, format!("cannot read: {e}"))),
         }
     }
     let parsed_ok = errors.is_empty();
-    check_unique(&services, &mut errors);
-    check_runtime(&services, runtime, &mut errors);
+    check_unique(&docs.services, &mut errors);
+    check_runtime(&docs.services, runtime, &mut errors);
+    check_frontends(&docs, &mut errors);
+    check_certificate_paths(&docs.frontends, &mut errors);
     if parsed_ok && errors.is_empty() {
-        Ok(services.into_iter().map(|p| p.loaded).collect())
+        Ok(docs.into_loaded())
     } else {
         Err(SpecErrors(errors))
     }
@@ -146,7 +170,7 @@ fn file_error(file: &Path, message: String) -> SpecError {
     }
 }
 
-fn read_file(file: &Path, origin: Origin, services: &mut Vec<Parsed>, errors: &mut Vec<SpecError>) {
+fn read_file(file: &Path, origin: Origin, docs: &mut Docs, errors: &mut Vec<SpecError>) {
     let text = match std::fs::read(file) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => text,
@@ -165,7 +189,8 @@ fn read_file(file: &Path, origin: Origin, services: &mut Vec<Parsed>, errors: &m
         return;
     }
     let (found, mut errs) = parse_documents(file, &text);
-    services.extend(found);
+    docs.services.extend(found.services);
+    docs.frontends.extend(found.frontends);
     errors.append(&mut errs);
 }
 
@@ -181,13 +206,80 @@ fn mentions_dockscale(text: &str) -> bool {
 
 /// Parses every document of one file. Pure: the file name only labels the errors.
 pub fn parse_str(file: &Path, text: &str) -> Result<Vec<LoadedService>, SpecErrors> {
+    parse_all(file, text).map(|l| l.services)
+}
+
+/// [`parse_str`], with the `Frontend` documents too (certificate paths are not checked
+/// on disk: that is [`load_all`]'s).
+pub fn parse_all(file: &Path, text: &str) -> Result<Loaded, SpecErrors> {
     let (found, mut errors) = parse_documents(file, text);
-    check_unique(&found, &mut errors);
+    check_unique(&found.services, &mut errors);
+    check_frontends(&found, &mut errors);
     if errors.is_empty() {
-        Ok(found.into_iter().map(|p| p.loaded).collect())
+        Ok(found.into_loaded())
     } else {
         Err(SpecErrors(errors))
     }
+}
+
+/// The documents parsed so far, with their span trees.
+#[derive(Default)]
+struct Docs {
+    services: Vec<Parsed>,
+    frontends: Vec<ParsedFrontend>,
+}
+
+impl Docs {
+    fn into_loaded(self) -> Loaded {
+        Loaded {
+            services: self.services.into_iter().map(|p| p.loaded).collect(),
+            frontends: self.frontends.into_iter().map(|p| p.loaded).collect(),
+        }
+    }
+}
+
+/// A parsed frontend document, as [`Parsed`] is for a service.
+struct ParsedFrontend {
+    loaded: LoadedFrontend,
+    tree: Spanned<Node>,
+    first_line: u64,
+}
+
+impl ParsedFrontend {
+    fn position(&self, path: &[&str]) -> (u64, u64) {
+        let (line, col) = locate(&self.tree, path);
+        (line + self.first_line - 1, col)
+    }
+
+    fn error(&self, path: &[&str], message: String) -> SpecError {
+        SpecError {
+            file: self.loaded.file.clone(),
+            position: Some(self.position(path)),
+            message,
+        }
+    }
+
+    /// `file:line:col` of a value, for messages that point at a second place.
+    fn at(&self, path: &[&str]) -> String {
+        let (line, col) = self.position(path);
+        format!("{}:{line}:{col}", self.loaded.file.display())
+    }
+}
+
+/// Only the `kind` of a document, to pick its type.
+#[derive(Deserialize)]
+struct KindProbe {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Whether a document is a `Frontend` (anything else is read as a `ScaledService`,
+/// whose errors then say what is wrong).
+fn is_frontend(text: &str) -> bool {
+    serde_saphyr::from_str::<KindProbe>(text)
+        .ok()
+        .and_then(|p| p.kind)
+        .is_some_and(|k| k == FRONTEND_KIND)
 }
 
 /// A parsed document: the service, its span tree and the line the document starts on.
@@ -205,8 +297,8 @@ impl Parsed {
     }
 }
 
-fn parse_documents(file: &Path, text: &str) -> (Vec<Parsed>, Vec<SpecError>) {
-    let mut services = Vec::new();
+fn parse_documents(file: &Path, text: &str) -> (Docs, Vec<SpecError>) {
+    let mut docs = Docs::default();
     let mut errors = Vec::new();
     for doc in split_documents(text) {
         let at = |line: u64, col: u64, message: String| SpecError {
@@ -225,6 +317,25 @@ fn parse_documents(file: &Path, text: &str) -> (Vec<Parsed>, Vec<SpecError>) {
         if matches!(tree.value, Node::Null) {
             continue; // an empty document, e.g. after a trailing `---`
         }
+        let line = doc.first_line + tree.referenced.line().max(1) - 1;
+        if is_frontend(doc.text) {
+            match serde_saphyr::from_str::<Frontend>(doc.text) {
+                Ok(mut frontend) => {
+                    resolve_certificates(&mut frontend, file);
+                    docs.frontends.push(ParsedFrontend {
+                        loaded: LoadedFrontend {
+                            frontend,
+                            file: file.to_owned(),
+                            line,
+                        },
+                        tree,
+                        first_line: doc.first_line,
+                    });
+                }
+                Err(e) => errors.push(yaml_error(&e, &at)),
+            }
+            continue;
+        }
         let service: ScaledService = match serde_saphyr::from_str(doc.text) {
             Ok(service) => service,
             Err(e) => {
@@ -239,8 +350,7 @@ fn parse_documents(file: &Path, text: &str) -> (Vec<Parsed>, Vec<SpecError>) {
         for (path, message) in check_service(&service) {
             errors.push(located(&path, message));
         }
-        let line = doc.first_line + tree.referenced.line().max(1) - 1;
-        services.push(Parsed {
+        docs.services.push(Parsed {
             loaded: LoadedService {
                 service,
                 file: file.to_owned(),
@@ -250,7 +360,17 @@ fn parse_documents(file: &Path, text: &str) -> (Vec<Parsed>, Vec<SpecError>) {
             first_line: doc.first_line,
         });
     }
-    (services, errors)
+    (docs, errors)
+}
+
+/// Relative certificate paths are from the spec file's directory.
+fn resolve_certificates(frontend: &mut Frontend, file: &Path) {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    for path in frontend.spec.tls.iter_mut().flat_map(|t| &mut t.certificates) {
+        if path.is_relative() {
+            *path = dir.join(&*path);
+        }
+    }
 }
 
 fn yaml_error(e: &serde_saphyr::Error, at: &dyn Fn(u64, u64, String) -> SpecError) -> SpecError {
@@ -583,12 +703,147 @@ fn check_unique(services: &[Parsed], errors: &mut Vec<SpecError>) {
     }
 }
 
+/// Rules across the frontends and the services they route to: unique names, every
+/// address claimed once (a service's `bind`, a frontend's `bind` and `redirectFrom`),
+/// routes only to services with a load balancer and no bind of their own, no two
+/// routes of one frontend matching the same requests.
+fn check_frontends(docs: &Docs, errors: &mut Vec<SpecError>) {
+    let services: HashMap<&str, &Parsed> = docs
+        .services
+        .iter()
+        .map(|p| (p.loaded.service.name(), p))
+        .collect();
+    let mut names: HashMap<&str, String> = HashMap::new();
+    let mut binds: HashMap<std::net::SocketAddr, String> = HashMap::new();
+    for p in &docs.services {
+        if let Some(bind) = p.loaded.service.spec.load_balancer.as_ref().and_then(|l| l.bind) {
+            let (line, col) = p.position(&["spec", "loadBalancer", "bind"]);
+            binds
+                .entry(bind)
+                .or_insert_with(|| format!("{}:{line}:{col}", p.loaded.file.display()));
+        }
+    }
+    for f in &docs.frontends {
+        let fe = &f.loaded.frontend;
+        if let Some(first) = names.insert(fe.name(), f.at(&["metadata", "name"])) {
+            errors.push(f.error(
+                &["metadata", "name"],
+                format!("duplicate frontend name `{}`: already used at {first}", fe.name()),
+            ));
+        }
+        let claimed = fe
+            .spec
+            .bind
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ("bind", i, b))
+            .chain(fe.spec.redirect_from.iter().enumerate().map(|(i, b)| ("redirectFrom", i, b)));
+        for (field, i, bind) in claimed {
+            let idx = i.to_string();
+            let path = ["spec", field, idx.as_str()];
+            match binds.get(bind) {
+                Some(first) => errors.push(f.error(
+                    &path,
+                    format!("address {bind} is already claimed at {first}"),
+                )),
+                None => {
+                    binds.insert(*bind, f.at(&path));
+                }
+            }
+        }
+        if !fe.spec.redirect_from.is_empty() && fe.spec.tls.is_none() {
+            errors.push(f.error(
+                &["spec", "redirectFrom"],
+                "redirectFrom redirects to HTTPS: it needs tls".to_owned(),
+            ));
+        }
+        if fe.spec.routes.is_empty() && fe.spec.default_service.is_none() {
+            errors.push(f.error(
+                &["spec"],
+                "a frontend needs routes or a defaultService: it would answer every request 404"
+                    .to_owned(),
+            ));
+        }
+        for (i, route) in fe.spec.routes.iter().enumerate() {
+            let idx = i.to_string();
+            let path = ["spec", "routes", idx.as_str(), "service"];
+            if let Some(message) = routable(&services, route.service.as_str()) {
+                errors.push(f.error(&path, message));
+            }
+        }
+        if let Some(default) = &fe.spec.default_service {
+            if let Some(message) = routable(&services, default.as_str()) {
+                errors.push(f.error(&["spec", "defaultService"], message));
+            }
+        }
+        check_ties(f, errors);
+    }
+}
+
+/// Why a frontend cannot route to the service named `name`, if it cannot.
+fn routable(services: &HashMap<&str, &Parsed>, name: &str) -> Option<String> {
+    let Some(p) = services.get(name) else {
+        return Some(format!("no service named `{name}` in the spec"));
+    };
+    match &p.loaded.service.spec.load_balancer {
+        None => Some(format!(
+            "service `{name}` has no loadBalancer: a frontend routes to its backend"
+        )),
+        Some(lb) => lb.bind.map(|bind| {
+            let (line, _) = p.position(&["spec", "loadBalancer", "bind"]);
+            format!(
+                "service `{name}` has its own bind {bind} ({}:{line}): a routed service \
+                 has a loadBalancer without bind",
+                p.loaded.file.display()
+            )
+        }),
+    }
+}
+
+/// Two routes of a frontend that match the same requests: an error at each, naming the
+/// other.
+fn check_ties(f: &ParsedFrontend, errors: &mut Vec<SpecError>) {
+    let routes = &f.loaded.frontend.spec.routes;
+    for (i, a) in routes.iter().enumerate() {
+        for (j, b) in routes.iter().enumerate() {
+            if i == j || a.key() != b.key() {
+                continue;
+            }
+            let (ai, bj) = (i.to_string(), j.to_string());
+            errors.push(f.error(
+                &["spec", "routes", ai.as_str()],
+                format!(
+                    "this route matches the same requests as the route at {} (same host \
+                     and path prefix): make one more specific or remove it",
+                    f.at(&["spec", "routes", bj.as_str()])
+                ),
+            ));
+        }
+    }
+}
+
+/// Every certificate path exists (a file, or a directory of PEM files).
+fn check_certificate_paths(frontends: &[ParsedFrontend], errors: &mut Vec<SpecError>) {
+    for f in frontends {
+        let certificates = f.loaded.frontend.spec.tls.iter().flat_map(|t| &t.certificates);
+        for (i, path) in certificates.enumerate() {
+            if let Err(e) = std::fs::metadata(path) {
+                let idx = i.to_string();
+                errors.push(f.error(
+                    &["spec", "tls", "certificates", idx.as_str()],
+                    format!("cannot read certificate path {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+}
+
 /// Any YAML value, with the location of every mapping value. Used only to point
 /// errors at the right place.
 #[derive(Debug, Clone)]
 enum Node {
     Map(Vec<(String, Spanned<Node>)>),
-    Seq,
+    Seq(Vec<Spanned<Node>>),
     Scalar,
     Null,
 }
@@ -598,12 +853,15 @@ enum Node {
 fn locate(tree: &Spanned<Node>, path: &[&str]) -> (u64, u64) {
     {
         let mut here = tree;
+        // A sequence's items are reached by their index (`"0"`, `"1"`, ...).
         for key in path {
-            let Node::Map(entries) = &here.value else {
-                break;
+            let next = match &here.value {
+                Node::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                Node::Seq(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+                Node::Scalar | Node::Null => None,
             };
-            match entries.iter().find(|(k, _)| k == key) {
-                Some((_, v)) => here = v,
+            match next {
+                Some(v) => here = v,
                 None => break,
             }
         }
@@ -659,8 +917,11 @@ impl<'de> Deserialize<'de> for Node {
                 Node::deserialize(d)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-                while seq.next_element::<Node>()?.is_some() {}
-                Ok(Node::Seq)
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+                    items.push(item);
+                }
+                Ok(Node::Seq(items))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
                 let mut entries = Vec::new();

@@ -6,6 +6,7 @@
 //! Cross-field rules (`replicas <= maxReplicas`, unique names) live in [`crate::spec::manifest`],
 //! which knows where each value came from; this module must not do any I/O.
 
+pub mod frontend;
 pub mod manifest;
 
 use std::collections::BTreeMap;

@@ -22,6 +22,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::frontend::{render_not_found, FrontendConfig};
 use crate::spec::{HealthCheck, ScaledService, ServerOptions};
 
 /// Prefix of slot names: `slot1`, `slot2`, ...
@@ -132,6 +133,8 @@ pub struct ManagedConfig {
     /// Secret for the dynamic stickiness cookies.
     pub cookie_key: String,
     pub backends: Vec<BackendConfig>,
+    /// The shared frontends (`kind: Frontend`).
+    pub frontends: Vec<FrontendConfig>,
 }
 
 impl ManagedConfig {
@@ -149,7 +152,13 @@ impl ManagedConfig {
             exporter,
             cookie_key: cookie_key.to_owned(),
             backends,
+            frontends: Vec::new(),
         }
+    }
+
+    pub fn with_frontends(mut self, frontends: Vec<FrontendConfig>) -> Self {
+        self.frontends = frontends;
+        self
     }
 
     /// A digest of everything but the slots' live settings: when it is unchanged the
@@ -303,6 +312,12 @@ backend {backend}
                     ),
                 };
             }
+        }
+        for f in &self.frontends {
+            f.render(&mut out);
+        }
+        if self.frontends.iter().any(FrontendConfig::needs_not_found) {
+            render_not_found(&mut out);
         }
         out
     }

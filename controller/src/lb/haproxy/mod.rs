@@ -4,6 +4,8 @@
 //! - [`runtime_api`]: the admin socket client (one command per connection).
 //! - [`stats`]: parsers for its `show servers state`, `show stat`, `show info` replies.
 //! - [`config`]: the managed configuration, rendered from the services.
+//! - [`frontend`]: the shared frontends in it: binds, TLS, routes.
+//! - [`tls`]: the frontends' certificates: found, checked, installed, swapped.
 //! - [`managed`]: the managed HAProxy process: start, adopt, reload, supervise.
 //! - [`sever`]: this host's TCP connections to a vanished replica cut, so HAProxy
 //!   retries their requests elsewhere.
@@ -11,9 +13,11 @@
 
 pub mod balancer;
 pub mod config;
+pub mod frontend;
 pub mod managed;
 pub mod runtime_api;
 pub mod sever;
 pub mod stats;
+pub mod tls;
 
 pub use balancer::HaproxyBalancer;
