@@ -19,6 +19,7 @@ mod crash_loop;
 mod engine;
 mod haproxy;
 mod lifecycle;
+mod pull;
 mod regressions;
 mod rollout;
 mod spec_edits;
@@ -53,6 +54,8 @@ struct Svc {
     name: String,
     replicas: u32,
     image: String,
+    /// `template.imagePullPolicy`, when set.
+    pull: Option<&'static str>,
     version: u32,
     grace: String,
     lb: bool,
@@ -67,6 +70,7 @@ fn svc(name: &str) -> Svc {
         name: name.to_owned(),
         replicas: 1,
         image: WEBAPP_IMAGE.to_owned(),
+        pull: None,
         version: 1,
         grace: "10s".to_owned(),
         lb: false,
@@ -99,6 +103,12 @@ impl Svc {
         self
     }
 
+    /// `IfNotPresent`, `Always` or `Never`.
+    fn pull(mut self, policy: &'static str) -> Self {
+        self.pull = Some(policy);
+        self
+    }
+
     /// A template change (the `VERSION` variable): a rollout.
     fn version(mut self, v: u32) -> Self {
         self.version = v;
@@ -126,6 +136,7 @@ impl Svc {
                replicas: {replicas}\n  \
                template:\n    \
                  image: {image}\n    \
+                 {pull}\
                  port: 8080\n    \
                  env: {{VERSION: \"{version}\"}}\n    \
                  stopGracePeriod: {grace}\n  \
@@ -133,6 +144,10 @@ impl Svc {
             name = self.name,
             replicas = self.replicas,
             image = self.image,
+            pull = self
+                .pull
+                .map(|p| format!("imagePullPolicy: {p}\n    "))
+                .unwrap_or_default(),
             version = self.version,
             grace = self.grace,
             surge = self.rollout.0,

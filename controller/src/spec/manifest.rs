@@ -454,6 +454,14 @@ fn check_runtime(services: &[Parsed], runtime: Runtime, errors: &mut Vec<SpecErr
                 }
             }
             Runtime::Swarm => {
+                if spec.template.image_pull_policy == crate::spec::ImagePullPolicy::Never {
+                    wrong(
+                        &["spec", "template", "imagePullPolicy"],
+                        "imagePullPolicy: Never is for the docker runtime: Swarm's nodes pull a \
+                         missing image themselves (use IfNotPresent or Always)"
+                            .to_owned(),
+                    );
+                }
                 if let Some(max) = spec
                     .placement
                     .as_ref()
