@@ -239,6 +239,22 @@ impl Drop for Registry {
         for reference in refs {
             let _ = crate::sh_quiet("docker", &["rmi", &reference]);
         }
+        // A pull or push also leaves `<host>/<repo>@sha256:...` on the image: an image
+        // whose tag moved keeps it after its tag went.
+        let listed = crate::sh_quiet(
+            "docker",
+            &[
+                "images",
+                "--digests",
+                "--format",
+                "{{.Repository}}@{{.Digest}}",
+            ],
+        )
+        .unwrap_or_default();
+        let ours = format!("{}/", self.host);
+        for reference in listed.lines().filter(|l| l.starts_with(&ours)) {
+            let _ = crate::sh_quiet("docker", &["rmi", reference]);
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use dockscale_e2e::haproxy::{LbFixture, Load};
 use dockscale_e2e::registry::Registry;
-use dockscale_e2e::{block, sh, try_http_get, wait_for, Fixture, RunningController, WEBAPP_IMAGE};
+use dockscale_e2e::{
+    block, sh_quiet, try_http_get, wait_for, Fixture, RunningController, WEBAPP_IMAGE,
+};
 
 fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
     status["conditions"]
@@ -78,16 +80,20 @@ fn ids(fixture: &Fixture) -> BTreeSet<String> {
     fixture.running().into_iter().map(|c| c.id).collect()
 }
 
+/// The image IDs the running replicas run (one removed meanwhile is left out).
 fn image_ids(fixture: &Fixture) -> BTreeSet<String> {
     fixture
         .running()
         .iter()
-        .map(|c| {
-            sh("docker", &["inspect", "--format", "{{.Image}}", &c.id])
-                .trim()
-                .to_owned()
-        })
+        .filter_map(|c| sh_quiet("docker", &["inspect", "--format", "{{.Image}}", &c.id]))
+        .map(|id| id.trim().to_owned())
         .collect()
+}
+
+/// The service's status, once the controller serves it.
+fn status_of(controller: &RunningController, service: &str) -> Option<serde_json::Value> {
+    let (code, body) = block(controller.get(&format!("/api/v1/services/{service}")));
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -148,7 +154,7 @@ async fn wrong_credentials_are_image_pull_back_off_with_the_registrys_message() 
     controller.wait_listening().await;
     let started = Instant::now();
     let (message, took) = wait_for("ImagePullBackOff", Duration::from_secs(30), || {
-        let s = block(controller.service_status(&fixture.service));
+        let s = status_of(&controller, &fixture.service).unwrap_or_default();
         match condition(&s, "ReplicaFailure") {
             Some(c) if c["status"] == true && c["reason"] == "ImagePullBackOff" => {
                 Ok(c["message"].as_str().unwrap_or_default().to_owned())
