@@ -578,3 +578,20 @@ fn failed_create_event(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_sizes_and_image_ids_read_as_docker_shows_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3_090_000), "3.1 MB");
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(
+            short_id("sha256:6b745bf3ed95aaaaaaaaaaaaaaaa"),
+            "sha256:6b745bf3ed95"
+        );
+        assert_eq!(short_id("abc"), "abc");
+    }
+}

@@ -951,6 +951,31 @@ spec:
     }
 
     #[test]
+    fn never_pulling_is_an_error_at_the_field_on_swarm_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.yaml");
+        let text = GOOD.replace(
+            "    image: dockscale-webapp:latest\n",
+            "    image: dockscale-webapp:latest\n    imagePullPolicy: Never\n",
+        );
+        assert_ne!(text, GOOD);
+        std::fs::write(&path, &text).expect("write");
+        assert!(load_for(std::slice::from_ref(&path), Runtime::Docker).is_ok());
+        let err = load_for(&[path], Runtime::Swarm).expect_err("Never on Swarm");
+        let line = text
+            .lines()
+            .position(|l| l.contains("imagePullPolicy"))
+            .expect("the field")
+            + 1;
+        let shown = err.to_string();
+        assert!(shown.contains(&format!("web.yaml:{line}:")), "{shown}");
+        assert!(
+            shown.contains("imagePullPolicy: Never is for the docker runtime"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn a_missing_path_is_an_error_not_an_empty_spec() {
         let err = load(&[PathBuf::from("/nonexistent/dockscale.yaml")]).expect_err("missing");
         assert!(
