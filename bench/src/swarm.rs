@@ -16,7 +16,6 @@ use dockscale::lb::haproxy::runtime_api::RuntimeApi;
 use dockscale_e2e::haproxy::{in_rotation, LbFixture, Load};
 use dockscale_e2e::process::DockscaleProcess;
 use dockscale_e2e::swarm::{Swarm, SWARM_IMAGE};
-use dockscale_e2e::WEBAPP_IMAGE;
 use rand::Rng;
 
 use crate::secs;
@@ -90,8 +89,7 @@ async fn poller_sees_gone(
 /// The e2e spec on the swarm's image, at a tenth of a CPU per task: Swarm reserves
 /// what `resources` asks, and 10 tasks at the e2e's quarter would not fit 2 cores.
 fn spec(f: &LbFixture, replicas: u32, greeting: &str) -> String {
-    f.lb_spec(replicas, greeting, "")
-        .replace(WEBAPP_IMAGE, SWARM_IMAGE)
+    dockscale_e2e::swarm::on_swarm(&f.lb_spec(replicas, greeting, ""))
         .replace("cpus: 0.25", "cpus: 0.1")
 }
 

@@ -281,6 +281,7 @@ spec:
   network: {net}
   template:
     image: {IMAGE}
+    imagePullPolicy: Never
     port: 8080
     resources: {{memory: {mem}}}
     stopGracePeriod: 5s

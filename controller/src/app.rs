@@ -96,7 +96,11 @@ pub async fn run(
         path: args.state_dir.clone(),
         source,
     })?;
-    let runtime = Arc::new(DockerRuntime::connect().await.map_err(AppError::Docker)?);
+    let mut runtime = DockerRuntime::connect().await.map_err(AppError::Docker)?;
+    if let Some(dir) = &args.docker_config {
+        runtime = runtime.with_docker_config(dir.clone());
+    }
+    let runtime = Arc::new(runtime);
     runtime.ping().await.map_err(AppError::Docker)?;
 
     let status = StatusHandle::default();
@@ -605,6 +609,7 @@ fn resolve_paths(mut args: RunArgs) -> Result<RunArgs, AppError> {
         })
     };
     args.state_dir = absolute(&args.state_dir)?;
+    args.docker_config = args.docker_config.as_deref().map(absolute).transpose()?;
     args.paths = args
         .paths
         .iter()

@@ -204,6 +204,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "15s")]
     pub lease_duration: Duration,
 
+    /// The Docker client configuration directory whose `config.json` holds the
+    /// registry credentials (`auths`, credential helpers) for image pulls, as the docker
+    /// CLI reads it. Default: $DOCKER_CONFIG, else ~/.docker.
+    #[arg(long, value_name = "DIR")]
+    pub docker_config: Option<PathBuf>,
+
     /// Observe once, print the plan for every service and exit without changing
     /// anything.
     #[arg(long)]

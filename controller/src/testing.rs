@@ -67,6 +67,12 @@ impl SpecBuilder {
         self
     }
 
+    pub fn image(mut self, image: &str, policy: crate::spec::ImagePullPolicy) -> Self {
+        self.spec.template.image = image.to_owned();
+        self.spec.template.image_pull_policy = policy;
+        self
+    }
+
     pub fn build(self) -> ServiceSpec {
         self.spec
     }

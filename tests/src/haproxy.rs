@@ -72,6 +72,7 @@ spec:
   network: {net}
   template:
     image: {WEBAPP_IMAGE}
+    imagePullPolicy: Never
     port: 8080
     env: {{GREETING: "{env}"}}
     resources: {{memory: 32Mi, cpus: 0.25}}

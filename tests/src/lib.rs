@@ -29,6 +29,7 @@ pub mod engine;
 pub mod haproxy;
 pub mod load;
 pub mod process;
+pub mod registry;
 pub mod swarm;
 
 /// The demo image every test runs.
@@ -244,6 +245,7 @@ spec:
   network: {net}
   template:
     image: {WEBAPP_IMAGE}
+    imagePullPolicy: Never
     port: 8080
     env: {{GREETING: hello}}
     resources: {{memory: 32Mi, cpus: 0.25}}

@@ -20,6 +20,13 @@ use crate::WEBAPP_IMAGE;
 /// The demo image as the swarm's tasks name it.
 pub const SWARM_IMAGE: &str = "127.0.0.1:5999/dockscale-webapp:e2e";
 
+/// A docker-runtime test spec made a Swarm one: the tasks' image, and the default pull
+/// policy (`Never` is for the docker runtime; the nodes have the image loaded).
+pub fn on_swarm(spec: &str) -> String {
+    spec.replace(WEBAPP_IMAGE, SWARM_IMAGE)
+        .replace("    imagePullPolicy: Never\n", "")
+}
+
 pub struct Swarm {
     pub manager: PrivateEngine,
     pub workers: Vec<PrivateEngine>,

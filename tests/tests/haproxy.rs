@@ -322,6 +322,7 @@ spec:
   network: {net}
   template:
     image: dockscale-webapp:latest
+    imagePullPolicy: Never
     port: 8080
   loadBalancer:
     backend: no-such-backend

@@ -140,9 +140,14 @@ async fn a_missing_image_stops_the_rollout_and_the_old_replicas_keep_serving() {
     serving(&fixture, 2).await;
     let old: BTreeSet<String> = fixture.running().into_iter().map(|c| c.id).collect();
 
-    let broken = fixture
-        .lb_spec(2, "v2", "")
-        .replace("dockscale-webapp:latest", "dockscale-no-such-image:1.0");
+    let broken = fixture.lb_spec(2, "v2", "").replace(
+        "image: dockscale-webapp:latest",
+        "image: dockscale-no-such-image:1.0",
+    );
+    assert!(
+        broken.contains("imagePullPolicy: Never"),
+        "a missing image must never be looked for in a registry"
+    );
     fixture.write_spec(&broken);
     let (_, took) = wait_for("ImageNotFound reported", Duration::from_secs(30), || {
         let s = dockscale_e2e::block(controller.service_status(&fixture.service));

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+use dockscale_e2e::dockscale_bin;
 use dockscale_e2e::haproxy::{in_rotation, LbFixture, Load};
 use dockscale_e2e::process::DockscaleProcess;
-use dockscale_e2e::swarm::{Swarm, SWARM_IMAGE};
-use dockscale_e2e::{dockscale_bin, WEBAPP_IMAGE};
+use dockscale_e2e::swarm::{on_swarm, Swarm};
 
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 
@@ -49,9 +49,7 @@ async fn converged(
 }
 
 fn swarm_spec(fixture: &LbFixture, replicas: u32, greeting: &str) -> String {
-    fixture
-        .lb_spec(replicas, greeting, "")
-        .replace(WEBAPP_IMAGE, SWARM_IMAGE)
+    on_swarm(&fixture.lb_spec(replicas, greeting, ""))
 }
 
 fn start_controller(fixture: &LbFixture, swarm: &Swarm, extra: &[&str]) -> DockscaleProcess {
@@ -343,10 +341,8 @@ async fn on_swarm_a_load_step_scales_the_service_up_from_haproxys_queue_and_back
 ";
     let swarm = Swarm::single("swarm4");
     let fixture = LbFixture::new("e2e-swarm4");
-    let spec = fixture
-        .lb_spec(1, "hello", AUTOSCALE)
-        .replace(WEBAPP_IMAGE, SWARM_IMAGE)
-        .replace("maxconn: 32", "maxconn: 4");
+    let spec =
+        on_swarm(&fixture.lb_spec(1, "hello", AUTOSCALE)).replace("maxconn: 32", "maxconn: 4");
     fixture.write_spec(&spec);
     let controller = start_controller(&fixture, &swarm, &["--metrics-interval", "1s"]);
     converged(&fixture, &swarm, 1, Duration::from_secs(60), &controller).await;

@@ -15,7 +15,7 @@ use crate::controller::Controller;
 use crate::lb::{LbError, LoadBalancer};
 use crate::model::replica::{replica_name, ContainerId};
 use crate::reconcile::{Action, Plan, RemoveReason};
-use crate::runtime::{ContainerRuntime, CreateReplica, DockerError};
+use crate::runtime::{ContainerRuntime, CreateReplica, DockerError, PulledImage};
 use crate::serve::status::EventType;
 
 /// A Docker operation started by the loop, as it finished.
@@ -30,6 +30,12 @@ pub(crate) enum Done {
         name: String,
         id: ContainerId,
         result: Result<(), DockerError>,
+    },
+    Pulled {
+        service: String,
+        image: String,
+        took: Duration,
+        result: Result<PulledImage, DockerError>,
     },
 }
 
@@ -127,7 +133,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     }
                     continue;
                 }
-                Action::Create { .. } | Action::Remove { .. } => continue,
+                Action::Pull { .. } | Action::Create { .. } | Action::Remove { .. } => continue,
             };
             match result {
                 Ok(()) => {
@@ -160,6 +166,26 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let network_ok = entry.memory.network_ready.as_deref() == Some(spec.network.as_str());
         for action in &plan.actions {
             match action {
+                Action::Pull { image } => {
+                    entry.pull.started(Instant::now());
+                    events.push((
+                        EventType::Normal,
+                        "Pulling",
+                        format!("Pulling image {image}"),
+                    ));
+                    let runtime = self.runtime.clone();
+                    let (service, image) = (name.to_owned(), image.clone());
+                    self.tasks.spawn(async move {
+                        let started = Instant::now();
+                        let result = runtime.pull_image(&image).await;
+                        Done::Pulled {
+                            service,
+                            image,
+                            took: started.elapsed(),
+                            result,
+                        }
+                    });
+                }
                 Action::Create { restarts } if network_ok => {
                     let mut rng = rand::rng();
                     let replica = loop {
@@ -254,6 +280,15 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 let event = self.removal_finished(&service, &name, id, result);
                 (service, event)
             }
+            Done::Pulled {
+                service,
+                image,
+                took,
+                result,
+            } => {
+                let event = self.pull_finished(&service, &image, took, result);
+                (service, event)
+            }
         };
         let Some(event) = event else {
             return;
@@ -328,6 +363,73 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         })
     }
 
+    /// A pull ended: the image is ready (for `Always`, the replicas follow the image ID
+    /// it gave), or the next pull waits its back-off.
+    fn pull_finished(
+        &mut self,
+        service: &str,
+        image: &str,
+        took: Duration,
+        result: Result<PulledImage, DockerError>,
+    ) -> Option<NewEvent> {
+        let result_label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .image_pulls_total
+            .with_label_values(&[result_label])
+            .inc();
+        self.metrics
+            .image_pull_duration_seconds
+            .observe(took.as_secs_f64());
+        let entry = self.services.get_mut(service)?;
+        if entry.spec.spec.template.image != image || entry.pull.in_flight.is_none() {
+            // The template changed while it was pulled: its own pull decides.
+            return None;
+        }
+        entry.wake(Instant::now());
+        let took_text = humantime::format_duration(round_ms(took));
+        match result {
+            Ok(pulled) => {
+                tracing::info!(
+                    image,
+                    id = %pulled.id,
+                    downloaded_bytes = pulled.downloaded_bytes,
+                    took = %took_text,
+                    "pulled image"
+                );
+                let id = pulled.id.clone();
+                entry.pull.succeeded(pulled.id);
+                if entry.rehash() {
+                    tracing::info!(image, %id, template_hash = %entry.template_hash, "the image's tag names a new image: rolling the replicas");
+                }
+                Some((
+                    EventType::Normal,
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image {image} in {took_text} ({} downloaded; image                          ID {})",
+                        human_bytes(pulled.downloaded_bytes),
+                        short_id(&id)
+                    ),
+                ))
+            }
+            Err(e) => {
+                let message = match &e {
+                    DockerError::PullFailed { message, .. } => message.clone(),
+                    other => crate::report::chain(other),
+                };
+                let delay = entry.pull.failed(message.clone(), Instant::now());
+                tracing::warn!(image, error = %message, back_off = %humantime::format_duration(delay), "image pull failed");
+                Some((
+                    EventType::Warning,
+                    "Failed",
+                    format!(
+                        "Failed to pull image {image}: {message}; back-off {} before the next                          pull",
+                        humantime::format_duration(delay)
+                    ),
+                ))
+            }
+        }
+    }
+
     fn removal_finished(
         &mut self,
         service: &str,
@@ -370,6 +472,33 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         }
         self.tasks.abort_all();
     }
+}
+
+/// A duration to the millisecond, for messages.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
+/// `12.3 MB`: bytes as a person reads them.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `sha256:0123456789ab`: an image ID shortened as `docker images` does.
+fn short_id(id: &str) -> &str {
+    let end = id.find(':').map_or(12, |i| i + 13).min(id.len());
+    &id[..end]
 }
 
 /// A vanished replica's slot: out of rotation first, then its connections cut.
@@ -436,7 +565,8 @@ fn failed_create_event(
         (DockerError::ImageNotFound { image }, _) => (
             "ImageNotFound",
             format!(
-                "image `{image}` is not present locally (dockscale never pulls): build or load it"
+                "image `{image}` is not present locally (imagePullPolicy: Never): build or load \
+                 it"
             ),
         ),
         (e, Some(delay)) => (
@@ -454,5 +584,22 @@ fn failed_create_event(
                 crate::report::chain(e)
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_sizes_and_image_ids_read_as_docker_shows_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3_090_000), "3.1 MB");
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(
+            short_id("sha256:6b745bf3ed95aaaaaaaaaaaaaaaa"),
+            "sha256:6b745bf3ed95"
+        );
+        assert_eq!(short_id("abc"), "abc");
     }
 }

@@ -122,6 +122,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             template_hash: &entry.template_hash,
             replicas: listed.iter().filter(|r| r.service == name).collect(),
             image_present: observed.image_present,
+            pull: &entry.pull,
             backend: observed.backend.as_ref().ok(),
             backend_error: observed
                 .backend
@@ -141,6 +142,9 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     async fn reconcile_one(&mut self, name: &str, listed: &[Replica], observed: Observation) {
         let _timer = self.metrics.reconcile_timer(name);
         self.follow_autoscaler(name, listed);
+        if let Some(entry) = self.services.get_mut(name) {
+            entry.adopt_until_resolved(listed);
+        }
         let Some(plan) = self.plan(name, listed, &observed) else {
             return;
         };
@@ -427,6 +431,7 @@ pub fn describe_plan(
         // Writing to a String cannot fail.
         let _ = match action {
             Action::EnsureNetwork => writeln!(out, "  create network (if missing)"),
+            Action::Pull { image } => writeln!(out, "  pull image {image}"),
             Action::Create { .. } => {
                 creates += 1;
                 Ok(())

@@ -20,6 +20,7 @@ mod engine;
 mod haproxy;
 mod health;
 mod lifecycle;
+mod pull;
 mod regressions;
 mod rollout;
 mod spec_edits;
@@ -54,6 +55,8 @@ struct Svc {
     name: String,
     replicas: u32,
     image: String,
+    /// `template.imagePullPolicy`, when set.
+    pull: Option<&'static str>,
     version: u32,
     grace: String,
     lb: bool,
@@ -70,6 +73,7 @@ fn svc(name: &str) -> Svc {
         name: name.to_owned(),
         replicas: 1,
         image: WEBAPP_IMAGE.to_owned(),
+        pull: None,
         version: 1,
         grace: "10s".to_owned(),
         lb: false,
@@ -100,6 +104,12 @@ impl Svc {
 
     fn image(mut self, image: &str) -> Self {
         self.image = image.to_owned();
+        self
+    }
+
+    /// `IfNotPresent`, `Always` or `Never`.
+    fn pull(mut self, policy: &'static str) -> Self {
+        self.pull = Some(policy);
         self
     }
 
@@ -136,6 +146,7 @@ impl Svc {
                replicas: {replicas}\n  \
                template:\n    \
                  image: {image}\n    \
+                 {pull}\
                  port: 8080\n    \
                  env: {{VERSION: \"{version}\"}}\n    \
                  stopGracePeriod: {grace}\n  \
@@ -143,6 +154,10 @@ impl Svc {
             name = self.name,
             replicas = self.replicas,
             image = self.image,
+            pull = self
+                .pull
+                .map(|p| format!("imagePullPolicy: {p}\n    "))
+                .unwrap_or_default(),
             version = self.version,
             grace = self.grace,
             surge = self.rollout.0,

@@ -11,18 +11,25 @@ use crate::controller::error::{error_backoff, error_policy, ReconcileError};
 use crate::controller::watch::Change;
 use crate::controller::Controller;
 use crate::lb::LoadBalancer;
-use crate::model::replica::template_hash;
+use crate::model::replica::{template_hash, template_hash_with_image, Replica};
+use crate::reconcile::image::PullState;
 use crate::reconcile::Memory;
 use crate::runtime::ContainerRuntime;
 use crate::serve::metrics::Metrics;
 use crate::serve::status::{ConditionType, EventType, ServiceStatus, StatusHandle};
 use crate::spec::manifest;
-use crate::spec::ScaledService;
+use crate::spec::{ImagePullPolicy, ScaledService};
 
 /// One service as the loop keeps it.
 pub(crate) struct Entry {
     pub spec: ScaledService,
+    /// What the replicas of the current template are labelled with: the template's
+    /// hash, with the resolved image ID for an `Always` image.
     pub template_hash: String,
+    /// The hash of the template alone (a change of it starts the image's pulls afresh).
+    pub base_hash: String,
+    /// The image's pulls.
+    pub pull: PullState,
     /// The document was removed: drive the replicas to zero, then forget the service.
     pub deleting: bool,
     pub memory: Memory,
@@ -48,6 +55,8 @@ impl Entry {
     pub fn new(spec: ScaledService) -> Self {
         Entry {
             template_hash: template_hash(&spec.spec),
+            base_hash: template_hash(&spec.spec),
+            pull: PullState::loaded(spec.spec.template.image_pull_policy),
             spec,
             deleting: false,
             memory: Memory::default(),
@@ -69,6 +78,58 @@ impl Entry {
             a.desired()
         } else {
             self.spec.spec.replicas
+        }
+    }
+
+    fn always(&self) -> bool {
+        self.spec.spec.template.image_pull_policy == ImagePullPolicy::Always
+    }
+
+    /// The template hash from the spec and, for `Always`, the resolved image ID.
+    /// Returns whether it changed.
+    pub fn rehash(&mut self) -> bool {
+        let hash = match (&self.pull.resolved, self.always()) {
+            (Some(id), true) => template_hash_with_image(&self.spec.spec, id),
+            _ => template_hash(&self.spec.spec),
+        };
+        let changed = hash != self.template_hash;
+        self.template_hash = hash;
+        changed
+    }
+
+    /// The spec's template was loaded (new, or changed): its image is pulled afresh.
+    fn template_loaded(&mut self) {
+        let base = template_hash(&self.spec.spec);
+        if base != self.base_hash {
+            self.base_hash = base;
+            self.pull = PullState::loaded(self.spec.spec.template.image_pull_policy);
+        }
+        self.rehash();
+    }
+
+    /// An `Always` image not resolved yet (dockscale just started, or the template
+    /// changed): the replicas that run are taken as current until its tag is
+    /// resolved, so that nothing is rolled before the registry was asked. Creates
+    /// wait for the resolution meanwhile.
+    pub fn adopt_until_resolved(&mut self, listed: &[Replica]) {
+        if !self.always() || self.pull.resolved.is_some() {
+            return;
+        }
+        let name = self.spec.name();
+        let newest = listed
+            .iter()
+            .filter(|r| r.service == name)
+            .max_by_key(|r| r.created_at_ns);
+        if let Some(r) = newest {
+            self.template_hash = r.template_hash.clone();
+        }
+    }
+
+    /// `Always`: resolve the tag again (a reload the operator asked for).
+    pub fn resolve_again(&mut self) {
+        if self.always() {
+            self.pull.resolve_wanted = true;
+            self.wake(Instant::now());
         }
     }
 
@@ -107,6 +168,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             Ok(loaded) => {
                 if self.spec_accepted(loaded) {
                     self.configure_lb().await;
+                }
+                // A reload the operator caused (a file written, SIGHUP) resolves the
+                // `Always` tags again; the periodic resync does not.
+                if changed {
+                    self.services.values_mut().for_each(Entry::resolve_again);
                 }
             }
             Err(errors) => self.spec_rejected(&errors, changed),
@@ -196,8 +262,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 entry.left_backends.push(old);
             }
         }
-        entry.template_hash = template_hash(&service.spec);
         entry.spec = service;
+        entry.template_loaded();
         entry.deleting = false;
         entry.failures = 0;
         entry.create_error = None;

@@ -221,6 +221,19 @@ pub fn template_hash(spec: &ServiceSpec) -> String {
     digest[..5].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The template hash of a service whose image is pulled `Always`: the template, the
+/// network and the image ID its tag resolved to, so that a tag moved in the registry
+/// rolls the replicas and an unchanged one does not.
+pub fn template_hash_with_image(spec: &ServiceSpec, image_id: &str) -> String {
+    let canonical = serde_json::json!({
+        "template": spec.template,
+        "network": spec.network,
+        "imageId": image_id,
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    digest[..5].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A fresh replica name, `<service>-<5 random [a-z0-9]>`, as Kubernetes names pods.
 pub fn replica_name(service: &str, rng: &mut impl rand::Rng) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -245,6 +258,37 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         }
+    }
+
+    fn spec_of(yaml: &str) -> ServiceSpec {
+        serde_saphyr::from_str(yaml).expect("a spec")
+    }
+
+    /// The pull policy came after replicas were labelled with this hash: a spec that
+    /// does not set it (or sets the default) must keep its hash, or every running
+    /// replica of every existing spec would be rolled on upgrade.
+    #[test]
+    fn the_default_pull_policy_leaves_the_template_hash_of_existing_specs_alone() {
+        let before = spec_of("{template: {image: dockscale-webapp:latest, port: 8080}}");
+        let explicit = spec_of(
+            "{template: {image: dockscale-webapp:latest, imagePullPolicy: IfNotPresent, \
+             port: 8080}}",
+        );
+        assert_eq!(template_hash(&before), "70a435ade6");
+        assert_eq!(template_hash(&explicit), template_hash(&before));
+        let always = spec_of(
+            "{template: {image: dockscale-webapp:latest, imagePullPolicy: Always, port: 8080}}",
+        );
+        assert_ne!(template_hash(&always), template_hash(&before));
+    }
+
+    #[test]
+    fn an_always_image_id_is_part_of_the_hash() {
+        let spec = spec_of("{template: {image: r/w:1, imagePullPolicy: Always}}");
+        let a = template_hash_with_image(&spec, "sha256:aaa");
+        assert_eq!(a, template_hash_with_image(&spec, "sha256:aaa"));
+        assert_ne!(a, template_hash_with_image(&spec, "sha256:bbb"));
+        assert_ne!(a, template_hash(&spec));
     }
 
     #[test]

@@ -252,8 +252,19 @@ fn replica_failure(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus, upd
             Note::ImageMissing { image } => Some((
                 "ImageNotFound",
                 format!(
-                    "image `{image}` is not present locally (dockscale never pulls): build or \
+                    "image `{image}` is not present locally (imagePullPolicy: Never): build or \
                      load it"
+                ),
+            )),
+            Note::ImagePullBackOff {
+                image,
+                message,
+                retry_in,
+            } => Some((
+                "ImagePullBackOff",
+                format!(
+                    "Back-off pulling image {image}: {message}; next pull in {}",
+                    humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1)))
                 ),
             )),
             Note::CrashLoopBackOff { held } => Some(("CrashLoopBackOff", backing_off(held, ctx))),
@@ -558,6 +569,29 @@ mod tests {
         assert_eq!(
             condition(&again, ConditionType::ReplicaFailure).reason,
             "ImageNotFound"
+        );
+    }
+
+    #[test]
+    fn a_failed_pull_is_image_pull_back_off_with_the_registrys_words() {
+        let f = Fixture::new(testing::spec().replicas(1).build());
+        let plan = Plan {
+            counts: counts(1, 0),
+            notes: vec![Note::ImagePullBackOff {
+                image: "127.0.0.1:5000/w:1".into(),
+                message: "unauthorized: authentication required".into(),
+                retry_in: Duration::from_secs(4),
+            }],
+            ..Plan::default()
+        };
+        let update = f.derive(&plan, &status());
+        let c = condition(&update, ConditionType::ReplicaFailure);
+        assert!(c.status);
+        assert_eq!(c.reason, "ImagePullBackOff");
+        assert_eq!(
+            c.message,
+            "Back-off pulling image 127.0.0.1:5000/w:1: unauthorized: authentication required; \
+             next pull in 4s"
         );
     }
 

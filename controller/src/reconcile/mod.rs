@@ -28,6 +28,7 @@
 pub mod classify;
 pub mod conditions;
 pub mod crash_loop;
+pub mod image;
 pub mod phase;
 pub mod retire;
 pub mod rollout;
@@ -84,8 +85,11 @@ pub struct Input<'a> {
     pub template_hash: &'a str,
     /// This service's containers, as listed.
     pub replicas: Vec<&'a Replica>,
-    /// Whether the template's image exists locally (nothing is ever pulled).
+    /// Whether the template's image exists locally (observed when creates may be
+    /// needed; `true` otherwise).
     pub image_present: bool,
+    /// What the controller remembers of the image's pulls.
+    pub pull: &'a image::PullState,
     /// The backend, when the spec has a load balancer and HAProxy answered.
     pub backend: Option<&'a Backend>,
     /// Why the backend could not be read, when it could not: the load balancer's
@@ -136,6 +140,8 @@ impl RemoveReason {
 pub enum Action {
     /// Create the service network if it does not exist.
     EnsureNetwork,
+    /// Pull the template's image from its registry (in the background; creates wait).
+    Pull { image: String },
     /// Create and start one replica of the current template, on a line that carries
     /// `restarts` crashes in a row (0: a fresh line).
     Create { restarts: u32 },
@@ -184,6 +190,7 @@ impl Action {
             | Action::Drain { id, .. }
             | Action::Suspend { id, .. } => Some(id),
             Action::EnsureNetwork
+            | Action::Pull { .. }
             | Action::Create { .. }
             | Action::Release { .. }
             | Action::Cut { .. }
@@ -197,6 +204,16 @@ impl Action {
 pub enum Note {
     ImageMissing {
         image: String,
+    },
+    /// The image is being pulled; creates wait for it.
+    ImagePulling {
+        image: String,
+    },
+    /// The last pull failed; the next one is due after its back-off.
+    ImagePullBackOff {
+        image: String,
+        message: String,
+        retry_in: Duration,
     },
     /// Replica lines whose replacement waits its back-off, soonest first.
     CrashLoopBackOff {
@@ -396,10 +413,9 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     };
     plan.vacant = sorted.vacant;
     let held = memory.creates_held_until.filter(|at| *at > now.instant);
-    if creates > 0 && !input.image_present {
-        plan.notes.push(Note::ImageMissing {
-            image: spec.template.image.clone(),
-        });
+    let image = image_step(input, creates, &mut plan);
+    if creates > 0 && image.holds_creates() {
+        // Nothing to create before the image is there: the notes say why.
     } else if let (true, Some(until)) = (creates > 0, held) {
         // The last create failed for a reason every create would share.
         plan.requeue(until - now.instant);
@@ -453,6 +469,35 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         .collect();
     rotation::bring_in(input, memory, &kept, matched.free, &mut plan);
     plan
+}
+
+/// The image's step (see [`image::step`]): a pull to start, or why creates wait.
+fn image_step(input: &Input<'_>, creates: u32, plan: &mut Plan) -> image::ImageStep {
+    let template = &input.spec.template;
+    let step = image::step(
+        template.image_pull_policy,
+        input.image_present,
+        creates,
+        input.pull,
+        input.now.instant,
+    );
+    let image = template.image.clone();
+    match &step {
+        image::ImageStep::Ready => {}
+        image::ImageStep::Missing => plan.notes.push(Note::ImageMissing { image }),
+        image::ImageStep::Pull => plan.actions.push(Action::Pull { image }),
+        image::ImageStep::Pulling => plan.notes.push(Note::ImagePulling { image }),
+        image::ImageStep::BackOff { until, message } => {
+            let retry_in = until.saturating_duration_since(input.now.instant);
+            plan.requeue(retry_in);
+            plan.notes.push(Note::ImagePullBackOff {
+                image,
+                message: message.clone(),
+                retry_in,
+            });
+        }
+    }
+    step
 }
 
 /// How long a replica has existed, from its creation label and the pass's wall clock.

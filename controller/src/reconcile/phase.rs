@@ -190,6 +190,7 @@ impl Memory {
             },
             Action::Remove { .. } => Phase::Stopping,
             Action::EnsureNetwork
+            | Action::Pull { .. }
             | Action::Create { .. }
             | Action::Release { .. }
             | Action::Cut { .. }

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::image::PullState;
 use super::*;
 use crate::model::backend::Slot;
 use crate::model::replica::{ContainerState, ExitCause, Health};
-use crate::spec::DEFAULT_UNHEALTHY_REPLACE_AFTER;
+use crate::spec::{ImagePullPolicy, DEFAULT_UNHEALTHY_REPLACE_AFTER};
 use crate::testing::{self, free_slot, replica, serving_slot, warming_slot};
 
 const HASH: &str = "new";
@@ -21,6 +22,7 @@ struct World {
     backend: Option<Backend>,
     answering: BTreeSet<ContainerId>,
     image_present: bool,
+    pull: PullState,
     memory: Memory,
     policy: BackoffPolicy,
     t0: Instant,
@@ -37,6 +39,7 @@ impl World {
             backend: lb.then(Backend::default),
             answering: BTreeSet::new(),
             image_present: true,
+            pull: PullState::default(),
             memory: Memory {
                 network_ready: Some(testing::NET.to_owned()),
                 ..Memory::default()
@@ -72,6 +75,7 @@ impl World {
             template_hash: HASH,
             replicas: self.replicas.iter().collect(),
             image_present: self.image_present,
+            pull: &self.pull,
             backend: self.backend.as_ref(),
             backend_error: None,
             answering: &self.answering,
@@ -271,12 +275,71 @@ fn a_container_that_never_started_is_removed_unless_its_create_is_in_flight() {
 }
 
 #[test]
-fn a_missing_image_creates_nothing_and_says_why() {
-    let mut w = World::new(testing::spec().replicas(2).build());
+fn a_missing_image_that_is_never_pulled_creates_nothing_and_says_why() {
+    let spec = testing::spec()
+        .replicas(2)
+        .image("dockscale-webapp:latest", ImagePullPolicy::Never)
+        .build();
+    let mut w = World::new(spec);
     w.image_present = false;
     let plan = w.plan();
     assert_eq!(creates(&plan), 0);
+    assert!(!plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Pull { .. })));
     assert!(plan.notes.contains(&Note::ImageMissing {
+        image: "dockscale-webapp:latest".into()
+    }));
+}
+
+#[test]
+fn a_missing_image_is_pulled_once_before_the_first_create() {
+    let mut w = World::new(testing::spec().replicas(2).build());
+    w.image_present = false;
+    let plan = w.plan();
+    assert_eq!(creates(&plan), 0, "creates wait for the pull");
+    assert_eq!(
+        plan.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Pull { .. }))
+            .count(),
+        1
+    );
+    w.pull.started(w.now().instant);
+    let plan = w.plan();
+    assert_eq!(creates(&plan), 0);
+    assert!(!plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Pull { .. })));
+    assert!(plan.notes.contains(&Note::ImagePulling {
+        image: "dockscale-webapp:latest".into()
+    }));
+    w.pull.succeeded("sha256:1".into());
+    w.image_present = true;
+    assert_eq!(creates(&w.plan()), 2);
+}
+
+#[test]
+fn a_failed_pull_holds_the_creates_and_looks_again_after_its_back_off() {
+    let mut w = World::new(testing::spec().replicas(1).build());
+    w.image_present = false;
+    w.pull.failed("unauthorized".into(), w.now().instant);
+    w.at = Duration::from_millis(400);
+    let plan = w.plan();
+    assert_eq!(creates(&plan), 0);
+    assert!(!plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Pull { .. })));
+    assert_eq!(plan.requeue_after, Some(Duration::from_millis(600)));
+    assert!(plan.notes.iter().any(|n| matches!(
+        n,
+        Note::ImagePullBackOff { message, .. } if message == "unauthorized"
+    )));
+    w.at = Duration::from_secs(1);
+    assert!(w.plan().actions.contains(&Action::Pull {
         image: "dockscale-webapp:latest".into()
     }));
 }

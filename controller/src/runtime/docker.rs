@@ -28,7 +28,7 @@ use crate::model::replica::{
     LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
 };
 
-use super::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
+use super::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError, PulledImage};
 
 /// [`ContainerRuntime`] over the local Docker engine.
 #[derive(Clone)]
@@ -36,6 +36,8 @@ pub struct DockerRuntime {
     docker: Docker,
     /// A second client for the event stream, with no request timeout.
     events: Docker,
+    /// Where the Docker client configuration (registry credentials) is read from.
+    docker_config: Option<std::path::PathBuf>,
 }
 
 impl DockerRuntime {
@@ -51,7 +53,11 @@ impl DockerRuntime {
         let events = docker
             .clone()
             .with_timeout(Duration::from_secs(365 * 24 * 3600));
-        Ok(DockerRuntime { docker, events })
+        Ok(DockerRuntime {
+            docker,
+            events,
+            docker_config: super::pull::config_dir(None),
+        })
     }
 
     /// Connects to the engine at a unix socket path (tests; `run` uses the defaults).
@@ -64,7 +70,18 @@ impl DockerRuntime {
         let events = docker
             .clone()
             .with_timeout(Duration::from_secs(365 * 24 * 3600));
-        Ok(DockerRuntime { docker, events })
+        Ok(DockerRuntime {
+            docker,
+            events,
+            docker_config: super::pull::config_dir(None),
+        })
+    }
+
+    /// Reads registry credentials from `DIR/config.json` (`--docker-config DIR`)
+    /// instead of `$DOCKER_CONFIG` or `~/.docker`.
+    pub fn with_docker_config(mut self, dir: std::path::PathBuf) -> Self {
+        self.docker_config = Some(dir);
+        self
     }
 
     pub fn client(&self) -> &Docker {
@@ -141,6 +158,18 @@ impl ContainerRuntime for DockerRuntime {
             }) => Ok(false),
             Err(e) => Err(DockerError::from_bollard("inspect image", e)),
         }
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<PulledImage, DockerError> {
+        let reference = super::pull::Reference::parse(image);
+        let credentials = super::pull::credentials(self.docker_config.as_deref(), &reference);
+        tracing::info!(
+            image,
+            with_credentials = credentials.is_some(),
+            "pulling image"
+        );
+        // No request timeout: a large image takes as long as it takes.
+        super::pull::pull(&self.events, image, credentials).await
     }
 
     async fn create_and_start(&self, request: CreateReplica) -> Result<ContainerId, DockerError> {

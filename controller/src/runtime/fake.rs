@@ -38,7 +38,7 @@ use crate::model::replica::{
     replica_labels, ContainerId, ContainerState, ExitCause, Health, Replica, LABEL_CREATED_AT,
     LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
 };
-use crate::runtime::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError};
+use crate::runtime::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError, PulledImage};
 
 /// How far back a new event stream replays, like the Docker adapter's `since`.
 pub const REPLAY: Duration = Duration::from_secs(1);
@@ -240,6 +240,7 @@ pub enum Call {
     Inspect(ContainerId),
     EnsureNetwork(String),
     ImagePresent(String),
+    Pull(String),
     Create {
         name: String,
         service: String,
@@ -299,6 +300,7 @@ pub struct Calls {
     pub stops: usize,
     pub subscribes: usize,
     pub image_checks: usize,
+    pub pulls: usize,
     /// The most creates in flight at once.
     pub max_creates_in_flight: usize,
 }
@@ -316,6 +318,14 @@ struct Engine {
     next_id: u64,
     networks: BTreeMap<String, Network>,
     images: BTreeMap<String, Behaviour>,
+    /// What the registry holds: per reference, the image ID and size of what its tag
+    /// names and how its containers behave.
+    registry: BTreeMap<String, RegistryImage>,
+    /// The local image IDs of pulled images.
+    local_ids: BTreeMap<String, String>,
+    /// While set, every pull fails with this message (the registry refuses).
+    pull_refusal: Option<String>,
+    pull_latency: Duration,
     subscribers: Vec<Subscriber>,
     history: VecDeque<(Instant, ContainerEvent)>,
     /// Events are streamed (and kept for replay); off, they are lost.
@@ -333,6 +343,14 @@ struct Engine {
     /// Live containers (created, running, paused; not being stopped) per service after
     /// each change.
     population: Vec<(Instant, String, usize)>,
+}
+
+/// An image in the fake registry.
+#[derive(Clone, Debug)]
+struct RegistryImage {
+    id: String,
+    size: u64,
+    behaviour: Behaviour,
 }
 
 /// The in-memory container engine. Share it as `Arc<FakeRuntime>` between the
@@ -366,6 +384,10 @@ impl FakeRuntime {
                 next_id: 1,
                 networks: BTreeMap::new(),
                 images: BTreeMap::from([(WEBAPP_IMAGE.to_owned(), Behaviour::serves())]),
+                registry: BTreeMap::new(),
+                local_ids: BTreeMap::new(),
+                pull_refusal: None,
+                pull_latency: Duration::from_millis(500),
                 subscribers: Vec::new(),
                 history: VecDeque::new(),
                 deliver: true,
@@ -407,6 +429,33 @@ impl FakeRuntime {
 
     pub fn remove_image(&self, image: &str) {
         self.engine().images.remove(image);
+    }
+
+    /// Pushes an image to the fake registry under `image`: its tag now names `id`
+    /// (`size` bytes), whose containers behave as `behaviour`.
+    pub fn push_to_registry(&self, image: &str, id: &str, size: u64, behaviour: Behaviour) {
+        self.engine().registry.insert(
+            image.to_owned(),
+            RegistryImage {
+                id: id.to_owned(),
+                size,
+                behaviour,
+            },
+        );
+    }
+
+    /// Every pull fails with `message` until [`FakeRuntime::accept_pulls`].
+    pub fn refuse_pulls(&self, message: &str) {
+        self.engine().pull_refusal = Some(message.to_owned());
+    }
+
+    pub fn accept_pulls(&self) {
+        self.engine().pull_refusal = None;
+    }
+
+    /// How long a pull takes (500ms unless set).
+    pub fn set_pull_latency(&self, latency: Duration) {
+        self.engine().pull_latency = latency;
     }
 
     pub fn set_create_latency(&self, latency: Duration) {
@@ -926,6 +975,42 @@ impl ContainerRuntime for FakeRuntime {
             return Err(unavailable());
         }
         Ok(e.images.contains_key(image))
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<PulledImage, DockerError> {
+        self.round_trip().await;
+        self.journal.record(Call::Pull(image.to_owned()));
+        let latency = {
+            let mut e = self.engine();
+            e.calls.pulls += 1;
+            e.pull_latency
+        };
+        tokio::time::sleep(latency).await;
+        let mut e = self.engine();
+        if !e.reachable {
+            return Err(unavailable());
+        }
+        let failed = |message: String| DockerError::PullFailed {
+            image: image.to_owned(),
+            message,
+        };
+        if let Some(message) = e.pull_refusal.clone() {
+            return Err(failed(message));
+        }
+        let Some(pushed) = e.registry.get(image).cloned() else {
+            return Err(failed("manifest unknown".to_owned()));
+        };
+        let before = e.local_ids.insert(image.to_owned(), pushed.id.clone());
+        e.images.insert(image.to_owned(), pushed.behaviour);
+        let downloaded_bytes = if before.as_deref() == Some(pushed.id.as_str()) {
+            0
+        } else {
+            pushed.size
+        };
+        Ok(PulledImage {
+            id: pushed.id,
+            downloaded_bytes,
+        })
     }
 
     async fn create_and_start(&self, request: CreateReplica) -> Result<ContainerId, DockerError> {

@@ -18,6 +18,7 @@ use crate::spec::{HealthCheck, ServiceSpec};
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod pull;
 pub mod swarm;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +26,13 @@ pub enum DockerError {
     #[error("cannot reach the Docker engine")]
     Unavailable(#[source] BollardError),
     #[error(
-        "image `{image}` is not present locally (dockscale never pulls): build or load it first"
+        "image `{image}` is not present locally (imagePullPolicy: Never): build or load it first"
     )]
     ImageNotFound { image: String },
+    /// The engine could not pull the image; `message` is the registry's answer as the
+    /// engine relays it (`unauthorized: ...`, `manifest unknown`, a refused connection).
+    #[error("cannot pull image `{image}`: {message}")]
+    PullFailed { image: String, message: String },
     #[error("the network `{network}` does not exist (removed since it was ensured)")]
     NetworkNotFound { network: String },
     #[error("docker refused {action}: {message}")]
@@ -65,10 +70,20 @@ impl DockerError {
         match self {
             DockerError::Unavailable(_) => "docker_unavailable",
             DockerError::ImageNotFound { .. } => "image_not_found",
+            DockerError::PullFailed { .. } => "image_pull_failed",
             DockerError::NetworkNotFound { .. } => "network_not_found",
             DockerError::Api { .. } => "docker_api",
         }
     }
+}
+
+/// An image as a pull left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The local image ID (`sha256:...`) the reference now names.
+    pub id: String,
+    /// Bytes of the layers downloaded (0 when every layer was there already).
+    pub downloaded_bytes: u64,
 }
 
 /// What one new replica is.
@@ -110,6 +125,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn ensure_network(&self, name: &str) -> impl Future<Output = Result<(), DockerError>> + Send;
 
     fn image_present(&self, image: &str) -> impl Future<Output = Result<bool, DockerError>> + Send;
+
+    /// Pulls `image` from its registry with the credentials of the Docker client
+    /// configuration, and returns the image ID the reference names afterwards. A tag
+    /// that did not move downloads no layer.
+    fn pull_image(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<PulledImage, DockerError>> + Send;
 
     /// Creates and starts a replica. A container that was created but failed to start
     /// is removed again before the error is returned.

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub haproxy_commands_total: IntCounterVec,
     pub haproxy_command_duration_seconds: HistogramVec,
     pub container_starts_total: IntCounterVec,
+    pub image_pulls_total: IntCounterVec,
+    pub image_pull_duration_seconds: Histogram,
     pub container_stops_total: IntCounterVec,
     pub container_restarts_total: IntCounterVec,
     pub replica_exits_total: IntCounterVec,
@@ -203,6 +205,22 @@ impl Metrics {
                     "Replicas created and started, by service and result.",
                 ),
                 &["service", "result"],
+            )),
+            image_pulls_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "image_pulls_total",
+                    "Image pulls from a registry, by result (ok, error).",
+                ),
+                &["result"],
+            )),
+            image_pull_duration_seconds: r.add(Histogram::with_opts(
+                HistogramOpts::new(
+                    "image_pull_duration_seconds",
+                    "Duration of an image pull, successful or not.",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+                ]),
             )),
             container_stops_total: r.add(IntCounterVec::new(
                 Opts::new(

@@ -621,6 +621,14 @@ fn check_runtime(services: &[Parsed], runtime: Runtime, errors: &mut Vec<SpecErr
                             .to_owned(),
                     );
                 }
+                if spec.template.image_pull_policy == crate::spec::ImagePullPolicy::Never {
+                    wrong(
+                        &["spec", "template", "imagePullPolicy"],
+                        "imagePullPolicy: Never is for the docker runtime: Swarm's nodes pull a \
+                         missing image themselves (use IfNotPresent or Always)"
+                            .to_owned(),
+                    );
+                }
                 if let Some(max) = spec
                     .placement
                     .as_ref()
@@ -1247,6 +1255,31 @@ spec:
         assert!(
             named.0[0].to_string().contains("prometheus.yml:1:1: "),
             "{named}"
+        );
+    }
+
+    #[test]
+    fn never_pulling_is_an_error_at_the_field_on_swarm_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.yaml");
+        let text = GOOD.replace(
+            "    image: dockscale-webapp:latest\n",
+            "    image: dockscale-webapp:latest\n    imagePullPolicy: Never\n",
+        );
+        assert_ne!(text, GOOD);
+        std::fs::write(&path, &text).expect("write");
+        assert!(load_for(std::slice::from_ref(&path), Runtime::Docker).is_ok());
+        let err = load_for(&[path], Runtime::Swarm).expect_err("Never on Swarm");
+        let line = text
+            .lines()
+            .position(|l| l.contains("imagePullPolicy"))
+            .expect("the field")
+            + 1;
+        let shown = err.to_string();
+        assert!(shown.contains(&format!("web.yaml:{line}:")), "{shown}");
+        assert!(
+            shown.contains("imagePullPolicy: Never is for the docker runtime"),
+            "{shown}"
         );
     }
 

@@ -192,9 +192,16 @@ fn default_network() -> NetworkName {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Template {
-    /// A local image (nothing is pulled): `docker images` must list it.
+    /// The image of every replica. With the default pull policy a missing image is
+    /// pulled (credentials from the Docker client configuration) before a replica is
+    /// created from it.
     #[schemars(length(min = 1))]
     pub image: String,
+    /// When to pull `image`: `IfNotPresent` (default) pulls a missing image once;
+    /// `Always` resolves the tag at every spec load and reload (a tag that moved rolls
+    /// the replicas, an unchanged one does not); `Never` uses only a local image.
+    #[serde(default, skip_serializing_if = "ImagePullPolicy::is_default")]
+    pub image_pull_policy: ImagePullPolicy,
     /// Overrides the image's command (its `CMD`); empty keeps the image's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
@@ -277,6 +284,27 @@ fn default_container_check_timeout() -> Duration {
 
 fn default_container_check_retries() -> u32 {
     3
+}
+
+/// When a replica's image is pulled from its registry, as in Kubernetes.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    /// Pull only when the image is not present locally.
+    #[default]
+    IfNotPresent,
+    /// Resolve the tag in its registry at every spec load and reload; replicas follow
+    /// the image it names.
+    Always,
+    /// Never pull: a missing image is `ImageNotFound` until it is built or loaded.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// Whether this is the default (left out of the serialized template, so that the
+    /// template hash of a spec written before the field existed does not change).
+    pub fn is_default(&self) -> bool {
+        *self == ImagePullPolicy::IfNotPresent
+    }
 }
 
 fn default_stop_grace_period() -> Duration {

@@ -15,7 +15,11 @@ fn creates_at(w: &World) -> Vec<Instant> {
 
 #[tokio::test(start_paused = true)]
 async fn a_missing_image_is_reported_and_nothing_is_created_until_it_is_there() {
-    let w = World::new(&[svc("pool").replicas(2).image("not-built-yet:1")]).start();
+    let w = World::new(&[svc("pool")
+        .replicas(2)
+        .image("not-built-yet:1")
+        .pull("Never")])
+    .start();
     w.until("ImageNotFound reported", secs(5), |w| {
         w.condition("pool", ConditionType::ReplicaFailure)
             .is_some_and(|c| c.status && c.reason == "ImageNotFound")
@@ -43,7 +47,10 @@ async fn a_missing_image_is_reported_and_nothing_is_created_until_it_is_there() 
 #[tokio::test(start_paused = true)]
 async fn one_services_missing_image_never_holds_back_another_service() {
     let w = World::new(&[
-        svc("broken").replicas(2).image("not-built-yet:1"),
+        svc("broken")
+            .replicas(2)
+            .image("not-built-yet:1")
+            .pull("Never"),
         svc("fine").replicas(3).lb(),
     ])
     .start();

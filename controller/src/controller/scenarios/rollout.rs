@@ -59,7 +59,11 @@ async fn a_rollout_to_a_missing_image_stops_and_the_old_replicas_keep_serving() 
     let old = w.running_ids("web");
     let serving = w.serving("web");
 
-    w.edit(&[spec.clone().image("dockscale-no-such-image:1.0").version(2)]);
+    w.edit(&[spec
+        .clone()
+        .image("dockscale-no-such-image:1.0")
+        .pull("Never")
+        .version(2)]);
     w.until("ImageNotFound reported", secs(5), |w| {
         w.condition("web", ConditionType::ReplicaFailure)
             .is_some_and(|c| c.status && c.reason == "ImageNotFound")
