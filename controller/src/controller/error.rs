@@ -62,9 +62,9 @@ pub fn runtime_policy(e: &DockerError, failures: u32) -> Option<Duration> {
     match e {
         DockerError::Unavailable(_) => Some(engine_backoff(failures)),
         DockerError::ImageNotFound { .. } => None,
-        DockerError::NetworkNotFound { .. } | DockerError::Api { .. } => {
-            Some(error_backoff(failures))
-        }
+        DockerError::NetworkNotFound { .. }
+        | DockerError::BindSourceNotFound { .. }
+        | DockerError::Api { .. } => Some(error_backoff(failures)),
     }
 }
 
