@@ -7,7 +7,6 @@
 //! which knows where each value came from; this module must not do any I/O.
 
 pub mod manifest;
-pub mod options;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -499,6 +498,9 @@ macro_rules! deserialize_from_str {
         }
     };
 }
+
+// After the macro: the option types parse through it too.
+pub mod options;
 
 /// A DNS label (RFC 1123): 1–63 characters of `[a-z0-9-]`, starting and ending with an
 /// alphanumeric.

@@ -68,24 +68,6 @@ pub fn is_volume_name(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Implements `Deserialize` (through `FromStr`) and `Serialize` (through `Display`).
-macro_rules! text_newtype {
-    ($ty:ty) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-    };
-}
-
 /// An absolute path inside the container.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[schemars(with = "String", extend("pattern" = "^/"))]
@@ -128,7 +110,7 @@ impl fmt::Display for ContainerPath {
     }
 }
 
-text_newtype!(ContainerPath);
+deserialize_from_str!(ContainerPath);
 
 /// The Linux capabilities Docker knows (without their `CAP_` prefix), from
 /// `capabilities(7)`.
@@ -213,7 +195,7 @@ impl fmt::Display for Capability {
     }
 }
 
-text_newtype!(Capability);
+deserialize_from_str!(Capability);
 
 /// The user the process runs as: `name` or `uid`, optionally `:group` or `:gid`.
 #[derive(Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -265,7 +247,7 @@ impl fmt::Display for User {
     }
 }
 
-text_newtype!(User);
+deserialize_from_str!(User);
 
 /// The resource limits Docker's `--ulimit` takes (`setrlimit(2)` names).
 const ULIMITS: &[&str] = &[
@@ -318,7 +300,7 @@ impl fmt::Display for UlimitName {
     }
 }
 
-text_newtype!(UlimitName);
+deserialize_from_str!(UlimitName);
 
 /// One resource limit: the soft limit the process starts with, and the hard ceiling it
 /// may raise it to.
@@ -377,7 +359,7 @@ impl fmt::Display for LogDriver {
     }
 }
 
-text_newtype!(LogDriver);
+deserialize_from_str!(LogDriver);
 
 /// A host name for `/etc/hosts` (RFC 1123): dot-separated labels of letters, digits
 /// and '-'.
@@ -417,7 +399,7 @@ impl fmt::Display for HostName {
     }
 }
 
-text_newtype!(HostName);
+deserialize_from_str!(HostName);
 
 /// Linux's signal names without `SIG` (`signal(7)`), in number order from 1.
 const SIGNALS: &[&str] = &[
@@ -482,7 +464,7 @@ impl fmt::Display for Signal {
     }
 }
 
-text_newtype!(Signal);
+deserialize_from_str!(Signal);
 
 /// The variables of an env file, in order, as `docker run --env-file` reads one:
 /// `KEY=VALUE` lines, the value verbatim after the first `=`; blank lines and lines
