@@ -117,7 +117,9 @@ async fn a_replica_reads_its_read_only_bind_writes_its_sized_tmpfs_and_not_its_r
         "[\"no-new-privileges\"]",
         "[\"db.internal:192.0.2.10\"]",
         "{\"Name\":\"nofile\",\"Hard\":2048,\"Soft\":1024}",
-        "json-file {\"max-size\":\"1m\"}",
+        // The engine adds its own defaults (`max-file`) beside ours.
+        "json-file {",
+        "\"max-size\":\"1m\"",
         "\"FROM_FILE=yes\"",
         "\"GREETING=hello\"",
     ] {
@@ -144,7 +146,14 @@ async fn a_missing_bind_source_is_a_replica_failure_retried_with_back_off_until_
 
     let started = Instant::now();
     let failure = loop {
-        let status = controller.service_status(&fixture.service).await;
+        // 404 until the first pass registered the service.
+        let (code, body) = controller
+            .get(&format!("/api/v1/services/{}", fixture.service))
+            .await;
+        let status: serde_json::Value = match code {
+            200 => serde_json::from_str(&body).expect("status JSON"),
+            _ => serde_json::Value::Null,
+        };
         let failure = status["conditions"]
             .as_array()
             .into_iter()
