@@ -220,7 +220,8 @@ fn mentions_dockscale(text: &str) -> bool {
     })
 }
 
-/// Parses every document of one file. Pure: the file name only labels the errors.
+/// Parses every document of one file. Pure: the file name only labels the errors, and
+/// an `envFile` is left unread (only [`load`] reads files).
 pub fn parse_str(file: &Path, text: &str) -> Result<Vec<LoadedService>, SpecErrors> {
     let (found, mut errors) = parse_documents(file, text);
     check_unique(&found, &mut errors);
@@ -1246,6 +1247,13 @@ spec:
              spec: {template: {image: x, resources: {memory: 1e400, cpus: -1}}}",
             "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
              spec: {template: {image: x, stopGracePeriod: 99999999999999999999999h}}",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
+             spec: {template: {image: x, mounts: [{type: tmpfs, target: /, size: 1e400}, \
+             {type: bind, source: '', target: '/'}, {type: volume, target: /}], \
+             ulimits: {nofile: {soft: 99999999999999999999, hard: -1}}, stopSignal: 99999, \
+             user: ':', extraHosts: {'': ''}, capAdd: [''], logging: {driver: ''}}}}",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
+             spec: {template: {image: x, mounts: [[]], ulimits: [], envFile: ''}}",
             "&a [*a]",
             "a: &x\n  b: *x\n",
             "? [a]\n: b",
