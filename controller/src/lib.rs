@@ -4,8 +4,10 @@
 //! # Layout
 //! Folders by role: what the user writes, what adapters and planner share, the pure
 //! decisions, the loop that applies them, the adapters, and what is shown.
-//! - [`spec`]: the `ScaledService` types (source of the JSON Schema), their units, and
-//!   [`spec::manifest`]: reading spec files into validated services with located errors.
+//! - [`spec`]: the `ScaledService` types (source of the JSON Schema), their units,
+//!   [`spec::options`] (the template's mounts and process options), and
+//!   [`spec::manifest`]: reading spec files (and env files) into validated services with
+//!   located errors.
 //! - [`model`]: what the planner and the adapters share: [`model::replica`] (ownership
 //!   labels, names, the template hash) and [`model::backend`] (slots, load).
 //! - [`reconcile`]: the pure planner (desired + observed + in flight → actions), in
@@ -24,6 +26,7 @@
 //!   against the fakes; [`controller::swarm`], the loop on Docker Swarm, and
 //!   [`controller::lease`], one controller per swarm.
 //! - [`runtime`]: the container runtime trait, [`runtime::docker`] over bollard,
+//!   [`runtime::options`] (the template's options as bollard types, for both),
 //!   [`runtime::swarm`] (a swarm manager's services, tasks, nodes and the lease), and
 //!   (tests only) `runtime::fake`, an in-memory engine.
 //! - [`lb`]: the load balancer trait, (tests only) `lb::fake`, an in-memory HAProxy,

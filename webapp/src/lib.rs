@@ -52,8 +52,11 @@
 //! - [`session`]: the per-session counters and the cookie.
 //! - [`fault`]: `FAIL_RATE`'s schedule and `ALLOCATE_MB`'s ballast.
 //! - [`probe`]: the `GET /healthz` behind `dockscale-webapp check`.
+//! - [`fs`]: `dockscale-webapp fs read|write|statfs PATH`, which looks at a mount
+//!   from inside the container (for the tests of `template.mounts`).
 
 pub mod fault;
+pub mod fs;
 pub mod probe;
 pub mod session;
 

@@ -1,6 +1,9 @@
 //! `dockscale-webapp`: reads its environment, binds `0.0.0.0:$PORT` and serves until
 //! SIGTERM or SIGINT, then finishes the requests in flight and exits 0.
 //!
+//! `dockscale-webapp fs read|write|statfs PATH` looks at a mount from inside the
+//! container (see the library's `fs`).
+//!
 //! `dockscale-webapp check` instead probes `http://127.0.0.1:$PORT/healthz` once and
 //! exits 0 on a `2xx`, 1 otherwise: the image's health-check command.
 //!
@@ -19,7 +22,7 @@ use dockscale_webapp::{fault, probe, run, Config};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-const USAGE: &str = "usage: dockscale-webapp [check]";
+const USAGE: &str = "usage: dockscale-webapp [check | fs read|write|statfs PATH]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -28,6 +31,10 @@ async fn main() -> anyhow::Result<ExitCode> {
     match (args.next(), args.next()) {
         (None, _) => serve(config).await,
         (Some(command), None) if command == "check" => Ok(check(config.port).await),
+        (Some(command), Some(op)) if command == "fs" => {
+            let rest: Vec<_> = std::iter::once(op).chain(args).collect();
+            Ok(fs_command(&rest))
+        }
         (Some(command), _) => {
             eprintln!("{USAGE}\nunexpected argument {command:?}");
             Ok(ExitCode::from(2))
@@ -100,6 +107,20 @@ async fn check(port: u16) -> ExitCode {
         }
         Err(error) => {
             eprintln!("unhealthy: {:#}", anyhow::Error::from(error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `fs`: prints what [`fs::run`] says, or its error on stderr with exit code 1.
+fn fs_command(args: &[std::ffi::OsString]) -> ExitCode {
+    match dockscale_webapp::fs::run(args) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -536,5 +536,28 @@ async fn a_bad_knob_stops_the_binary_at_start_with_a_message_not_a_panic() {
 async fn an_unknown_argument_is_a_usage_error() {
     let output = run_binary(&["serve"], &[], Duration::from_secs(10)).await;
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("usage: dockscale-webapp [check]"));
+    assert!(stderr(&output).contains("usage: dockscale-webapp [check | fs read|write|statfs PATH]"));
+}
+
+#[tokio::test]
+async fn fs_writes_and_reads_a_file_and_fails_with_exit_code_1_saying_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("f.txt");
+    let file = file.to_str().expect("a UTF-8 path");
+    let limit = Duration::from_secs(10);
+    let wrote = run_binary(&["fs", "write", file], &[], limit).await;
+    assert_eq!(wrote.status.code(), Some(0), "{}", stderr(&wrote));
+    let read = run_binary(&["fs", "read", file], &[], limit).await;
+    assert_eq!(read.status.code(), Some(0), "{}", stderr(&read));
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "written by dockscale-webapp\n"
+    );
+    let missing = run_binary(&["fs", "read", "/nonexistent/f"], &[], limit).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("/nonexistent/f: "),
+        "{}",
+        stderr(&missing)
+    );
 }

@@ -63,6 +63,7 @@ pub fn runtime_policy(e: &DockerError, failures: u32) -> Option<Duration> {
         DockerError::Unavailable(_) => Some(engine_backoff(failures)),
         DockerError::ImageNotFound { .. } => None,
         DockerError::NetworkNotFound { .. }
+        | DockerError::BindSourceNotFound { .. }
         | DockerError::Api { .. }
         | DockerError::PullFailed { .. } => Some(error_backoff(failures)),
     }

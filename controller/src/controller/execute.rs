@@ -331,14 +331,15 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             }
             Err(e) => {
                 // A replica that cannot start counts as a crash of its line. A missing
-                // image, a missing network or an engine gone away is not its doing:
-                // every create would fail alike, so creates wait (a missing network is
-                // ensured again first).
+                // image, a missing network or bind source, or an engine gone away is not
+                // its doing: every create would fail alike, so creates wait, with
+                // back-off (a missing network is ensured again first).
                 let crash = !matches!(
                     e,
                     DockerError::ImageNotFound { .. }
                         | DockerError::Unavailable(_)
                         | DockerError::NetworkNotFound { .. }
+                        | DockerError::BindSourceNotFound { .. }
                 );
                 let now = Instant::now();
                 let delay = entry.memory.create_failed(
@@ -356,8 +357,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         .unwrap_or(Duration::from_secs(1));
                     entry.memory.hold_creates(now + wait);
                 }
+                let held = matches!(e, DockerError::BindSourceNotFound { .. })
+                    .then_some(entry.memory.creates_held_until)
+                    .flatten();
+                let delay = delay.or_else(|| held.map(|at| at.saturating_duration_since(now)));
                 let (reason, message) = failed_create_event(name, &e, delay);
-                entry.create_error = Some(message.clone());
+                entry.create_error = Some((reason, message.clone()));
                 (EventType::Warning, reason, message)
             }
         })
@@ -567,6 +572,16 @@ fn failed_create_event(
             format!(
                 "image `{image}` is not present locally (imagePullPolicy: Never): build or load \
                  it"
+            ),
+        ),
+        (e @ DockerError::BindSourceNotFound { .. }, delay) => (
+            "BindSourceNotFound",
+            format!(
+                "Failed to create replica {name}: {}{}",
+                crate::report::chain(e),
+                delay
+                    .map(|d| format!("; retrying in {}", humantime::format_duration(d)))
+                    .unwrap_or_default()
             ),
         ),
         (e, Some(delay)) => (

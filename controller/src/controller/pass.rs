@@ -331,7 +331,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             spec: &entry.spec.spec,
             template_hash: &entry.template_hash,
             memory: &entry.memory,
-            create_error: entry.create_error.as_deref(),
+            create_error: entry
+                .create_error
+                .as_ref()
+                .map(|(reason, message)| (*reason, message.as_str())),
             lb_config_error: self.lb_state.error.as_deref(),
             lb_errors: &lb_errors,
             last_desired,

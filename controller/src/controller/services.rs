@@ -40,7 +40,7 @@ pub(crate) struct Entry {
     /// The desired count of the previous pass, to report scaling.
     pub last_desired: Option<u32>,
     /// The last create failure, shown until a create succeeds.
-    pub create_error: Option<String>,
+    pub create_error: Option<(&'static str, String)>,
     /// The autoscaler, once the service's replicas were first seen (it starts from
     /// the count found running, so a restart of dockscale does not reset it).
     pub autoscaler: Option<Autoscaler>,

@@ -260,6 +260,54 @@ mod tests {
         }
     }
 
+    fn spec(template: &str) -> ServiceSpec {
+        let text = format!(
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: web}}\n\
+             spec:\n  template:\n{template}"
+        );
+        let loaded =
+            crate::spec::manifest::parse_str(std::path::Path::new("s.yaml"), &text).expect("valid");
+        loaded.into_iter().next().expect("one").service.spec
+    }
+
+    const TEMPLATE: &str = "    image: dockscale-webapp:latest\n    command: [serve]\n    \
+                            env: {A: b}\n    port: 8080\n    labels: {team: web}\n    \
+                            resources: {memory: 64Mi, cpus: 0.5}\n";
+
+    // Pinned from the template hash before `mounts`, `user`, ... existed (the canonical
+    // JSON recomputed by hand): replicas created then must not roll on an upgrade.
+    #[test]
+    fn a_template_without_the_new_options_keeps_its_hash() {
+        assert_eq!(template_hash(&spec(TEMPLATE)), "d3d841d1ac");
+    }
+
+    #[test]
+    fn every_template_option_changes_the_hash() {
+        let base = template_hash(&spec(TEMPLATE));
+        let options = [
+            "mounts: [{type: tmpfs, target: /tmp}]",
+            "mounts: [{type: tmpfs, target: /tmp, size: 64Mi}]",
+            "mounts: [{type: bind, source: /srv, target: /www, readOnly: true}]",
+            "mounts: [{type: volume, source: cache, target: /cache}]",
+            "user: \"1000:1000\"",
+            "workingDir: /app",
+            "readOnlyRootFilesystem: true",
+            "capAdd: [NET_ADMIN]",
+            "capDrop: [ALL]",
+            "noNewPrivileges: true",
+            "ulimits: {nofile: {soft: 1024, hard: 2048}}",
+            "logging: {driver: local}",
+            "logging: {driver: json-file, options: {max-size: 10m}}",
+            "extraHosts: {db.internal: 192.0.2.10}",
+            "stopSignal: SIGQUIT",
+        ];
+        let mut seen = std::collections::BTreeSet::from([base.clone()]);
+        for option in options {
+            let hash = template_hash(&spec(&format!("{TEMPLATE}    {option}\n")));
+            assert!(seen.insert(hash), "{option} did not change the hash");
+        }
+    }
+
     fn spec_of(yaml: &str) -> ServiceSpec {
         serde_saphyr::from_str(yaml).expect("a spec")
     }

@@ -18,8 +18,8 @@ pub struct Context<'a> {
     pub spec: &'a ServiceSpec,
     pub template_hash: &'a str,
     pub memory: &'a Memory,
-    /// The last create failure, shown until a create succeeds.
-    pub create_error: Option<&'a str>,
+    /// The last create failure (its reason and message), shown until a create succeeds.
+    pub create_error: Option<(&'static str, &'a str)>,
     /// Why the load balancer could not be configured, while it cannot.
     pub lb_config_error: Option<&'a str>,
     /// The load-balancer commands of this pass that failed, in words.
@@ -270,7 +270,7 @@ fn replica_failure(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus, upd
             Note::CrashLoopBackOff { held } => Some(("CrashLoopBackOff", backing_off(held, ctx))),
             _ => None,
         })
-        .or_else(|| ctx.create_error.map(|m| ("FailedCreate", m.to_owned())))
+        .or_else(|| ctx.create_error.map(|(reason, m)| (reason, m.to_owned())))
         .or_else(|| {
             (looping > 0 && counts.ready < counts.desired).then(|| {
                 (

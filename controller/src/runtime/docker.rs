@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthStatusEnum, HostConfig, NetworkCreateRequest,
-    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, EndpointSettings, HealthStatusEnum, HostConfig, HostConfigLogConfig,
+    NetworkCreateRequest, NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -28,7 +28,7 @@ use crate::model::replica::{
     LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
 };
 
-use super::{ContainerEvent, ContainerRuntime, CreateReplica, DockerError, PulledImage};
+use super::{options, ContainerEvent, ContainerRuntime, CreateReplica, DockerError, PulledImage};
 
 /// [`ContainerRuntime`] over the local Docker engine.
 #[derive(Clone)]
@@ -191,7 +191,7 @@ impl ContainerRuntime for DockerRuntime {
                     network: request.spec.network.to_string(),
                 },
                 e if e.status() == Some(404) => DockerError::ImageNotFound { image },
-                e => e,
+                e => e.bind_source_missing(),
             })?;
         let id = ContainerId(created.id);
         if let Err(e) = self.docker.start_container(&id.0, None).await {
@@ -358,8 +358,24 @@ fn container_body(request: &CreateReplica) -> ContainerCreateBody {
         labels: Some(labels.into_iter().collect()),
         stop_timeout: Some(i64::try_from(grace).unwrap_or(i64::MAX)),
         healthcheck: template.healthcheck.as_ref().map(super::health_config),
+        user: template.user.as_ref().map(|u| u.as_str().to_owned()),
+        working_dir: template.working_dir.as_ref().map(|d| d.as_str().to_owned()),
+        stop_signal: template.stop_signal.as_ref().map(|s| s.as_str().to_owned()),
         host_config: Some(HostConfig {
             init: Some(template.init),
+            mounts: options::mounts(template),
+            readonly_rootfs: template.read_only_root_filesystem.then_some(true),
+            cap_add: options::capabilities(&template.cap_add),
+            cap_drop: options::capabilities(&template.cap_drop),
+            security_opt: template
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges".to_owned()]),
+            ulimits: options::ulimits(template),
+            log_config: options::logging(template).map(|(driver, config)| HostConfigLogConfig {
+                typ: Some(driver),
+                config: Some(config).filter(|c| !c.is_empty()),
+            }),
+            extra_hosts: extra_hosts(template),
             memory: template
                 .resources
                 .memory
@@ -378,6 +394,16 @@ fn container_body(request: &CreateReplica) -> ContainerCreateBody {
         }),
         ..Default::default()
     }
+}
+
+/// `/etc/hosts` entries as a create takes them: `host:ip`.
+fn extra_hosts(t: &crate::spec::Template) -> Option<Vec<String>> {
+    let hosts: Vec<String> = t
+        .extra_hosts
+        .iter()
+        .map(|(host, ip)| format!("{host}:{ip}"))
+        .collect();
+    (!hosts.is_empty()).then_some(hosts)
 }
 
 /// What a list and an inspect both say of a container.
@@ -536,6 +562,127 @@ mod tests {
              (Connect): Connection refused (os error 111)"
         );
         assert_eq!(e.kind(), "docker_unavailable");
+    }
+
+    fn request(template: &str) -> CreateReplica {
+        let text = format!(
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: web}}\n\
+             spec:\n  template:\n    image: img:1\n{template}"
+        );
+        let loaded =
+            crate::spec::manifest::parse_str(std::path::Path::new("s.yaml"), &text).expect("valid");
+        CreateReplica {
+            name: "web-abcde".into(),
+            service: "web".into(),
+            template_hash: "h".into(),
+            created_at_ns: 1,
+            spec: loaded.into_iter().next().expect("one").service.spec,
+        }
+    }
+
+    #[test]
+    fn the_template_options_map_onto_the_create_request() {
+        let body = container_body(&request(
+            "    mounts:
+      - {type: bind, source: /srv/static, target: /www, readOnly: true}
+      - {type: volume, source: cache, target: /cache}
+      - {type: tmpfs, target: /tmp, size: 64Mi}
+    user: \"1000:1000\"
+    workingDir: /app
+    readOnlyRootFilesystem: true
+    capAdd: [NET_ADMIN]
+    capDrop: [cap_mknod]
+    noNewPrivileges: true
+    ulimits: {nofile: {soft: 65536, hard: 65536}, nproc: {soft: 10, hard: 20}}
+    logging: {driver: json-file, options: {max-size: 10m}}
+    extraHosts: {db.internal: 192.0.2.10}
+    stopSignal: SIGQUIT
+",
+        ));
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        assert_eq!(body.working_dir.as_deref(), Some("/app"));
+        assert_eq!(body.stop_signal.as_deref(), Some("SIGQUIT"));
+        let host = body.host_config.expect("host config");
+        let mounts = host.mounts.expect("mounts");
+        let bind = &mounts[0];
+        assert_eq!(bind.typ, Some(bollard::models::MountType::BIND));
+        assert_eq!(
+            (bind.source.as_deref(), bind.target.as_deref()),
+            (Some("/srv/static"), Some("/www"))
+        );
+        assert_eq!(bind.read_only, Some(true));
+        assert_eq!(mounts[1].typ, Some(bollard::models::MountType::VOLUME));
+        assert_eq!(mounts[1].source.as_deref(), Some("cache"));
+        assert_eq!(mounts[1].read_only, None);
+        assert_eq!(mounts[2].typ, Some(bollard::models::MountType::TMPFS));
+        assert_eq!(mounts[2].source, None);
+        let size = mounts[2].tmpfs_options.as_ref().and_then(|o| o.size_bytes);
+        assert_eq!(size, Some(64 * 1024 * 1024));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.cap_add, Some(vec!["CAP_NET_ADMIN".to_owned()]));
+        assert_eq!(host.cap_drop, Some(vec!["CAP_MKNOD".to_owned()]));
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_owned()])
+        );
+        let ulimits = host.ulimits.expect("ulimits");
+        let named: Vec<_> = ulimits
+            .iter()
+            .map(|u| (u.name.as_deref(), u.soft, u.hard))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (Some("nofile"), Some(65536), Some(65536)),
+                (Some("nproc"), Some(10), Some(20))
+            ]
+        );
+        let log = host.log_config.expect("log config");
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        assert_eq!(log.config.expect("options")["max-size"], "10m");
+        assert_eq!(
+            host.extra_hosts,
+            Some(vec!["db.internal:192.0.2.10".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_template_without_options_leaves_the_images_defaults() {
+        let body = container_body(&request(""));
+        assert_eq!(
+            (body.user, body.working_dir, body.stop_signal),
+            (None, None, None)
+        );
+        let host = body.host_config.expect("host config");
+        assert_eq!((host.mounts, host.ulimits), (None, None));
+        assert_eq!((host.readonly_rootfs, host.log_config), (None, None));
+        assert_eq!((host.cap_add, host.cap_drop), (None, None));
+        assert_eq!((host.security_opt, host.extra_hosts), (None, None));
+    }
+
+    #[test]
+    fn a_missing_bind_source_is_told_from_other_refusals() {
+        // Docker 20.10's answer to a create whose bind source is missing.
+        let refused = DockerError::Api {
+            action: "create container",
+            status: 400,
+            message: "invalid mount config for type \"bind\": bind source path does not \
+                      exist: /srv/missing"
+                .into(),
+        };
+        match refused.bind_source_missing() {
+            DockerError::BindSourceNotFound { path } => assert_eq!(path, "/srv/missing"),
+            other => panic!("{other:?}"),
+        }
+        let other = DockerError::Api {
+            action: "create container",
+            status: 400,
+            message: "invalid mount config".into(),
+        };
+        assert!(matches!(
+            other.bind_source_missing(),
+            DockerError::Api { status: 400, .. }
+        ));
     }
 
     #[test]

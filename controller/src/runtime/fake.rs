@@ -60,6 +60,9 @@ pub enum FakeError {
     ImageNotFound,
     /// The engine refused the request.
     Api { status: u16, message: String },
+    /// A bind mount's source is missing on the host (the adapter's reading of the
+    /// engine's 400).
+    BindSourceNotFound { path: String },
 }
 
 impl FakeError {
@@ -69,6 +72,9 @@ impl FakeError {
             FakeError::ImageNotFound => DockerError::ImageNotFound {
                 image: image.to_owned(),
             },
+            FakeError::BindSourceNotFound { path } => {
+                DockerError::BindSourceNotFound { path: path.clone() }
+            }
             FakeError::Api { status, message } => DockerError::Api {
                 action,
                 status: *status,

@@ -18,6 +18,7 @@ use crate::spec::{HealthCheck, ServiceSpec};
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod options;
 pub mod pull;
 pub mod swarm;
 
@@ -35,6 +36,10 @@ pub enum DockerError {
     PullFailed { image: String, message: String },
     #[error("the network `{network}` does not exist (removed since it was ensured)")]
     NetworkNotFound { network: String },
+    /// A bind mount's source is not on the engine's host: every create fails alike
+    /// until someone creates it (or fixes `mounts`).
+    #[error("bind mount source `{path}` does not exist on the engine's host: create it or fix spec.template.mounts")]
+    BindSourceNotFound { path: String },
     #[error("docker refused {action}: {message}")]
     Api {
         action: &'static str,
@@ -58,6 +63,29 @@ impl DockerError {
         }
     }
 
+    /// The engine's refusal of a create whose bind source is missing (Docker 20.10
+    /// answers 400 `invalid mount config for type "bind": bind source path does not
+    /// exist: /srv/x`), as [`DockerError::BindSourceNotFound`].
+    pub(crate) fn bind_source_missing(self) -> Self {
+        const SAID: &str = "bind source path does not exist";
+        match self {
+            DockerError::Api {
+                status: 400,
+                ref message,
+                ..
+            } if message.contains(SAID) => {
+                let path = message
+                    .split_once(SAID)
+                    .map(|(_, rest)| rest.trim_start_matches(':').trim())
+                    .unwrap_or_default();
+                DockerError::BindSourceNotFound {
+                    path: path.to_owned(),
+                }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn status(&self) -> Option<u16> {
         match self {
             DockerError::Api { status, .. } => Some(*status),
@@ -72,6 +100,7 @@ impl DockerError {
             DockerError::ImageNotFound { .. } => "image_not_found",
             DockerError::PullFailed { .. } => "image_pull_failed",
             DockerError::NetworkNotFound { .. } => "network_not_found",
+            DockerError::BindSourceNotFound { .. } => "bind_source_not_found",
             DockerError::Api { .. } => "docker_api",
         }
     }

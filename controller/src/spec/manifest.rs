@@ -21,7 +21,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::spec::frontend::{Frontend, FRONTEND_KIND};
-use crate::spec::{Runtime, ScaledService};
+use crate::spec::options::{is_volume_name, parse_env_file};
+use crate::spec::{Mount, MountType, Runtime, ScaledService, Template};
 
 /// A located problem in a spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,10 +189,50 @@ fn read_file(file: &Path, origin: Origin, docs: &mut Docs, errors: &mut Vec<Spec
         tracing::debug!(file = %file.display(), "skipping file without a dockscale document");
         return;
     }
-    let (found, mut errs) = parse_documents(file, &text);
+    let (mut found, mut errs) = parse_documents(file, &text);
+    for parsed in &mut found.services {
+        read_env_file(file, parsed, errors);
+    }
     docs.services.extend(found.services);
     docs.frontends.extend(found.frontends);
     errors.append(&mut errs);
+}
+
+/// Merges a service's `envFile` into its `env` (its own `env` wins) and clears it: what
+/// the runtime sees, and what the template hash covers, is the effective environment.
+/// The path is relative to the spec file's directory.
+fn read_env_file(spec_file: &Path, parsed: &mut Parsed, errors: &mut Vec<SpecError>) {
+    let template = &mut parsed.loaded.service.spec.template;
+    let Some(relative) = template.env_file.take() else {
+        return;
+    };
+    let path = spec_file.parent().unwrap_or(Path::new(".")).join(&relative);
+    let read = std::fs::read(&path)
+        .map_err(|e| format!("cannot read envFile `{}`: {e}", path.display()))
+        .and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|_| format!("envFile `{}` is not UTF-8 text", path.display()))
+        })
+        .and_then(|text| {
+            parse_env_file(&text).map_err(|(line, message)| {
+                format!("envFile `{}` line {line}: {message}", path.display())
+            })
+        });
+    match read {
+        Ok(vars) => {
+            for (name, value) in vars {
+                template.env.entry(name).or_insert(value);
+            }
+        }
+        Err(message) => {
+            let position = parsed.position(&["spec", "template", "envFile"]);
+            errors.push(SpecError {
+                file: spec_file.to_owned(),
+                position: Some(position),
+                message,
+            });
+        }
+    }
 }
 
 /// Whether any document of the text declares a dockscale `apiVersion`. Decided on the
@@ -204,7 +245,8 @@ fn mentions_dockscale(text: &str) -> bool {
     })
 }
 
-/// Parses every document of one file. Pure: the file name only labels the errors.
+/// Parses every document of one file. Pure: the file name only labels the errors, and
+/// an `envFile` is left unread (only [`load`] reads files).
 pub fn parse_str(file: &Path, text: &str) -> Result<Vec<LoadedService>, SpecErrors> {
     parse_all(file, text).map(|l| l.services)
 }
@@ -350,6 +392,10 @@ fn parse_documents(file: &Path, text: &str) -> (Docs, Vec<SpecError>) {
         for (path, message) in check_service(&service) {
             errors.push(located(&path, message));
         }
+        for (path, message) in check_options(&service.spec.template) {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            errors.push(located(&path, message));
+        }
         docs.services.push(Parsed {
             loaded: LoadedService {
                 service,
@@ -366,7 +412,12 @@ fn parse_documents(file: &Path, text: &str) -> (Docs, Vec<SpecError>) {
 /// Relative certificate paths are from the spec file's directory.
 fn resolve_certificates(frontend: &mut Frontend, file: &Path) {
     let dir = file.parent().unwrap_or(Path::new("."));
-    for path in frontend.spec.tls.iter_mut().flat_map(|t| &mut t.certificates) {
+    for path in frontend
+        .spec
+        .tls
+        .iter_mut()
+        .flat_map(|t| &mut t.certificates)
+    {
         if path.is_relative() {
             *path = dir.join(&*path);
         }
@@ -589,6 +640,96 @@ fn check_container_healthcheck(
     out
 }
 
+/// The rules of the template's mounts and ulimits that span fields. Paths may index
+/// into sequences (`["spec", "template", "mounts", "0", "source"]`).
+fn check_options(t: &Template) -> Vec<(Vec<String>, String)> {
+    let at = |tail: &[&str]| -> Vec<String> {
+        ["spec", "template"]
+            .iter()
+            .chain(tail)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut targets: HashMap<&str, usize> = HashMap::new();
+    for (i, mount) in t.mounts.iter().enumerate() {
+        let index = i.to_string();
+        for (field, message) in check_mount(mount) {
+            out.push((at(&["mounts", &index, field]), message));
+        }
+        let target = mount.target.normalized();
+        if let Some(first) = targets.get(target) {
+            out.push((
+                at(&["mounts", &index, "target"]),
+                format!("duplicate mount target `{target}`: already mounted by mounts[{first}]"),
+            ));
+        } else {
+            targets.insert(target, i);
+        }
+    }
+    for (name, limit) in &t.ulimits {
+        if limit.soft > limit.hard {
+            out.push((
+                at(&["ulimits", name.as_str(), "soft"]),
+                format!(
+                    "ulimit {name}: soft ({}) is above hard ({}): a process cannot start                      above its ceiling",
+                    limit.soft, limit.hard
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// One mount's rules, as `(field, message)`.
+fn check_mount(m: &Mount) -> Vec<(&'static str, String)> {
+    let kind = m.kind.as_str();
+    let mut out = Vec::new();
+    if m.target.normalized() == "/" {
+        out.push((
+            "target",
+            "a mount cannot replace `/`: use readOnlyRootFilesystem".to_owned(),
+        ));
+    }
+    match (m.kind, m.source.as_deref()) {
+        (MountType::Tmpfs, Some(_)) => out.push((
+            "source",
+            "a tmpfs has no source: it is memory, created empty".to_owned(),
+        )),
+        (MountType::Tmpfs, None) => {}
+        (MountType::Bind, Some(source)) if !source.starts_with('/') => out.push((
+            "source",
+            format!("bind source `{source}` must be an absolute path on the engine's host"),
+        )),
+        (MountType::Volume, Some(source)) if !is_volume_name(source) => out.push((
+            "source",
+            format!(
+                "`{source}` is not a volume name: use letters, digits, '_', '.' and '-',                  at least 2, starting with a letter or digit"
+            ),
+        )),
+        (MountType::Bind | MountType::Volume, Some(_)) => {}
+        (MountType::Bind, None) => {
+            out.push(("type", "a bind mount needs a source: a host path".to_owned()))
+        }
+        (MountType::Volume, None) => out.push((
+            "type",
+            "a volume mount needs a source (a volume name): an anonymous volume would \
+             be left behind by every replaced replica"
+                .to_owned(),
+        )),
+    }
+    if m.size.is_some() && m.kind != MountType::Tmpfs {
+        out.push(("size", format!("size is for tmpfs mounts only, not {kind}")));
+    }
+    if m.read_only && m.kind == MountType::Tmpfs {
+        out.push((
+            "readOnly",
+            "a tmpfs cannot be read-only: it starts empty".to_owned(),
+        ));
+    }
+    out
+}
+
 /// Fields that mean nothing in the runtime that will run the service.
 fn check_runtime(services: &[Parsed], runtime: Runtime, errors: &mut Vec<SpecError>) {
     for p in services {
@@ -641,6 +782,15 @@ fn check_runtime(services: &[Parsed], runtime: Runtime, errors: &mut Vec<SpecErr
                                 .to_owned(),
                         );
                     }
+                }
+                if spec.template.no_new_privileges {
+                    wrong(
+                        &["spec", "template", "noNewPrivileges"],
+                        "noNewPrivileges is not supported by Swarm services on this \
+                         engine (API 1.41 has no such task option): remove it, or run \
+                         with --runtime docker"
+                            .to_owned(),
+                    );
                 }
                 for c in spec.placement.iter().flat_map(|p| &p.constraints) {
                     if !["==", "!="].iter().any(|op| c.contains(op)) {
@@ -724,7 +874,14 @@ fn check_frontends(docs: &Docs, errors: &mut Vec<SpecError>) {
     let mut names: HashMap<&str, String> = HashMap::new();
     let mut binds: HashMap<std::net::SocketAddr, String> = HashMap::new();
     for p in &docs.services {
-        if let Some(bind) = p.loaded.service.spec.load_balancer.as_ref().and_then(|l| l.bind) {
+        if let Some(bind) = p
+            .loaded
+            .service
+            .spec
+            .load_balancer
+            .as_ref()
+            .and_then(|l| l.bind)
+        {
             let (line, col) = p.position(&["spec", "loadBalancer", "bind"]);
             binds
                 .entry(bind)
@@ -736,7 +893,10 @@ fn check_frontends(docs: &Docs, errors: &mut Vec<SpecError>) {
         if let Some(first) = names.insert(fe.name(), f.at(&["metadata", "name"])) {
             errors.push(f.error(
                 &["metadata", "name"],
-                format!("duplicate frontend name `{}`: already used at {first}", fe.name()),
+                format!(
+                    "duplicate frontend name `{}`: already used at {first}",
+                    fe.name()
+                ),
             ));
         }
         let claimed = fe
@@ -745,7 +905,13 @@ fn check_frontends(docs: &Docs, errors: &mut Vec<SpecError>) {
             .iter()
             .enumerate()
             .map(|(i, b)| ("bind", i, b))
-            .chain(fe.spec.redirect_from.iter().enumerate().map(|(i, b)| ("redirectFrom", i, b)));
+            .chain(
+                fe.spec
+                    .redirect_from
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| ("redirectFrom", i, b)),
+            );
         for (field, i, bind) in claimed {
             let idx = i.to_string();
             let path = ["spec", field, idx.as_str()];
@@ -833,7 +999,13 @@ fn check_ties(f: &ParsedFrontend, errors: &mut Vec<SpecError>) {
 /// Every certificate path exists (a file, or a directory of PEM files).
 fn check_certificate_paths(frontends: &[ParsedFrontend], errors: &mut Vec<SpecError>) {
     for f in frontends {
-        let certificates = f.loaded.frontend.spec.tls.iter().flat_map(|t| &t.certificates);
+        let certificates = f
+            .loaded
+            .frontend
+            .spec
+            .tls
+            .iter()
+            .flat_map(|t| &t.certificates);
         for (i, path) in certificates.enumerate() {
             if let Err(e) = std::fs::metadata(path) {
                 let idx = i.to_string();
@@ -1086,6 +1258,189 @@ spec:
         );
     }
 
+    /// GOOD with `lines` added to its template, after `port` (line 9): they start on
+    /// line 10.
+    fn with_options(lines: &str) -> String {
+        GOOD.replace("    port: 8080\n", &format!("    port: 8080\n{lines}"))
+    }
+
+    #[test]
+    fn the_template_options_parse() {
+        let text = with_options(
+            "    mounts:
+      - {type: bind, source: /srv/static, target: /www, readOnly: true}
+      - {type: volume, source: cache, target: /cache}
+      - {type: tmpfs, target: /tmp, size: 64Mi}
+    user: \"1000:1000\"
+    workingDir: /app
+    readOnlyRootFilesystem: false
+    capAdd: [NET_ADMIN]
+    capDrop: [ALL]
+    noNewPrivileges: true
+    ulimits: {nofile: {soft: 65536, hard: 65536}}
+    logging: {driver: json-file, options: {max-size: 10m}}
+    extraHosts: {db.internal: 192.0.2.10}
+    stopSignal: SIGTERM
+",
+        );
+        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        let t = &services[0].service.spec.template;
+        assert_eq!(t.mounts.len(), 3);
+        assert_eq!(t.mounts[2].size.map(|q| q.bytes()), Some(64 << 20));
+        assert_eq!(t.user.as_ref().map(|u| u.as_str()), Some("1000:1000"));
+        assert_eq!(t.cap_add[0].as_str(), "CAP_NET_ADMIN");
+        assert!(t.no_new_privileges);
+        assert_eq!(t.stop_signal.as_ref().map(|s| s.as_str()), Some("SIGTERM"));
+    }
+
+    #[test]
+    fn mount_rules_are_located_at_the_field_that_breaks_them() {
+        let cases = [
+            (
+                "{type: bind, source: srv, target: /www}",
+                "s.yaml:11:30: bind source `srv` must be an absolute path",
+            ),
+            (
+                "{type: volume, source: /cache, target: /c}",
+                "s.yaml:11:32: `/cache` is not a volume name",
+            ),
+            (
+                "{type: tmpfs, source: x, target: /tmp}",
+                "s.yaml:11:31: a tmpfs has no source",
+            ),
+            (
+                "{type: bind, source: /srv, target: /www, size: 1Mi}",
+                "s.yaml:11:56: size is for tmpfs mounts only, not bind",
+            ),
+            (
+                "{type: tmpfs, target: /tmp, readOnly: true}",
+                "s.yaml:11:47: a tmpfs cannot be read-only",
+            ),
+            (
+                "{type: bind, target: /www}",
+                "s.yaml:11:16: a bind mount needs a source",
+            ),
+            (
+                "{type: volume, target: /www}",
+                "s.yaml:11:16: a volume mount needs a source",
+            ),
+            ("{type: tmpfs, target: www}", "s.yaml:11:"),
+        ];
+        for (mount, expected) in cases {
+            let error = one_error(&with_options(&format!("    mounts:\n      - {mount}\n")));
+            assert!(error.starts_with(expected), "{mount}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_second_mount_on_one_target_points_at_the_second() {
+        let text = with_options(
+            "    mounts:\n      - {type: tmpfs, target: /data}\n      - {type: volume, source: data, target: /data/}\n",
+        );
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:12:46: duplicate mount target `/data`: already mounted by mounts[0]"
+        );
+    }
+
+    #[test]
+    fn option_values_are_checked_where_they_are_written() {
+        let cases = [
+            (
+                "    capAdd: [NET_FLY]\n",
+                "s.yaml:10:14: `NET_FLY` is not a Linux capability",
+            ),
+            (
+                "    user: \"a:b:c\"\n",
+                "s.yaml:10:11: `a:b:c` is not a user",
+            ),
+            (
+                "    workingDir: app\n",
+                "s.yaml:10:17: `app` is not an absolute path",
+            ),
+            ("    ulimits: {nofiles: {soft: 1, hard: 1}}\n", "s.yaml:10:"),
+            (
+                "    ulimits: {nofile: {soft: 2, hard: 1}}\n",
+                "s.yaml:10:30: ulimit nofile: soft (2) is above hard (1)",
+            ),
+            ("    extraHosts: {db.internal: 192.0.2.300}\n", "s.yaml:10:"),
+            ("    extraHosts: {db_internal: 192.0.2.3}\n", "s.yaml:10:"),
+            (
+                "    stopSignal: SIGFOO\n",
+                "s.yaml:10:17: `SIGFOO` is not a signal",
+            ),
+            ("    stopSignal: 65\n", "s.yaml:10:17: `65` is not a signal"),
+            ("    logging: {driver: \"\"}\n", "s.yaml:10:"),
+        ];
+        for (line, expected) in cases {
+            let error = one_error(&with_options(line));
+            assert!(error.starts_with(expected), "{line}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_env_file_is_read_beside_the_spec_and_env_wins_over_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("app.env"), "# app\nA=from-file\nB=2\n").expect("write");
+        let spec = GOOD.replace(
+            "    port: 8080\n",
+            "    port: 8080\n    env: {A: from-spec}\n    envFile: app.env\n",
+        );
+        std::fs::write(dir.path().join("web.yaml"), &spec).expect("write");
+        let loaded = load(&[dir.path().to_owned()]).expect("valid");
+        let t = &loaded[0].service.spec.template;
+        let env: Vec<(&str, &str)> = t
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env, [("A", "from-spec"), ("B", "2")]);
+        assert_eq!(
+            t.env_file, None,
+            "merged into env: the runtime never reads it"
+        );
+        let before = crate::model::replica::template_hash(&loaded[0].service.spec);
+        std::fs::write(dir.path().join("app.env"), "B=3\n").expect("write");
+        let edited = load(&[dir.path().to_owned()]).expect("valid");
+        let after = crate::model::replica::template_hash(&edited[0].service.spec);
+        assert_ne!(before, after, "an edit of the env file rolls the replicas");
+    }
+
+    #[test]
+    fn a_bad_or_missing_env_file_is_an_error_at_env_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = GOOD.replace("    port: 8080\n", "    port: 8080\n    envFile: app.env\n");
+        std::fs::write(dir.path().join("web.yaml"), &spec).expect("write");
+        let missing = load(&[dir.path().to_owned()])
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            missing.contains("web.yaml:10:14: cannot read envFile"),
+            "{missing}"
+        );
+        std::fs::write(dir.path().join("app.env"), "A=1\nNOT AN ASSIGNMENT\n").expect("write");
+        let bad = load(&[dir.path().to_owned()]).expect_err("bad").to_string();
+        assert!(bad.contains("web.yaml:10:14: envFile `"), "{bad}");
+        assert!(bad.contains("app.env` line 2: "), "{bad}");
+    }
+
+    #[test]
+    fn no_new_privileges_is_an_error_under_swarm_where_it_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = GOOD.replace(
+            "    port: 8080\n",
+            "    port: 8080\n    noNewPrivileges: true\n",
+        );
+        std::fs::write(dir.path().join("web.yaml"), &spec).expect("write");
+        load(&[dir.path().to_owned()]).expect("fine on docker");
+        let err = load_for(&[dir.path().to_owned()], Runtime::Swarm).expect_err("not on swarm");
+        assert!(
+            err.to_string()
+                .contains("web.yaml:10:22: noNewPrivileges is not supported by Swarm"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn unknown_fields_are_located() {
         let text = GOOD.replace("  replicas: 2", "  replicas: 2\n  replicaz: 3");
@@ -1230,6 +1585,13 @@ spec:
              spec: {template: {image: x, resources: {memory: 1e400, cpus: -1}}}",
             "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
              spec: {template: {image: x, stopGracePeriod: 99999999999999999999999h}}",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
+             spec: {template: {image: x, mounts: [{type: tmpfs, target: /, size: 1e400}, \
+             {type: bind, source: '', target: '/'}, {type: volume, target: /}], \
+             ulimits: {nofile: {soft: 99999999999999999999, hard: -1}}, stopSignal: 99999, \
+             user: ':', extraHosts: {'': ''}, capAdd: [''], logging: {driver: ''}}}}",
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {name: a}\n\
+             spec: {template: {image: x, mounts: [[]], ulimits: [], envFile: ''}}",
             "&a [*a]",
             "a: &x\n  b: *x\n",
             "? [a]\n: b",

@@ -15,6 +15,11 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use schemars::JsonSchema;
+
+pub use options::{
+    Capability, ContainerPath, HostName, Logging, Mount, MountType, Signal, Ulimit, UlimitName,
+    User,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The only `apiVersion` this controller understands.
@@ -223,6 +228,47 @@ pub struct Template {
     /// Run Docker's init as PID 1 so that SIGTERM reaches and stops the server.
     #[serde(default = "default_true")]
     pub init: bool,
+    /// Filesystems mounted into every replica: host paths, named volumes, tmpfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// The user (and group) the process runs as, instead of the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    /// The process's working directory, instead of the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<ContainerPath>,
+    /// Mount the container's root filesystem read-only: writes go to mounts only.
+    #[serde(default, skip_serializing_if = "options::is_false")]
+    pub read_only_root_filesystem: bool,
+    /// Linux capabilities added to Docker's default set (`NET_ADMIN` or `CAP_NET_ADMIN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<Capability>,
+    /// Capabilities removed from it; `ALL` drops every one (then add back what is needed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<Capability>,
+    /// Forbid the process to gain privileges (setuid binaries, file capabilities).
+    #[serde(default, skip_serializing_if = "options::is_false")]
+    pub no_new_privileges: bool,
+    /// Resource limits by `setrlimit` name: `nofile: {soft: 65536, hard: 65536}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<UlimitName, Ulimit>,
+    /// Where the replicas' output goes; unset keeps the engine's default driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+    /// Extra `/etc/hosts` entries: host name to IP address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, std::net::IpAddr>")]
+    pub extra_hosts: BTreeMap<HostName, std::net::IpAddr>,
+    /// A `KEY=VALUE` file (as `docker run --env-file`), relative to the spec file and
+    /// read when the spec is loaded; `env` wins over it. Loading merges it into `env`,
+    /// so editing the file rolls the replicas on the next reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub env_file: Option<std::path::PathBuf>,
+    /// The signal that asks a replica to stop (before `stopGracePeriod` ends in SIGKILL);
+    /// unset keeps the image's (SIGTERM by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<Signal>,
     /// Docker's health check of each replica, replacing the image's `HEALTHCHECK`.
     /// A replica with a health check (its own or its image's) is ready only once
     /// Docker reports it healthy, and leaves rotation when it turns unhealthy.
@@ -542,6 +588,9 @@ macro_rules! deserialize_from_str {
         }
     };
 }
+
+// After the macro: the option types parse through it too.
+pub mod options;
 
 /// A DNS label (RFC 1123): 1–63 characters of `[a-z0-9-]`, starting and ending with an
 /// alphanumeric.

@@ -103,6 +103,59 @@ async fn a_failing_create_backs_its_line_off_with_growing_delays_and_says_why() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_missing_bind_source_is_reported_and_retried_with_growing_delays_not_in_a_hot_loop() {
+    let w = World::new(&[svc("pool").replicas(2)]);
+    let missing = FakeError::BindSourceNotFound {
+        path: "/srv/static".into(),
+    };
+    w.rt.fail_creates(5, missing);
+    let w = w.start();
+    w.until("BindSourceNotFound reported", secs(2), |w| {
+        w.condition("pool", ConditionType::ReplicaFailure)
+            .is_some_and(|c| c.status && c.reason == "BindSourceNotFound")
+    })
+    .await;
+    let failure = w
+        .condition("pool", ConditionType::ReplicaFailure)
+        .expect("ReplicaFailure");
+    assert!(failure.message.contains("/srv/static"), "{failure:?}");
+    w.settle(secs(10)).await;
+    let at = creates_at(&w);
+    // Both replicas are tried at once; each failure doubles the hold (1s, 2s, 4s,
+    // 8s), so the attempts come in batches further and further apart.
+    assert!(
+        at.len() <= 6,
+        "{} creates in 10s: a hot loop: {at:?}",
+        at.len()
+    );
+    let mut batches = at.clone();
+    batches.dedup_by(|later, earlier| *later - *earlier < ms(100));
+    let gaps: Vec<Duration> = batches.windows(2).map(|p| p[1] - p[0]).collect();
+    assert!(!gaps.is_empty(), "never retried: {at:?}");
+    assert!(
+        gaps.iter().all(|g| *g >= secs(1)) && gaps.windows(2).all(|g| g[1] >= g[0]),
+        "the holds grow: {gaps:?}"
+    );
+    let events = w.events_with("pool", "BindSourceNotFound");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("/srv/static") && e.message.contains("retrying in")),
+        "{events:?}"
+    );
+    assert!(
+        w.events_with("pool", "CrashLoopBackOff").is_empty(),
+        "not the replica's doing"
+    );
+    // Created on the host: the next attempt succeeds.
+    w.converge("pool", 2, secs(20)).await;
+    let failure = w
+        .condition("pool", ConditionType::ReplicaFailure)
+        .expect("ReplicaFailure");
+    assert!(!failure.status, "{failure:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_an_engine_restart_every_replica_is_back_within_seconds_and_nothing_backs_off() {
     let w = World::new(&[svc("pool").replicas(4)])
         .with_settings(|s| s.max_parallel = 4)

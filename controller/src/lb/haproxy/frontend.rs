@@ -126,7 +126,10 @@ impl FrontendConfig {
             let mut conditions = Vec::new();
             match &route.host {
                 Some(HostPattern::Exact(h)) => {
-                    let _ = writeln!(out, "    acl route{i}_host var(txn.dockscale_host) -m str {h}");
+                    let _ = writeln!(
+                        out,
+                        "    acl route{i}_host var(txn.dockscale_host) -m str {h}"
+                    );
                     conditions.push(format!("route{i}_host"));
                 }
                 Some(HostPattern::Wildcard(suffix)) => {
@@ -147,7 +150,12 @@ impl FrontendConfig {
             let _ = if conditions.is_empty() {
                 writeln!(out, "    use_backend {}", route.backend)
             } else {
-                writeln!(out, "    use_backend {} if {}", route.backend, conditions.join(" "))
+                writeln!(
+                    out,
+                    "    use_backend {} if {}",
+                    route.backend,
+                    conditions.join(" ")
+                )
             };
         }
         let default = self.default_backend.as_deref().unwrap_or(NOT_FOUND_BACKEND);
@@ -157,8 +165,9 @@ impl FrontendConfig {
     /// HTTP to HTTPS, on the TLS bind's port (443: the plain `https://host/`).
     fn redirect(&self) -> String {
         match self.binds.first().map(SocketAddr::port) {
-            Some(443) | None => "http-request redirect scheme https code 308 unless { ssl_fc }"
-                .to_owned(),
+            Some(443) | None => {
+                "http-request redirect scheme https code 308 unless { ssl_fc }".to_owned()
+            }
             Some(port) => format!(
                 "http-request redirect location \
                  https://%[req.hdr(host),field(1,:)]:{port}%[capture.req.uri] code 308 \
@@ -294,6 +303,9 @@ frontend frontend-public
              spec:\n  bind: [127.0.0.1:8080]\n  routes: [{host: a.example.com, service: web}]\n",
         );
         let text = rendered(&f);
-        assert!(text.ends_with(&format!("    default_backend {NOT_FOUND_BACKEND}\n")), "{text}");
+        assert!(
+            text.ends_with(&format!("    default_backend {NOT_FOUND_BACKEND}\n")),
+            "{text}"
+        );
     }
 }

@@ -84,7 +84,9 @@ fn source_of(cert: PathBuf) -> Source {
 
 /// Reads a certificate (and its key file) and checks it.
 pub fn read(source: &Source) -> Result<Material, String> {
-    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
     let mut pem = read(&source.cert)?;
     if let Some(key) = &source.key {
         if !pem.contains("PRIVATE KEY-----") {
@@ -204,7 +206,11 @@ pub struct Installation {
 /// Writes the frontend's certificates that pass [`check`] and its crt-list. A
 /// certificate that does not pass is left out (reported), unless an earlier good copy
 /// of it is installed: that one stays (the old certificate keeps serving).
-pub fn install(layout: &Layout, sources: &[Source], previous: &[Installed]) -> Result<Installation, String> {
+pub fn install(
+    layout: &Layout,
+    sources: &[Source],
+    previous: &[Installed],
+) -> Result<Installation, String> {
     let io = |what: &Path, e: std::io::Error| format!("cannot write {}: {e}", what.display());
     std::fs::create_dir_all(&layout.dir).map_err(|e| io(&layout.dir, e))?;
     let mut result = Installation::default();
@@ -319,14 +325,24 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "x").expect("write");
         let found = sources(&[dir.path().to_owned()]).expect("sources");
         assert_eq!(found.len(), 2);
-        assert_eq!(found[1].key.as_deref(), Some(dir.path().join("b.key").as_path()));
+        assert_eq!(
+            found[1].key.as_deref(),
+            Some(dir.path().join("b.key").as_path())
+        );
 
         let state = tempfile::tempdir().expect("state");
         let layout = Layout::new(state.path(), "public");
         let done = install(&layout, &found, &[]).expect("installed");
         assert!(done.rejected.is_empty(), "{:?}", done.rejected);
         let list = std::fs::read_to_string(&layout.crt_list).expect("crt-list");
-        assert_eq!(list, format!("{}\n{}\n", layout.file(0).display(), layout.file(1).display()));
+        assert_eq!(
+            list,
+            format!(
+                "{}\n{}\n",
+                layout.file(0).display(),
+                layout.file(1).display()
+            )
+        );
         let second = std::fs::read_to_string(layout.file(1)).expect("pem");
         assert!(second.contains("CERTIFICATE") && second.contains("PRIVATE KEY"));
 

@@ -9,13 +9,14 @@ use bollard::models::{
     ServiceSpecModeReplicated, ServiceSpecRollbackConfig,
     ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
-    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
+    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecLogDriver,
+    TaskSpecPlacement, TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 
 use super::LABEL_SPEC_HASH;
 use crate::model::replica::{LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY};
+use crate::runtime::options;
 use crate::spec::ScaledService;
 
 /// The Swarm service spec of a dockscale service: `replicas` tasks of its template,
@@ -91,7 +92,20 @@ pub fn service_spec(
                 ),
                 stop_grace_period: Some(i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX)),
                 init: Some(t.init),
+                mounts: options::mounts(t),
+                user: t.user.as_ref().map(|u| u.as_str().to_owned()),
+                dir: t.working_dir.as_ref().map(|d| d.as_str().to_owned()),
+                read_only: t.read_only_root_filesystem.then_some(true),
+                capability_add: options::capabilities(&t.cap_add),
+                capability_drop: options::capabilities(&t.cap_drop),
+                ulimits: options::ulimits(t),
+                hosts: hosts(t),
+                stop_signal: t.stop_signal.as_ref().map(|s| s.as_str().to_owned()),
                 ..Default::default()
+            }),
+            log_driver: options::logging(t).map(|(name, options)| TaskSpecLogDriver {
+                name: Some(name),
+                options: Some(options).filter(|o| !o.is_empty()),
             }),
             resources: Some(TaskSpecResources {
                 limits: Some(limits),
@@ -132,6 +146,16 @@ pub fn service_spec(
         }),
         ..Default::default()
     }
+}
+
+/// `extraHosts` as a task takes them: `/etc/hosts` lines, `IP host`.
+fn hosts(t: &crate::spec::Template) -> Option<Vec<String>> {
+    let hosts: Vec<String> = t
+        .extra_hosts
+        .iter()
+        .map(|(host, ip)| format!("{ip} {host}"))
+        .collect();
+    (!hosts.is_empty()).then_some(hosts)
 }
 
 /// How many tasks Swarm replaces at once, and in which order: start-first (a new task
@@ -288,6 +312,65 @@ spec:
             .and_then(|m| m.replicated.as_ref())
             .and_then(|r| r.replicas);
         assert_eq!(replicas, Some(3));
+    }
+
+    #[test]
+    fn the_template_options_reach_the_task() {
+        let s = service(&WEB.replace(
+            "    stopGracePeriod: 7s\n",
+            "    stopGracePeriod: 7s
+    mounts:
+      - {type: bind, source: /srv/static, target: /www, readOnly: true}
+      - {type: volume, source: cache, target: /cache}
+      - {type: tmpfs, target: /tmp, size: 64Mi}
+    user: \"1000:1000\"
+    workingDir: /app
+    readOnlyRootFilesystem: true
+    capAdd: [net_admin]
+    capDrop: [ALL]
+    ulimits: {nofile: {soft: 1024, hard: 4096}}
+    logging: {driver: json-file, options: {max-size: 10m}}
+    extraHosts: {db.internal: 192.0.2.10}
+    stopSignal: QUIT
+",
+        ));
+        let task = service_spec(&s, 1, "a", "b").task_template.expect("task");
+        let c = task.container_spec.expect("container");
+        let mounts = c.mounts.expect("mounts");
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(mounts[0].typ, Some(bollard::models::MountType::BIND));
+        assert_eq!(mounts[0].source.as_deref(), Some("/srv/static"));
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(mounts[1].typ, Some(bollard::models::MountType::VOLUME));
+        let tmpfs = mounts[2].tmpfs_options.as_ref().expect("tmpfs options");
+        assert_eq!(tmpfs.size_bytes, Some(64 << 20));
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_eq!(c.dir.as_deref(), Some("/app"));
+        assert_eq!(c.read_only, Some(true));
+        assert_eq!(c.capability_add, Some(vec!["CAP_NET_ADMIN".to_owned()]));
+        assert_eq!(c.capability_drop, Some(vec!["ALL".to_owned()]));
+        let ulimits = c.ulimits.expect("ulimits");
+        assert_eq!(ulimits[0].name.as_deref(), Some("nofile"));
+        assert_eq!((ulimits[0].soft, ulimits[0].hard), (Some(1024), Some(4096)));
+        assert_eq!(c.hosts, Some(vec!["192.0.2.10 db.internal".to_owned()]));
+        assert_eq!(c.stop_signal.as_deref(), Some("SIGQUIT"));
+        let log = task.log_driver.expect("log driver");
+        assert_eq!(log.name.as_deref(), Some("json-file"));
+        assert_eq!(log.options.expect("options")["max-size"], "10m");
+    }
+
+    #[test]
+    fn a_template_without_options_sets_none_of_them() {
+        let task = service_spec(&service(WEB), 1, "a", "b")
+            .task_template
+            .expect("task");
+        assert_eq!(task.log_driver, None);
+        let c = task.container_spec.expect("container");
+        assert_eq!(
+            (c.mounts, c.user, c.dir, c.read_only),
+            (None, None, None, None)
+        );
+        assert_eq!((c.hosts, c.ulimits, c.stop_signal), (None, None, None));
     }
 
     #[test]
