@@ -31,6 +31,7 @@ use crate::serve::http::{self, AppState};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
 use crate::serve::systemd;
+use crate::spec::frontend::Frontend;
 use crate::spec::manifest::{self, SpecErrors};
 use crate::spec::Runtime;
 
@@ -91,7 +92,9 @@ pub async fn run(
     if args.runtime == Runtime::Swarm {
         return run_swarm(args, shutdown).await;
     }
-    let services = manifest::load(&args.paths).map_err(AppError::Spec)?;
+    let loaded = manifest::load_all(&args.paths, Runtime::Docker).map_err(AppError::Spec)?;
+    let services = loaded.services;
+    let frontends: Vec<Frontend> = loaded.frontends.into_iter().map(|l| l.frontend).collect();
     std::fs::create_dir_all(&args.state_dir).map_err(|source| AppError::StateDir {
         path: args.state_dir.clone(),
         source,
@@ -108,7 +111,9 @@ pub async fn run(
 
     if args.dry_run {
         // Changes nothing, so it needs no claim on the engine.
-        let controller = controller(&args, services, runtime, &status, &metrics).await?;
+        let controller = controller(&args, services, runtime, &status, &metrics)
+            .await?
+            .with_frontends(frontends);
         let text = controller.dry_run().await.map_err(AppError::Docker)?;
         print!("{text}");
         return Ok(());
@@ -151,6 +156,7 @@ pub async fn run(
             );
             match controller(&args, services, runtime, &status, &metrics).await {
                 Ok(controller) => {
+                    let controller = controller.with_frontends(frontends);
                     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
                     let reloader = tokio::spawn(forward_reloads(reloads, changes_tx.clone()));
                     match crate::controller::watch::watch(&args.paths, changes_tx) {
@@ -378,7 +384,9 @@ async fn load_balancer(
 /// `run --runtime swarm`: the same spec as Swarm services, one controller per swarm by
 /// a lease kept in the swarm; a second one waits as a standby.
 async fn run_swarm(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let services = manifest::load_for(&args.paths, Runtime::Swarm).map_err(AppError::Spec)?;
+    let loaded = manifest::load_all(&args.paths, Runtime::Swarm).map_err(AppError::Spec)?;
+    let services = loaded.services;
+    let frontends: Vec<Frontend> = loaded.frontends.into_iter().map(|l| l.frontend).collect();
     std::fs::create_dir_all(&args.state_dir).map_err(|source| AppError::StateDir {
         path: args.state_dir.clone(),
         source,
@@ -404,7 +412,8 @@ async fn run_swarm(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<
     if args.dry_run {
         let lb = load_balancer(&args, &services, &status, &metrics).await?;
         let controller =
-            SwarmController::new(settings, services, api, Arc::new(lb), status, metrics);
+            SwarmController::new(settings, services, api, Arc::new(lb), status, metrics)
+                .with_frontends(frontends);
         print!("{}", controller.dry_run().await.map_err(AppError::Docker)?);
         return Ok(());
     }
@@ -424,7 +433,8 @@ async fn run_swarm(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<
             Ok(()) => {
                 tracing::info!(swarm = %swarm, holder = %me, "holding the swarm's lease");
                 let api = api.clone();
-                lead(&args, services, settings, api, lease, &status, &metrics, &mut shutdown).await
+                let spec = (services, frontends);
+                lead(&args, spec, settings, api, lease, &status, &metrics, &mut shutdown).await
             }
             Err(e) => Err(e),
         },
@@ -492,7 +502,7 @@ async fn acquire_lease(
 #[allow(clippy::too_many_arguments)]
 async fn lead(
     args: &RunArgs,
-    services: Vec<manifest::LoadedService>,
+    (services, frontends): (Vec<manifest::LoadedService>, Vec<Frontend>),
     settings: SwarmSettings,
     api: Arc<SwarmApi>,
     mut lease: Lease,
@@ -508,7 +518,8 @@ async fn lead(
         Arc::new(lb),
         status.clone(),
         metrics.clone(),
-    );
+    )
+    .with_frontends(frontends);
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let _watch =
         crate::controller::watch::watch(&args.paths, changes_tx).map_err(AppError::Watch)?;

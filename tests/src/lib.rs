@@ -31,6 +31,7 @@ pub mod load;
 pub mod process;
 pub mod registry;
 pub mod swarm;
+pub mod tls;
 
 /// The demo image every test runs.
 pub const WEBAPP_IMAGE: &str = "dockscale-webapp:latest";

@@ -62,6 +62,7 @@ use crate::reconcile::BackoffPolicy;
 use crate::runtime::ContainerRuntime;
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
+use crate::spec::frontend::Frontend;
 use crate::spec::manifest::LoadedService;
 
 /// How the loop runs; the CLI fills it in.
@@ -116,6 +117,8 @@ pub struct Controller<R: ContainerRuntime, L: LoadBalancer> {
     started: Instant,
     /// The owned containers between two Docker lists.
     store: ReplicaStore,
+    /// The shared frontends (`kind: Frontend`) of the spec.
+    frontends: Vec<Frontend>,
 }
 
 /// The loop's timers besides the services' own due times.
@@ -154,7 +157,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             lb_state: LbState::default(),
             started: Instant::now(),
             store: ReplicaStore::new(),
+            frontends: Vec::new(),
         }
+    }
+
+    /// With the spec's shared frontends.
+    pub fn with_frontends(mut self, frontends: Vec<Frontend>) -> Self {
+        self.frontends = frontends;
+        self
     }
 
     /// The status handle this controller writes.

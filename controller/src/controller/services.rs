@@ -17,6 +17,7 @@ use crate::reconcile::Memory;
 use crate::runtime::ContainerRuntime;
 use crate::serve::metrics::Metrics;
 use crate::serve::status::{ConditionType, EventType, ServiceStatus, StatusHandle};
+use crate::spec::frontend::Frontend;
 use crate::spec::manifest;
 use crate::spec::{ImagePullPolicy, ScaledService};
 
@@ -142,8 +143,9 @@ impl Entry {
 /// The load balancer's configuration as last applied, and its failures.
 #[derive(Default)]
 pub(crate) struct LbState {
-    /// The services it was last configured with, to reconfigure only on change.
-    pub configured: Option<Vec<ScaledService>>,
+    /// The services and frontends it was last configured with, to reconfigure only on
+    /// change.
+    pub configured: Option<(Vec<ScaledService>, Vec<Frontend>)>,
     /// Why the last configuration failed, while it fails.
     pub error: Option<String>,
     /// Failed configurations in a row, and when to try again.
@@ -164,9 +166,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Re-reads the spec paths. A spec that does not validate changes nothing: the last
     /// good spec stays in force and the error is logged and shown in status.
     pub(super) async fn reload(&mut self, changed: bool) {
-        match manifest::load(&self.settings.paths) {
+        match manifest::load_all(&self.settings.paths, crate::spec::Runtime::Docker) {
             Ok(loaded) => {
-                if self.spec_accepted(loaded) {
+                let frontends: Vec<Frontend> =
+                    loaded.frontends.into_iter().map(|l| l.frontend).collect();
+                let services_changed = self.spec_accepted(loaded.services);
+                let frontends_changed = self.frontends != frontends;
+                self.frontends = frontends;
+                if services_changed || frontends_changed {
                     self.configure_lb().await;
                 }
                 // A reload the operator caused (a file written, SIGHUP) resolves the
@@ -296,10 +303,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             .filter(|e| e.spec.spec.load_balancer.is_some())
             .map(|e| e.spec.clone())
             .collect();
+        let wanted = (wanted, self.frontends.clone());
         if self.lb_state.configured.as_ref() == Some(&wanted) {
             return;
         }
-        match self.lb.configure(&wanted).await {
+        match self.lb.configure(&wanted.0, &wanted.1).await {
             Ok(grown) => {
                 let now = self.settings.clock.wall();
                 self.status.update(|s| {

@@ -498,7 +498,11 @@ pub fn rotation_violations(journal: &Journal) -> Vec<String> {
 }
 
 impl LoadBalancer for FakeBalancer {
-    async fn configure(&self, services: &[ScaledService]) -> Result<Vec<PoolGrown>, LbError> {
+    async fn configure(
+        &self,
+        services: &[ScaledService],
+        _frontends: &[crate::spec::frontend::Frontend],
+    ) -> Result<Vec<PoolGrown>, LbError> {
         let wanted: Vec<&ScaledService> = services
             .iter()
             .filter(|s| s.spec.load_balancer.is_some())

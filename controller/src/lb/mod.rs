@@ -14,6 +14,7 @@ use std::future::Future;
 use std::net::SocketAddrV4;
 
 use crate::model::backend::{Backend, BackendLoad, PoolGrown};
+use crate::spec::frontend::Frontend;
 use crate::spec::{ScaledService, ServerOptions};
 
 /// What went wrong with the load balancer: the kind decides the retry
@@ -94,9 +95,11 @@ pub trait LoadBalancer: Send + Sync + 'static {
     /// Called when the services change. A replica change reloads nothing unless the
     /// service may now run more replicas than its backend has slots: the pool then
     /// grows (reported in the result).
+    /// `frontends` are the shared frontends (`kind: Frontend`) routing to some of them.
     fn configure(
         &self,
         services: &[ScaledService],
+        frontends: &[Frontend],
     ) -> impl Future<Output = Result<Vec<PoolGrown>, LbError>> + Send;
 
     /// The backend's slots, with their state and sessions.
@@ -180,7 +183,11 @@ impl NoLoadBalancer {
 }
 
 impl LoadBalancer for NoLoadBalancer {
-    async fn configure(&self, _: &[ScaledService]) -> Result<Vec<PoolGrown>, LbError> {
+    async fn configure(
+        &self,
+        _: &[ScaledService],
+        _: &[Frontend],
+    ) -> Result<Vec<PoolGrown>, LbError> {
         Ok(Vec::new())
     }
     async fn backend(&self, _: &str) -> Result<Backend, LbError> {

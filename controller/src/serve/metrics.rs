@@ -42,6 +42,8 @@ pub struct Metrics {
     pub container_starts_total: IntCounterVec,
     pub image_pulls_total: IntCounterVec,
     pub image_pull_duration_seconds: Histogram,
+    pub certificate_expiry_timestamp_seconds: GaugeVec,
+    pub certificate_swaps_total: IntCounterVec,
     pub container_stops_total: IntCounterVec,
     pub container_restarts_total: IntCounterVec,
     pub replica_exits_total: IntCounterVec,
@@ -221,6 +223,22 @@ impl Metrics {
                 .buckets(vec![
                     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
                 ]),
+            )),
+            certificate_expiry_timestamp_seconds: r.add(GaugeVec::new(
+                Opts::new(
+                    "certificate_expiry_timestamp_seconds",
+                    "When each certificate a frontend serves expires (Unix seconds).",
+                ),
+                &["frontend", "file"],
+            )),
+            certificate_swaps_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "certificate_swaps_total",
+                    "Certificate files changed on disk and swapped into the running HAProxy \
+                     without a reload, by result (ok; invalid: the file does not parse or its \
+                     key does not match; failed: HAProxy refused it).",
+                ),
+                &["result"],
             )),
             container_stops_total: r.add(IntCounterVec::new(
                 Opts::new(

@@ -47,6 +47,9 @@ pub enum ConditionType {
     SpecInvalid,
     /// The HAProxy backend matches the ready replicas.
     LoadBalancerSynced,
+    /// A frontend's certificate files all parse and match their keys (else the last
+    /// good copy of each keeps serving).
+    CertificatesValid,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -221,29 +224,7 @@ impl ServiceStatus {
         message: &str,
         now: SystemTime,
     ) -> bool {
-        match self.conditions.iter_mut().find(|c| c.kind == kind) {
-            Some(c) => {
-                let flipped = c.status != status;
-                if flipped {
-                    c.last_transition_time = now;
-                }
-                c.status = status;
-                c.reason = reason.to_owned();
-                c.message = message.to_owned();
-                flipped
-            }
-            None => {
-                self.conditions.push(Condition {
-                    kind,
-                    status,
-                    reason: reason.to_owned(),
-                    message: message.to_owned(),
-                    last_transition_time: now,
-                });
-                self.conditions.sort_by_key(|c| c.kind);
-                true
-            }
-        }
+        set_condition(&mut self.conditions, kind, status, reason, message, now)
     }
 
     pub fn condition(&self, kind: ConditionType) -> Option<&Condition> {
@@ -259,30 +240,123 @@ impl ServiceStatus {
             EventType::Normal => tracing::info!(service = %self.name, reason, "{message}"),
             EventType::Warning => tracing::warn!(service = %self.name, reason, "{message}"),
         }
-        let repeated = self
-            .events
-            .iter()
-            .position(|e| e.reason == reason && e.message == message && e.kind == kind);
-        if let Some(mut event) = repeated.and_then(|at| self.events.remove(at)) {
-            event.count += 1;
-            event.last_time = now;
-            event.seq = next_event_seq();
-            self.events.push_back(event);
-            return;
-        }
-        if self.events.len() == MAX_EVENTS {
-            self.events.pop_front();
-        }
-        self.events.push_back(Event {
-            kind,
-            reason: reason.to_owned(),
-            message,
-            count: 1,
-            first_time: now,
-            last_time: now,
-            seq: next_event_seq(),
-        });
+        record(&mut self.events, kind, reason, message, now);
     }
+}
+
+/// Sets a condition in a list; the transition time moves only when its status flips.
+/// Returns whether the status flipped (or the condition is new).
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    kind: ConditionType,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: SystemTime,
+) -> bool {
+    match conditions.iter_mut().find(|c| c.kind == kind) {
+        Some(c) => {
+            let flipped = c.status != status;
+            if flipped {
+                c.last_transition_time = now;
+            }
+            c.status = status;
+            c.reason = reason.to_owned();
+            c.message = message.to_owned();
+            flipped
+        }
+        None => {
+            conditions.push(Condition {
+                kind,
+                status,
+                reason: reason.to_owned(),
+                message: message.to_owned(),
+                last_transition_time: now,
+            });
+            conditions.sort_by_key(|c| c.kind);
+            true
+        }
+    }
+}
+
+/// Records an event in a history, folding a repeat (same type, reason and message) into
+/// the earlier one, which moves to the end.
+fn record(
+    events: &mut VecDeque<Event>,
+    kind: EventType,
+    reason: &str,
+    message: String,
+    now: SystemTime,
+) {
+    let repeated = events
+        .iter()
+        .position(|e| e.reason == reason && e.message == message && e.kind == kind);
+    if let Some(mut event) = repeated.and_then(|at| events.remove(at)) {
+        event.count += 1;
+        event.last_time = now;
+        event.seq = next_event_seq();
+        events.push_back(event);
+        return;
+    }
+    if events.len() == MAX_EVENTS {
+        events.pop_front();
+    }
+    events.push_back(Event {
+        kind,
+        reason: reason.to_owned(),
+        message,
+        count: 1,
+        first_time: now,
+        last_time: now,
+        seq: next_event_seq(),
+    });
+}
+
+/// A shared frontend (`kind: Frontend`): its certificates, their condition, its events.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendStatus {
+    pub name: String,
+    pub binds: Vec<String>,
+    pub certificates: Vec<CertificateStatus>,
+    pub conditions: Vec<Condition>,
+    /// Oldest first.
+    pub events: VecDeque<Event>,
+}
+
+impl FrontendStatus {
+    pub fn set_condition(
+        &mut self,
+        kind: ConditionType,
+        status: bool,
+        reason: &str,
+        message: &str,
+        now: SystemTime,
+    ) -> bool {
+        set_condition(&mut self.conditions, kind, status, reason, message, now)
+    }
+
+    pub fn record(&mut self, kind: EventType, reason: &str, message: String, now: SystemTime) {
+        match kind {
+            EventType::Normal => tracing::info!(frontend = %self.name, reason, "{message}"),
+            EventType::Warning => tracing::warn!(frontend = %self.name, reason, "{message}"),
+        }
+        record(&mut self.events, kind, reason, message, now);
+    }
+}
+
+/// One certificate a frontend serves.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// The certificate file, as the spec names it (or as found in its directory).
+    pub file: String,
+    /// The names SNI picks it by.
+    pub names: Vec<String>,
+    #[serde(with = "rfc3339")]
+    pub not_after: SystemTime,
+    /// Why the file on disk is not what is served, while it is not.
+    pub error: Option<String>,
 }
 
 /// The controller-wide status, shared read-only with the HTTP server.
@@ -298,6 +372,9 @@ pub struct ControllerStatus {
     pub haproxy_reachable: Option<bool>,
     /// Set while this controller waits (`--standby`) for the one that drives the engine.
     pub standby_for: Option<String>,
+    /// The shared frontends, by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub frontends: BTreeMap<String, FrontendStatus>,
 }
 
 impl ControllerStatus {

@@ -16,6 +16,7 @@
 mod pass;
 mod report;
 
+use crate::spec::frontend::Frontend;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,6 +114,8 @@ pub struct SwarmController<L: LoadBalancer> {
     services: BTreeMap<String, Entry>,
     started: Instant,
     lb_error: Option<String>,
+    /// The shared frontends (`kind: Frontend`) of the spec.
+    frontends: Vec<Frontend>,
 }
 
 impl<L: LoadBalancer> SwarmController<L> {
@@ -139,7 +142,14 @@ impl<L: LoadBalancer> SwarmController<L> {
                 .collect(),
             started: Instant::now(),
             lb_error: None,
+            frontends: Vec::new(),
         }
+    }
+
+    /// With the spec's shared frontends.
+    pub fn with_frontends(mut self, frontends: Vec<Frontend>) -> Self {
+        self.frontends = frontends;
+        self
     }
 
     /// Runs until `shutdown` resolves. The services and their tasks keep running.
@@ -213,15 +223,19 @@ impl<L: LoadBalancer> SwarmController<L> {
 
     /// Re-reads the spec; one that does not validate changes nothing.
     async fn reload(&mut self, changed: bool) {
-        match manifest::load_for(&self.settings.paths, Runtime::Swarm) {
+        match manifest::load_all(&self.settings.paths, Runtime::Swarm) {
             Ok(loaded) => {
+                let frontends: Vec<Frontend> =
+                    loaded.frontends.into_iter().map(|l| l.frontend).collect();
+                let mut any = self.frontends != frontends;
+                self.frontends = frontends;
+                let loaded = loaded.services;
                 self.metrics
                     .spec_reloads_total
                     .with_label_values(&["ok"])
                     .inc();
                 self.metrics.spec_valid.set(1);
                 let now = self.settings.clock.wall();
-                let mut any = false;
                 let names: BTreeSet<String> =
                     loaded.iter().map(|l| l.service.name().to_owned()).collect();
                 for l in loaded {
@@ -286,7 +300,7 @@ impl<L: LoadBalancer> SwarmController<L> {
             .filter(|e| !e.deleting)
             .map(|e| e.service.clone())
             .collect();
-        match self.lb.configure(&services).await {
+        match self.lb.configure(&services, &self.frontends).await {
             Ok(_) => self.lb_error = None,
             Err(e) => {
                 tracing::error!(error = %crate::report::Chain(&e), "configuring the load balancer");

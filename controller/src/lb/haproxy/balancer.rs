@@ -23,13 +23,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::certs::Frontends;
 use super::config::{slot_number, AssignedSlot, BackendConfig, ManagedConfig};
+use super::frontend::FrontendConfig;
 use super::managed::{ManagedError, ManagedHaproxy, Paths, ProcessWatch, Started};
 use super::runtime_api::{AdminState, ApiError, Endpoint, Refusal, RuntimeApi};
 use crate::lb::{LbError, LbErrorKind, LoadBalancer};
 use crate::model::backend::{Admin, Backend, BackendLoad, PoolGrown, Slot};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
+use crate::spec::frontend::Frontend;
 use crate::spec::{ScaledService, ServerOptions};
 
 /// How often the supervisor looks at HAProxy.
@@ -56,6 +59,10 @@ struct Inner {
     restarts: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     status: StatusHandle,
+    /// Managed mode: the shared frontends and their certificates.
+    frontends: Mutex<Frontends>,
+    /// Their configurations as last rendered (a restart renders them again).
+    frontend_configs: Mutex<Vec<FrontendConfig>>,
 }
 
 /// HAProxy as the controller's load balancer.
@@ -120,6 +127,8 @@ impl HaproxyBalancer {
             restarts,
             metrics,
             status,
+            frontends: Mutex::new(Frontends::default()),
+            frontend_configs: Mutex::new(Vec::new()),
         });
         let supervisor = tokio::spawn(supervise(inner.clone()));
         HaproxyBalancer { inner, supervisor }
@@ -200,6 +209,7 @@ impl Inner {
         &self,
         managed: &ManagedHaproxy,
         mut backends: Vec<BackendConfig>,
+        frontends: Vec<FrontendConfig>,
     ) -> Result<Vec<PoolGrown>, LbError> {
         let err = |e: ManagedError| LbError::new(e.kind(), crate::report::chain(&e));
         let configured: BTreeMap<String, u32> = Self::lock(&self.backends)
@@ -227,9 +237,12 @@ impl Inner {
                 });
             }
         }
-        let config = managed.config(backends.clone());
+        let config = managed
+            .config(backends.clone())
+            .with_frontends(frontends.clone());
+        *Self::lock(&self.frontend_configs) = frontends.clone();
         if managed.master_pid().is_none() {
-            if backends.is_empty() {
+            if backends.is_empty() && frontends.is_empty() {
                 // Nothing to serve and nothing running: start nothing.
                 *Self::lock(&self.backends) = backends;
                 return Ok(Vec::new());
@@ -331,12 +344,78 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Installs the frontends' certificates; their configurations.
+    fn install_frontends(
+        &self,
+        managed: &ManagedHaproxy,
+        frontends: &[Frontend],
+        backends: BTreeMap<String, String>,
+    ) -> Vec<FrontendConfig> {
+        Self::lock(&self.frontends).install(
+            &managed.paths().dir,
+            frontends,
+            backends,
+            &self.status,
+            &self.metrics,
+        )
+    }
+
+    /// Certificates whose files changed are swapped into the running HAProxy through
+    /// the runtime API (no reload); certificates added or removed install the
+    /// frontends again (a reload).
+    async fn refresh_certificates(&self, managed: &ManagedHaproxy) {
+        let changes = Self::lock(&self.frontends).changes(&self.status, &self.metrics);
+        for swap in changes.swaps {
+            let file = swap.file.display().to_string();
+            let result = match self.api.set_ssl_cert(&file, &swap.pem).await {
+                Ok(()) => self.api.commit_ssl_cert(&file).await,
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                let _ = self.api.abort_ssl_cert(&file).await;
+            }
+            let result = result.map_err(|e| crate::report::chain(&e));
+            Self::lock(&self.frontends).swapped(swap, result, &self.status, &self.metrics);
+        }
+        if changes.reinstall {
+            tracing::info!("certificates added or removed: installing the frontends again");
+            let (specs, names) = {
+                let f = Self::lock(&self.frontends);
+                (f.specs(), f.backends())
+            };
+            let configs = self.install_frontends(managed, &specs, names);
+            let backends = Self::lock(&self.backends).clone();
+            if let Err(e) = self.apply(managed, backends, configs).await {
+                tracing::error!(error = %e.message, "reloading HAProxy for new certificates");
+            }
+        }
+    }
+}
+
 impl LoadBalancer for HaproxyBalancer {
-    async fn configure(&self, services: &[ScaledService]) -> Result<Vec<PoolGrown>, LbError> {
+    async fn configure(
+        &self,
+        services: &[ScaledService],
+        frontends: &[Frontend],
+    ) -> Result<Vec<PoolGrown>, LbError> {
         let backends: Vec<BackendConfig> = services.iter().filter_map(BackendConfig::of).collect();
         match &self.inner.mode {
-            Mode::Managed(managed) => self.inner.apply(managed, backends).await,
+            Mode::Managed(managed) => {
+                let names = backends
+                    .iter()
+                    .map(|b| (b.service.clone(), b.backend.clone()))
+                    .collect();
+                let configs = self.inner.install_frontends(managed, frontends, names);
+                self.inner.apply(managed, backends, configs).await
+            }
             Mode::External => {
+                if !frontends.is_empty() {
+                    tracing::error!(
+                        "Frontend documents need the managed HAProxy (its configuration is \
+                         dockscale's): declare the routes in your own haproxy.cfg instead"
+                    );
+                }
                 let present = self.inner.api.backends().await.map_err(lb_error)?;
                 for b in &backends {
                     if !present.contains(&b.backend) {
@@ -592,7 +671,7 @@ async fn supervise(inner: Arc<Inner>) {
         }
         if let Mode::Managed(managed) = &inner.mode {
             let mut backends = Inner::lock(&inner.backends).clone();
-            let serving = !backends.is_empty();
+            let serving = !backends.is_empty() || !Inner::lock(&inner.frontend_configs).is_empty();
             if serving && managed.master_pid().is_none() {
                 tracing::error!(
                     "the managed HAProxy is gone: starting it again with the servers it had"
@@ -606,7 +685,8 @@ async fn supervise(inner: Arc<Inner>) {
                         }
                     }
                 }
-                let config: ManagedConfig = managed.config(backends);
+                let frontends = Inner::lock(&inner.frontend_configs).clone();
+                let config: ManagedConfig = managed.config(backends).with_frontends(frontends);
                 match managed.restart_if_dead(&config).await {
                     Ok(true) => {
                         inner.metrics.haproxy_restarts_total.inc();
@@ -634,6 +714,9 @@ async fn supervise(inner: Arc<Inner>) {
             if !serving && pid.is_none() {
                 inner.status.update(|s| s.haproxy_reachable = None);
                 continue;
+            }
+            if pid.is_some() {
+                inner.refresh_certificates(managed).await;
             }
         }
         match inner.api.info().await {

@@ -32,6 +32,9 @@ pub struct FrontendConfig {
 pub struct TlsConfig {
     /// The crt-list file naming the certificates, the default first.
     pub crt_list: PathBuf,
+    /// The certificate files it lists (part of the shape: a certificate added or
+    /// removed is a reload; one whose content changes is swapped at runtime).
+    pub certificates: Vec<PathBuf>,
     pub alpn: Vec<&'static str>,
     pub min_version: &'static str,
     pub ciphers: String,
@@ -54,6 +57,7 @@ impl FrontendConfig {
         frontend: &Frontend,
         backend_of: impl Fn(&str) -> Option<String>,
         crt_list: PathBuf,
+        certificates: Vec<PathBuf>,
     ) -> Self {
         let spec = &frontend.spec;
         let routes = frontend
@@ -76,6 +80,7 @@ impl FrontendConfig {
             binds: spec.bind.clone(),
             tls: spec.tls.as_ref().map(|t| TlsConfig {
                 crt_list,
+                certificates,
                 alpn: t.alpn.iter().map(|a| a.as_str()).collect(),
                 min_version: t.min_version.as_str(),
                 ciphers: t
@@ -95,8 +100,22 @@ impl FrontendConfig {
 
     /// The `frontend` section (named `frontend-<name>`, apart from the services' own).
     pub fn render(&self, out: &mut String) {
+        // TLS binds without a certificate cannot listen: they are left out (the
+        // frontend's status says why) until one is valid.
+        let binds: &[SocketAddr] = match &self.tls {
+            Some(tls) if tls.certificates.is_empty() => &[],
+            _ => &self.binds,
+        };
+        if binds.is_empty() && self.redirect_from.is_empty() {
+            return;
+        }
         let _ = writeln!(out, "\nfrontend frontend-{}", self.name);
-        for bind in &self.binds {
+        if let Some(tls) = &self.tls {
+            for cert in &tls.certificates {
+                let _ = writeln!(out, "    # certificate {}", cert.display());
+            }
+        }
+        for bind in binds {
             let _ = match &self.tls {
                 Some(tls) => writeln!(out, "    bind {bind} {}", tls.bind_options()),
                 None => writeln!(out, "    bind {bind}"),
@@ -230,7 +249,12 @@ mod tests {
 
     fn rendered(f: &Frontend) -> String {
         let backend_of = |s: &str| Some(format!("{s}-be"));
-        let config = FrontendConfig::of(f, backend_of, "/state/tls/public.crtlist".into());
+        let config = FrontendConfig::of(
+            f,
+            backend_of,
+            "/state/tls/public.crtlist".into(),
+            vec!["/state/tls/public/0.pem".into()],
+        );
         let mut out = String::new();
         config.render(&mut out);
         out

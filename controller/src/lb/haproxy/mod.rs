@@ -5,13 +5,16 @@
 //! - [`stats`]: parsers for its `show servers state`, `show stat`, `show info` replies.
 //! - [`config`]: the managed configuration, rendered from the services.
 //! - [`frontend`]: the shared frontends in it: binds, TLS, routes.
-//! - [`tls`]: the frontends' certificates: found, checked, installed, swapped.
+//! - [`tls`]: the frontends' certificates: found, checked, installed.
+//! - [`certs`]: the frontends as served, their certificates kept current (swapped at
+//!   runtime when their files change).
 //! - [`managed`]: the managed HAProxy process: start, adopt, reload, supervise.
 //! - [`sever`]: this host's TCP connections to a vanished replica cut, so HAProxy
 //!   retries their requests elsewhere.
 //! - [`balancer`]: [`HaproxyBalancer`], the load balancer the controller drives.
 
 pub mod balancer;
+pub mod certs;
 pub mod config;
 pub mod frontend;
 pub mod managed;

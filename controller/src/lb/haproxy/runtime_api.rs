@@ -255,8 +255,20 @@ impl RuntimeApi {
     }
 
     async fn exchange(&self, command: &str) -> Result<String, ApiError> {
-        // A newline inside a command would smuggle in a second one.
-        if command.contains(['\n', '\r', ';']) {
+        self.exchange_with(command, None).await
+    }
+
+    /// A command, with a payload after it when given (`command <<`, the payload's
+    /// lines, an empty line: HAProxy's payload syntax).
+    async fn exchange_with(
+        &self,
+        command: &str,
+        payload: Option<&str>,
+    ) -> Result<String, ApiError> {
+        // A newline inside a command would smuggle in a second one; an empty line
+        // inside a payload would end it early and run the rest as commands.
+        let payload_ok = payload.is_none_or(|p| !p.lines().any(|l| l.trim().is_empty()));
+        if command.contains(['\n', '\r', ';']) || !payload_ok {
             return Err(ApiError::Refused {
                 command: command.to_owned(),
                 message: "a command may not contain a line break or ';'".to_owned(),
@@ -275,16 +287,66 @@ impl RuntimeApi {
         let reply = match &self.endpoint {
             Endpoint::Unix(path) => {
                 let stream = UnixStream::connect(path).await.map_err(connect_err)?;
-                talk(stream, command).await.map_err(io_err)?
+                talk(stream, command, payload).await.map_err(io_err)?
             }
             Endpoint::Tcp(addr) => {
                 let stream = TcpStream::connect(addr.as_str())
                     .await
                     .map_err(connect_err)?;
-                talk(stream, command).await.map_err(io_err)?
+                talk(stream, command, payload).await.map_err(io_err)?
             }
         };
         Ok(reply)
+    }
+
+    /// Starts (or updates) the transaction replacing a loaded certificate with `pem`
+    /// (its chain and key); nothing is served from it before [`Self::commit_ssl_cert`].
+    pub async fn set_ssl_cert(&self, file: &str, pem: &str) -> Result<(), ApiError> {
+        let command = format!("set ssl cert {file}");
+        let started = Instant::now();
+        let result =
+            match tokio::time::timeout(self.timeout, self.exchange_with(&command, Some(pem))).await
+            {
+                Ok(r) => r.and_then(|reply| {
+                    if reply.contains("Transaction created")
+                        || reply.contains("Transaction updated")
+                    {
+                        Ok(())
+                    } else {
+                        Err(refused(&command, reply.trim()))
+                    }
+                }),
+                Err(_) => Err(ApiError::Timeout {
+                    endpoint: self.endpoint.clone(),
+                    command: command.clone(),
+                    timeout: self.timeout,
+                }),
+            };
+        if let Some(observe) = &self.observer {
+            let outcome = result.as_ref().map_or_else(ApiError::kind, |_| "ok");
+            observe("set_ssl_cert", outcome, started.elapsed());
+        }
+        result
+    }
+
+    /// Serves the certificate of the transaction [`Self::set_ssl_cert`] started.
+    pub async fn commit_ssl_cert(&self, file: &str) -> Result<(), ApiError> {
+        let command = format!("commit ssl cert {file}");
+        self.run("commit_ssl_cert", &command, |reply| {
+            if reply.contains("Success!") {
+                Ok(())
+            } else {
+                Err(refused(&command, reply.trim()))
+            }
+        })
+        .await
+    }
+
+    /// Drops a transaction that was not committed.
+    pub async fn abort_ssl_cert(&self, file: &str) -> Result<(), ApiError> {
+        self.command("abort_ssl_cert", &format!("abort ssl cert {file}"))
+            .await
+            .map(|_| ())
     }
 
     /// A command that answers nothing on success; any text is HAProxy's error.
@@ -462,9 +524,17 @@ fn refused(command: &str, reply: &str) -> ApiError {
 async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     command: &str,
+    payload: Option<&str>,
 ) -> std::io::Result<String> {
     stream.write_all(command.as_bytes()).await?;
-    stream.write_all(b"\n").await?;
+    match payload {
+        Some(payload) => {
+            stream.write_all(b" <<\n").await?;
+            stream.write_all(payload.trim_end().as_bytes()).await?;
+            stream.write_all(b"\n\n").await?;
+        }
+        None => stream.write_all(b"\n").await?,
+    }
     stream.flush().await?;
     let mut reply = Vec::new();
     let mut limited = (&mut stream).take(MAX_REPLY as u64 + 1);
