@@ -60,11 +60,14 @@ impl TestCa {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).expect("CA into the root store");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // Every connection a full handshake: a resumed session would report the
+        // certificate of the session it resumes, not the one served now.
+        config.resumption = rustls::client::Resumption::disabled();
         TlsClient {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         }

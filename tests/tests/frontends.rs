@@ -314,9 +314,10 @@ async fn tls_by_sni_with_redirect_and_h2_and_a_certificate_swapped_on_disk_witho
     std::fs::write(certs.join("b.key"), ca.leaf(&["other.example.com"]).key_pem).expect("b.key");
     let broke = Instant::now();
     let event = loop {
-        let (_, body) = controller.get("/api/v1/status").await;
-        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-        let fe = &status["frontends"][format!("{}-tls", two.a.service)];
+        let (_, body) = controller
+            .get(&format!("/api/v1/frontends/{}-tls", two.a.service))
+            .await;
+        let fe: serde_json::Value = serde_json::from_str(&body).expect("frontend JSON");
         let invalid = fe["events"]
             .as_array()
             .into_iter()

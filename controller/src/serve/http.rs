@@ -46,6 +46,8 @@ fn routes(shared: Shared) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{name}", get(service))
+        .route("/api/v1/frontends", get(frontends))
+        .route("/api/v1/frontends/{name}", get(frontend))
         .route("/api/v1/events", get(events))
         .route("/api/v1/version", get(version))
         .with_state(shared)
@@ -131,6 +133,29 @@ async fn service(
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": format!("no service named `{name}`") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn frontends(State(Shared { app: state, .. }): State<Shared>) -> Response {
+    let status = state.status.read();
+    Json(serde_json::json!({
+        "frontends": status.frontends.values().collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+async fn frontend(
+    State(Shared { app: state, .. }): State<Shared>,
+    Path(name): Path<String>,
+) -> Response {
+    let status = state.status.read();
+    match status.frontends.get(&name) {
+        Some(f) => Json(f).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no frontend named `{name}`") })),
         )
             .into_response(),
     }
