@@ -32,8 +32,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Runtime::Docker)]
         runtime: Runtime,
     },
-    /// Print the JSON Schema of the spec.
-    Schema,
+    /// Print the JSON Schema of a spec document.
+    Schema {
+        /// The document kind.
+        #[arg(long, value_enum, default_value_t = SchemaKind::ScaledService)]
+        kind: SchemaKind,
+    },
     /// Show the services of a running controller (a table), or one service's
     /// conditions and events.
     Status {
@@ -280,4 +284,13 @@ mod tests {
         assert_eq!(args.runtime, Runtime::Docker);
         assert_eq!(args.lease_duration, Duration::from_secs(15));
     }
+}
+
+/// The kinds of spec documents, for `dockscale schema --kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaKind {
+    #[value(name = "ScaledService")]
+    ScaledService,
+    #[value(name = "Frontend")]
+    Frontend,
 }

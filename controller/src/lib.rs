@@ -71,8 +71,26 @@ pub fn schema_json() -> String {
     text
 }
 
+/// The JSON Schema of a `Frontend` document (`dockscale schema --kind Frontend`).
+pub fn frontend_schema_json() -> String {
+    let schema = schemars::schema_for!(spec::frontend::Frontend);
+    let mut text = serde_json::to_string_pretty(&schema).expect("schema serializes");
+    text.push('\n');
+    text
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_committed_frontend_schema_is_the_generated_one() {
+        let committed = include_str!("../../crds/frontend.schema.json");
+        assert!(
+            committed == super::frontend_schema_json(),
+            "crds/frontend.schema.json is stale: run \
+             `cargo run -- schema --kind Frontend > crds/frontend.schema.json`"
+        );
+    }
+
     #[test]
     fn the_committed_schema_is_the_generated_one() {
         let committed = include_str!("../../crds/scaledservice.schema.json");

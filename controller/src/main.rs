@@ -10,9 +10,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { paths, runtime } => {
-            match dockscale::spec::manifest::load_for(&paths, runtime) {
-                Ok(services) => {
-                    println!("{} service(s) valid", services.len());
+            match dockscale::spec::manifest::load_all(&paths, runtime) {
+                Ok(loaded) if loaded.frontends.is_empty() => {
+                    println!("{} service(s) valid", loaded.services.len());
+                    ExitCode::SUCCESS
+                }
+                Ok(loaded) => {
+                    println!(
+                        "{} service(s) and {} frontend(s) valid",
+                        loaded.services.len(),
+                        loaded.frontends.len()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {
@@ -98,8 +106,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Schema => {
-            print!("{}", dockscale::schema_json());
+        Command::Schema { kind } => {
+            let text = match kind {
+                dockscale::cli::SchemaKind::ScaledService => dockscale::schema_json(),
+                dockscale::cli::SchemaKind::Frontend => dockscale::frontend_schema_json(),
+            };
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Command::Run(args) => {

@@ -400,3 +400,59 @@ async fn wait_routed_tls(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn the_example_frontend_renders_a_configuration_haproxy_accepts() {
+    use dockscale::lb::haproxy::certs::Frontends;
+    use dockscale::lb::haproxy::config::{BackendConfig, ManagedConfig};
+    dockscale_e2e::haproxy::require_haproxy();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/frontend");
+    let loaded = dockscale::spec::manifest::load_all(&[dir], dockscale::spec::Runtime::Docker)
+        .expect("the example validates");
+    let backends: Vec<BackendConfig> = loaded
+        .services
+        .iter()
+        .filter_map(|l| BackendConfig::of(&l.service))
+        .collect();
+    let names = backends
+        .iter()
+        .map(|b| (b.service.clone(), b.backend.clone()))
+        .collect();
+    let frontends: Vec<_> = loaded.frontends.into_iter().map(|l| l.frontend).collect();
+    let state = tempfile::tempdir().expect("state dir");
+    let status = dockscale::serve::status::StatusHandle::default();
+    let configs = Frontends::default().install(
+        state.path(),
+        &frontends,
+        names,
+        &status,
+        &dockscale::serve::metrics::Metrics::new(),
+    );
+    let certificates = configs[0].tls.as_ref().map(|t| t.certificates.len());
+    assert_eq!(
+        certificates,
+        Some(1),
+        "the example certificate is installed"
+    );
+    let text = ManagedConfig::new(
+        state.path(),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        "example-key",
+        backends,
+    )
+    .with_frontends(configs)
+    .render();
+    assert!(text.contains("frontend frontend-public"), "{text}");
+    let file = state.path().join("haproxy.cfg");
+    std::fs::write(&file, &text).expect("write the configuration");
+    let checked = std::process::Command::new("haproxy")
+        .args(["-c", "-q", "-f"])
+        .arg(&file)
+        .output()
+        .expect("haproxy -c");
+    assert!(
+        checked.status.success(),
+        "haproxy -c refused the example's configuration:\n{}\n{text}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

@@ -1195,6 +1195,89 @@ spec:
         }
     }
 
+    /// A spec with services `web` (its own bind 127.0.0.1:8080) and `api` (routed),
+    /// then `frontend` (the frontend's `spec:` body).
+    fn with_frontend(frontend: &str) -> String {
+        format!(
+            "apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: web}}\n\
+             spec: {{template: {{image: x, port: 80}}, loadBalancer: {{backend: web, bind: \
+             127.0.0.1:8080}}}}\n\
+             ---\n\
+             apiVersion: dockscale/v1alpha1\nkind: ScaledService\nmetadata: {{name: api}}\n\
+             spec: {{template: {{image: x, port: 80}}, loadBalancer: {{backend: api}}}}\n\
+             ---\n\
+             apiVersion: dockscale/v1alpha1\nkind: Frontend\nmetadata: {{name: public}}\n\
+             spec:\n{frontend}"
+        )
+    }
+
+    #[test]
+    fn a_frontend_routes_only_to_routable_services_and_claims_its_own_addresses() {
+        let loaded = parse_all(
+            Path::new("s.yaml"),
+            &with_frontend(
+                "  bind: [127.0.0.1:8443]\n  routes: [{host: a.example.com, service: api}]\n",
+            ),
+        )
+        .expect("valid");
+        assert_eq!(loaded.frontends.len(), 1);
+        assert_eq!(loaded.frontends[0].line, 11);
+
+        let errs = errors(&with_frontend(
+            "  bind: [127.0.0.1:8080]\n  routes:\n    - {host: a.example.com, service: web}\n\
+             \x20   - {host: b.example.com, service: nope}\n  redirectFrom: [127.0.0.1:8081]\n",
+        ));
+        let text = errs.join("\n");
+        assert!(
+            text.contains("s.yaml:15:10: address 127.0.0.1:8080 is already claimed at s.yaml:4:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("s.yaml:17:38: service `web` has its own bind"),
+            "{text}"
+        );
+        assert!(
+            text.contains("s.yaml:18:38: no service named `nope`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redirectFrom redirects to HTTPS: it needs tls"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_routes_matching_the_same_requests_are_reported_at_both() {
+        let errs = errors(&with_frontend(
+            "  bind: [127.0.0.1:8443]\n  routes:\n\
+             \x20   - {host: A.example.com, pathPrefix: /v1/, service: api}\n\
+             \x20   - {host: a.example.com, pathPrefix: /v1, service: api}\n",
+        ));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "s.yaml:17:7: this route matches the same requests as the route at s.yaml:18:7"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with(
+                "s.yaml:18:7: this route matches the same requests as the route at s.yaml:17:7"
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_frontend_that_routes_nothing_or_names_a_bad_host_is_refused() {
+        assert!(one_error(&with_frontend("  bind: [127.0.0.1:8443]\n"))
+            .contains("needs routes or a defaultService"));
+        assert!(one_error(&with_frontend(
+            "  bind: [127.0.0.1:8443]\n  routes: [{host: \"a.*.com\", service: api}]\n"
+        ))
+        .contains("is not a host name"));
+    }
+
     fn one_error(text: &str) -> String {
         let errs = errors(text);
         assert_eq!(errs.len(), 1, "{errs:#?}");
