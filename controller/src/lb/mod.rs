@@ -87,16 +87,22 @@ impl LbError {
     }
 }
 
+/// The most hand-started members seen at once per service (by service name), for which
+/// its slot pool leaves room.
+pub type MemberCounts = std::collections::BTreeMap<String, u32>;
+
 /// Slot operations on a backend, and the set of backends to serve.
 pub trait LoadBalancer: Send + Sync + 'static {
     /// Makes the load balancer serve exactly these services' backends (managed mode may
     /// regenerate its configuration and reload; external mode only checks they exist).
     /// Called when the services change. A replica change reloads nothing unless the
     /// service may now run more replicas than its backend has slots: the pool then
-    /// grows (reported in the result).
+    /// grows (reported in the result). `members` leaves room in each pool for the
+    /// hand-started members seen joining the service.
     fn configure(
         &self,
         services: &[ScaledService],
+        members: &MemberCounts,
     ) -> impl Future<Output = Result<Vec<PoolGrown>, LbError>> + Send;
 
     /// The backend's slots, with their state and sessions.
@@ -180,7 +186,11 @@ impl NoLoadBalancer {
 }
 
 impl LoadBalancer for NoLoadBalancer {
-    async fn configure(&self, _: &[ScaledService]) -> Result<Vec<PoolGrown>, LbError> {
+    async fn configure(
+        &self,
+        _: &[ScaledService],
+        _: &MemberCounts,
+    ) -> Result<Vec<PoolGrown>, LbError> {
         Ok(Vec::new())
     }
     async fn backend(&self, _: &str) -> Result<Backend, LbError> {
