@@ -20,6 +20,7 @@ mod engine;
 mod haproxy;
 mod health;
 mod lifecycle;
+mod members;
 mod regressions;
 mod rollout;
 mod spec_edits;

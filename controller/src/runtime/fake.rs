@@ -665,6 +665,9 @@ impl FakeRuntime {
                 health: None,
             },
         );
+        // `docker run` connects it to its network, then starts it.
+        e.emit_network(&id, "connect");
+        e.emit(&id, "start", None);
         id
     }
 
