@@ -105,9 +105,9 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
     update
 }
 
-/// Scaling and operator holds, as events. The first pass compares with what runs, so a
-/// new service is scaled up from 0 and a restarted controller that adopts the same
-/// count says nothing.
+/// Scaling, operator holds and members on the wrong network, as events. The first pass
+/// compares with what runs, so a new service is scaled up from 0 and a restarted
+/// controller that adopts the same count says nothing.
 fn scaling(plan: &Plan, ctx: &Context<'_>, update: &mut Update) {
     let counts = plan.counts;
     let prev = ctx.last_desired.unwrap_or(counts.current);
