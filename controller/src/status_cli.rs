@@ -238,6 +238,7 @@ pub fn describe(svc: &Value, now: SystemTime) -> String {
     }
     describe_tasks(svc, &mut out);
     describe_containers(svc, &mut out);
+    describe_members(svc, &mut out);
     out.push_str("Conditions:\n");
     let mut rows = vec![["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]
         .map(str::to_owned)
@@ -320,7 +321,7 @@ fn describe_containers(svc: &Value, out: &mut String) {
         return;
     };
     out.push_str("Replicas:\n");
-    let mut rows = vec![["NAME", "ID", "STATE", "HEALTH", "TEMPLATE"]
+    let mut rows = vec![["NAME", "ID", "STATE", "HEALTH", "TEMPLATE", "SLOT"]
         .map(str::to_owned)
         .to_vec()];
     for c in containers {
@@ -336,6 +337,33 @@ fn describe_containers(svc: &Value, out: &mut String) {
                 "old"
             }
             .to_owned(),
+            text("slot"),
+        ]);
+    }
+    for line in columns(&rows).lines() {
+        let _ = writeln!(out, "  {}", line.trim_end());
+    }
+}
+
+/// The hand-started members, apart from the replicas.
+fn describe_members(svc: &Value, out: &mut String) {
+    let Some(members) = svc["members"].as_array().filter(|m| !m.is_empty()) else {
+        return;
+    };
+    out.push_str("Members:\n");
+    let mut rows = vec![["NAME", "ID", "STATE", "SERVING", "IN ROTATION", "SLOT"]
+        .map(str::to_owned)
+        .to_vec()];
+    for m in members {
+        let text = |key: &str| m[key].as_str().unwrap_or("-").to_owned();
+        rows.push(vec![
+            text("name"),
+            text("id"),
+            text("state"),
+            // `wrong network` reads as one column.
+            text("serving").replace(' ', "-"),
+            if m["inRotation"] == true { "yes" } else { "no" }.to_owned(),
+            text("slot"),
         ]);
     }
     for line in columns(&rows).lines() {
@@ -467,7 +495,7 @@ mod tests {
             "replicas": {},
             "containers": [
                 {"name": "web-abcde", "id": "0123456789ab", "state": "serving",
-                 "health": "healthy", "updated": true},
+                 "health": "healthy", "updated": true, "slot": "slot1"},
                 {"name": "web-fghij", "id": "ba9876543210", "state": "unhealthy",
                  "health": "unhealthy", "updated": false},
                 {"name": "web-klmno", "id": "aaaaaaaaaaaa", "state": "serving",
@@ -483,28 +511,81 @@ mod tests {
         assert_eq!(rows.len(), 5, "{text}");
         assert!(rows[1]
             .split_whitespace()
-            .eq(["NAME", "ID", "STATE", "HEALTH", "TEMPLATE"]));
+            .eq(["NAME", "ID", "STATE", "HEALTH", "TEMPLATE", "SLOT"]));
         assert!(rows[2].split_whitespace().eq([
             "web-abcde",
             "0123456789ab",
             "serving",
             "healthy",
-            "current"
+            "current",
+            "slot1"
         ]));
         assert!(rows[3].split_whitespace().eq([
             "web-fghij",
             "ba9876543210",
             "unhealthy",
             "unhealthy",
-            "old"
+            "old",
+            "-"
         ]));
         assert!(rows[4].split_whitespace().eq([
             "web-klmno",
             "aaaaaaaaaaaa",
             "serving",
             "-",
-            "current"
+            "current",
+            "-"
         ]));
+    }
+
+    #[test]
+    fn describe_lists_members_apart_from_replicas() {
+        let svc = serde_json::json!({
+            "name": "web",
+            "replicas": {},
+            "containers": [
+                {"name": "web-abcde", "id": "0123456789ab", "state": "serving",
+                 "health": null, "updated": true, "slot": "slot1"}
+            ],
+            "members": [
+                {"name": "s3", "id": "cafecafecafe", "state": "running",
+                 "serving": "serving", "inRotation": true, "slot": "slot2"},
+                {"name": "s4", "id": "beefbeefbeef", "state": "running",
+                 "serving": "wrong network", "inRotation": false}
+            ]
+        });
+        let text = describe(&svc, SystemTime::now());
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "Members:")
+            .take(4)
+            .collect();
+        assert_eq!(rows.len(), 4, "{text}");
+        assert!(rows[1]
+            .split_whitespace()
+            .eq(["NAME", "ID", "STATE", "SERVING", "IN", "ROTATION", "SLOT"]));
+        assert!(rows[2].split_whitespace().eq([
+            "s3",
+            "cafecafecafe",
+            "running",
+            "serving",
+            "yes",
+            "slot2"
+        ]));
+        assert!(rows[3].split_whitespace().eq([
+            "s4",
+            "beefbeefbeef",
+            "running",
+            "wrong-network",
+            "no",
+            "-"
+        ]));
+        let replicas: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "Replicas:")
+            .take_while(|l| *l != "Members:")
+            .collect();
+        assert_eq!(replicas.len(), 3, "the members are not replicas: {text}");
     }
 
     #[test]

@@ -105,6 +105,19 @@ pub fn replica(n: u8, hash: &str) -> Replica {
     }
 }
 
+/// A member `s<n>` joining service `w`, running on the test network at address `n`
+/// (members and replicas share the address space: give them different `n`).
+pub fn member(n: u8) -> crate::model::member::Member {
+    crate::model::member::Member {
+        id: ContainerId(format!("member{n:02}")),
+        name: format!("s{n}"),
+        service: "w".to_owned(),
+        state: ContainerState::Running,
+        ips: BTreeMap::from([(NET.to_owned(), ip(n))]),
+        health: None,
+    }
+}
+
 pub fn ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, n)
 }

@@ -106,6 +106,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// pass).
     fn on_event(&mut self, event: ContainerEvent) {
         let now = Instant::now();
+        let network_event_of_member = event.service.is_none()
+            && self.store.service_of(&event.id).is_none()
+            && self.store.member_service_of(&event.id).is_some();
+        if event.member || network_event_of_member {
+            return self.on_member_event(event, now);
+        }
         // A network's event names the container only: it matters if it is ours.
         let Some(service) = event
             .service
@@ -154,6 +160,50 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         };
         if let (Some(at), Some(entry)) = (wake, self.services.get_mut(&service)) {
             entry.wake(at);
+        }
+    }
+
+    /// An event of a hand-started member: the members are listed again, and the
+    /// service it joins is woken (at once: a member that died or left the network
+    /// leaves rotation now, one that started enters it). Its `die` is applied as it
+    /// comes, like a replica's.
+    fn on_member_event(&mut self, event: ContainerEvent, now: Instant) {
+        let Some(service) = event
+            .service
+            .clone()
+            .or_else(|| self.store.member_service_of(&event.id).map(str::to_owned))
+        else {
+            return;
+        };
+        tracing::debug!(
+            action = %event.action,
+            container = %event.id,
+            service = %service,
+            "docker event of a member"
+        );
+        let wake = match event.action.as_str() {
+            "die" => {
+                self.store.member_exited(&event.id);
+                Some(now)
+            }
+            "start" => {
+                self.store.member_started(&event.id);
+                Some(now + Duration::from_millis(10))
+            }
+            "kill" | "oom" => None,
+            _ => {
+                self.store.member_touched();
+                Some(now)
+            }
+        };
+        match (wake, self.services.get_mut(&service)) {
+            (Some(at), Some(entry)) => entry.wake(at),
+            (Some(_), None) => tracing::debug!(
+                container = %event.id,
+                service = %service,
+                "a container joins a service that does not exist: ignored"
+            ),
+            (None, _) => {}
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What a pass reads besides the Docker list: the service's backend, which warming
-//! replicas answer on their port, and whether its image is present. Reads only.
+//! replicas and members answer on their port, and whether its image is present. Reads
+//! only.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use crate::controller::services::Entry;
 use crate::lb::{LbError, LbErrorKind, LoadBalancer};
 use crate::model::backend::Backend;
+use crate::model::member::Member;
 use crate::model::replica::{ContainerId, Replica};
 use crate::reconcile;
 use crate::runtime::ContainerRuntime;
@@ -15,7 +17,7 @@ use crate::runtime::ContainerRuntime;
 /// One service's observation.
 pub(crate) struct Observation {
     pub backend: Result<Backend, LbError>,
-    /// Replicas whose port accepted a connection.
+    /// Replicas and members whose port accepted a connection.
     pub answering: BTreeSet<ContainerId>,
     pub image_present: bool,
 }
@@ -25,11 +27,13 @@ pub(crate) async fn observe<R: ContainerRuntime, L: LoadBalancer>(
     lb: Arc<L>,
     entry: &Entry,
     listed: &[Replica],
+    members: &[Member],
     probe_timeout: Duration,
 ) -> Observation {
     let name = entry.spec.name();
     let spec = &entry.spec.spec;
     let replicas: Vec<&Replica> = listed.iter().filter(|r| r.service == name).collect();
+    let members: Vec<&Member> = members.iter().filter(|m| m.service == name).collect();
     let backend = match &spec.load_balancer {
         Some(l) => lb.backend(l.backend.as_str()).await,
         None => Err(LbError::new(
@@ -39,7 +43,7 @@ pub(crate) async fn observe<R: ContainerRuntime, L: LoadBalancer>(
     };
     let answering = match &backend {
         Ok(b) => {
-            let targets = reconcile::probe_targets(spec, &replicas, b);
+            let targets = reconcile::probe_targets(spec, &replicas, &members, b);
             let probe = crate::runtime::Probe::of(spec);
             runtime.answering(targets, &probe, probe_timeout).await
         }

@@ -10,12 +10,13 @@ use crate::controller::error::{error_policy, ReconcileError};
 use crate::controller::observe::{observe, Observation};
 use crate::controller::store::Refresh;
 use crate::controller::Controller;
-use crate::lb::LoadBalancer;
+use crate::lb::{LoadBalancer, MemberCounts};
+use crate::model::member::Member;
 use crate::model::replica::{ContainerId, ContainerState, Replica};
 use crate::reconcile::conditions::{self, Context};
 use crate::reconcile::{self, Action, ExitRecord, Limits, Plan, Verdict};
 use crate::runtime::{ContainerRuntime, DockerError};
-use crate::serve::status::{ContainerStatus, EventType};
+use crate::serve::status::{ContainerStatus, EventType, MemberStatus};
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Reconciles every service that is due, from one Docker list.
@@ -55,6 +56,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 return;
             }
         };
+        let members = self.store.members();
+        self.make_room_for_members(&members).await;
         let observations = futures::future::join_all(due.iter().filter_map(|name| {
             let entry = self.services.get(name)?;
             Some(observe(
@@ -62,20 +65,42 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 self.lb.clone(),
                 entry,
                 &listed,
+                &members,
                 self.settings.probe_timeout,
             ))
         }))
         .await;
         for (name, observation) in due.iter().zip(observations) {
             let span = tracing::info_span!("reconcile", service = %name);
-            self.reconcile_one(name, &listed, observation)
+            self.reconcile_one(name, &listed, &members, observation)
                 .instrument(span)
                 .await;
         }
     }
 
+    /// More members than ever seen joining a service: its slot pool must leave room
+    /// for them too (a reload only when the pool is too small).
+    async fn make_room_for_members(&mut self, members: &[Member]) {
+        let mut counts = MemberCounts::new();
+        for m in members.iter().filter(|m| m.is_running()) {
+            *counts.entry(m.service.clone()).or_default() += 1;
+        }
+        let mut more = false;
+        for (service, n) in counts {
+            let seen = self.lb_state.members_seen.entry(service).or_default();
+            if n > *seen {
+                *seen = n;
+                more = true;
+            }
+        }
+        if more {
+            self.configure_lb().await;
+        }
+    }
+
     /// Brings the store up to date: a full list when it may be incomplete, else one
-    /// inspect per container that changed since it was read.
+    /// inspect per container that changed since it was read; and the members listed
+    /// again when one of them changed.
     async fn refresh_store(&mut self) -> Result<Vec<Replica>, DockerError> {
         match self.store.take_refresh() {
             Refresh::Nothing => {}
@@ -109,18 +134,34 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 }
             }
         }
+        if self.store.take_member_list() {
+            match self.runtime.list_members().await {
+                Ok(members) => self.store.members_listed(members),
+                Err(e) => {
+                    self.store.invalidate();
+                    return Err(e);
+                }
+            }
+        }
         Ok(self.store.replicas(Instant::now()))
     }
 
     /// The plan of one service's pass from the Docker list and its observation. Pure
     /// but for the clock read: the dry run and the real pass share it.
-    fn plan(&self, name: &str, listed: &[Replica], observed: &Observation) -> Option<Plan> {
+    fn plan(
+        &self,
+        name: &str,
+        listed: &[Replica],
+        members: &[Member],
+        observed: &Observation,
+    ) -> Option<Plan> {
         let entry = self.services.get(name)?;
         let input = reconcile::Input {
             spec: &entry.spec.spec,
             desired: entry.desired(),
             template_hash: &entry.template_hash,
             replicas: listed.iter().filter(|r| r.service == name).collect(),
+            members: members.iter().filter(|m| m.service == name).collect(),
             image_present: observed.image_present,
             pull: &entry.pull,
             backend: observed.backend.as_ref().ok(),
@@ -139,13 +180,19 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         Some(reconcile::plan(&input, &entry.memory))
     }
 
-    async fn reconcile_one(&mut self, name: &str, listed: &[Replica], observed: Observation) {
+    async fn reconcile_one(
+        &mut self,
+        name: &str,
+        listed: &[Replica],
+        members: &[Member],
+        observed: Observation,
+    ) {
         let _timer = self.metrics.reconcile_timer(name);
         self.follow_autoscaler(name, listed);
         if let Some(entry) = self.services.get_mut(name) {
             entry.adopt_until_resolved(listed);
         }
-        let Some(plan) = self.plan(name, listed, &observed) else {
+        let Some(plan) = self.plan(name, listed, members, &observed) else {
             return;
         };
         tracing::debug!(actions = ?plan.actions, counts = ?plan.counts, "planned");
@@ -191,6 +238,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         ] {
             gauge.with_label_values(&[name]).set(i64::from(value));
         }
+        let in_rotation = plan.members.iter().filter(|m| m.in_rotation).count();
+        self.metrics
+            .members_in_rotation
+            .with_label_values(&[name])
+            .set(i64::try_from(in_rotation).unwrap_or(i64::MAX));
         // The slowest cause decides; in motion, the plan's requeue unless an error asks
         // to wait longer.
         let backoff = errors
@@ -365,8 +417,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     state: r.serving.to_owned(),
                     health: r.health.map(|h| h.as_str().to_owned()),
                     updated: r.updated,
+                    slot: r.slot.clone(),
                 })
                 .collect();
+            svc.members = plan.members.iter().map(member_status).collect();
             svc.backend = backend;
             update.apply(svc, wall);
         });
@@ -377,7 +431,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     pub async fn dry_run(mut self) -> Result<String, DockerError> {
         let listed = self.runtime.list_owned().await?;
         self.store.listed(listed);
+        let members = self.runtime.list_members().await?;
+        self.store.members_listed(members);
         let listed = self.store.replicas(Instant::now());
+        let members = self.store.members();
         let mut out = String::new();
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
@@ -389,11 +446,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 self.lb.clone(),
                 entry,
                 &listed,
+                &members,
                 self.settings.probe_timeout,
             )
             .await;
             self.follow_autoscaler(&name, &listed);
-            let Some(plan) = self.plan(&name, &listed, &observed) else {
+            let Some(plan) = self.plan(&name, &listed, &members, &observed) else {
                 continue;
             };
             let backend = self.services.get(&name).and_then(|e| {
@@ -486,6 +544,18 @@ pub fn describe_plan(
         out.push_str("  nothing to do\n");
     }
     out
+}
+
+/// A member as the service's status lists it.
+fn member_status(m: &reconcile::MemberView) -> MemberStatus {
+    MemberStatus {
+        name: m.name.clone(),
+        id: m.id.short().to_owned(),
+        state: format!("{:?}", m.state).to_lowercase(),
+        serving: m.serving.to_owned(),
+        in_rotation: m.in_rotation,
+        slot: m.slot.clone(),
+    }
 }
 
 /// The event of an exit the crash-loop lines looked at.

@@ -20,6 +20,7 @@ mod engine;
 mod haproxy;
 mod health;
 mod lifecycle;
+mod members;
 mod pull;
 mod regressions;
 mod rollout;

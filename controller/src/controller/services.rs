@@ -10,7 +10,7 @@ use crate::autoscale::{Autoscaler, Reason};
 use crate::controller::error::{error_backoff, error_policy, ReconcileError};
 use crate::controller::watch::Change;
 use crate::controller::Controller;
-use crate::lb::LoadBalancer;
+use crate::lb::{LoadBalancer, MemberCounts};
 use crate::model::replica::{template_hash, template_hash_with_image, Replica};
 use crate::reconcile::image::PullState;
 use crate::reconcile::Memory;
@@ -143,9 +143,12 @@ impl Entry {
 /// The load balancer's configuration as last applied, and its failures.
 #[derive(Default)]
 pub(crate) struct LbState {
-    /// The services and frontends it was last configured with, to reconfigure only on
-    /// change.
-    pub configured: Option<(Vec<ScaledService>, Vec<Frontend>)>,
+    /// The services, member counts and frontends it was last configured with, to
+    /// reconfigure only on change.
+    pub configured: Option<(Vec<ScaledService>, MemberCounts, Vec<Frontend>)>,
+    /// The most members seen at once per service since the start: the pools leave
+    /// room for them (a pool never shrinks while HAProxy runs, so neither does this).
+    pub members_seen: MemberCounts,
     /// Why the last configuration failed, while it fails.
     pub error: Option<String>,
     /// Failed configurations in a row, and when to try again.
@@ -303,11 +306,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             .filter(|e| e.spec.spec.load_balancer.is_some())
             .map(|e| e.spec.clone())
             .collect();
-        let wanted = (wanted, self.frontends.clone());
+        let members = self.lb_state.members_seen.clone();
+        let wanted = (wanted, members, self.frontends.clone());
         if self.lb_state.configured.as_ref() == Some(&wanted) {
             return;
         }
-        match self.lb.configure(&wanted.0, &wanted.1).await {
+        match self.lb.configure(&wanted.0, &wanted.1, &wanted.2).await {
             Ok(grown) => {
                 let now = self.settings.clock.wall();
                 self.status.update(|s| {
@@ -317,7 +321,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                                 EventType::Normal,
                                 "SlotPoolGrown",
                                 format!(
-                                    "{} replicas at once need more than the {} slots of {}: grown \
+                                    "{} servers at once (replicas and members) need more than the {} slots \
+                                     of {}: grown \
                                      to {}, HAProxy reloaded with every server written in (pools \
                                      never shrink while HAProxy runs; replica changes within the \
                                      pool never reload)",
@@ -330,6 +335,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 });
                 let recovered = self.lb_state.failures > 0;
                 self.lb_state = LbState {
+                    members_seen: wanted.1.clone(),
                     configured: Some(wanted),
                     ..LbState::default()
                 };

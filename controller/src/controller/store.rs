@@ -16,6 +16,10 @@
 //! inspect can tell: whether someone signalled it before it died (`kill`), or the
 //! kernel OOM-killed it, so that only a replica's own exit counts as a crash.
 //!
+//! Hand-started members (`dockscale.join`) are kept apart from the replicas: they are
+//! few, so any event of one (or a full list) lists them all again with one filtered
+//! call, and a member's `die` makes it exited at once, as a replica's does.
+//!
 //! This module decides what to read; the controller does the reading.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::model::member::Member;
 use crate::model::replica::{ContainerId, ContainerState, ExitCause, Replica};
 
 /// Above this many containers to read again, one list is cheaper than the inspects.
@@ -76,17 +81,77 @@ pub struct ReplicaStore {
     /// Containers read running since the stream was connected: their `die` is
     /// delivered too (an adopted replica that crashes later, say).
     seen_running: BTreeSet<ContainerId>,
+    /// The hand-started members, as last listed.
+    members: BTreeMap<ContainerId, Member>,
+    /// Something happened to a member (or the store is incomplete): list them again.
+    members_stale: bool,
+    /// Members whose `die` was seen since they last started.
+    member_exits: BTreeSet<ContainerId>,
 }
 
 impl ReplicaStore {
     /// An empty store: the first pass lists.
     pub fn new() -> Self {
-        Self::default()
+        ReplicaStore {
+            members_stale: true,
+            ..Self::default()
+        }
     }
 
     /// The next pass lists everything (a resync, a broken event stream, an error).
     pub fn invalidate(&mut self) {
         self.complete = false;
+        self.members_stale = true;
+    }
+
+    /// Whether the members are to be listed again now. Taking it clears it.
+    pub fn take_member_list(&mut self) -> bool {
+        std::mem::take(&mut self.members_stale)
+    }
+
+    /// The members, listed: the store's members become exactly these.
+    pub fn members_listed(&mut self, members: Vec<Member>) {
+        self.members = members.into_iter().map(|m| (m.id.clone(), m)).collect();
+        let known = &self.members;
+        self.member_exits.retain(|id| known.contains_key(id));
+    }
+
+    /// Something happened to a member: the next pass lists the members again.
+    pub fn member_touched(&mut self) {
+        self.members_stale = true;
+    }
+
+    /// A member's `die`: out of rotation now, whatever a list a moment later says.
+    pub fn member_exited(&mut self, id: &ContainerId) {
+        self.member_exits.insert(id.clone());
+        self.members_stale = true;
+    }
+
+    /// A member (re)started.
+    pub fn member_started(&mut self, id: &ContainerId) {
+        self.member_exits.remove(id);
+        self.members_stale = true;
+    }
+
+    /// The service a known member joins.
+    pub fn member_service_of(&self, id: &ContainerId) -> Option<&str> {
+        self.members.get(id).map(|m| m.service.as_str())
+    }
+
+    /// The members as the planner reads them: one whose `die` was seen is exited,
+    /// without an address.
+    pub fn members(&self) -> Vec<Member> {
+        self.members
+            .values()
+            .map(|m| {
+                let mut m = m.clone();
+                if self.member_exits.contains(&m.id) {
+                    m.state = ContainerState::Exited;
+                    m.ips.clear();
+                }
+                m
+            })
+            .collect()
     }
 
     /// The event stream is connected (again) from `unix_ns` on.
@@ -410,6 +475,44 @@ mod tests {
             "a survived SIGHUP explains nothing"
         );
         assert_eq!(causes["restarted"], None, "running again");
+    }
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: ContainerId(id.to_owned()),
+            name: format!("s-{id}"),
+            service: "w".to_owned(),
+            state: ContainerState::Running,
+            ips: BTreeMap::from([("net".to_owned(), std::net::Ipv4Addr::new(10, 0, 0, 9))]),
+            health: None,
+        }
+    }
+
+    #[test]
+    fn members_are_listed_first_and_again_after_an_event_of_one() {
+        let mut store = ReplicaStore::new();
+        assert!(store.take_member_list());
+        store.members_listed(vec![member("m")]);
+        assert!(!store.take_member_list());
+        assert_eq!(store.member_service_of(&id("m")), Some("w"));
+        store.member_touched();
+        assert!(store.take_member_list());
+        store.invalidate();
+        assert!(store.take_member_list(), "a resync lists the members too");
+    }
+
+    #[test]
+    fn a_members_die_makes_it_exited_until_it_starts_again() {
+        let mut store = ReplicaStore::new();
+        store.members_listed(vec![member("m")]);
+        store.member_exited(&id("m"));
+        // A list a moment later may still show it running: the event wins.
+        store.members_listed(vec![member("m")]);
+        let m = &store.members()[0];
+        assert_eq!(m.state, ContainerState::Exited);
+        assert!(m.ips.is_empty());
+        store.member_started(&id("m"));
+        assert_eq!(store.members()[0].state, ContainerState::Running);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! drain open; the backend's load is the test's script, for the autoscaler.
 //!
 //! Managed mode by default: `configure` creates each service's backend with the pool
-//! [`slots_for`] gives it, grows a pool that is too small (a reload, reported as
+//! [`crate::lb::haproxy::config::slots_for`] gives it, grows a pool that is too small (a reload, reported as
 //! [`PoolGrown`]) and drops the backends no service names; [`FakeBalancer::reloads`]
 //! counts what a managed HAProxy would reload for. [`FakeBalancer::external`] is an
 //! external HAProxy instead: its backends are declared up front and `configure`
@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::lb::haproxy::config::{slots_for, slots_needed, SLOT_PREFIX};
-use crate::lb::{LbError, LbErrorKind, LoadBalancer};
+use crate::lb::haproxy::config::{pool_for, slots_needed, SLOT_PREFIX};
+use crate::lb::{LbError, LbErrorKind, LoadBalancer, MemberCounts};
 use crate::model::backend::{Admin, Backend, BackendLoad, PoolGrown, Slot};
 use crate::runtime::fake::{Call, FakeRuntime, Journal};
 use crate::spec::{ScaledService, ServerOptions};
@@ -501,6 +501,7 @@ impl LoadBalancer for FakeBalancer {
     async fn configure(
         &self,
         services: &[ScaledService],
+        members: &MemberCounts,
         _frontends: &[crate::spec::frontend::Frontend],
     ) -> Result<Vec<PoolGrown>, LbError> {
         let wanted: Vec<&ScaledService> = services
@@ -531,10 +532,11 @@ impl LoadBalancer for FakeBalancer {
             };
             let name = lb.backend.to_string();
             let mut slots = h.backends.remove(&name).unwrap_or_default();
-            let needed = slots_needed(service);
+            let members = members.get(service.name()).copied().unwrap_or(0);
+            let needed = slots_needed(service) + members;
             let have = slots.len() as u32;
             if have == 0 || have < needed {
-                let to = slots_for(service).max(have);
+                let to = pool_for(needed).max(have);
                 slots.extend((have + 1..=to).map(FakeSlot::free));
                 if have > 0 {
                     grown.push(PoolGrown {

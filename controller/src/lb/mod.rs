@@ -88,17 +88,23 @@ impl LbError {
     }
 }
 
+/// The most hand-started members seen at once per service (by service name), for which
+/// its slot pool leaves room.
+pub type MemberCounts = std::collections::BTreeMap<String, u32>;
+
 /// Slot operations on a backend, and the set of backends to serve.
 pub trait LoadBalancer: Send + Sync + 'static {
     /// Makes the load balancer serve exactly these services' backends (managed mode may
     /// regenerate its configuration and reload; external mode only checks they exist).
     /// Called when the services change. A replica change reloads nothing unless the
     /// service may now run more replicas than its backend has slots: the pool then
-    /// grows (reported in the result).
-    /// `frontends` are the shared frontends (`kind: Frontend`) routing to some of them.
+    /// grows (reported in the result). `members` leaves room in each pool for the
+    /// hand-started members seen joining the service. `frontends` are the shared
+    /// frontends (`kind: Frontend`) routing to some of them.
     fn configure(
         &self,
         services: &[ScaledService],
+        members: &MemberCounts,
         frontends: &[Frontend],
     ) -> impl Future<Output = Result<Vec<PoolGrown>, LbError>> + Send;
 
@@ -186,6 +192,7 @@ impl LoadBalancer for NoLoadBalancer {
     async fn configure(
         &self,
         _: &[ScaledService],
+        _: &MemberCounts,
         _: &[Frontend],
     ) -> Result<Vec<PoolGrown>, LbError> {
         Ok(Vec::new())

@@ -105,9 +105,9 @@ pub fn derive(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus) -> Updat
     update
 }
 
-/// Scaling and operator holds, as events. The first pass compares with what runs, so a
-/// new service is scaled up from 0 and a restarted controller that adopts the same
-/// count says nothing.
+/// Scaling, operator holds and members on the wrong network, as events. The first pass
+/// compares with what runs, so a new service is scaled up from 0 and a restarted
+/// controller that adopts the same count says nothing.
 fn scaling(plan: &Plan, ctx: &Context<'_>, update: &mut Update) {
     let counts = plan.counts;
     let prev = ctx.last_desired.unwrap_or(counts.current);
@@ -119,14 +119,37 @@ fn scaling(plan: &Plan, ctx: &Context<'_>, update: &mut Update) {
         ));
     }
     for note in &plan.notes {
-        if let Note::OperatorHold { name, slot, admin } = note {
-            update.events.push(NewEvent::warning(
-                "ServerHeld",
-                format!(
-                    "Server {slot} of replica {name} ({admin:?}) was taken out of rotation by \
-                     someone else; left as is"
-                ),
-            ));
+        match note {
+            Note::OperatorHold { name, slot, admin } => {
+                update.events.push(NewEvent::warning(
+                    "ServerHeld",
+                    format!(
+                        "Server {slot} of replica {name} ({admin:?}) was taken out of rotation \
+                         by someone else; left as is"
+                    ),
+                ));
+            }
+            Note::MemberNetworkMismatch {
+                name,
+                id,
+                on,
+                network,
+            } => {
+                let on = if on.is_empty() {
+                    "no network".to_owned()
+                } else {
+                    on.join(", ")
+                };
+                update.events.push(NewEvent::warning(
+                    "MemberNetworkMismatch",
+                    format!(
+                        "Container {name} ({id}) joins this service (dockscale.join) but is on \
+                         {on}; it must be on the service's network `{network}` to be served \
+                         (`docker network connect {network} {name}`)"
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
 }

@@ -23,7 +23,14 @@
 //! 3. [`retire::finish_drains`]: the replicas being drained go on to removal.
 //! 4. counts, 5. the rollout and its deadline ([`rollout`]), 6. the creates (with the
 //!    crash-loop lines), 7. [`retire::victims`]: what to remove (scale-down, rollout),
-//!    each through [`retire::retire`], 8. [`rotation::bring_in`]: the rest into rotation.
+//!    each through [`retire::retire`], 8. [`rotation::bring_in`]: the rest into rotation,
+//!    and the service's members after them.
+//!
+//! Members (hand-started containers labelled `dockscale.join=<service>`) come in
+//! [`Input::members`], a list apart from the replicas: they take part in steps 2 and 8
+//! only. No rule that counts, creates, removes, drains or rolls out ever sees one, so no
+//! plan can stop a container that is not dockscale's. A member running on another
+//! network than the service's is reported once ([`Note::MemberNetworkMismatch`]).
 
 pub mod classify;
 pub mod conditions;
@@ -44,6 +51,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::model::backend::{Admin, Backend};
+use crate::model::member::Member;
 use crate::model::replica::{ContainerId, Health, Replica};
 use crate::spec::ServiceSpec;
 
@@ -85,6 +93,8 @@ pub struct Input<'a> {
     pub template_hash: &'a str,
     /// This service's containers, as listed.
     pub replicas: Vec<&'a Replica>,
+    /// The hand-started containers that join this service's backend, as listed.
+    pub members: Vec<&'a Member>,
     /// Whether the template's image exists locally (observed when creates may be
     /// needed; `true` otherwise).
     pub image_present: bool,
@@ -236,6 +246,16 @@ pub enum Note {
     RolloutStalled {
         template_hash: String,
     },
+    /// A running member that is not on the service's network: nothing in the backend
+    /// can reach it (reported once per container).
+    MemberNetworkMismatch {
+        name: String,
+        id: ContainerId,
+        /// The networks it is on.
+        on: Vec<String>,
+        /// The service's network, where it must be.
+        network: String,
+    },
 }
 
 /// An exit seen for the first time, and how it was judged.
@@ -284,6 +304,8 @@ pub struct Plan {
     pub unhealthy_since: BTreeMap<String, Instant>,
     /// Every live replica and where it stands, for status.
     pub replicas: Vec<ReplicaView>,
+    /// Every member and where it stands, for status (never counted as replicas).
+    pub members: Vec<MemberView>,
 }
 
 /// One live replica as status shows it.
@@ -297,6 +319,24 @@ pub struct ReplicaView {
     pub health: Option<Health>,
     /// Of the current template.
     pub updated: bool,
+    /// The backend slot it holds (the row of HAProxy's stats page).
+    pub slot: Option<String>,
+}
+
+/// One member as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub name: String,
+    pub id: ContainerId,
+    /// Docker's state.
+    pub state: crate::model::replica::ContainerState,
+    /// Where it stands with the load balancer (`serving`, `warming`, `wrong network`,
+    /// `stopped`, ...).
+    pub serving: &'static str,
+    /// Enabled in the backend.
+    pub in_rotation: bool,
+    /// The backend slot it holds.
+    pub slot: Option<String>,
 }
 
 impl Plan {
@@ -331,6 +371,12 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     let matched = rotation::match_slots(input, &sorted.live, &mut plan);
     let mut lives = rotation::lives(input, memory, &sorted.live, &matched);
     plan.replicas = lives.iter().map(rotation::Live::view).collect();
+    let members = rotation::members(input, &matched);
+    plan.members = members
+        .iter()
+        .map(|m| m.view(spec.network.as_str()))
+        .collect();
+    misplaced_members(input, memory, &mut plan);
     let draining = retire::finish_drains(input, memory, &mut lives, &mut plan);
 
     // 4. Counts.
@@ -467,7 +513,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         .filter(|(i, _)| !victims.iter().any(|(v, _)| v == i))
         .map(|(_, l)| l)
         .collect();
-    rotation::bring_in(input, memory, &kept, matched.free, &mut plan);
+    rotation::bring_in(input, memory, &kept, &members, matched.free, &mut plan);
     plan
 }
 
@@ -498,6 +544,21 @@ fn image_step(input: &Input<'_>, creates: u32, plan: &mut Plan) -> image::ImageS
         }
     }
     step
+}
+
+/// Running members on another network than the service's, reported once each.
+fn misplaced_members(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
+    let network = input.spec.network.as_str();
+    for m in &input.members {
+        if m.is_running() && m.ip_on(network).is_none() && !memory.misplaced_reported(&m.id) {
+            plan.notes.push(Note::MemberNetworkMismatch {
+                name: m.name.clone(),
+                id: m.id.clone(),
+                on: m.networks().into_iter().map(str::to_owned).collect(),
+                network: network.to_owned(),
+            });
+        }
+    }
 }
 
 /// How long a replica has existed, from its creation label and the pass's wall clock.

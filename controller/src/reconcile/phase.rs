@@ -10,7 +10,7 @@
 //! replica is doing *now* (UP in HAProxy, running) is observed each pass, never kept
 //! here: this holds only what dockscale itself started and must remember.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::crash_loop::{self, BackoffPolicy, Vacancy};
 use super::rollout::RolloutProgress;
 use super::{Action, Note, Plan};
+use crate::model::replica::ContainerId;
 
 /// A replica's lifecycle, as far as dockscale has taken it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +87,8 @@ pub struct Memory {
     /// Replicas Docker reports unhealthy, by name, and since when (as first seen by a
     /// pass): past `unhealthyReplaceAfter` they are replaced.
     pub unhealthy_since: BTreeMap<String, Instant>,
+    /// Members reported on the wrong network (once per container).
+    pub misplaced_members: BTreeSet<ContainerId>,
 }
 
 impl Memory {
@@ -147,6 +150,11 @@ impl Memory {
         self.unhealthy_since.get(name).copied()
     }
 
+    /// Whether a member on the wrong network was reported already.
+    pub fn misplaced_reported(&self, id: &ContainerId) -> bool {
+        self.misplaced_members.contains(id)
+    }
+
     pub fn exit_judged(&self, name: &str) -> bool {
         self.replicas.get(name).is_some_and(|t| t.exit_judged)
     }
@@ -169,8 +177,12 @@ impl Memory {
         self.rollout = plan.rollout.clone();
         self.unhealthy_since = plan.unhealthy_since.clone();
         for note in &plan.notes {
-            if let Note::OperatorHold { name, .. } = note {
-                self.track(name, None).hold_reported = true;
+            match note {
+                Note::OperatorHold { name, .. } => self.track(name, None).hold_reported = true,
+                Note::MemberNetworkMismatch { id, .. } => {
+                    self.misplaced_members.insert(id.clone());
+                }
+                _ => {}
             }
         }
         for name in &plan.forget {

@@ -1,16 +1,22 @@
 //! Replicas and backend slots (steps 2 and 8 of a pass): which slot serves which
-//! replica, where each live replica stands with the load balancer, and bringing the
-//! ones that are not in rotation yet into it. Pure.
+//! replica or member, where each stands with the load balancer, and bringing the ones
+//! that are not in rotation yet into it. Pure.
+//!
+//! Members (hand-started containers labelled `dockscale.join`) take free slots the
+//! way replicas do, after them: assigned in maintenance with weight 0, enabled once
+//! their port answers, cut when they are gone. They are never drained: nothing here
+//! or elsewhere in the planner ever removes one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use crate::model::backend::{Admin, Backend, Slot};
+use crate::model::member::Member;
 use crate::model::replica::{ContainerId, ContainerState, Health, Replica};
 use crate::spec::ServiceSpec;
 
-use super::{Action, Input, Memory, Note, Plan, ACTIVE_REQUEUE};
+use super::{Action, Input, MemberView, Memory, Note, Plan, ACTIVE_REQUEUE};
 
 /// Where a live replica stands with the load balancer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +59,27 @@ impl Serving<'_> {
     }
 }
 
+impl<'s> Serving<'s> {
+    /// The slot it holds, if any.
+    pub fn slot(self) -> Option<&'s Slot> {
+        match self {
+            Serving::Plain | Serving::Unready | Serving::Unknown | Serving::Unassigned => None,
+            Serving::Warming(s)
+            | Serving::Ready(s)
+            | Serving::Unhealthy(s)
+            | Serving::Held(s)
+            | Serving::Draining(s)
+            | Serving::Paused(s)
+            | Serving::HealthFailing(s) => Some(s),
+        }
+    }
+
+    /// Enabled in the backend (HAProxy sends it requests while its checks pass).
+    pub fn in_rotation(self) -> bool {
+        matches!(self, Serving::Ready(_) | Serving::Unhealthy(_))
+    }
+}
+
 impl Serving<'_> {
     /// A word for status.
     pub fn label(self) -> &'static str {
@@ -88,6 +115,33 @@ impl Live<'_, '_> {
             serving: self.serving.label(),
             health: self.replica.health,
             updated: self.updated,
+            slot: self.serving.slot().map(|s| s.name.clone()),
+        }
+    }
+}
+
+/// A member with where it stands: on the service network and running, or not.
+pub struct MemberLive<'a, 's> {
+    pub member: &'a Member,
+    /// `None` for a member that is not running on the service network (stopped, or on
+    /// another network): it holds no slot.
+    pub serving: Option<Serving<'s>>,
+}
+
+impl MemberLive<'_, '_> {
+    pub fn view(&self, network: &str) -> MemberView {
+        let serving = match (self.serving, self.member.is_running()) {
+            (Some(s), _) => s.label(),
+            (None, true) if self.member.ip_on(network).is_none() => "wrong network",
+            (None, _) => "stopped",
+        };
+        MemberView {
+            name: self.member.name.clone(),
+            id: self.member.id.clone(),
+            state: self.member.state,
+            serving,
+            in_rotation: self.serving.is_some_and(Serving::in_rotation),
+            slot: self.serving.and_then(Serving::slot).map(|s| s.name.clone()),
         }
     }
 }
@@ -106,6 +160,15 @@ fn addr_of(spec: &ServiceSpec, r: &Replica) -> Option<SocketAddrV4> {
         .map(|ip| SocketAddrV4::new(ip, port))
 }
 
+/// A running member's address on the service network, at the template's port: a
+/// member serves what the service's replicas serve, on the same port.
+fn member_addr(spec: &ServiceSpec, m: &Member) -> Option<SocketAddrV4> {
+    let port = spec.template.port.unwrap_or(0);
+    m.ip_on(spec.network.as_str())
+        .filter(|_| matches!(m.state, ContainerState::Running | ContainerState::Paused))
+        .map(|ip| SocketAddrV4::new(ip, port))
+}
+
 /// Step 2: pairs live replicas with the slots pointing at them. A slot in rotation
 /// that no live replica has the address of is cut at once; two slots for one replica
 /// keep the one most in service.
@@ -114,9 +177,15 @@ pub fn match_slots<'s>(input: &Input<'s>, live: &[&Replica], plan: &mut Plan) ->
     let (Some(_), Some(backend)) = (input.spec.load_balancer.as_ref(), input.backend) else {
         return matched;
     };
-    let by_addr: HashMap<SocketAddrV4, &Replica> = live
+    let by_addr: HashMap<SocketAddrV4, &ContainerId> = live
         .iter()
-        .filter_map(|r| Some((addr_of(input.spec, r)?, *r)))
+        .filter_map(|r| Some((addr_of(input.spec, r)?, &r.id)))
+        .chain(
+            input
+                .members
+                .iter()
+                .filter_map(|m| Some((member_addr(input.spec, m)?, &m.id))),
+        )
         .collect();
     let release = |plan: &mut Plan, slot: &Slot| {
         plan.actions.push(Action::Release {
@@ -125,21 +194,21 @@ pub fn match_slots<'s>(input: &Input<'s>, live: &[&Replica], plan: &mut Plan) ->
     };
     for slot in &backend.slots {
         match slot.addr.and_then(|a| by_addr.get(&a)) {
-            Some(r) => match matched.slot_of.get(&r.id) {
+            Some(id) => match matched.slot_of.get(*id) {
                 Some(kept) if admin_rank(kept.admin) >= admin_rank(slot.admin) => {
                     release(plan, slot);
                 }
                 Some(kept) => {
                     release(plan, kept);
-                    matched.slot_of.insert(r.id.clone(), slot);
+                    matched.slot_of.insert((*id).clone(), slot);
                 }
                 None => {
-                    matched.slot_of.insert(r.id.clone(), slot);
+                    matched.slot_of.insert((*id).clone(), slot);
                 }
             },
-            // In rotation, but no live replica has that address: a replica that died,
-            // was cut from its network, or drift. Out of rotation at once, and its
-            // connections cut.
+            // In rotation, but no live replica or running member has that address: one
+            // that died, was cut from its network, or drift. Out of rotation at once,
+            // and its connections cut.
             None if slot.admin != Admin::Maint => match slot.addr {
                 Some(addr) => plan.actions.push(Action::Cut {
                     slot: slot.name.clone(),
@@ -160,38 +229,92 @@ pub fn lives<'a, 's>(
     live: &[&'a Replica],
     matched: &Matched<'s>,
 ) -> Vec<Live<'a, 's>> {
-    let lb = input.spec.load_balancer.as_ref();
     live.iter()
         .map(|r| {
-            let serving = match (lb, input.backend) {
-                (None, _) if r.health_allows_traffic() => Serving::Plain,
-                (None, _) => Serving::Unready,
-                (Some(_), None) => Serving::Unknown,
-                (Some(_), Some(_)) => match matched.slot_of.get(&r.id) {
-                    None => Serving::Unassigned,
-                    Some(slot) => match slot.admin {
-                        Admin::Maint if slot.weight == 0 => Serving::Warming(slot),
-                        Admin::Maint => Serving::Held(slot),
-                        Admin::Drain if memory.draining_since(&r.name).is_some() => {
-                            Serving::Draining(slot)
-                        }
-                        Admin::Drain => Serving::Held(slot),
-                        Admin::Ready if r.state == ContainerState::Paused => Serving::Paused(slot),
-                        Admin::Ready if r.health == Some(Health::Unhealthy) => {
-                            Serving::HealthFailing(slot)
-                        }
-                        Admin::Ready if slot.up => Serving::Ready(slot),
-                        Admin::Ready => Serving::Unhealthy(slot),
-                    },
-                },
+            let container = Standing {
+                id: &r.id,
+                state: r.state,
+                health: r.health,
+                draining: memory.draining_since(&r.name).is_some(),
             };
             Live {
                 replica: r,
-                serving,
+                serving: container.serving(input, matched),
                 updated: r.template_hash == input.template_hash,
             }
         })
         .collect()
+}
+
+/// Where each member stands: only one running on the service network holds a slot.
+pub fn members<'a, 's>(input: &Input<'a>, matched: &Matched<'s>) -> Vec<MemberLive<'a, 's>> {
+    input
+        .members
+        .iter()
+        .map(|m| {
+            let on_network = member_addr(input.spec, m).is_some();
+            let container = Standing {
+                id: &m.id,
+                state: m.state,
+                health: m.health,
+                // dockscale never drains a member: a drain is someone else's.
+                draining: false,
+            };
+            MemberLive {
+                member: m,
+                serving: on_network.then(|| container.serving(input, matched)),
+            }
+        })
+        .collect()
+}
+
+/// What the serving of a replica or a member is judged from.
+struct Standing<'c> {
+    id: &'c ContainerId,
+    state: ContainerState,
+    health: Option<Health>,
+    /// dockscale is draining it.
+    draining: bool,
+}
+
+impl Standing<'_> {
+    fn serving<'s>(&self, input: &Input<'_>, matched: &Matched<'s>) -> Serving<'s> {
+        let health_ok = self.health.is_none_or(|h| h == Health::Healthy);
+        match (input.spec.load_balancer.as_ref(), input.backend) {
+            (None, _) if health_ok => Serving::Plain,
+            (None, _) => Serving::Unready,
+            (Some(_), None) => Serving::Unknown,
+            (Some(_), Some(_)) => match matched.slot_of.get(self.id) {
+                None => Serving::Unassigned,
+                Some(slot) => match slot.admin {
+                    Admin::Maint if slot.weight == 0 => Serving::Warming(slot),
+                    Admin::Maint => Serving::Held(slot),
+                    Admin::Drain if self.draining => Serving::Draining(slot),
+                    Admin::Drain => Serving::Held(slot),
+                    Admin::Ready if self.state == ContainerState::Paused => Serving::Paused(slot),
+                    Admin::Ready if self.health == Some(Health::Unhealthy) => {
+                        Serving::HealthFailing(slot)
+                    }
+                    Admin::Ready if slot.up => Serving::Ready(slot),
+                    Admin::Ready => Serving::Unhealthy(slot),
+                },
+            },
+        }
+    }
+}
+
+/// One container step 8 brings into rotation: a replica that stays, or a member.
+struct Candidate<'c, 's> {
+    id: &'c ContainerId,
+    name: &'c str,
+    addr: Option<SocketAddrV4>,
+    /// Its port (or HTTP check) answers.
+    answering: bool,
+    /// Its Docker health check, if it has one, passes.
+    healthy: bool,
+    serving: Serving<'s>,
+    /// A member: an operator's hold on it is not reported (it is theirs anyway).
+    member: bool,
 }
 
 /// Step 8: the replicas that stay are brought into rotation: a free slot for each
@@ -202,22 +325,43 @@ pub fn bring_in(
     input: &Input<'_>,
     memory: &Memory,
     kept: &[&Live],
+    members: &[MemberLive],
     free: Vec<&Slot>,
     plan: &mut Plan,
 ) {
     let (Some(lb), Some(_)) = (input.spec.load_balancer.as_ref(), input.backend) else {
         return;
     };
+    let replicas = kept.iter().map(|l| Candidate {
+        id: &l.replica.id,
+        name: &l.replica.name,
+        addr: addr_of(input.spec, l.replica),
+        answering: input.answering.contains(&l.replica.id),
+        healthy: l.replica.health_allows_traffic(),
+        serving: l.serving,
+        member: false,
+    });
+    // Members after the replicas: a pool short of slots serves the replicas first.
+    let members = members.iter().filter_map(|m| {
+        Some(Candidate {
+            id: &m.member.id,
+            name: &m.member.name,
+            addr: member_addr(input.spec, m.member),
+            answering: input.answering.contains(&m.member.id),
+            healthy: m.member.health_allows_traffic(),
+            serving: m.serving?,
+            member: true,
+        })
+    });
     let mut free = free.into_iter();
     let mut waiting_for_slot = 0usize;
     // Enabled only once its port (or HTTP check) answers and Docker's health check,
     // if it has one, reports it healthy.
-    let answering =
-        |l: &Live| input.answering.contains(&l.replica.id) && l.replica.health_allows_traffic();
-    for l in kept {
-        let id = l.replica.id.clone();
+    let answering = |l: &Candidate| l.answering && l.healthy;
+    for l in replicas.chain(members) {
+        let id = l.id.clone();
         match l.serving {
-            Serving::Unassigned => match (addr_of(input.spec, l.replica), free.next()) {
+            Serving::Unassigned => match (l.addr, free.next()) {
                 (Some(addr), Some(slot)) => {
                     plan.actions.push(Action::AssignSlot {
                         id: id.clone(),
@@ -226,7 +370,7 @@ pub fn bring_in(
                     });
                     // It enters in maintenance either way; if its port already
                     // answers, it is enabled right after, in this pass.
-                    if answering(l) {
+                    if answering(&l) {
                         plan.actions.push(Action::Enable {
                             id,
                             slot: slot.name.clone(),
@@ -239,7 +383,7 @@ pub fn bring_in(
                 (None, _) => plan.requeue(ACTIVE_REQUEUE),
             },
             Serving::Warming(slot) => {
-                if answering(l) {
+                if answering(&l) {
                     plan.actions.push(Action::Enable {
                         id,
                         slot: slot.name.clone(),
@@ -247,7 +391,7 @@ pub fn bring_in(
                 }
                 // A replica whose health check does not pass yet is woken by Docker's
                 // `health_status` event, not polled.
-                if l.replica.health_allows_traffic() {
+                if l.healthy {
                     plan.requeue(ACTIVE_REQUEUE);
                 }
             }
@@ -262,9 +406,9 @@ pub fn bring_in(
                 }
             }
             Serving::Held(slot) => {
-                if !memory.hold_reported(&l.replica.name) {
+                if !l.member && !memory.hold_reported(l.name) {
                     plan.notes.push(Note::OperatorHold {
-                        name: l.replica.name.clone(),
+                        name: l.name.to_owned(),
                         slot: slot.name.clone(),
                         admin: slot.admin,
                     });
@@ -303,6 +447,7 @@ fn admin_rank(admin: Admin) -> u8 {
 pub fn probe_targets(
     spec: &ServiceSpec,
     replicas: &[&Replica],
+    members: &[&Member],
     backend: &Backend,
 ) -> Vec<(ContainerId, SocketAddrV4)> {
     if spec.template.port.is_none() {
@@ -314,12 +459,17 @@ pub fn probe_targets(
         .filter(|s| !(s.admin == Admin::Maint && s.weight == 0))
         .filter_map(|s| s.addr)
         .collect();
-    replicas
+    let replicas = replicas
         .iter()
         .filter(|r| r.state == ContainerState::Running)
-        .filter_map(|r| {
-            let addr = addr_of(spec, r)?;
-            (!placed.contains(&addr)).then(|| (r.id.clone(), addr))
-        })
+        .filter_map(|r| Some((&r.id, addr_of(spec, r)?)));
+    let members = members
+        .iter()
+        .filter(|m| m.is_running())
+        .filter_map(|m| Some((&m.id, member_addr(spec, m)?)));
+    replicas
+        .chain(members)
+        .filter(|(_, addr)| !placed.contains(addr))
+        .map(|(id, addr)| (id.clone(), addr))
         .collect()
 }

@@ -8,9 +8,10 @@ use tokio::time::Instant;
 use super::image::PullState;
 use super::*;
 use crate::model::backend::Slot;
+use crate::model::member::Member;
 use crate::model::replica::{ContainerState, ExitCause, Health};
 use crate::spec::{ImagePullPolicy, DEFAULT_UNHEALTHY_REPLACE_AFTER};
-use crate::testing::{self, free_slot, replica, serving_slot, warming_slot};
+use crate::testing::{self, free_slot, member, replica, serving_slot, warming_slot};
 
 const HASH: &str = "new";
 
@@ -19,6 +20,7 @@ struct World {
     spec: ServiceSpec,
     desired: u32,
     replicas: Vec<Replica>,
+    members: Vec<Member>,
     backend: Option<Backend>,
     answering: BTreeSet<ContainerId>,
     image_present: bool,
@@ -36,6 +38,7 @@ impl World {
             desired: spec.replicas,
             spec,
             replicas: Vec::new(),
+            members: Vec::new(),
             backend: lb.then(Backend::default),
             answering: BTreeSet::new(),
             image_present: true,
@@ -74,6 +77,7 @@ impl World {
             desired: self.desired,
             template_hash: HASH,
             replicas: self.replicas.iter().collect(),
+            members: self.members.iter().collect(),
             image_present: self.image_present,
             pull: &self.pull,
             backend: self.backend.as_ref(),
@@ -409,7 +413,7 @@ fn probe_targets_are_the_replicas_not_in_rotation() {
     };
     let refs: Vec<&Replica> = replicas.iter().collect();
     assert_eq!(
-        probe_targets(&spec, &refs, &backend),
+        probe_targets(&spec, &refs, &[], &backend),
         vec![
             (ContainerId("id02".into()), testing::addr(2)),
             (ContainerId("id03".into()), testing::addr(3)),
@@ -1057,4 +1061,204 @@ fn a_rollout_keeps_the_old_replicas_while_the_new_ones_are_not_healthy() {
     assert!(enabled(&plan).is_empty());
     assert!(drained(&plan).is_empty(), "{:?}", plan.actions);
     assert!(removed(&plan).is_empty());
+}
+
+// --- hand-started members (`dockscale.join`) ------------------------------------------
+
+/// The actions of a plan that concern `id`.
+fn concerning<'p>(plan: &'p Plan, id: &str) -> Vec<&'p Action> {
+    plan.actions
+        .iter()
+        .filter(|a| a.container().is_some_and(|c| c.0 == id))
+        .collect()
+}
+
+#[test]
+fn a_member_that_answers_gets_a_free_slot_and_is_enabled() {
+    let mut w = World::new(testing::spec().replicas(1).lb().build())
+        .with_replicas([1], HASH)
+        .with_slots(vec![serving_slot(1, 1), free_slot(2)]);
+    w.members.push(member(9));
+    w.answering.insert(ContainerId("member09".into()));
+    let p = w.plan();
+    assert_eq!(
+        concerning(&p, "member09"),
+        vec![
+            &Action::AssignSlot {
+                id: ContainerId("member09".into()),
+                slot: "web2".into(),
+                addr: testing::addr(9),
+            },
+            &Action::Enable {
+                id: ContainerId("member09".into()),
+                slot: "web2".into(),
+            },
+        ]
+    );
+    assert_eq!(p.counts.current, 1, "a member is not a replica");
+    assert_eq!(p.members.len(), 1);
+    assert_eq!(p.members[0].serving, "starting");
+}
+
+#[test]
+fn a_member_that_does_not_answer_yet_waits_in_maintenance() {
+    let mut w =
+        World::new(testing::spec().replicas(0).lb().build()).with_slots(vec![warming_slot(1, 9)]);
+    w.desired = 0;
+    w.members.push(member(9));
+    let p = w.plan();
+    assert!(concerning(&p, "member09").is_empty(), "{:?}", p.actions);
+    assert_eq!(p.members[0].serving, "warming");
+    assert!(!p.members[0].in_rotation);
+    w.answering.insert(ContainerId("member09".into()));
+    let p = w.plan();
+    assert_eq!(
+        concerning(&p, "member09"),
+        vec![&Action::Enable {
+            id: ContainerId("member09".into()),
+            slot: "web1".into()
+        }]
+    );
+}
+
+#[test]
+fn a_serving_member_is_never_removed_drained_or_counted_whatever_the_scale() {
+    for desired in [0, 1, 3] {
+        let mut w = World::new(testing::spec().replicas(desired).lb().build())
+            .with_replicas(1..=3, HASH)
+            .with_slots(vec![
+                serving_slot(1, 1),
+                serving_slot(2, 2),
+                serving_slot(3, 3),
+                serving_slot(4, 9),
+            ]);
+        w.desired = desired;
+        w.members.push(member(9));
+        let p = w.plan();
+        assert!(
+            concerning(&p, "member09").is_empty(),
+            "desired {desired}: {:?}",
+            p.actions
+        );
+        assert!(!drained(&p).contains(&"web4"), "desired {desired}");
+        assert!(!p.actions.iter().any(|a| matches!(
+            a,
+            Action::Release { slot } | Action::Cut { slot, .. } if slot == "web4"
+        )));
+        assert_eq!(p.counts.current, 3, "desired {desired}: members uncounted");
+        assert_eq!(creates(&p), 0, "desired {desired}");
+        assert_eq!(p.members[0].serving, "serving");
+        assert!(p.members[0].in_rotation);
+        assert_eq!(p.members[0].slot.as_deref(), Some("web4"));
+    }
+}
+
+#[test]
+fn a_member_of_another_template_rolls_nothing() {
+    let mut w = World::new(testing::spec().replicas(1).lb().build())
+        .with_replicas([1], HASH)
+        .with_slots(vec![serving_slot(1, 1), serving_slot(2, 9)]);
+    w.members.push(member(9));
+    let p = w.plan();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!(p.rollout.as_ref().is_none_or(|r| r.complete));
+}
+
+#[test]
+fn a_member_that_died_has_its_slot_cut() {
+    let mut w =
+        World::new(testing::spec().replicas(0).lb().build()).with_slots(vec![serving_slot(1, 9)]);
+    w.desired = 0;
+    let mut gone = member(9);
+    gone.state = ContainerState::Exited;
+    gone.ips.clear();
+    w.members.push(gone);
+    let p = w.plan();
+    assert_eq!(
+        p.actions,
+        vec![Action::Cut {
+            slot: "web1".into(),
+            addr: testing::addr(9)
+        }]
+    );
+    assert_eq!(p.members[0].serving, "stopped");
+    // And one that is not listed any more (removed) alike.
+    w.members.clear();
+    assert_eq!(w.plan().actions, p.actions);
+}
+
+#[test]
+fn a_paused_member_is_suspended() {
+    let mut w =
+        World::new(testing::spec().replicas(0).lb().build()).with_slots(vec![serving_slot(1, 9)]);
+    w.desired = 0;
+    let mut paused = member(9);
+    paused.state = ContainerState::Paused;
+    w.members.push(paused);
+    assert_eq!(
+        w.plan().actions,
+        vec![Action::Suspend {
+            id: ContainerId("member09".into()),
+            slot: "web1".into()
+        }]
+    );
+}
+
+#[test]
+fn replicas_take_free_slots_before_members() {
+    let mut w = World::new(testing::spec().replicas(1).lb().build())
+        .with_replicas([1], HASH)
+        .with_slots(vec![free_slot(1)]);
+    w.members.push(member(9));
+    let p = w.plan();
+    assert!(p.actions.contains(&Action::AssignSlot {
+        id: ContainerId("id01".into()),
+        slot: "web1".into(),
+        addr: testing::addr(1),
+    }));
+    assert!(concerning(&p, "member09").is_empty());
+    assert!(p.notes.contains(&Note::NoFreeSlot {
+        backend: "web".into(),
+        waiting: 1
+    }));
+}
+
+#[test]
+fn a_member_on_another_network_is_reported_once_and_gets_no_slot() {
+    let mut w = World::new(testing::spec().replicas(0).lb().build()).with_slots(vec![free_slot(1)]);
+    w.desired = 0;
+    let mut elsewhere = member(9);
+    elsewhere.ips = std::collections::BTreeMap::from([("bridge".to_owned(), testing::ip(9))]);
+    w.members.push(elsewhere);
+    w.answering.insert(ContainerId("member09".into()));
+    let p = w.plan();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        p.notes,
+        vec![Note::MemberNetworkMismatch {
+            name: "s9".into(),
+            id: ContainerId("member09".into()),
+            on: vec!["bridge".into()],
+            network: testing::NET.into(),
+        }]
+    );
+    assert_eq!(p.members[0].serving, "wrong network");
+    w.memory.apply_plan(&p);
+    assert!(w.plan().notes.is_empty(), "reported once");
+}
+
+#[test]
+fn probe_targets_include_members_not_in_rotation() {
+    let spec = testing::spec().replicas(1).lb().build();
+    let replicas = [replica(1, HASH)];
+    let members = [member(8), member(9)];
+    let backend = Backend {
+        slots: vec![serving_slot(1, 1), serving_slot(2, 8)],
+    };
+    let refs: Vec<&Replica> = replicas.iter().collect();
+    let member_refs: Vec<&Member> = members.iter().collect();
+    assert_eq!(
+        probe_targets(&spec, &refs, &member_refs, &backend),
+        vec![(ContainerId("member09".into()), testing::addr(9))]
+    );
 }

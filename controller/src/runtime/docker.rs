@@ -4,7 +4,9 @@
 //! creates, starts, stops and removes replicas, ensures networks and streams container
 //! events. It decides nothing: what to create or remove comes from [`crate::reconcile`].
 //! Every call that changes a container is given its id, and only ids that the list
-//! (filtered on `dockscale.managed-by=dockscale`) returned ever reach it.
+//! (filtered on `dockscale.managed-by=dockscale`) returned ever reach it. Members
+//! (`dockscale.join`, [`crate::model::member`]) are listed apart, as [`Member`]s, and
+//! only ever read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -23,6 +25,7 @@ use bollard::Docker;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use crate::model::member::{Member, LABEL_JOIN};
 use crate::model::replica::{
     replica_labels, ContainerId, ContainerState, ExitCause, Health, Replica, LABEL_CREATED_AT,
     LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
@@ -89,6 +92,10 @@ impl DockerRuntime {
     }
 }
 
+fn member_filter() -> HashMap<&'static str, Vec<String>> {
+    HashMap::from([("label", vec![LABEL_JOIN.to_owned()])])
+}
+
 fn owned_filter() -> HashMap<&'static str, Vec<String>> {
     HashMap::from([("label", vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY}")])])
 }
@@ -107,6 +114,22 @@ impl ContainerRuntime for DockerRuntime {
         Ok(summaries
             .into_iter()
             .filter_map(replica_from_summary)
+            .collect())
+    }
+
+    async fn list_members(&self) -> Result<Vec<Member>, DockerError> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&member_filter())
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| DockerError::from_bollard("list members", e))?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(member_from_summary)
             .collect())
     }
 
@@ -288,17 +311,23 @@ impl ContainerRuntime for DockerRuntime {
                                 id: ContainerId(attributes.get("container")?.clone()),
                                 service: None,
                                 exit_code: None,
+                                member: false,
                             }));
                         }
-                        if attributes.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
-                        {
-                            return None;
-                        }
+                        let owned = attributes.get(LABEL_MANAGED_BY).map(String::as_str)
+                            == Some(MANAGED_BY);
+                        // A member's event wakes the service its label names; any other
+                        // container's is none of dockscale's business.
+                        let service = match owned {
+                            true => attributes.get(LABEL_SERVICE)?,
+                            false => attributes.get(LABEL_JOIN)?,
+                        };
                         Some(Ok(ContainerEvent {
                             action: message.action?,
                             id: ContainerId(actor.id?),
-                            service: Some(attributes.get(LABEL_SERVICE)?.clone()),
+                            service: Some(service.clone()),
                             exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+                            member: !owned,
                         }))
                     }
                     Err(e) => Some(Err(DockerError::from_bollard("stream events", e))),
@@ -469,6 +498,49 @@ fn replica_from(seen: Seen) -> Option<Replica> {
         state: seen.state,
         status: seen.status,
         ips,
+    })
+}
+
+/// A member from a listed container: labelled `dockscale.join`, and not dockscale's
+/// own (a replica is never a member, whatever its labels).
+fn member_from_summary(summary: bollard::models::ContainerSummary) -> Option<Member> {
+    let labels = summary.labels.unwrap_or_default();
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY) {
+        return None;
+    }
+    let service = labels.get(LABEL_JOIN)?.clone();
+    let state = summary
+        .state
+        .and_then(|s| ContainerState::parse(s.as_ref()))
+        .unwrap_or(ContainerState::Dead);
+    let running = matches!(state, ContainerState::Running | ContainerState::Paused);
+    Some(Member {
+        id: ContainerId(summary.id?),
+        name: summary
+            .names
+            .unwrap_or_default()
+            .into_iter()
+            .next()?
+            .trim_start_matches('/')
+            .to_owned(),
+        service,
+        health: summary
+            .status
+            .as_deref()
+            .and_then(Health::from_status)
+            .filter(|_| state == ContainerState::Running),
+        state,
+        ips: summary
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|_| running)
+            .filter_map(|(net, endpoint)| {
+                let ip = endpoint.ip_address.filter(|ip| !ip.is_empty())?;
+                Some((net, ip.parse().ok()?))
+            })
+            .collect(),
     })
 }
 

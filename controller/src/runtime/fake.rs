@@ -21,6 +21,10 @@
 //! test can check the order of both adapters' calls (a server out of rotation before
 //! its container is stopped).
 //!
+//! Containers started by hand are scripted too: [`FakeRuntime::run_unmanaged`] (no
+//! dockscale label) and [`FakeRuntime::run_member`] (`dockscale.join`, a member, whose
+//! own events stream like a replica's).
+//!
 //! This module never decides anything for the controller; it only answers as an engine
 //! would.
 
@@ -34,6 +38,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::model::member::{Member, LABEL_JOIN};
 use crate::model::replica::{
     replica_labels, ContainerId, ContainerState, ExitCause, Health, Replica, LABEL_CREATED_AT,
     LABEL_MANAGED_BY, LABEL_SERVICE, LABEL_TEMPLATE_HASH, MANAGED_BY,
@@ -179,6 +184,24 @@ impl FakeContainer {
         self.is_running() && self.answers && self.addr() == Some(addr)
     }
 
+    /// What the Docker adapter would make of it as a member: labelled
+    /// `dockscale.join`, not owned.
+    fn member(&self) -> Option<Member> {
+        if self.owned() {
+            return None;
+        }
+        Some(Member {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            service: self.labels.get(LABEL_JOIN)?.clone(),
+            state: self.state,
+            ips: self.ips.clone(),
+            health: self
+                .health
+                .filter(|_| self.state == ContainerState::Running),
+        })
+    }
+
     /// What the Docker adapter would make of it; `inspect` says whether the kernel
     /// OOM-killed it (a list does not).
     fn replica(&self, inspect: bool) -> Option<Replica> {
@@ -243,6 +266,8 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
     List,
+    /// The list of hand-started members (`dockscale.join`).
+    ListMembers,
     Inspect(ContainerId),
     EnsureNetwork(String),
     ImagePresent(String),
@@ -631,6 +656,47 @@ impl FakeRuntime {
 
     /// A container someone started by hand, without dockscale's labels.
     pub fn run_unmanaged(&self, name: &str, network: &str) -> ContainerId {
+        let labels = BTreeMap::from([("purpose".to_owned(), "not dockscale's".to_owned())]);
+        self.run_by_hand(name, network, labels)
+    }
+
+    /// A container someone started by hand with `dockscale.join=<service>` (`docker run
+    /// -d --network <network> --label dockscale.join=<service> webapp`): a member.
+    pub fn run_member(&self, name: &str, service: &str, network: &str) -> ContainerId {
+        let labels = BTreeMap::from([(LABEL_JOIN.to_owned(), service.to_owned())]);
+        self.run_by_hand(name, network, labels)
+    }
+
+    /// `docker start` of a hand-started container that had stopped.
+    pub fn start_by_hand(&self, id: &ContainerId) {
+        self.journal.record(Call::Outside(format!("start {id}")));
+        let mut e = self.engine();
+        let Some(network) = e
+            .containers
+            .get(id)
+            .filter(|c| matches!(c.state, ContainerState::Exited))
+            .map(|c| c.network.clone())
+        else {
+            return;
+        };
+        let ip = e.allocate_ip(&network);
+        if let Some(c) = e.containers.get_mut(id) {
+            c.state = ContainerState::Running;
+            c.exit_code = None;
+            c.ips.insert(network, ip);
+        }
+        e.emit_network(id, "connect");
+        e.emit(id, "start", None);
+    }
+
+    fn run_by_hand(
+        &self,
+        name: &str,
+        network: &str,
+        labels: BTreeMap<String, String>,
+    ) -> ContainerId {
+        self.journal
+            .record(Call::Outside(format!("docker run {name} on {network}")));
         let mut e = self.engine();
         let id = e.new_id();
         let ip = e.allocate_ip(network);
@@ -641,7 +707,7 @@ impl FakeRuntime {
                 id: id.clone(),
                 name: name.to_owned(),
                 image: WEBAPP_IMAGE.to_owned(),
-                labels: BTreeMap::from([("purpose".to_owned(), "not dockscale's".to_owned())]),
+                labels,
                 state: ContainerState::Running,
                 exit_code: None,
                 oom_killed: false,
@@ -654,6 +720,9 @@ impl FakeRuntime {
                 health: None,
             },
         );
+        // `docker run` connects it to its network, then starts it.
+        e.emit_network(&id, "connect");
+        e.emit(&id, "start", None);
         id
     }
 
@@ -822,19 +891,22 @@ impl Engine {
     }
 
     /// Streams an event about a container, as Docker would: a container's own event
-    /// only for owned containers (the adapter filters on the label).
+    /// only for owned containers and members (the adapter filters on the labels).
     fn emit(&mut self, id: &ContainerId, action: &str, exit_code: Option<i64>) {
         let Some(c) = self.containers.get(id) else {
             return;
         };
-        if !c.owned() {
-            return;
-        }
+        let (service, member) = match (c.owned(), c.member()) {
+            (true, _) => (c.service().map(str::to_owned), false),
+            (false, Some(m)) => (Some(m.service), true),
+            (false, None) => return,
+        };
         let event = ContainerEvent {
             action: action.to_owned(),
             id: id.clone(),
-            service: c.service().map(str::to_owned),
+            service,
             exit_code,
+            member,
         };
         self.publish(event);
     }
@@ -846,6 +918,7 @@ impl Engine {
             id: id.clone(),
             service: None,
             exit_code: None,
+            member: false,
         };
         self.publish(event);
     }
@@ -941,6 +1014,19 @@ impl ContainerRuntime for FakeRuntime {
         Ok(e.containers
             .values()
             .filter_map(|c| c.replica(false))
+            .collect())
+    }
+
+    async fn list_members(&self) -> Result<Vec<Member>, DockerError> {
+        self.round_trip().await;
+        self.journal.record(Call::ListMembers);
+        let e = self.engine();
+        if !e.reachable {
+            return Err(unavailable());
+        }
+        Ok(e.containers
+            .values()
+            .filter_map(FakeContainer::member)
             .collect())
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use futures::stream::BoxStream;
 
+use crate::model::member::Member;
 use crate::model::replica::{ContainerId, Replica};
 use crate::spec::{HealthCheck, ServiceSpec};
 
@@ -125,9 +126,10 @@ pub struct CreateReplica {
     pub spec: ServiceSpec,
 }
 
-/// An event about a container: its own (owned containers only), or a network's
-/// `connect`/`disconnect` of it (any container: the network's event does not carry
-/// the container's labels, so the controller keeps those of its own replicas).
+/// An event about a container: its own (owned containers and members only), or a
+/// network's `connect`/`disconnect` of it (any container: the network's event does not
+/// carry the container's labels, so the controller keeps those of its own replicas and
+/// members).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerEvent {
     /// Docker's action: `start`, `die`, `destroy`, `oom`, `kill`, `disconnect`, ...
@@ -137,12 +139,19 @@ pub struct ContainerEvent {
     pub service: Option<String>,
     /// For `die`: the exit code Docker reports.
     pub exit_code: Option<i64>,
+    /// The container is a hand-started member (`dockscale.join`), not a replica; its
+    /// `service` is the label's value.
+    pub member: bool,
 }
 
 /// The container operations the controller needs.
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Every container carrying `dockscale.managed-by=dockscale`, in any state.
     fn list_owned(&self) -> impl Future<Output = Result<Vec<Replica>, DockerError>> + Send;
+
+    /// Every container labelled `dockscale.join` that is not dockscale's own, in any
+    /// state: the hand-started members. Read only; nothing stops or removes them.
+    fn list_members(&self) -> impl Future<Output = Result<Vec<Member>, DockerError>> + Send;
 
     /// One owned container, fresh; `None` when it is gone (or not dockscale's).
     fn inspect_owned(

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub replicas_current: IntGaugeVec,
     pub replicas_ready: IntGaugeVec,
     pub replicas_updated: IntGaugeVec,
+    pub members_in_rotation: IntGaugeVec,
     pub autoscaler_recommendation: IntGaugeVec,
     pub autoscaler_demand: GaugeVec,
     pub autoscaler_decisions_total: IntCounterVec,
@@ -125,6 +126,13 @@ impl Metrics {
                 Opts::new(
                     "replicas_updated",
                     "Current replicas of the current template.",
+                ),
+                service,
+            )),
+            members_in_rotation: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "members_in_rotation",
+                    "Hand-started members (dockscale.join) enabled in the service's backend.",
                 ),
                 service,
             )),
@@ -354,6 +362,7 @@ impl Metrics {
             &self.replicas_current,
             &self.replicas_ready,
             &self.replicas_updated,
+            &self.members_in_rotation,
             &self.autoscaler_recommendation,
             &self.autoscaler_max_replicas,
         ] {

@@ -140,6 +140,10 @@ pub struct ServiceStatus {
     /// Docker runtime: the live replicas, oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<ContainerStatus>,
+    /// Docker runtime: the hand-started members (`dockscale.join`), apart from the
+    /// replicas: never counted in `replicas`, never stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
 }
 
 /// One live replica, as the status shows it.
@@ -156,6 +160,27 @@ pub struct ContainerStatus {
     pub health: Option<String>,
     /// Of the current template.
     pub updated: bool,
+    /// The backend slot it holds (`slotN`, a row of HAProxy's stats page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+}
+
+/// One hand-started member of the service's backend, as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub name: String,
+    pub id: String,
+    /// Docker's state: `running`, `exited`, `paused`, ...
+    pub state: String,
+    /// Where it stands with the load balancer: `serving`, `warming`, `down`, `held`,
+    /// `wrong network` (not on the service's network), `stopped`, ...
+    pub serving: String,
+    /// Enabled in the backend.
+    pub in_rotation: bool,
+    /// The backend slot it holds (`slotN`, a row of HAProxy's stats page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 /// One Swarm task of a service, as the status shows it.
@@ -211,6 +236,7 @@ impl ServiceStatus {
             back_off: Vec::new(),
             tasks: Vec::new(),
             containers: Vec::new(),
+            members: Vec::new(),
         }
     }
 

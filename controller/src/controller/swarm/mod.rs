@@ -300,7 +300,13 @@ impl<L: LoadBalancer> SwarmController<L> {
             .filter(|e| !e.deleting)
             .map(|e| e.service.clone())
             .collect();
-        match self.lb.configure(&services, &self.frontends).await {
+        // Members are not supported on Swarm: no room is made for any.
+        let members = crate::lb::MemberCounts::new();
+        match self
+            .lb
+            .configure(&services, &members, &self.frontends)
+            .await
+        {
             Ok(_) => self.lb_error = None,
             Err(e) => {
                 tracing::error!(error = %crate::report::Chain(&e), "configuring the load balancer");

@@ -28,7 +28,7 @@ use super::config::{slot_number, AssignedSlot, BackendConfig, ManagedConfig};
 use super::frontend::FrontendConfig;
 use super::managed::{ManagedError, ManagedHaproxy, Paths, ProcessWatch, Started};
 use super::runtime_api::{AdminState, ApiError, Endpoint, Refusal, RuntimeApi};
-use crate::lb::{LbError, LbErrorKind, LoadBalancer};
+use crate::lb::{LbError, LbErrorKind, LoadBalancer, MemberCounts};
 use crate::model::backend::{Admin, Backend, BackendLoad, PoolGrown, Slot};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
@@ -397,9 +397,16 @@ impl LoadBalancer for HaproxyBalancer {
     async fn configure(
         &self,
         services: &[ScaledService],
+        members: &MemberCounts,
         frontends: &[Frontend],
     ) -> Result<Vec<PoolGrown>, LbError> {
-        let backends: Vec<BackendConfig> = services.iter().filter_map(BackendConfig::of).collect();
+        let backends: Vec<BackendConfig> = services
+            .iter()
+            .filter_map(|s| {
+                let members = members.get(s.name()).copied().unwrap_or(0);
+                Some(BackendConfig::of(s)?.with_members(members))
+            })
+            .collect();
         match &self.inner.mode {
             Mode::Managed(managed) => {
                 let names = backends

@@ -85,6 +85,16 @@ impl BackendConfig {
         })
     }
 
+    /// Room for `members` hand-started members besides the replicas: they need slots
+    /// too.
+    pub fn with_members(mut self, members: u32) -> Self {
+        if members > 0 {
+            self.needed = self.needed.saturating_add(members);
+            self.slots = pool_for(self.needed);
+        }
+        self
+    }
+
     /// The pool for this backend given the one HAProxy runs (`None`: not running yet).
     /// A running pool is kept while it holds every replica the service may run: a
     /// smaller count never shrinks it, so scaling down never reloads. It grows, to
@@ -104,7 +114,12 @@ impl BackendConfig {
 /// ([`slots_needed`]), doubled, in steps of 8 and at least 16, so that editing
 /// `replicas` seldom outgrows the pool (growing it needs a reload).
 pub fn slots_for(service: &ScaledService) -> u32 {
-    slots_needed(service)
+    pool_for(slots_needed(service))
+}
+
+/// The pool rendered for `needed` servers at once: doubled, in steps of 8, at least 16.
+pub fn pool_for(needed: u32) -> u32 {
+    needed
         .saturating_mul(2)
         .max(16)
         .div_ceil(8)
@@ -340,6 +355,20 @@ mod tests {
             .autoscale(1, 10)
             .build_service("web");
         assert_eq!(slots_for(&scaled), 24);
+    }
+
+    #[test]
+    fn members_seen_join_what_the_pool_must_hold() {
+        let fifteen = backend_of(15);
+        assert_eq!(fifteen.needed, 16);
+        assert_eq!(fifteen.clone().with_members(0), fifteen);
+        let with_members = fifteen.with_members(3);
+        assert_eq!(with_members.needed, 19);
+        assert_eq!(with_members.slots, 40);
+        // A running pool of 16 no longer holds them: it grows (one reload).
+        assert_eq!(with_members.pool_size(Some(16)), 40);
+        // One that holds them is kept.
+        assert_eq!(backend_of(2).with_members(3).pool_size(Some(16)), 16);
     }
 
     fn backend_of(replicas: u32) -> BackendConfig {
