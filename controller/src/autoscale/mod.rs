@@ -40,7 +40,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::model::backend::BackendLoad;
-use crate::spec::{Autoscale, Target};
+use crate::spec::{Autoscale, Target, Tolerance};
 
 /// Why the autoscaler decided what it did. Bounded: used as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -61,10 +61,13 @@ pub enum Reason {
     Steady,
     /// No usable sample: nothing changes.
     NoMetrics,
+    /// No good sample for `fallback.after`: the count is held, or raised to
+    /// `fallback.replicas`; never lowered.
+    MetricsUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::ScaledUp,
         Reason::ScaledDown,
         Reason::LimitedByMaxStep,
@@ -74,6 +77,7 @@ impl Reason {
         Reason::AtMaxReplicas,
         Reason::Steady,
         Reason::NoMetrics,
+        Reason::MetricsUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +91,7 @@ impl Reason {
             Reason::AtMaxReplicas => "AtMaxReplicas",
             Reason::Steady => "Steady",
             Reason::NoMetrics => "NoMetrics",
+            Reason::MetricsUnavailable => "MetricsUnavailable",
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct Decision {
     pub demand: Option<f64>,
     /// Mean `qtime` over the period, in milliseconds.
     pub qtime_ms: Option<f64>,
+    /// The signal whose recommendation won (the highest), `None` without metrics.
+    pub signal: Option<Target>,
     pub reason: Reason,
     pub message: String,
 }
@@ -129,6 +136,8 @@ pub struct Autoscaler {
     /// When it started, and with what count: held as a scale-down recommendation for
     /// the first scale-down window.
     start: (Duration, u32),
+    /// When the last good sample arrived (the start until one does).
+    last_good: Duration,
 }
 
 impl Autoscaler {
@@ -145,6 +154,7 @@ impl Autoscaler {
             recommendations: VecDeque::new(),
             changes: VecDeque::new(),
             start: (now, desired),
+            last_good: now,
         }
     }
 
@@ -169,7 +179,8 @@ impl Autoscaler {
     // recommendation, the tolerance band, the stabilization windows, the rate limits,
     // the bounds), each feeding the next and the explanation, read top to bottom.
     pub fn observe(&mut self, now: Duration, sample: Option<BackendLoad>) -> Decision {
-        let b = &self.config.behavior;
+        let behavior = self.config.behavior.clone();
+        let b = &behavior;
         let window = b.scale_up.period.get();
         self.samples.push_back((now, sample));
         trim(&mut self.samples, now, window);
@@ -183,6 +194,12 @@ impl Autoscaler {
         trim(&mut self.changes, now, longest_period);
 
         let current = self.desired;
+        if sample.is_some() {
+            self.last_good = now;
+        }
+        if let Some(decision) = self.fallback(now, current) {
+            return decision;
+        }
         let valid: Vec<&BackendLoad> = self
             .samples
             .iter()
@@ -195,6 +212,7 @@ impl Autoscaler {
                 recommendation: None,
                 demand: None,
                 qtime_ms: None,
+                signal: None,
                 reason: Reason::NoMetrics,
                 message: format!(
                     "autoscaler: no sample in the last {}, keeping {current}",
@@ -202,33 +220,40 @@ impl Autoscaler {
                 ),
             };
         }
-        let n = valid.len() as f64;
-        let demand = valid.iter().map(|l| l.scur + l.qcur).sum::<f64>() / n;
-        let qtime = valid.iter().map(|l| l.qtime_ms).sum::<f64>() / n;
+        let window_load = Averages::of(&valid);
+        let (demand, qtime) = (window_load.demand, window_load.qtime_ms);
         let latest_missing = sample.is_none();
 
-        // The raw recommendation, with the tolerance band.
-        let (ratio, target_text) = match self.config.target {
-            Target::InflightPerReplica(per) => (
-                demand / (f64::from(current.max(1)) * per),
-                format!("target {per}/replica"),
-            ),
-            Target::QueueTimeMillis(ms) => (
-                qtime / f64::from(ms),
-                format!("qtime {qtime:.0}ms, target {ms}ms"),
-            ),
-        };
-        let within_tolerance = current > 0 && (ratio - 1.0).abs() <= self.config.tolerance;
-        let unclamped = if within_tolerance {
-            current
-        } else {
-            let wanted = match self.config.target {
-                Target::InflightPerReplica(per) => (demand / per).ceil(),
-                Target::QueueTimeMillis(_) => (f64::from(current) * ratio).ceil(),
+        // The raw recommendation of every signal, each with its tolerance band; the
+        // highest wins (the HPA with several metrics).
+        let tolerance = self.config.tolerance;
+        let signals: Vec<Signal> = self
+            .config
+            .signals()
+            .into_iter()
+            .map(|t| Signal::evaluate(t, &window_load, current, tolerance))
+            .collect();
+        let Some(decider) =
+            signals
+                .iter()
+                .copied()
+                .reduce(|best, s| if s.wanted > best.wanted { s } else { best })
+        else {
+            // Validation rejects a spec without a target; hold rather than guess.
+            return Decision {
+                desired: current,
+                previous: current,
+                recommendation: None,
+                demand: Some(demand),
+                qtime_ms: Some(qtime),
+                signal: None,
+                reason: Reason::NoMetrics,
+                message: format!("autoscaler: no target, keeping {current}"),
             };
-            // Saturating float-to-int: NaN and negatives give 0, huge values u32::MAX.
-            wanted as u32
         };
+        let within_tolerance = decider.within_tolerance;
+        let unclamped = decider.wanted;
+        let target_text = signal_texts(&signals, decider);
         let (min, max) = (self.config.min_replicas, self.config.max_replicas);
         let recommendation = unclamped.clamp(min, max);
         self.recommendations.push_back((now, recommendation));
@@ -319,11 +344,7 @@ impl Autoscaler {
             let _ = write!(message, " (clamped from {unclamped} to [{min}, {max}])");
         }
         if within_tolerance {
-            let _ = write!(
-                message,
-                " (within {:.0}% tolerance)",
-                self.config.tolerance * 100.0
-            );
+            let _ = write!(message, " (within {})", tolerance_text(tolerance));
         }
         if stabilized != recommendation {
             let _ = write!(message, ", stabilized to {stabilized}");
@@ -355,9 +376,165 @@ impl Autoscaler {
             recommendation: Some(recommendation),
             demand: Some(demand),
             qtime_ms: Some(qtime),
+            signal: Some(decider.target),
             reason,
             message,
         }
+    }
+
+    /// Stale metrics: after `fallback.after` without a good sample, hold the count or
+    /// raise it to `fallback.replicas`. Never lowers it (so never to zero). `None`:
+    /// no fallback configured, or a good sample is recent enough.
+    fn fallback(&mut self, now: Duration, current: u32) -> Option<Decision> {
+        let f = self.config.fallback.as_ref()?;
+        let blind = now.saturating_sub(self.last_good);
+        if blind < f.after.get() {
+            return None;
+        }
+        let (min, max) = (self.config.min_replicas, self.config.max_replicas);
+        let desired = f.replicas.unwrap_or(current).max(current).clamp(min, max);
+        let mut message = format!(
+            "autoscaler: no good sample for {} (fallback after {})",
+            humantime::format_duration(Duration::from_secs(blind.as_secs())),
+            f.after
+        );
+        if desired > current {
+            let _ = write!(
+                message,
+                ": scaling up from {current} to fallback.replicas {desired}"
+            );
+            self.changes
+                .push_back((now, i64::from(desired) - i64::from(current)));
+            self.desired = desired;
+        } else {
+            let _ = write!(message, ": keeping {current}");
+        }
+        Some(Decision {
+            desired,
+            previous: current,
+            recommendation: None,
+            demand: None,
+            qtime_ms: None,
+            signal: None,
+            reason: Reason::MetricsUnavailable,
+            message,
+        })
+    }
+}
+
+/// The backend's figures averaged over the sampling window.
+#[derive(Clone, Copy, Debug)]
+struct Averages {
+    /// `scur + qcur`.
+    demand: f64,
+    qtime_ms: f64,
+    rtime_ms: f64,
+    rate: f64,
+}
+
+impl Averages {
+    /// `samples` is not empty (the caller checks).
+    fn of(samples: &[&BackendLoad]) -> Self {
+        let n = samples.len() as f64;
+        let mean = |f: fn(&BackendLoad) -> f64| samples.iter().map(|l| f(l)).sum::<f64>() / n;
+        Averages {
+            demand: mean(|l| l.scur + l.qcur),
+            qtime_ms: mean(|l| l.qtime_ms),
+            rtime_ms: mean(|l| l.rtime_ms),
+            rate: mean(|l| l.rate),
+        }
+    }
+}
+
+/// One signal's recommendation: the HPA's `ceil(current × metric / target)`, or
+/// `current` when the ratio is within the tolerance of its direction.
+#[derive(Clone, Copy, Debug)]
+struct Signal {
+    target: Target,
+    /// The measured figure the target is compared with.
+    metric: f64,
+    /// Metric over what the current replicas are meant to carry.
+    ratio: f64,
+    within_tolerance: bool,
+    /// Before the bounds.
+    wanted: u32,
+}
+
+impl Signal {
+    fn evaluate(target: Target, load: &Averages, current: u32, tolerance: Tolerance) -> Self {
+        let per_replica = |metric: f64, per: f64| {
+            let ratio = metric / (f64::from(current.max(1)) * per);
+            (metric, ratio, (metric / per).ceil())
+        };
+        let latency = |metric: f64, ms: u32| {
+            let ratio = metric / f64::from(ms);
+            (metric, ratio, (f64::from(current) * ratio).ceil())
+        };
+        let (metric, ratio, raw) = match target {
+            Target::InflightPerReplica(per) => per_replica(load.demand, per),
+            Target::RequestsPerSecondPerReplica(per) => per_replica(load.rate, per),
+            Target::QueueTimeMillis(ms) => latency(load.qtime_ms, ms),
+            Target::ResponseTimeMillis(ms) => latency(load.rtime_ms, ms),
+        };
+        let within_tolerance = current > 0
+            && if ratio >= 1.0 {
+                ratio - 1.0 <= tolerance.scale_up()
+            } else {
+                1.0 - ratio <= tolerance.scale_down()
+            };
+        // Saturating float-to-int: NaN and negatives give 0, huge values u32::MAX.
+        let wanted = if within_tolerance {
+            current
+        } else {
+            raw as u32
+        };
+        Signal {
+            target,
+            metric,
+            ratio,
+            within_tolerance,
+            wanted,
+        }
+    }
+
+    /// The figure against its target, as in the log line.
+    fn text(&self) -> String {
+        let m = self.metric;
+        match self.target {
+            Target::InflightPerReplica(per) => format!("target {per}/replica"),
+            Target::QueueTimeMillis(ms) => format!("qtime {m:.0}ms, target {ms}ms"),
+            Target::ResponseTimeMillis(ms) => format!("rtime {m:.0}ms, target {ms}ms"),
+            Target::RequestsPerSecondPerReplica(per) => {
+                format!("rate {m:.1}/s, target {per}/s/replica")
+            }
+        }
+    }
+}
+
+/// One signal: its text, as it always read. Several: each with its own
+/// recommendation, then the one that decided.
+fn signal_texts(signals: &[Signal], decider: Signal) -> String {
+    if let [one] = signals {
+        return one.text();
+    }
+    let each: Vec<String> = signals
+        .iter()
+        .map(|s| format!("{} ({} → {})", s.target.name(), s.text(), s.wanted))
+        .collect();
+    format!(
+        "{}; decided by {} (ratio {:.2})",
+        each.join(", "),
+        decider.target.name(),
+        decider.ratio
+    )
+}
+
+fn tolerance_text(t: Tolerance) -> String {
+    let (up, down) = (t.scale_up() * 100.0, t.scale_down() * 100.0);
+    if up == down {
+        format!("{up:.0}% tolerance")
+    } else {
+        format!("tolerance +{up:.0}%/-{down:.0}%")
     }
 }
 
@@ -393,6 +570,7 @@ mod tests {
             scur: inflight,
             qcur: 0.0,
             qtime_ms: 0.0,
+            rtime_ms: 0.0,
             rate: 0.0,
         })
     }
@@ -562,12 +740,13 @@ mod tests {
     #[test]
     fn a_queue_time_target_scales_on_the_ratio() {
         let mut c = config();
-        c.target = Target::QueueTimeMillis(50);
+        c.target = Some(Target::QueueTimeMillis(50));
         let mut a = Autoscaler::new(&c, 2, Duration::ZERO);
         let slow = Some(BackendLoad {
             scur: 16.0,
             qcur: 10.0,
             qtime_ms: 150.0,
+            rtime_ms: 0.0,
             rate: 0.0,
         });
         let d = a.observe(Duration::ZERO, slow);
@@ -581,6 +760,7 @@ mod tests {
             scur: 16.0,
             qcur: 16.0,
             qtime_ms: 0.0,
+            rtime_ms: 0.0,
             rate: 0.0,
         });
         assert_eq!(a.observe(Duration::ZERO, queued).desired, 4);

@@ -126,6 +126,7 @@ pub fn parse_series(path: &Path, text: &str) -> Result<Vec<SeriesRow>, SimulateE
                 scur,
                 qcur,
                 qtime_ms: qtime.unwrap_or(0.0),
+                rtime_ms: 0.0,
                 rate: 0.0,
             }),
             _ => None,
@@ -364,6 +365,7 @@ mod tests {
                     scur: 32.0,
                     qcur: 0.0,
                     qtime_ms: 0.0,
+                    rtime_ms: 0.0,
                     rate: 0.0,
                 }),
             })

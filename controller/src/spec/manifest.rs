@@ -494,6 +494,57 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     docs
 }
 
+/// `target` or `targets` (not both, not neither), tolerances within `[0, 1]`, and a
+/// fallback count within the bounds.
+fn check_autoscale_signals(a: &crate::spec::Autoscale) -> Vec<(Vec<&'static str>, String)> {
+    let mut out = Vec::new();
+    match (&a.target, a.targets.is_empty()) {
+        (Some(_), false) => out.push((
+            vec!["spec", "autoscale", "targets"],
+            "give `target` or `targets`, not both".to_owned(),
+        )),
+        (None, true) => out.push((
+            vec!["spec", "autoscale"],
+            "autoscale needs `target` or a non-empty `targets` list".to_owned(),
+        )),
+        _ => {}
+    }
+    for (dir, t) in [
+        ("scaleUp", a.tolerance.scale_up()),
+        ("scaleDown", a.tolerance.scale_down()),
+    ] {
+        if !(0.0..=1.0).contains(&t) {
+            let path = match a.tolerance {
+                crate::spec::Tolerance::Both(_) => vec!["spec", "autoscale", "tolerance"],
+                crate::spec::Tolerance::PerDirection(_) => {
+                    vec!["spec", "autoscale", "tolerance", dir]
+                }
+            };
+            out.push((path, format!("tolerance {t} must be from 0 to 1")));
+        }
+    }
+    if let Some(f) = &a.fallback {
+        if f.after.get().is_zero() {
+            out.push((
+                vec!["spec", "autoscale", "fallback", "after"],
+                "fallback.after must be above 0s".to_owned(),
+            ));
+        }
+        if let Some(r) = f.replicas {
+            if !(a.min_replicas..=a.max_replicas).contains(&r) {
+                out.push((
+                    vec!["spec", "autoscale", "fallback", "replicas"],
+                    format!(
+                        "fallback.replicas ({r}) must be within minReplicas ({}) and maxReplicas ({})",
+                        a.min_replicas, a.max_replicas
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Rules that span several fields of one service. Returns `(path, message)` pairs; the
 /// path locates the message in the document.
 fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
@@ -525,6 +576,7 @@ fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
                     .to_owned(),
             ));
         }
+        out.extend(check_autoscale_signals(a));
         for (dir, rules) in [
             ("scaleUp", &a.behavior.scale_up),
             ("scaleDown", &a.behavior.scale_down),
