@@ -765,4 +765,142 @@ mod tests {
         });
         assert_eq!(a.observe(Duration::ZERO, queued).desired, 4);
     }
+
+    /// The demo's behaviour with `extra` spec lines (targets, tolerance, fallback).
+    fn config_with(extra: &str) -> Autoscale {
+        serde_saphyr::from_str(&format!(
+            "minReplicas: 1\nmaxReplicas: 10\n{extra}\
+             behavior:\n  scaleUp: {{stabilizationWindow: 0s, maxStep: 4, period: 15s}}\n  \
+             scaleDown: {{stabilizationWindow: 60s, maxStep: 1, period: 30s}}\n",
+        ))
+        .expect("fixture parses")
+    }
+
+    fn full_load(inflight: f64, rtime_ms: f64, rate: f64) -> Option<BackendLoad> {
+        Some(BackendLoad {
+            scur: inflight,
+            qcur: 0.0,
+            qtime_ms: 0.0,
+            rtime_ms,
+            rate,
+        })
+    }
+
+    const SIGNALS: &str = "targets: [{inflightPerReplica: 8}, {responseTimeMillis: 200}, \
+                           {requestsPerSecondPerReplica: 50}]\n";
+
+    #[test]
+    fn the_highest_signal_decides_and_is_named() {
+        let mut a = Autoscaler::new(&config_with(SIGNALS), 2, Duration::ZERO);
+        // In flight and rate fit 2 replicas; the response time is three times its target.
+        let d = a.observe(Duration::ZERO, full_load(16.0, 600.0, 100.0));
+        assert_eq!((d.recommendation, d.desired), (Some(6), 6), "{}", d.message);
+        assert_eq!(d.signal, Some(Target::ResponseTimeMillis(200)));
+        assert_eq!(d.reason, Reason::ScaledUp);
+        assert_eq!(
+            d.message,
+            "autoscaler: demand 16.0, inflightPerReplica (target 8/replica → 2), \
+             responseTimeMillis (rtime 600ms, target 200ms → 6), \
+             requestsPerSecondPerReplica (rate 100.0/s, target 50/s/replica → 2); \
+             decided by responseTimeMillis (ratio 3.00), recommendation 6: scaling up from 2 to 6"
+        );
+    }
+
+    #[test]
+    fn the_request_rate_per_replica_scales_on_the_rate() {
+        let mut a = Autoscaler::new(&config_with(SIGNALS), 1, Duration::ZERO);
+        let d = a.observe(Duration::ZERO, full_load(2.0, 10.0, 200.0));
+        assert_eq!(d.desired, 4, "{}", d.message);
+        assert_eq!(d.signal, Some(Target::RequestsPerSecondPerReplica(50.0)));
+    }
+
+    #[test]
+    fn a_low_signal_never_outvotes_a_high_one() {
+        // Idle response time and rate do not pull the count below what in flight needs.
+        let mut a = Autoscaler::new(&config_with(SIGNALS), 5, Duration::ZERO);
+        let t = run(&mut a, std::iter::repeat_n(full_load(40.0, 1.0, 0.0), 100));
+        assert!(t.iter().all(|d| *d == 5), "{t:?}");
+    }
+
+    #[test]
+    fn the_tolerance_is_per_direction() {
+        let c = config_with(
+            "target: {inflightPerReplica: 8}\ntolerance: {scaleUp: 0.05, scaleDown: 0.3}\n",
+        );
+        let mut a = Autoscaler::new(&c, 4, Duration::ZERO);
+        // 25% below what 4 replicas carry: within the scale-down tolerance, for good.
+        let t = run(&mut a, std::iter::repeat_n(load(24.0), 100));
+        assert!(t.iter().all(|d| *d == 4), "{t:?}");
+        let d = a.observe(Duration::from_secs(1000), load(24.0));
+        assert_eq!(d.reason, Reason::WithinTolerance, "{}", d.message);
+        assert!(
+            d.message.contains("(within tolerance +5%/-30%)"),
+            "{}",
+            d.message
+        );
+        // 6.25% above: beyond the scale-up tolerance, so one more replica.
+        let mut b = Autoscaler::new(&c, 4, Duration::ZERO);
+        assert_eq!(b.observe(Duration::ZERO, load(34.0)).desired, 5);
+        // The same 6.25% with a single 10% tolerance changes nothing.
+        let mut one = Autoscaler::new(&config(), 4, Duration::ZERO);
+        let d = one.observe(Duration::ZERO, load(34.0));
+        assert_eq!((d.desired, d.reason), (4, Reason::WithinTolerance));
+    }
+
+    #[test]
+    fn after_the_fallback_delay_without_a_good_sample_it_goes_to_the_fallback_count() {
+        let c =
+            config_with("target: {inflightPerReplica: 8}\nfallback: {after: 1m, replicas: 4}\n");
+        let mut a = Autoscaler::new(&c, 2, Duration::ZERO);
+        run(&mut a, std::iter::repeat_n(load(16.0), 5));
+        // The last good sample at 8 s; gaps from 10 s on.
+        let decisions: Vec<Decision> = (5..60).map(|i| a.observe(TICK * i, None)).collect();
+        let first = decisions
+            .iter()
+            .position(|d| d.reason == Reason::MetricsUnavailable)
+            .expect("the fallback applies");
+        // 8 s + 60 s = 68 s, the tick at index 29 (10 s + 29 × 2 s).
+        assert_eq!(first, 29, "{:#?}", &decisions[..first + 1]);
+        assert!(decisions[..first].iter().all(|d| d.desired == 2));
+        assert_eq!(decisions[first].desired, 4, "{}", decisions[first].message);
+        assert_eq!(
+            decisions[first].message,
+            "autoscaler: no good sample for 1m (fallback after 1m): \
+             scaling up from 2 to fallback.replicas 4"
+        );
+        assert!(decisions[first..].iter().all(|d| d.desired == 4));
+        // A good sample ends it: the autoscaler decides on the figures again.
+        let d = a.observe(TICK * 60, load(16.0));
+        assert_ne!(d.reason, Reason::MetricsUnavailable, "{}", d.message);
+    }
+
+    #[test]
+    fn the_fallback_never_lowers_the_count_nor_scales_to_zero() {
+        let c =
+            config_with("target: {inflightPerReplica: 8}\nfallback: {after: 30s, replicas: 2}\n");
+        let mut a = Autoscaler::new(&c, 6, Duration::ZERO);
+        run(&mut a, std::iter::repeat_n(load(48.0), 5));
+        let t = run(&mut a, std::iter::repeat_n(None, 200));
+        assert!(t.iter().all(|d| *d == 6), "{t:?}");
+        let d = a.observe(Duration::from_secs(5000), None);
+        assert_eq!((d.desired, d.reason), (6, Reason::MetricsUnavailable));
+        assert_eq!(
+            d.message,
+            "autoscaler: no good sample for 1h 23m 12s (fallback after 30s): keeping 6"
+        );
+        // Without a fallback, the same gaps hold the count too (NoMetrics).
+        let mut b = Autoscaler::new(&config(), 6, Duration::ZERO);
+        run(&mut b, std::iter::repeat_n(load(48.0), 5));
+        let t = run(&mut b, std::iter::repeat_n(None, 200));
+        assert!(t.iter().all(|d| *d == 6), "{t:?}");
+    }
+
+    #[test]
+    fn no_sample_ever_triggers_the_fallback_from_the_start() {
+        let c =
+            config_with("target: {inflightPerReplica: 8}\nfallback: {after: 10s, replicas: 3}\n");
+        let mut a = Autoscaler::new(&c, 1, Duration::ZERO);
+        let t = run(&mut a, std::iter::repeat_n(None, 7));
+        assert_eq!(t, [1, 1, 1, 1, 1, 3, 3]);
+    }
 }
