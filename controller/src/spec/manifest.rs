@@ -1220,6 +1220,7 @@ impl<'de> Deserialize<'de> for KeyText {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Target;
 
     const GOOD: &str = "\
 apiVersion: dockscale/v1alpha1
@@ -1615,6 +1616,103 @@ spec:
         assert_eq!(
             one_error(&text),
             "s.yaml:6:13: -1 is out of range: expected a whole number from 0 to 1000"
+        );
+    }
+
+    #[test]
+    fn target_and_targets_together_point_at_targets() {
+        let text = GOOD.replace(
+            "    target: {inflightPerReplica: 8}\n",
+            "    target: {inflightPerReplica: 8}\n    targets: [{responseTimeMillis: 200}]\n",
+        );
+        let error = one_error(&text);
+        assert!(error.starts_with("s.yaml:17:"), "{error}");
+        assert!(
+            error.ends_with("give `target` or `targets`, not both"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn several_targets_a_tolerance_per_direction_and_a_fallback_parse() {
+        let text = GOOD.replace(
+            "    target: {inflightPerReplica: 8}\n",
+            "    targets: [{inflightPerReplica: 8}, {responseTimeMillis: 200}, \
+             {requestsPerSecondPerReplica: 50}]\n    tolerance: {scaleUp: 0.05, scaleDown: 0.2}\n    \
+             fallback: {after: 1m, replicas: 4}\n",
+        );
+        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        let a = services[0]
+            .service
+            .spec
+            .autoscale
+            .clone()
+            .expect("autoscale");
+        assert_eq!(
+            a.signals(),
+            [
+                Target::InflightPerReplica(8.0),
+                Target::ResponseTimeMillis(200),
+                Target::RequestsPerSecondPerReplica(50.0)
+            ]
+        );
+        assert_eq!(
+            (a.tolerance.scale_up(), a.tolerance.scale_down()),
+            (0.05, 0.2)
+        );
+        let fallback = a.fallback.expect("fallback");
+        assert_eq!(
+            (fallback.after.get().as_secs(), fallback.replicas),
+            (60, Some(4))
+        );
+    }
+
+    #[test]
+    fn a_single_tolerance_still_means_both_directions() {
+        let text = GOOD.replace(
+            "    target: {inflightPerReplica: 8}\n",
+            "    target: {inflightPerReplica: 8}\n    tolerance: 0.2\n",
+        );
+        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        let a = services[0]
+            .service
+            .spec
+            .autoscale
+            .clone()
+            .expect("autoscale");
+        assert_eq!(
+            (a.tolerance.scale_up(), a.tolerance.scale_down()),
+            (0.2, 0.2)
+        );
+        assert_eq!(a.signals(), [Target::InflightPerReplica(8.0)]);
+    }
+
+    #[test]
+    fn bad_tolerances_and_fallbacks_are_located() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "    target: {inflightPerReplica: 8}\n",
+                &format!("    target: {{inflightPerReplica: 8}}\n{extra}"),
+            )
+        };
+        let error = one_error(&with("    tolerance: {scaleUp: 0.05, scaleDown: 1.5}\n"));
+        assert!(error.starts_with("s.yaml:17:"), "{error}");
+        assert!(
+            error.ends_with("tolerance 1.5 must be from 0 to 1"),
+            "{error}"
+        );
+        let error = one_error(&with("    fallback: {after: 1m, replicas: 9}\n"));
+        assert!(error.starts_with("s.yaml:17:"), "{error}");
+        assert!(
+            error.ends_with(
+                "fallback.replicas (9) must be within minReplicas (1) and maxReplicas (4)"
+            ),
+            "{error}"
+        );
+        let error = one_error(&GOOD.replace("    target: {inflightPerReplica: 8}\n", ""));
+        assert!(
+            error.ends_with("autoscale needs `target` or a non-empty `targets` list"),
+            "{error}"
         );
     }
 
