@@ -13,8 +13,16 @@
 //!   `queueTimeMillis` target, `desired = ceil(current × qtime / target)` (the HPA's
 //!   `currentReplicas × currentMetric / desiredMetric`); `qtime` is HAProxy's average
 //!   over the last 1024 requests, so this target reacts more slowly.
-//! - **Tolerance.** When the ratio of demand to what the current replicas are meant to
-//!   carry is within `tolerance` of 1 (default 10%), nothing changes.
+//! - **Several signals.** `targets` adds `responseTimeMillis` (`rtime`, like `qtime`
+//!   a ratio to the current count) and `requestsPerSecondPerReplica` (`rate`, divided
+//!   like in-flight). Each signal recommends on its own and the highest wins (the HPA
+//!   with several metrics); the decision names it ([`Decision::signal`]).
+//! - **Tolerance.** When a signal's ratio of metric to what the current replicas are
+//!   meant to carry is within the tolerance of 1 (default 10%; `scaleUp` above 1,
+//!   `scaleDown` below), that signal recommends the current count.
+//! - **Stale metrics.** With `fallback`, after `fallback.after` without a good sample
+//!   the count is held or raised to `fallback.replicas`, never lowered
+//!   ([`Reason::MetricsUnavailable`]).
 //! - **Stabilization.** The HPA's rule: scale up to the *lowest* recommendation seen in
 //!   `scaleUp.stabilizationWindow`, scale down to the *highest* seen in
 //!   `scaleDown.stabilizationWindow`, so a spike shorter than the window moves nothing
