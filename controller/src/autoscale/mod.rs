@@ -13,8 +13,16 @@
 //!   `queueTimeMillis` target, `desired = ceil(current × qtime / target)` (the HPA's
 //!   `currentReplicas × currentMetric / desiredMetric`); `qtime` is HAProxy's average
 //!   over the last 1024 requests, so this target reacts more slowly.
-//! - **Tolerance.** When the ratio of demand to what the current replicas are meant to
-//!   carry is within `tolerance` of 1 (default 10%), nothing changes.
+//! - **Several signals.** `targets` adds `responseTimeMillis` (`rtime`, like `qtime`
+//!   a ratio to the current count) and `requestsPerSecondPerReplica` (`rate`, divided
+//!   like in-flight). Each signal recommends on its own and the highest wins (the HPA
+//!   with several metrics); the decision names it ([`Decision::signal`]).
+//! - **Tolerance.** When a signal's ratio of metric to what the current replicas are
+//!   meant to carry is within the tolerance of 1 (default 10%; `scaleUp` above 1,
+//!   `scaleDown` below), that signal recommends the current count.
+//! - **Stale metrics.** With `fallback`, after `fallback.after` without a good sample
+//!   the count is held or raised to `fallback.replicas`, never lowered
+//!   ([`Reason::MetricsUnavailable`]).
 //! - **Stabilization.** The HPA's rule: scale up to the *lowest* recommendation seen in
 //!   `scaleUp.stabilizationWindow`, scale down to the *highest* seen in
 //!   `scaleDown.stabilizationWindow`, so a spike shorter than the window moves nothing
@@ -40,7 +48,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::model::backend::BackendLoad;
-use crate::spec::{Autoscale, Target};
+use crate::spec::{Autoscale, Target, Tolerance};
 
 /// Why the autoscaler decided what it did. Bounded: used as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -61,10 +69,13 @@ pub enum Reason {
     Steady,
     /// No usable sample: nothing changes.
     NoMetrics,
+    /// No good sample for `fallback.after`: the count is held, or raised to
+    /// `fallback.replicas`; never lowered.
+    MetricsUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::ScaledUp,
         Reason::ScaledDown,
         Reason::LimitedByMaxStep,
@@ -74,6 +85,7 @@ impl Reason {
         Reason::AtMaxReplicas,
         Reason::Steady,
         Reason::NoMetrics,
+        Reason::MetricsUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +99,7 @@ impl Reason {
             Reason::AtMaxReplicas => "AtMaxReplicas",
             Reason::Steady => "Steady",
             Reason::NoMetrics => "NoMetrics",
+            Reason::MetricsUnavailable => "MetricsUnavailable",
         }
     }
 }
@@ -105,6 +118,8 @@ pub struct Decision {
     pub demand: Option<f64>,
     /// Mean `qtime` over the period, in milliseconds.
     pub qtime_ms: Option<f64>,
+    /// The signal whose recommendation won (the highest), `None` without metrics.
+    pub signal: Option<Target>,
     pub reason: Reason,
     pub message: String,
 }
@@ -129,6 +144,8 @@ pub struct Autoscaler {
     /// When it started, and with what count: held as a scale-down recommendation for
     /// the first scale-down window.
     start: (Duration, u32),
+    /// When the last good sample arrived (the start until one does).
+    last_good: Duration,
 }
 
 impl Autoscaler {
@@ -145,6 +162,7 @@ impl Autoscaler {
             recommendations: VecDeque::new(),
             changes: VecDeque::new(),
             start: (now, desired),
+            last_good: now,
         }
     }
 
@@ -169,7 +187,8 @@ impl Autoscaler {
     // recommendation, the tolerance band, the stabilization windows, the rate limits,
     // the bounds), each feeding the next and the explanation, read top to bottom.
     pub fn observe(&mut self, now: Duration, sample: Option<BackendLoad>) -> Decision {
-        let b = &self.config.behavior;
+        let behavior = self.config.behavior.clone();
+        let b = &behavior;
         let window = b.scale_up.period.get();
         self.samples.push_back((now, sample));
         trim(&mut self.samples, now, window);
@@ -183,6 +202,12 @@ impl Autoscaler {
         trim(&mut self.changes, now, longest_period);
 
         let current = self.desired;
+        if sample.is_some() {
+            self.last_good = now;
+        }
+        if let Some(decision) = self.fallback(now, current) {
+            return decision;
+        }
         let valid: Vec<&BackendLoad> = self
             .samples
             .iter()
@@ -195,6 +220,7 @@ impl Autoscaler {
                 recommendation: None,
                 demand: None,
                 qtime_ms: None,
+                signal: None,
                 reason: Reason::NoMetrics,
                 message: format!(
                     "autoscaler: no sample in the last {}, keeping {current}",
@@ -202,33 +228,40 @@ impl Autoscaler {
                 ),
             };
         }
-        let n = valid.len() as f64;
-        let demand = valid.iter().map(|l| l.scur + l.qcur).sum::<f64>() / n;
-        let qtime = valid.iter().map(|l| l.qtime_ms).sum::<f64>() / n;
+        let window_load = Averages::of(&valid);
+        let (demand, qtime) = (window_load.demand, window_load.qtime_ms);
         let latest_missing = sample.is_none();
 
-        // The raw recommendation, with the tolerance band.
-        let (ratio, target_text) = match self.config.target {
-            Target::InflightPerReplica(per) => (
-                demand / (f64::from(current.max(1)) * per),
-                format!("target {per}/replica"),
-            ),
-            Target::QueueTimeMillis(ms) => (
-                qtime / f64::from(ms),
-                format!("qtime {qtime:.0}ms, target {ms}ms"),
-            ),
-        };
-        let within_tolerance = current > 0 && (ratio - 1.0).abs() <= self.config.tolerance;
-        let unclamped = if within_tolerance {
-            current
-        } else {
-            let wanted = match self.config.target {
-                Target::InflightPerReplica(per) => (demand / per).ceil(),
-                Target::QueueTimeMillis(_) => (f64::from(current) * ratio).ceil(),
+        // The raw recommendation of every signal, each with its tolerance band; the
+        // highest wins (the HPA with several metrics).
+        let tolerance = self.config.tolerance;
+        let signals: Vec<Signal> = self
+            .config
+            .signals()
+            .into_iter()
+            .map(|t| Signal::evaluate(t, &window_load, current, tolerance))
+            .collect();
+        let Some(decider) =
+            signals
+                .iter()
+                .copied()
+                .reduce(|best, s| if s.wanted > best.wanted { s } else { best })
+        else {
+            // Validation rejects a spec without a target; hold rather than guess.
+            return Decision {
+                desired: current,
+                previous: current,
+                recommendation: None,
+                demand: Some(demand),
+                qtime_ms: Some(qtime),
+                signal: None,
+                reason: Reason::NoMetrics,
+                message: format!("autoscaler: no target, keeping {current}"),
             };
-            // Saturating float-to-int: NaN and negatives give 0, huge values u32::MAX.
-            wanted as u32
         };
+        let within_tolerance = decider.within_tolerance;
+        let unclamped = decider.wanted;
+        let target_text = signal_texts(&signals, decider);
         let (min, max) = (self.config.min_replicas, self.config.max_replicas);
         let recommendation = unclamped.clamp(min, max);
         self.recommendations.push_back((now, recommendation));
@@ -319,11 +352,7 @@ impl Autoscaler {
             let _ = write!(message, " (clamped from {unclamped} to [{min}, {max}])");
         }
         if within_tolerance {
-            let _ = write!(
-                message,
-                " (within {:.0}% tolerance)",
-                self.config.tolerance * 100.0
-            );
+            let _ = write!(message, " (within {})", tolerance_text(tolerance));
         }
         if stabilized != recommendation {
             let _ = write!(message, ", stabilized to {stabilized}");
@@ -355,9 +384,165 @@ impl Autoscaler {
             recommendation: Some(recommendation),
             demand: Some(demand),
             qtime_ms: Some(qtime),
+            signal: Some(decider.target),
             reason,
             message,
         }
+    }
+
+    /// Stale metrics: after `fallback.after` without a good sample, hold the count or
+    /// raise it to `fallback.replicas`. Never lowers it (so never to zero). `None`:
+    /// no fallback configured, or a good sample is recent enough.
+    fn fallback(&mut self, now: Duration, current: u32) -> Option<Decision> {
+        let f = self.config.fallback.as_ref()?;
+        let blind = now.saturating_sub(self.last_good);
+        if blind < f.after.get() {
+            return None;
+        }
+        let (min, max) = (self.config.min_replicas, self.config.max_replicas);
+        let desired = f.replicas.unwrap_or(current).max(current).clamp(min, max);
+        let mut message = format!(
+            "autoscaler: no good sample for {} (fallback after {})",
+            humantime::format_duration(Duration::from_secs(blind.as_secs())),
+            f.after
+        );
+        if desired > current {
+            let _ = write!(
+                message,
+                ": scaling up from {current} to fallback.replicas {desired}"
+            );
+            self.changes
+                .push_back((now, i64::from(desired) - i64::from(current)));
+            self.desired = desired;
+        } else {
+            let _ = write!(message, ": keeping {current}");
+        }
+        Some(Decision {
+            desired,
+            previous: current,
+            recommendation: None,
+            demand: None,
+            qtime_ms: None,
+            signal: None,
+            reason: Reason::MetricsUnavailable,
+            message,
+        })
+    }
+}
+
+/// The backend's figures averaged over the sampling window.
+#[derive(Clone, Copy, Debug)]
+struct Averages {
+    /// `scur + qcur`.
+    demand: f64,
+    qtime_ms: f64,
+    rtime_ms: f64,
+    rate: f64,
+}
+
+impl Averages {
+    /// `samples` is not empty (the caller checks).
+    fn of(samples: &[&BackendLoad]) -> Self {
+        let n = samples.len() as f64;
+        let mean = |f: fn(&BackendLoad) -> f64| samples.iter().map(|l| f(l)).sum::<f64>() / n;
+        Averages {
+            demand: mean(|l| l.scur + l.qcur),
+            qtime_ms: mean(|l| l.qtime_ms),
+            rtime_ms: mean(|l| l.rtime_ms),
+            rate: mean(|l| l.rate),
+        }
+    }
+}
+
+/// One signal's recommendation: the HPA's `ceil(current × metric / target)`, or
+/// `current` when the ratio is within the tolerance of its direction.
+#[derive(Clone, Copy, Debug)]
+struct Signal {
+    target: Target,
+    /// The measured figure the target is compared with.
+    metric: f64,
+    /// Metric over what the current replicas are meant to carry.
+    ratio: f64,
+    within_tolerance: bool,
+    /// Before the bounds.
+    wanted: u32,
+}
+
+impl Signal {
+    fn evaluate(target: Target, load: &Averages, current: u32, tolerance: Tolerance) -> Self {
+        let per_replica = |metric: f64, per: f64| {
+            let ratio = metric / (f64::from(current.max(1)) * per);
+            (metric, ratio, (metric / per).ceil())
+        };
+        let latency = |metric: f64, ms: u32| {
+            let ratio = metric / f64::from(ms);
+            (metric, ratio, (f64::from(current) * ratio).ceil())
+        };
+        let (metric, ratio, raw) = match target {
+            Target::InflightPerReplica(per) => per_replica(load.demand, per),
+            Target::RequestsPerSecondPerReplica(per) => per_replica(load.rate, per),
+            Target::QueueTimeMillis(ms) => latency(load.qtime_ms, ms),
+            Target::ResponseTimeMillis(ms) => latency(load.rtime_ms, ms),
+        };
+        let within_tolerance = current > 0
+            && if ratio >= 1.0 {
+                ratio - 1.0 <= tolerance.scale_up()
+            } else {
+                1.0 - ratio <= tolerance.scale_down()
+            };
+        // Saturating float-to-int: NaN and negatives give 0, huge values u32::MAX.
+        let wanted = if within_tolerance {
+            current
+        } else {
+            raw as u32
+        };
+        Signal {
+            target,
+            metric,
+            ratio,
+            within_tolerance,
+            wanted,
+        }
+    }
+
+    /// The figure against its target, as in the log line.
+    fn text(&self) -> String {
+        let m = self.metric;
+        match self.target {
+            Target::InflightPerReplica(per) => format!("target {per}/replica"),
+            Target::QueueTimeMillis(ms) => format!("qtime {m:.0}ms, target {ms}ms"),
+            Target::ResponseTimeMillis(ms) => format!("rtime {m:.0}ms, target {ms}ms"),
+            Target::RequestsPerSecondPerReplica(per) => {
+                format!("rate {m:.1}/s, target {per}/s/replica")
+            }
+        }
+    }
+}
+
+/// One signal: its text, as it always read. Several: each with its own
+/// recommendation, then the one that decided.
+fn signal_texts(signals: &[Signal], decider: Signal) -> String {
+    if let [one] = signals {
+        return one.text();
+    }
+    let each: Vec<String> = signals
+        .iter()
+        .map(|s| format!("{} ({} → {})", s.target.name(), s.text(), s.wanted))
+        .collect();
+    format!(
+        "{}; decided by {} (ratio {:.2})",
+        each.join(", "),
+        decider.target.name(),
+        decider.ratio
+    )
+}
+
+fn tolerance_text(t: Tolerance) -> String {
+    let (up, down) = (t.scale_up() * 100.0, t.scale_down() * 100.0);
+    if up == down {
+        format!("{up:.0}% tolerance")
+    } else {
+        format!("tolerance +{up:.0}%/-{down:.0}%")
     }
 }
 
@@ -393,6 +578,7 @@ mod tests {
             scur: inflight,
             qcur: 0.0,
             qtime_ms: 0.0,
+            rtime_ms: 0.0,
             rate: 0.0,
         })
     }
@@ -562,12 +748,13 @@ mod tests {
     #[test]
     fn a_queue_time_target_scales_on_the_ratio() {
         let mut c = config();
-        c.target = Target::QueueTimeMillis(50);
+        c.target = Some(Target::QueueTimeMillis(50));
         let mut a = Autoscaler::new(&c, 2, Duration::ZERO);
         let slow = Some(BackendLoad {
             scur: 16.0,
             qcur: 10.0,
             qtime_ms: 150.0,
+            rtime_ms: 0.0,
             rate: 0.0,
         });
         let d = a.observe(Duration::ZERO, slow);
@@ -581,8 +768,147 @@ mod tests {
             scur: 16.0,
             qcur: 16.0,
             qtime_ms: 0.0,
+            rtime_ms: 0.0,
             rate: 0.0,
         });
         assert_eq!(a.observe(Duration::ZERO, queued).desired, 4);
+    }
+
+    /// The demo's behaviour with `extra` spec lines (targets, tolerance, fallback).
+    fn config_with(extra: &str) -> Autoscale {
+        serde_saphyr::from_str(&format!(
+            "minReplicas: 1\nmaxReplicas: 10\n{extra}\
+             behavior:\n  scaleUp: {{stabilizationWindow: 0s, maxStep: 4, period: 15s}}\n  \
+             scaleDown: {{stabilizationWindow: 60s, maxStep: 1, period: 30s}}\n",
+        ))
+        .expect("fixture parses")
+    }
+
+    fn full_load(inflight: f64, rtime_ms: f64, rate: f64) -> Option<BackendLoad> {
+        Some(BackendLoad {
+            scur: inflight,
+            qcur: 0.0,
+            qtime_ms: 0.0,
+            rtime_ms,
+            rate,
+        })
+    }
+
+    const SIGNALS: &str = "targets: [{inflightPerReplica: 8}, {responseTimeMillis: 200}, \
+                           {requestsPerSecondPerReplica: 50}]\n";
+
+    #[test]
+    fn the_highest_signal_decides_and_is_named() {
+        let mut a = Autoscaler::new(&config_with(SIGNALS), 2, Duration::ZERO);
+        // In flight and rate fit 2 replicas; the response time is three times its target.
+        let d = a.observe(Duration::ZERO, full_load(16.0, 600.0, 100.0));
+        assert_eq!((d.recommendation, d.desired), (Some(6), 6), "{}", d.message);
+        assert_eq!(d.signal, Some(Target::ResponseTimeMillis(200)));
+        assert_eq!(d.reason, Reason::ScaledUp);
+        assert_eq!(
+            d.message,
+            "autoscaler: demand 16.0, inflightPerReplica (target 8/replica → 2), \
+             responseTimeMillis (rtime 600ms, target 200ms → 6), \
+             requestsPerSecondPerReplica (rate 100.0/s, target 50/s/replica → 2); \
+             decided by responseTimeMillis (ratio 3.00), recommendation 6: scaling up from 2 to 6"
+        );
+    }
+
+    #[test]
+    fn the_request_rate_per_replica_scales_on_the_rate() {
+        let mut a = Autoscaler::new(&config_with(SIGNALS), 1, Duration::ZERO);
+        let d = a.observe(Duration::ZERO, full_load(2.0, 10.0, 200.0));
+        assert_eq!(d.desired, 4, "{}", d.message);
+        assert_eq!(d.signal, Some(Target::RequestsPerSecondPerReplica(50.0)));
+    }
+
+    #[test]
+    fn a_low_signal_never_outvotes_a_high_one() {
+        // Idle response time and rate do not pull the count below what in flight needs.
+        let mut a = Autoscaler::new(&config_with(SIGNALS), 5, Duration::ZERO);
+        let t = run(&mut a, std::iter::repeat_n(full_load(40.0, 1.0, 0.0), 100));
+        assert!(t.iter().all(|d| *d == 5), "{t:?}");
+    }
+
+    #[test]
+    fn the_tolerance_is_per_direction() {
+        let c = config_with(
+            "target: {inflightPerReplica: 8}\ntolerance: {scaleUp: 0.05, scaleDown: 0.3}\n",
+        );
+        let mut a = Autoscaler::new(&c, 4, Duration::ZERO);
+        // 25% below what 4 replicas carry: within the scale-down tolerance, for good.
+        let t = run(&mut a, std::iter::repeat_n(load(24.0), 100));
+        assert!(t.iter().all(|d| *d == 4), "{t:?}");
+        let d = a.observe(Duration::from_secs(1000), load(24.0));
+        assert_eq!(d.reason, Reason::WithinTolerance, "{}", d.message);
+        assert!(
+            d.message.contains("(within tolerance +5%/-30%)"),
+            "{}",
+            d.message
+        );
+        // 6.25% above: beyond the scale-up tolerance, so one more replica.
+        let mut b = Autoscaler::new(&c, 4, Duration::ZERO);
+        assert_eq!(b.observe(Duration::ZERO, load(34.0)).desired, 5);
+        // The same 6.25% with a single 10% tolerance changes nothing.
+        let mut one = Autoscaler::new(&config(), 4, Duration::ZERO);
+        let d = one.observe(Duration::ZERO, load(34.0));
+        assert_eq!((d.desired, d.reason), (4, Reason::WithinTolerance));
+    }
+
+    #[test]
+    fn after_the_fallback_delay_without_a_good_sample_it_goes_to_the_fallback_count() {
+        let c =
+            config_with("target: {inflightPerReplica: 8}\nfallback: {after: 1m, replicas: 4}\n");
+        let mut a = Autoscaler::new(&c, 2, Duration::ZERO);
+        run(&mut a, std::iter::repeat_n(load(16.0), 5));
+        // The last good sample at 8 s; gaps from 10 s on.
+        let decisions: Vec<Decision> = (5..60).map(|i| a.observe(TICK * i, None)).collect();
+        let first = decisions
+            .iter()
+            .position(|d| d.reason == Reason::MetricsUnavailable)
+            .expect("the fallback applies");
+        // 8 s + 60 s = 68 s, the tick at index 29 (10 s + 29 × 2 s).
+        assert_eq!(first, 29, "{:#?}", &decisions[..first + 1]);
+        assert!(decisions[..first].iter().all(|d| d.desired == 2));
+        assert_eq!(decisions[first].desired, 4, "{}", decisions[first].message);
+        assert_eq!(
+            decisions[first].message,
+            "autoscaler: no good sample for 1m (fallback after 1m): \
+             scaling up from 2 to fallback.replicas 4"
+        );
+        assert!(decisions[first..].iter().all(|d| d.desired == 4));
+        // A good sample ends it: the autoscaler decides on the figures again.
+        let d = a.observe(TICK * 60, load(16.0));
+        assert_ne!(d.reason, Reason::MetricsUnavailable, "{}", d.message);
+    }
+
+    #[test]
+    fn the_fallback_never_lowers_the_count_nor_scales_to_zero() {
+        let c =
+            config_with("target: {inflightPerReplica: 8}\nfallback: {after: 30s, replicas: 2}\n");
+        let mut a = Autoscaler::new(&c, 6, Duration::ZERO);
+        run(&mut a, std::iter::repeat_n(load(48.0), 5));
+        let t = run(&mut a, std::iter::repeat_n(None, 200));
+        assert!(t.iter().all(|d| *d == 6), "{t:?}");
+        let d = a.observe(Duration::from_secs(5000), None);
+        assert_eq!((d.desired, d.reason), (6, Reason::MetricsUnavailable));
+        assert_eq!(
+            d.message,
+            "autoscaler: no good sample for 1h 23m 12s (fallback after 30s): keeping 6"
+        );
+        // Without a fallback, the same gaps hold the count too (NoMetrics).
+        let mut b = Autoscaler::new(&config(), 6, Duration::ZERO);
+        run(&mut b, std::iter::repeat_n(load(48.0), 5));
+        let t = run(&mut b, std::iter::repeat_n(None, 200));
+        assert!(t.iter().all(|d| *d == 6), "{t:?}");
+    }
+
+    #[test]
+    fn no_sample_ever_triggers_the_fallback_from_the_start() {
+        let c =
+            config_with("target: {inflightPerReplica: 8}\nfallback: {after: 10s, replicas: 3}\n");
+        let mut a = Autoscaler::new(&c, 1, Duration::ZERO);
+        let t = run(&mut a, std::iter::repeat_n(None, 7));
+        assert_eq!(t, [1, 1, 1, 1, 1, 3, 3]);
     }
 }

@@ -3,10 +3,13 @@
 //! tune `autoscale.behavior` offline before trusting it.
 //!
 //! The series is a CSV file with the header `t_seconds,scur,qcur,qtime`, one row per
-//! sample; an empty cell marks a failed sample (a gap). A replica asked for becomes
-//! ready `startup_delay` later; replicas removed are gone at once. The timeline has one
-//! row per sample: `t_seconds,demand,recommended,replicas,reason`, where `recommended`
-//! is the count the autoscaler asks for and `replicas` the count ready at that time.
+//! sample, and optionally the columns `rtime` (response time, ms) and `rate` (requests
+//! per second) for the `responseTimeMillis` and `requestsPerSecondPerReplica` targets;
+//! an empty `scur` or `qcur` cell marks a failed sample (a gap). A replica asked for
+//! becomes ready `startup_delay` later; replicas removed are gone at once. The timeline
+//! has one row per sample: `t_seconds,demand,recommended,replicas,reason,signal`, where
+//! `recommended` is the count the autoscaler asks for, `replicas` the count ready at
+//! that time and `signal` the target whose recommendation decided.
 //!
 //! This module reads the series and replays it; the decisions are the autoscaler's
 //! alone, the drawing [`plot`](mod@plot)'s.
@@ -59,6 +62,10 @@ struct RawRow {
     scur: Option<f64>,
     qcur: Option<f64>,
     qtime: Option<f64>,
+    #[serde(default)]
+    rtime: Option<f64>,
+    #[serde(default)]
+    rate: Option<f64>,
 }
 
 /// Reads a series file (`t_seconds,scur,qcur,qtime`).
@@ -108,6 +115,8 @@ pub fn parse_series(path: &Path, text: &str) -> Result<Vec<SeriesRow>, SimulateE
             scur,
             qcur,
             qtime,
+            rtime,
+            rate,
         } = record;
         if !t_seconds.is_finite() || t_seconds < 0.0 || t_seconds <= last {
             return Err(row_error(
@@ -116,7 +125,7 @@ pub fn parse_series(path: &Path, text: &str) -> Result<Vec<SeriesRow>, SimulateE
             ));
         }
         last = t_seconds;
-        for v in [scur, qcur, qtime].into_iter().flatten() {
+        for v in [scur, qcur, qtime, rtime, rate].into_iter().flatten() {
             if !v.is_finite() || v < 0.0 {
                 return Err(row_error(line, format!("{v} is not a count or time")));
             }
@@ -126,7 +135,8 @@ pub fn parse_series(path: &Path, text: &str) -> Result<Vec<SeriesRow>, SimulateE
                 scur,
                 qcur,
                 qtime_ms: qtime.unwrap_or(0.0),
-                rate: 0.0,
+                rtime_ms: rtime.unwrap_or(0.0),
+                rate: rate.unwrap_or(0.0),
             }),
             _ => None,
         };
@@ -151,6 +161,8 @@ pub struct TimelineRow {
     pub recommended: u32,
     pub replicas: u32,
     pub reason: &'static str,
+    /// The target that decided (`inflightPerReplica`), empty without metrics.
+    pub signal: &'static str,
 }
 
 /// Picks the service to simulate: `name`, or the only one with `autoscale`.
@@ -237,6 +249,7 @@ pub fn simulate(
             recommended: decision.desired,
             replicas: ready,
             reason: decision.reason.as_str(),
+            signal: decision.signal.map_or("", |t| t.name()),
         });
     }
     Ok(timeline)
@@ -244,17 +257,18 @@ pub fn simulate(
 
 /// The timeline as CSV.
 pub fn to_csv(timeline: &[TimelineRow]) -> String {
-    let mut out = String::from("t_seconds,demand,recommended,replicas,reason\n");
+    let mut out = String::from("t_seconds,demand,recommended,replicas,reason,signal\n");
     for r in timeline {
         let demand = r.demand.map(|d| format!("{d:.2}")).unwrap_or_default();
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
-            "{},{demand},{},{},{}",
+            "{},{demand},{},{},{},{}",
             format_seconds(r.t),
             r.recommended,
             r.replicas,
-            r.reason
+            r.reason,
+            r.signal
         );
     }
     out
@@ -297,8 +311,11 @@ mod tests {
     }
 
     fn service() -> ScaledService {
-        let loaded =
-            crate::spec::manifest::load(&[testdata("autoscale.yaml")]).expect("spec loads");
+        service_from("autoscale.yaml")
+    }
+
+    fn service_from(spec: &str) -> ScaledService {
+        let loaded = crate::spec::manifest::load(&[testdata(spec)]).expect("spec loads");
         loaded[0].service.clone()
     }
 
@@ -307,8 +324,16 @@ mod tests {
     /// read the diff before committing it.
     #[test]
     fn committed_series_give_their_expected_timelines() {
-        let service = service();
-        for name in ["step", "spike", "sine", "gaps"] {
+        let series = [
+            ("autoscale.yaml", "step"),
+            ("autoscale.yaml", "spike"),
+            ("autoscale.yaml", "sine"),
+            ("autoscale.yaml", "gaps"),
+            ("signals.yaml", "signals"),
+            ("signals.yaml", "outage"),
+        ];
+        for (spec, name) in series {
+            let service = service_from(spec);
             let series = read_series(&testdata(&format!("{name}.csv"))).expect("series");
             let timeline = simulate(&service, &series, Duration::from_secs(5)).expect("simulates");
             let csv = to_csv(&timeline);
@@ -355,6 +380,60 @@ mod tests {
     }
 
     #[test]
+    fn each_signal_decides_in_turn_and_is_named() {
+        let service = service_from("signals.yaml");
+        let series = read_series(&testdata("signals.csv")).expect("series");
+        let timeline = simulate(&service, &series, Duration::from_secs(5)).expect("simulates");
+        let at = |secs: u64| {
+            timeline
+                .iter()
+                .find(|r| r.t == Duration::from_secs(secs))
+                .expect("a row at that time")
+        };
+        // 16 in flight: 2 replicas, decided by the in-flight target.
+        assert_eq!(
+            (at(50).recommended, at(50).signal),
+            (2, "inflightPerReplica")
+        );
+        // 300 requests per second at 50 per replica: 6.
+        assert_eq!(
+            (at(120).recommended, at(120).signal),
+            (6, "requestsPerSecondPerReplica")
+        );
+        // The response time over its target scales up on its own.
+        let slow = timeline
+            .iter()
+            .find(|r| r.t >= Duration::from_secs(300) && r.reason == "ScaledUp")
+            .expect("scales up on the response time");
+        assert_eq!(slow.signal, "responseTimeMillis", "{slow:?}");
+    }
+
+    #[test]
+    fn an_outage_goes_to_the_fallback_count_and_never_down() {
+        let service = service_from("signals.yaml");
+        let series = read_series(&testdata("outage.csv")).expect("series");
+        let timeline = simulate(&service, &series, Duration::from_secs(5)).expect("simulates");
+        let outage: Vec<&TimelineRow> = timeline
+            .iter()
+            .filter(|r| (60..150).contains(&r.t.as_secs()))
+            .collect();
+        assert!(outage
+            .windows(2)
+            .all(|w| w[1].recommended >= w[0].recommended));
+        let fallback = outage
+            .iter()
+            .find(|r| r.reason == "MetricsUnavailable")
+            .expect("the fallback applies");
+        // Last good sample at 58 s, fallback.after 30 s.
+        assert_eq!((fallback.t.as_secs(), fallback.recommended), (88, 4));
+        assert_eq!(
+            timeline.last().map(|r| r.recommended),
+            Some(2),
+            "back down after"
+        );
+    }
+
+    #[test]
     fn replicas_become_ready_after_the_startup_delay() {
         let service = service();
         let series: Vec<SeriesRow> = (0..10)
@@ -364,6 +443,7 @@ mod tests {
                     scur: 32.0,
                     qcur: 0.0,
                     qtime_ms: 0.0,
+                    rtime_ms: 0.0,
                     rate: 0.0,
                 }),
             })

@@ -12,8 +12,8 @@ use crate::lb::LoadBalancer;
 use crate::model::backend::BackendLoad;
 use crate::runtime::ContainerRuntime;
 use crate::serve::metrics::Metrics;
-use crate::serve::status::{AutoscalerStatus, EventType, StatusHandle};
-use crate::spec::{Autoscale, ServiceSpec, Target};
+use crate::serve::status::{AutoscalerStatus, ConditionType, EventType, StatusHandle};
+use crate::spec::{Autoscale, ServiceSpec};
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Every autoscaled service samples its backend's load and its autoscaler decides.
@@ -136,6 +136,7 @@ pub(crate) fn publish_decision(
             .with_label_values(&[name])
             .set(load.qtime_ms / 1000.0);
     }
+    let metrics_available = decision.reason != Reason::MetricsUnavailable;
     if let Some(d) = decision.demand {
         m.autoscaler_demand.with_label_values(&[name]).set(d);
     }
@@ -167,10 +168,13 @@ pub(crate) fn publish_decision(
         svc.autoscaler = Some(AutoscalerStatus {
             min_replicas: config.min_replicas,
             max_replicas: config.max_replicas,
-            target: match config.target {
-                Target::InflightPerReplica(n) => format!("inflight {n}/replica"),
-                Target::QueueTimeMillis(ms) => format!("qtime {ms}ms"),
-            },
+            target: config
+                .signals()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            signal: decision.signal.map(|t| t.name().to_owned()),
             demand: decision.demand,
             recommendation: decision.recommendation,
             desired: decision.desired,
@@ -178,6 +182,18 @@ pub(crate) fn publish_decision(
             message: decision.message.clone(),
             last_scale_time,
         });
+        let (reason, message) = if metrics_available {
+            ("Sampled", "")
+        } else {
+            ("MetricsUnavailable", decision.message.as_str())
+        };
+        svc.set_condition(
+            ConditionType::ScalingActive,
+            metrics_available,
+            reason,
+            message,
+            wall,
+        );
         if decision.changed() {
             svc.record(
                 EventType::Normal,

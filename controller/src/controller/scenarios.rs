@@ -65,6 +65,8 @@ struct Svc {
     check: bool,
     rollout: (u32, u32),
     autoscale: Option<(u32, u32)>,
+    /// `autoscale.fallback` as written (`{after: 30s, replicas: 7}`).
+    fallback: Option<String>,
     /// A container health check, and `unhealthyReplaceAfter`.
     healthcheck: Option<String>,
 }
@@ -82,6 +84,7 @@ fn svc(name: &str) -> Svc {
         check: true,
         rollout: (1, 0),
         autoscale: None,
+        fallback: None,
         healthcheck: None,
     }
 }
@@ -129,6 +132,12 @@ impl Svc {
     fn autoscale(mut self, min: u32, max: u32) -> Self {
         self.autoscale = Some((min, max));
         self.lb = true;
+        self
+    }
+
+    /// With `autoscale.fallback` (after `autoscale`).
+    fn fallback(mut self, fallback: &str) -> Self {
+        self.fallback = Some(fallback.to_owned());
         self
     }
 
@@ -192,6 +201,9 @@ impl Svc {
                    maxReplicas: {max}\n    \
                    target: {{inflightPerReplica: 8}}\n"
             ));
+            if let Some(f) = &self.fallback {
+                y.push_str(&format!("    fallback: {f}\n"));
+            }
         }
         y
     }

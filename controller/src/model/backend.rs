@@ -41,7 +41,11 @@ pub struct BackendLoad {
     pub qcur: f64,
     /// Average queue time over the last 1024 requests, in milliseconds.
     pub qtime_ms: f64,
-    /// Sessions per second over the last second.
+    /// Average backend response time over the last 1024 requests, in milliseconds
+    /// (HAProxy's `rtime`: time to the first byte of the answer).
+    pub rtime_ms: f64,
+    /// Sessions per second over the last second (HAProxy's `rate`). In HTTP mode every
+    /// request is a stream of its own on the backend, so this is the request rate.
     pub rate: f64,
 }
 

@@ -50,6 +50,9 @@ pub enum ConditionType {
     /// A frontend's certificate files all parse and match their keys (else the last
     /// good copy of each keeps serving).
     CertificatesValid,
+    /// The autoscaler has metrics to act on (false: `MetricsUnavailable`, the fallback
+    /// holds the count or raises it to `fallback.replicas`).
+    ScalingActive,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -102,7 +105,11 @@ pub struct ServiceEvent {
 pub struct AutoscalerStatus {
     pub min_replicas: u32,
     pub max_replicas: u32,
+    /// The signals scaled on, comma-separated (`inflight 8/replica, rtime 200ms`).
     pub target: String,
+    /// The signal whose recommendation decided (`responseTimeMillis`), `None` without
+    /// metrics.
+    pub signal: Option<String>,
     pub demand: Option<f64>,
     pub recommendation: Option<u32>,
     pub desired: u32,

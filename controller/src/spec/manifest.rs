@@ -494,6 +494,57 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     docs
 }
 
+/// `target` or `targets` (not both, not neither), tolerances within `[0, 1]`, and a
+/// fallback count within the bounds.
+fn check_autoscale_signals(a: &crate::spec::Autoscale) -> Vec<(Vec<&'static str>, String)> {
+    let mut out = Vec::new();
+    match (&a.target, a.targets.is_empty()) {
+        (Some(_), false) => out.push((
+            vec!["spec", "autoscale", "targets"],
+            "give `target` or `targets`, not both".to_owned(),
+        )),
+        (None, true) => out.push((
+            vec!["spec", "autoscale"],
+            "autoscale needs `target` or a non-empty `targets` list".to_owned(),
+        )),
+        _ => {}
+    }
+    for (dir, t) in [
+        ("scaleUp", a.tolerance.scale_up()),
+        ("scaleDown", a.tolerance.scale_down()),
+    ] {
+        if !(0.0..=1.0).contains(&t) {
+            let path = match a.tolerance {
+                crate::spec::Tolerance::Both(_) => vec!["spec", "autoscale", "tolerance"],
+                crate::spec::Tolerance::PerDirection(_) => {
+                    vec!["spec", "autoscale", "tolerance", dir]
+                }
+            };
+            out.push((path, format!("tolerance {t} must be from 0 to 1")));
+        }
+    }
+    if let Some(f) = &a.fallback {
+        if f.after.get().is_zero() {
+            out.push((
+                vec!["spec", "autoscale", "fallback", "after"],
+                "fallback.after must be above 0s".to_owned(),
+            ));
+        }
+        if let Some(r) = f.replicas {
+            if !(a.min_replicas..=a.max_replicas).contains(&r) {
+                out.push((
+                    vec!["spec", "autoscale", "fallback", "replicas"],
+                    format!(
+                        "fallback.replicas ({r}) must be within minReplicas ({}) and maxReplicas ({})",
+                        a.min_replicas, a.max_replicas
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Rules that span several fields of one service. Returns `(path, message)` pairs; the
 /// path locates the message in the document.
 fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
@@ -525,6 +576,7 @@ fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
                     .to_owned(),
             ));
         }
+        out.extend(check_autoscale_signals(a));
         for (dir, rules) in [
             ("scaleUp", &a.behavior.scale_up),
             ("scaleDown", &a.behavior.scale_down),
@@ -1168,6 +1220,7 @@ impl<'de> Deserialize<'de> for KeyText {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Target;
 
     const GOOD: &str = "\
 apiVersion: dockscale/v1alpha1
@@ -1563,6 +1616,103 @@ spec:
         assert_eq!(
             one_error(&text),
             "s.yaml:6:13: -1 is out of range: expected a whole number from 0 to 1000"
+        );
+    }
+
+    #[test]
+    fn target_and_targets_together_point_at_targets() {
+        let text = GOOD.replace(
+            "    target: {inflightPerReplica: 8}\n",
+            "    target: {inflightPerReplica: 8}\n    targets: [{responseTimeMillis: 200}]\n",
+        );
+        let error = one_error(&text);
+        assert!(error.starts_with("s.yaml:17:"), "{error}");
+        assert!(
+            error.ends_with("give `target` or `targets`, not both"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn several_targets_a_tolerance_per_direction_and_a_fallback_parse() {
+        let text = GOOD.replace(
+            "    target: {inflightPerReplica: 8}\n",
+            "    targets: [{inflightPerReplica: 8}, {responseTimeMillis: 200}, \
+             {requestsPerSecondPerReplica: 50}]\n    tolerance: {scaleUp: 0.05, scaleDown: 0.2}\n    \
+             fallback: {after: 1m, replicas: 4}\n",
+        );
+        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        let a = services[0]
+            .service
+            .spec
+            .autoscale
+            .clone()
+            .expect("autoscale");
+        assert_eq!(
+            a.signals(),
+            [
+                Target::InflightPerReplica(8.0),
+                Target::ResponseTimeMillis(200),
+                Target::RequestsPerSecondPerReplica(50.0)
+            ]
+        );
+        assert_eq!(
+            (a.tolerance.scale_up(), a.tolerance.scale_down()),
+            (0.05, 0.2)
+        );
+        let fallback = a.fallback.expect("fallback");
+        assert_eq!(
+            (fallback.after.get().as_secs(), fallback.replicas),
+            (60, Some(4))
+        );
+    }
+
+    #[test]
+    fn a_single_tolerance_still_means_both_directions() {
+        let text = GOOD.replace(
+            "    target: {inflightPerReplica: 8}\n",
+            "    target: {inflightPerReplica: 8}\n    tolerance: 0.2\n",
+        );
+        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        let a = services[0]
+            .service
+            .spec
+            .autoscale
+            .clone()
+            .expect("autoscale");
+        assert_eq!(
+            (a.tolerance.scale_up(), a.tolerance.scale_down()),
+            (0.2, 0.2)
+        );
+        assert_eq!(a.signals(), [Target::InflightPerReplica(8.0)]);
+    }
+
+    #[test]
+    fn bad_tolerances_and_fallbacks_are_located() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "    target: {inflightPerReplica: 8}\n",
+                &format!("    target: {{inflightPerReplica: 8}}\n{extra}"),
+            )
+        };
+        let error = one_error(&with("    tolerance: {scaleUp: 0.05, scaleDown: 1.5}\n"));
+        assert!(error.starts_with("s.yaml:17:"), "{error}");
+        assert!(
+            error.ends_with("tolerance 1.5 must be from 0 to 1"),
+            "{error}"
+        );
+        let error = one_error(&with("    fallback: {after: 1m, replicas: 9}\n"));
+        assert!(error.starts_with("s.yaml:17:"), "{error}");
+        assert!(
+            error.ends_with(
+                "fallback.replicas (9) must be within minReplicas (1) and maxReplicas (4)"
+            ),
+            "{error}"
+        );
+        let error = one_error(&GOOD.replace("    target: {inflightPerReplica: 8}\n", ""));
+        assert!(
+            error.ends_with("autoscale needs `target` or a non-empty `targets` list"),
+            "{error}"
         );
     }
 

@@ -437,21 +437,99 @@ pub struct Autoscale {
     #[serde(deserialize_with = "positive_count")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: u32,
-    /// The per-replica target the demand is divided by.
-    pub target: Target,
-    /// Relative change below which nothing is done (`0.1` = 10%).
-    #[serde(default = "default_tolerance")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub tolerance: f64,
+    /// One signal to scale on (the original form; `targets` gives several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// Several signals, each giving its own recommendation; the highest wins (the
+    /// HPA with several metrics). Give `target` or `targets`, not both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
+    /// Relative change below which nothing is done (`0.1` = 10%): one number for both
+    /// directions, or `{scaleUp, scaleDown}`.
+    #[serde(default)]
+    pub tolerance: Tolerance,
+    /// What to do when no good sample arrives (HAProxy unreachable, backend missing).
+    /// Unset: hold the count (and still never scale down on missing data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
     #[serde(default)]
     pub behavior: Behavior,
+}
+
+impl Autoscale {
+    /// The signals to scale on: `targets`, or the single `target`.
+    pub fn signals(&self) -> Vec<Target> {
+        match self.target {
+            Some(t) if self.targets.is_empty() => vec![t],
+            _ => self.targets.clone(),
+        }
+    }
 }
 
 fn default_tolerance() -> f64 {
     0.1
 }
 
-/// The autoscaling target: exactly one of the two.
+/// The tolerance band: a single number means both directions.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum Tolerance {
+    Both(#[schemars(range(min = 0.0, max = 1.0))] f64),
+    PerDirection(DirectionalTolerance),
+}
+
+/// A tolerance per direction: scale up eagerly, down reluctantly (or the other way).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectionalTolerance {
+    /// Ratios of metric to target above 1 by at most this much change nothing.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub scale_up: f64,
+    /// Ratios below 1 by at most this much change nothing.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub scale_down: f64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Tolerance::Both(default_tolerance())
+    }
+}
+
+impl Tolerance {
+    /// How far above 1 the metric-to-target ratio may go before scaling up.
+    pub fn scale_up(self) -> f64 {
+        match self {
+            Tolerance::Both(t) => t,
+            Tolerance::PerDirection(d) => d.scale_up,
+        }
+    }
+
+    /// How far below 1 the ratio may go before scaling down.
+    pub fn scale_down(self) -> f64 {
+        match self {
+            Tolerance::Both(t) => t,
+            Tolerance::PerDirection(d) => d.scale_down,
+        }
+    }
+}
+
+/// Stale metrics: after `after` without a good sample, hold the count, or go up to
+/// `replicas` when that is higher. Never down, never to zero.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fallback {
+    /// How long without a good sample before the fallback applies.
+    pub after: Duration,
+    /// The count to run while blind, if higher than the current one; unset holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: Option<u32>,
+}
+
+/// One autoscaling signal: exactly one key.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Target {
@@ -459,6 +537,33 @@ pub enum Target {
     InflightPerReplica(#[schemars(range(min = 0.1))] f64),
     /// HAProxy's average queue time (`qtime`) to hold, in milliseconds.
     QueueTimeMillis(#[schemars(range(min = 1))] u32),
+    /// HAProxy's average backend response time (`rtime`) to hold, in milliseconds.
+    ResponseTimeMillis(#[schemars(range(min = 1))] u32),
+    /// Requests per second (the backend's `rate`) per replica.
+    RequestsPerSecondPerReplica(#[schemars(range(min = 0.1))] f64),
+}
+
+impl Target {
+    /// The signal's name as written in the spec; used in messages and the status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::InflightPerReplica(_) => "inflightPerReplica",
+            Target::QueueTimeMillis(_) => "queueTimeMillis",
+            Target::ResponseTimeMillis(_) => "responseTimeMillis",
+            Target::RequestsPerSecondPerReplica(_) => "requestsPerSecondPerReplica",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Target::InflightPerReplica(n) => write!(f, "inflight {n}/replica"),
+            Target::QueueTimeMillis(ms) => write!(f, "qtime {ms}ms"),
+            Target::ResponseTimeMillis(ms) => write!(f, "rtime {ms}ms"),
+            Target::RequestsPerSecondPerReplica(n) => write!(f, "rate {n}/s/replica"),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]

@@ -53,3 +53,35 @@ for i in range(0, 150):
     else:
         rows.append((t, d, 0, 0))
 write("gaps", rows)
+
+# The series below are replayed against signals.yaml (several targets, a tolerance per
+# direction, a fallback). Columns add rtime (ms) and rate (requests per second).
+def write_full(name, rows):
+    with open(f"{name}.csv", "w") as f:
+        f.write("t_seconds,scur,qcur,qtime,rtime,rate\n")
+        for t, *values in rows:
+            cells = ["" if v is None else f"{v:g}" for v in values]
+            f.write(f"{t}," + ",".join(cells) + "\n")
+
+# signals: 16 in flight throughout (2 replicas' worth). The request rate climbs to
+# 300/s for two minutes (6 replicas at 50/s each), then the response time rises to
+# 260 ms for 20 s (a slow dependency): each signal decides in turn.
+rows = []
+for i in range(0, 300):
+    t = 2 * i
+    rate = 300 if 60 <= t < 180 else 80
+    rtime = 260 if 300 <= t < 320 else 120
+    rows.append((t, 16, 0, 0, rtime, rate))
+write_full("signals", rows)
+
+# outage: 16 in flight, then HAProxy unreachable for 90 s (every sample fails), then
+# back: after fallback.after (30 s) the count goes up to fallback.replicas (4), and
+# comes down again only through the scale-down window once samples are good.
+rows = []
+for i in range(0, 200):
+    t = 2 * i
+    if 60 <= t < 150:
+        rows.append((t, None, None, None, None, None))
+    else:
+        rows.append((t, 16, 0, 0, 120, 80))
+write_full("outage", rows)

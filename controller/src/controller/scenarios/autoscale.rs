@@ -69,6 +69,47 @@ async fn a_load_sample_that_fails_is_a_gap_never_a_scale_down() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn stale_metrics_raise_the_count_to_the_fallback_and_say_so() {
+    let w = World::new(&[svc("web")
+        .replicas(1)
+        .autoscale(1, 10)
+        .fallback("{after: 30s, replicas: 7}")]);
+    w.lb.set_load("web", load(40.0));
+    let w = w.start();
+    w.converge("web", 5, secs(30)).await;
+    let active = |w: &World| {
+        let s = w.status("web").expect("status");
+        let c = s
+            .condition(ConditionType::ScalingActive)
+            .expect("condition");
+        (c.status, c.reason.clone())
+    };
+    assert_eq!(active(&w), (true, "Sampled".to_owned()));
+
+    w.lb.set_reachable(false);
+    w.settle(secs(20)).await;
+    assert_eq!(
+        autoscaled_desired(&w, "web"),
+        Some(5),
+        "held before fallback.after"
+    );
+    w.settle(secs(20)).await;
+    assert_eq!(autoscaled_desired(&w, "web"), Some(7));
+    assert_eq!(active(&w), (false, "MetricsUnavailable".to_owned()));
+    let status = w.status("web").expect("status");
+    let autoscaler = status.autoscaler.expect("autoscaler status");
+    assert_eq!(autoscaler.reason, "MetricsUnavailable");
+    assert_eq!(autoscaler.signal, None);
+
+    w.lb.set_reachable(true);
+    w.settle(secs(5)).await;
+    assert_eq!(active(&w), (true, "Sampled".to_owned()));
+    let status = w.status("web").expect("status");
+    let signal = status.autoscaler.and_then(|a| a.signal);
+    assert_eq!(signal.as_deref(), Some("inflightPerReplica"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_restarted_controller_keeps_the_autoscaled_count() {
     let w = World::new(&[svc("web").replicas(1).autoscale(1, 10)]);
     w.lb.set_load("web", load(40.0));

@@ -647,6 +647,7 @@ impl LoadBalancer for HaproxyBalancer {
             scur: serving as f64,
             qcur: total.qcur.unwrap_or(0) as f64,
             qtime_ms: total.qtime.unwrap_or(0) as f64,
+            rtime_ms: total.rtime.unwrap_or(0) as f64,
             rate: total.rate.unwrap_or(0) as f64,
         })
     }

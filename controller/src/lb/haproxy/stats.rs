@@ -161,6 +161,8 @@ pub struct StatRow {
     pub rate: Option<u64>,
     /// Average queue time over the last 1024 requests, in milliseconds.
     pub qtime: Option<u64>,
+    /// Average response time (to the first byte) over the last 1024 requests, in ms.
+    pub rtime: Option<u64>,
     /// Average total session time over the last 1024 requests, in milliseconds.
     pub ttime: Option<u64>,
 }
