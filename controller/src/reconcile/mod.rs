@@ -32,6 +32,7 @@
 //! plan can stop a container that is not dockscale's. A member running on another
 //! network than the service's is reported once ([`Note::MemberNetworkMismatch`]).
 
+pub mod canary;
 pub mod classify;
 pub mod conditions;
 pub mod crash_loop;
