@@ -11,37 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use crate::model::backend::ServerCounters;
 use crate::spec::{Analysis, CanaryStep};
-
-/// A server's cumulative counters, as `show stat` reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServerCounters {
-    /// HTTP responses of every class (`hrsp_1xx` .. `hrsp_other`).
-    pub responses: u64,
-    /// Responses with a 5xx status (`hrsp_5xx`).
-    pub http_5xx: u64,
-    /// Connection errors (`econ`) and response errors (`eresp`).
-    pub failed: u64,
-    /// Mean response time over the last 1024 requests, in milliseconds (`rtime`).
-    pub rtime_ms: u64,
-    /// Failed health checks (`chkfail`).
-    pub check_failures: u64,
-}
-
-impl ServerCounters {
-    /// What happened between `start` and `self`; a counter that went down (HAProxy
-    /// reloaded, the slot was reassigned) counts from zero.
-    pub fn since(self, start: ServerCounters) -> ServerCounters {
-        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
-        ServerCounters {
-            responses: d(self.responses, start.responses),
-            http_5xx: d(self.http_5xx, start.http_5xx),
-            failed: d(self.failed, start.failed),
-            rtime_ms: self.rtime_ms,
-            check_failures: d(self.check_failures, start.check_failures),
-        }
-    }
-}
 
 /// One version's figures over a step: the deltas of its servers, summed.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -194,9 +194,9 @@ impl StatRow {
     }
 
     /// A server row's cumulative counters, for a canary's analysis.
-    pub fn counters(&self) -> crate::reconcile::canary::ServerCounters {
+    pub fn counters(&self) -> crate::model::backend::ServerCounters {
         let n = |v: Option<u64>| v.unwrap_or(0);
-        crate::reconcile::canary::ServerCounters {
+        crate::model::backend::ServerCounters {
             responses: [
                 self.hrsp_1xx,
                 self.hrsp_2xx,
