@@ -7,9 +7,13 @@
 //! abort with the figures that failed. It does not act on a verdict (the planner does)
 //! and it does not remember anything (the planner's memory does).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::rotation::Live;
+use super::{Input, Memory, Note, Plan};
 
 pub use crate::model::backend::ServerCounters;
 use crate::spec::{Analysis, CanaryStep};
@@ -172,6 +176,138 @@ pub fn failed(analysis: &Analysis, old: &Figures, new: &Figures) -> Option<Failu
         }
     }
     None
+}
+
+/// A canary rollout followed through its steps (kept in the planner's memory).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanaryProgress {
+    pub template_hash: String,
+    /// The step in force (an index into `rollout.steps`).
+    pub step: usize,
+    /// When the step's share was reached (its replicas ready), with every server's
+    /// counters then: `None` while its replicas start.
+    pub since: Option<(Instant, BTreeMap<String, ServerCounters>)>,
+    /// All steps passed: the rest is a rolling update.
+    pub promoted: bool,
+}
+
+/// What the canary asks of this pass: how many new replicas, and the weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    /// New replicas to run (beyond it they are removed; old ones stay).
+    pub new_target: u32,
+    /// Per-server weights `(old, new)`.
+    pub weights: (u16, u16),
+}
+
+/// Step 5b: where a canary rollout stands, and the shape it asks of this pass. `None`
+/// when no canary is under way (not a canary, nothing old left, or promoted): the pass
+/// is then a plain rolling update. An aborted template keeps no new replicas and the
+/// old ones at full weight until the spec changes.
+pub fn step(input: &Input<'_>, memory: &Memory, lives: &[Live], plan: &mut Plan) -> Option<Shape> {
+    let spec = input.spec;
+    let rollout = &spec.rollout;
+    let base = spec.load_balancer.as_ref()?.server.weight;
+    let analysis = rollout.guard()?;
+    let hash = input.template_hash;
+    let old: Vec<&Live> = lives.iter().filter(|l| !l.updated).collect();
+    if memory.aborted_template.as_deref() == Some(hash) {
+        plan.aborted = Some(hash.to_owned());
+        return Some(Shape {
+            new_target: 0,
+            weights: (base, base),
+        });
+    }
+    if old.is_empty() || rollout.strategy != crate::spec::Strategy::Canary {
+        return None;
+    }
+    let mut progress = match &memory.canary {
+        Some(c) if c.template_hash == hash => c.clone(),
+        _ => CanaryProgress {
+            template_hash: hash.to_owned(),
+            step: 0,
+            since: None,
+            promoted: rollout.steps.is_empty(),
+        },
+    };
+    if progress.promoted {
+        plan.canary = Some(progress);
+        return None;
+    }
+    let weight = rollout.steps[progress.step].weight;
+    let new_target = new_replicas(input.desired, weight);
+    let ready_new = lives
+        .iter()
+        .filter(|l| l.updated && l.serving.is_ready())
+        .count() as u32;
+    let ready_old = old.iter().filter(|l| l.serving.is_ready()).count() as u32;
+    let shape = Shape {
+        new_target,
+        weights: weights(weight, ready_old.max(1), ready_new.max(1), base),
+    };
+    let counters = input.backend.map(|b| &b.counters);
+    match (&progress.since, counters) {
+        (None, Some(now_counters)) if ready_new >= new_target => {
+            progress.since = Some((input.now.instant, now_counters.clone()));
+            plan.notes.push(Note::CanaryStep {
+                step: progress.step + 1,
+                weight,
+                new_replicas: new_target,
+            });
+            plan.requeue(analysis.interval.get());
+        }
+        (Some((since, start)), Some(now_counters)) => {
+            let figures = |updated: bool| {
+                Figures::of(
+                    lives
+                        .iter()
+                        .filter(|l| l.updated == updated)
+                        .filter_map(|l| {
+                            let slot = l.serving.slot()?;
+                            let now = *now_counters.get(&slot.name)?;
+                            Some(now.since(start.get(&slot.name).copied().unwrap_or_default()))
+                        }),
+                )
+            };
+            let verdict = judge(
+                &rollout.steps,
+                progress.step,
+                &analysis,
+                *since,
+                input.now.instant,
+                &figures(false),
+                &figures(true),
+            );
+            match verdict {
+                Verdict::Hold { recheck_in } => plan.requeue(recheck_in),
+                Verdict::Advance { next } => {
+                    progress.step = next;
+                    progress.since = None;
+                    plan.requeue(super::ACTIVE_REQUEUE);
+                }
+                Verdict::Promote => {
+                    progress.promoted = true;
+                    plan.canary = Some(progress);
+                    return None;
+                }
+                Verdict::Abort(failure) => {
+                    plan.notes.push(Note::RolloutAborted {
+                        template_hash: hash.to_owned(),
+                        message: failure.message,
+                    });
+                    plan.aborted = Some(hash.to_owned());
+                    plan.canary = None;
+                    return Some(Shape {
+                        new_target: 0,
+                        weights: (base, base),
+                    });
+                }
+            }
+        }
+        _ => plan.requeue(super::ACTIVE_REQUEUE),
+    }
+    plan.canary = Some(progress);
+    Some(shape)
 }
 
 /// `1204` as `1,204`.
