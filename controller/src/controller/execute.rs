@@ -122,6 +122,16 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     Some(o) => self.lb.reconfigure(&backend, slot, o).await,
                     None => Ok(()),
                 },
+                Action::Weigh { slot, weight } => match &options {
+                    Some(o) => {
+                        let o = crate::spec::ServerOptions {
+                            weight: *weight,
+                            ..o.clone()
+                        };
+                        self.lb.reconfigure(&backend, slot, &o).await
+                    }
+                    None => Ok(()),
+                },
                 Action::Suspend { slot, .. } => self.lb.suspend(&backend, slot).await,
                 Action::EnsureNetwork => {
                     match self.runtime.ensure_network(spec.network.as_str()).await {

@@ -527,6 +527,12 @@ pub fn describe_plan(
             Action::Reconfigure { slot } => {
                 writeln!(out, "  re-apply weight and maxconn to {backend}/{slot}")
             }
+            Action::Weigh { slot, weight } => {
+                writeln!(
+                    out,
+                    "  set weight {weight} on {backend}/{slot} (canary split)"
+                )
+            }
             Action::Suspend { id, slot } => writeln!(
                 out,
                 "  suspend server {backend}/{slot} ({}, paused: maintenance until it runs again)",

@@ -14,6 +14,7 @@
 
 mod adoption;
 mod autoscale;
+mod canary;
 mod chaos;
 mod crash_loop;
 mod engine;
@@ -69,6 +70,8 @@ struct Svc {
     fallback: Option<String>,
     /// A container health check, and `unhealthyReplaceAfter`.
     healthcheck: Option<String>,
+    /// More `rollout` fields (a canary's strategy, steps and analysis), as YAML.
+    rollout_extra: String,
 }
 
 fn svc(name: &str) -> Svc {
@@ -86,6 +89,7 @@ fn svc(name: &str) -> Svc {
         autoscale: None,
         fallback: None,
         healthcheck: None,
+        rollout_extra: String::new(),
     }
 }
 
@@ -120,6 +124,15 @@ impl Svc {
     /// A template change (the `VERSION` variable): a rollout.
     fn version(mut self, v: u32) -> Self {
         self.version = v;
+        self
+    }
+
+    /// A canary rollout: 25% for 10s, then 50% for 10s, analysed on 20 requests.
+    fn canary(mut self) -> Self {
+        self.rollout_extra = ", strategy: canary, steps: [{weight: 25, pause: 10s}, \
+                              {weight: 50, pause: 10s}], analysis: {interval: 1s, \
+                              minRequests: 20}"
+            .to_owned();
         self
     }
 
@@ -160,7 +173,7 @@ impl Svc {
                  port: 8080\n    \
                  env: {{VERSION: \"{version}\"}}\n    \
                  stopGracePeriod: {grace}\n  \
-               rollout: {{maxSurge: {surge}, maxUnavailable: {unavailable}}}\n",
+               rollout: {{maxSurge: {surge}, maxUnavailable: {unavailable}{extra}}}\n",
             name = self.name,
             replicas = self.replicas,
             image = self.image,
@@ -172,6 +185,7 @@ impl Svc {
             grace = self.grace,
             surge = self.rollout.0,
             unavailable = self.rollout.1,
+            extra = self.rollout_extra,
         );
         if let Some(after) = &self.healthcheck {
             let at = y.find("  rollout:").unwrap_or(y.len());

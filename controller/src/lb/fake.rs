@@ -36,6 +36,7 @@ use tokio::time::Instant;
 
 use crate::lb::haproxy::config::{pool_for, slots_needed, SLOT_PREFIX};
 use crate::lb::{LbError, LbErrorKind, LoadBalancer, MemberCounts};
+use crate::model::backend::ServerCounters;
 use crate::model::backend::{Admin, Backend, BackendLoad, PoolGrown, Slot};
 use crate::runtime::fake::{Call, FakeRuntime, Journal};
 use crate::spec::{ScaledService, ServerOptions};
@@ -128,6 +129,8 @@ pub struct FakeSlot {
     pub check: bool,
     /// Sessions being served and queued on this server.
     pub sessions: u32,
+    /// Its cumulative counters, as a test scripts them.
+    pub counters: ServerCounters,
 }
 
 impl FakeSlot {
@@ -140,6 +143,7 @@ impl FakeSlot {
             maxconn: None,
             check: true,
             sessions: 0,
+            counters: ServerCounters::default(),
         }
     }
 
@@ -326,6 +330,18 @@ impl FakeBalancer {
     // --- scripting -----------------------------------------------------------------
 
     /// Sessions on the server of `addr` (a drain waits for them).
+    /// Adds to the counters of the server pointing at `addr` (the requests it answered,
+    /// the errors among them), as HAProxy's `show stat` would count them.
+    pub fn count(&self, addr: SocketAddrV4, responses: u64, http_5xx: u64, rtime_ms: u64) {
+        for slots in self.haproxy().backends.values_mut() {
+            for s in slots.iter_mut().filter(|s| s.addr == Some(addr)) {
+                s.counters.responses += responses;
+                s.counters.http_5xx += http_5xx;
+                s.counters.rtime_ms = rtime_ms;
+            }
+        }
+    }
+
     pub fn set_sessions(&self, addr: SocketAddrV4, sessions: u32) {
         for slots in self.haproxy().backends.values_mut() {
             for s in slots.iter_mut().filter(|s| s.addr == Some(addr)) {
@@ -602,6 +618,7 @@ impl LoadBalancer for FakeBalancer {
                     sessions: s.sessions,
                 })
                 .collect(),
+            counters: slots.iter().map(|s| (s.name.clone(), s.counters)).collect(),
         })
     }
 

@@ -2,6 +2,7 @@
 //! adapters all see it: slots (servers) with their state, and the backend's load.
 //! Plain data: this module calls nothing and decides nothing.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
 /// One HAProxy server slot of the service's backend, as observed.
@@ -30,6 +31,38 @@ pub enum Admin {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub slots: Vec<Slot>,
+    /// Each server's cumulative counters, by slot name (what a canary compares).
+    pub counters: BTreeMap<String, ServerCounters>,
+}
+
+/// A server's cumulative counters, as `show stat` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerCounters {
+    /// HTTP responses of every class (`hrsp_1xx` .. `hrsp_other`).
+    pub responses: u64,
+    /// Responses with a 5xx status (`hrsp_5xx`).
+    pub http_5xx: u64,
+    /// Connection errors (`econ`) and response errors (`eresp`).
+    pub failed: u64,
+    /// Mean response time over the last 1024 requests, in milliseconds (`rtime`).
+    pub rtime_ms: u64,
+    /// Failed health checks (`chkfail`).
+    pub check_failures: u64,
+}
+
+impl ServerCounters {
+    /// What happened between `start` and `self`; a counter that went down (HAProxy
+    /// reloaded, the slot was reassigned) counts from zero.
+    pub fn since(self, start: ServerCounters) -> ServerCounters {
+        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
+        ServerCounters {
+            responses: d(self.responses, start.responses),
+            http_5xx: d(self.http_5xx, start.http_5xx),
+            failed: d(self.failed, start.failed),
+            rtime_ms: self.rtime_ms,
+            check_failures: d(self.check_failures, start.check_failures),
+        }
+    }
 }
 
 /// What the backend is carrying right now, for the autoscaler.

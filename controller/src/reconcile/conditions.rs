@@ -120,6 +120,28 @@ fn scaling(plan: &Plan, ctx: &Context<'_>, update: &mut Update) {
     }
     for note in &plan.notes {
         match note {
+            Note::CanaryStep {
+                step,
+                weight,
+                new_replicas,
+            } => update.events.push(NewEvent::normal(
+                "CanaryStep",
+                format!(
+                    "Canary step {step}: {weight}% of the traffic to template {} on \
+                     {new_replicas} new replica(s)",
+                    ctx.template_hash
+                ),
+            )),
+            Note::RolloutAborted {
+                template_hash,
+                message,
+            } => update.events.push(NewEvent::warning(
+                "RolloutAborted",
+                format!(
+                    "Rollout of template {template_hash} aborted: {message}; the old \
+                     replicas take all the traffic back"
+                ),
+            )),
             Note::OperatorHold { name, slot, admin } => {
                 update.events.push(NewEvent::warning(
                     "ServerHeld",
@@ -189,7 +211,18 @@ fn progressing(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus, update:
         && counts.current == counts.desired
         && counts.pending == 0
         && counts.terminating == 0;
-    let (status, reason, message) = if stalled {
+    let aborted = ctx.memory.aborted_template.as_deref() == Some(hash)
+        || plan.aborted.as_deref() == Some(hash);
+    let (status, reason, message) = if aborted {
+        (
+            false,
+            "RolloutAborted",
+            format!(
+                "the canary analysis of template {hash} failed: the old replicas serve; it \
+                 is not retried until the spec changes"
+            ),
+        )
+    } else if stalled {
         (
             false,
             "ProgressDeadlineExceeded",

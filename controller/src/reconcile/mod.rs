@@ -32,6 +32,7 @@
 //! plan can stop a container that is not dockscale's. A member running on another
 //! network than the service's is reported once ([`Note::MemberNetworkMismatch`]).
 
+pub mod canary;
 pub mod classify;
 pub mod conditions;
 pub mod crash_loop;
@@ -184,6 +185,8 @@ pub enum Action {
     Cut { slot: String, addr: SocketAddrV4 },
     /// Re-apply weight and maxconn to a serving slot whose options drifted.
     Reconfigure { slot: String },
+    /// Set a serving slot's weight (a canary's split of the traffic).
+    Weigh { slot: String, weight: u16 },
     /// Take a paused or unhealthy replica's slot out of rotation, kept assigned
     /// (maintenance, weight 0): it is enabled again once the replica runs, passes its
     /// health check and answers.
@@ -204,7 +207,8 @@ impl Action {
             | Action::Create { .. }
             | Action::Release { .. }
             | Action::Cut { .. }
-            | Action::Reconfigure { .. } => None,
+            | Action::Reconfigure { .. }
+            | Action::Weigh { .. } => None,
         }
     }
 }
@@ -245,6 +249,17 @@ pub enum Note {
     },
     RolloutStalled {
         template_hash: String,
+    },
+    /// A canary step's share was reached: its pause and analysis start.
+    CanaryStep {
+        step: usize,
+        weight: u8,
+        new_replicas: u32,
+    },
+    /// The canary analysis failed: the new template is drained and removed.
+    RolloutAborted {
+        template_hash: String,
+        message: String,
     },
     /// A running member that is not on the service's network: nothing in the backend
     /// can reach it (reported once per container).
@@ -298,6 +313,10 @@ pub struct Plan {
     pub vacant: Vec<Vacancy>,
     /// The rollout progress to remember.
     pub rollout: Option<RolloutProgress>,
+    /// The canary progress to remember.
+    pub canary: Option<canary::CanaryProgress>,
+    /// The template whose canary was aborted, while it is still the spec's.
+    pub aborted: Option<String>,
     /// Replicas in memory whose containers are gone: forgotten.
     pub forget: Vec<String>,
     /// The replicas Docker reports unhealthy, and since when (what memory keeps).
@@ -410,11 +429,13 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         ready_new,
         now.instant,
     );
-    let stalled = rollout.as_ref().is_some_and(|r| {
-        !r.complete
-            && now.instant.saturating_duration_since(r.last_progress)
-                > spec.rollout.progress_deadline.get()
-    });
+    let shape = canary::step(input, memory, &lives, &mut plan);
+    let stalled = shape.is_none()
+        && rollout.as_ref().is_some_and(|r| {
+            !r.complete
+                && now.instant.saturating_duration_since(r.last_progress)
+                    > spec.rollout.progress_deadline.get()
+        });
     if stalled {
         plan.notes.push(Note::RolloutStalled {
             template_hash: input.template_hash.to_owned(),
@@ -450,7 +471,9 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         + draining
         + sorted.removing
         + stopping_now;
-    let creates = if live_old > 0 {
+    let creates = if let Some(shape) = shape {
+        shape.new_target.saturating_sub(new_total)
+    } else if live_old > 0 {
         let max_total = desired.saturating_add(spec.rollout.max_surge);
         let room = max_total.saturating_sub(total);
         room.min(desired.saturating_sub(new_total))
@@ -488,7 +511,10 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     }
 
     // 7. What to remove.
-    let mut victims = retire::victims(input, &lives, live_old, ready_new + ready_old);
+    let mut victims = match shape {
+        Some(shape) => retire::canary_victims(&lives, shape.new_target),
+        None => retire::victims(input, &lives, live_old, ready_new + ready_old),
+    };
     for i in retire::unhealthy(input, memory, &lives, &mut plan) {
         if !victims.iter().any(|(v, _)| *v == i) {
             victims.push((i, RemoveReason::Unhealthy));
@@ -513,7 +539,16 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         .filter(|(i, _)| !victims.iter().any(|(v, _)| v == i))
         .map(|(_, l)| l)
         .collect();
-    rotation::bring_in(input, memory, &kept, &members, matched.free, &mut plan);
+    let weights = shape.map(|s| s.weights);
+    rotation::bring_in(
+        input,
+        memory,
+        &kept,
+        &members,
+        matched.free,
+        weights,
+        &mut plan,
+    );
     plan
 }
 

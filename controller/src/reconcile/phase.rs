@@ -79,6 +79,11 @@ pub struct Memory {
     /// The network that was last ensured.
     pub network_ready: Option<String>,
     pub rollout: Option<RolloutProgress>,
+    /// The canary rollout followed, step by step.
+    pub canary: Option<super::canary::CanaryProgress>,
+    /// A template whose canary analysis failed: not rolled out again until the spec
+    /// changes (to another template hash).
+    pub aborted_template: Option<String>,
     /// Creates failed for a reason not the replicas' own (the engine went away, the
     /// network vanished): no create before this.
     pub creates_held_until: Option<Instant>,
@@ -175,6 +180,8 @@ impl Memory {
         }
         self.vacant = plan.vacant.clone();
         self.rollout = plan.rollout.clone();
+        self.canary = plan.canary.clone();
+        self.aborted_template = plan.aborted.clone();
         self.unhealthy_since = plan.unhealthy_since.clone();
         for note in &plan.notes {
             match note {
@@ -206,7 +213,8 @@ impl Memory {
             | Action::Create { .. }
             | Action::Release { .. }
             | Action::Cut { .. }
-            | Action::Reconfigure { .. } => return,
+            | Action::Reconfigure { .. }
+            | Action::Weigh { .. } => return,
         };
         if let Some(name) = name {
             self.track(name, Some(phase));

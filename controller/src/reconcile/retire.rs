@@ -152,6 +152,23 @@ pub fn victims(
     victims
 }
 
+/// Step 7 during a canary: the old replicas all stay (they carry the rest of the
+/// traffic); new ones beyond `new_target` go, newest first (all of them once the
+/// canary is aborted).
+pub fn canary_victims(lives: &[Live], new_target: u32) -> Vec<(usize, RemoveReason)> {
+    let mut new: Vec<usize> = (0..lives.len()).filter(|&i| lives[i].updated).collect();
+    new.sort_by_key(|&i| {
+        (
+            lives[i].serving.removal_rank(),
+            std::cmp::Reverse(lives[i].replica.created_at_ns),
+        )
+    });
+    new.into_iter()
+        .skip(new_target as usize)
+        .map(|i| (i, RemoveReason::Rollout))
+        .collect()
+}
+
 /// The live replicas Docker has reported unhealthy for `unhealthyReplaceAfter`, by index
 /// into `lives`: they are drained and replaced. Records in the plan since when each
 /// unhealthy one has been (memory keeps it), and looks again when the next one is due.

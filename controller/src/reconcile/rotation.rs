@@ -327,8 +327,20 @@ pub fn bring_in(
     kept: &[&Live],
     members: &[MemberLive],
     free: Vec<&Slot>,
+    weights: Option<(u16, u16)>,
     plan: &mut Plan,
 ) {
+    let updated: BTreeSet<&ContainerId> = kept
+        .iter()
+        .filter(|l| l.updated)
+        .map(|l| &l.replica.id)
+        .collect();
+    // The weight a slot should have: the spec's, or a canary's split.
+    let weight_of = |id: &ContainerId, base: u16| match weights {
+        Some((_, new)) if updated.contains(id) => new,
+        Some((old, _)) => old,
+        None => base,
+    };
     let (Some(lb), Some(_)) = (input.spec.load_balancer.as_ref(), input.backend) else {
         return;
     };
@@ -396,9 +408,19 @@ pub fn bring_in(
                 }
             }
             Serving::Ready(slot) | Serving::Unhealthy(slot) => {
-                if slot.weight != u32::from(lb.server.weight) {
+                let weight = if l.member {
+                    lb.server.weight
+                } else {
+                    weight_of(&id, lb.server.weight)
+                };
+                if slot.weight != u32::from(weight) && weight == lb.server.weight {
                     plan.actions.push(Action::Reconfigure {
                         slot: slot.name.clone(),
+                    });
+                } else if slot.weight != u32::from(weight) {
+                    plan.actions.push(Action::Weigh {
+                        slot: slot.name.clone(),
+                        weight,
                     });
                 }
                 if matches!(l.serving, Serving::Unhealthy(_)) {

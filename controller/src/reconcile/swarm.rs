@@ -559,6 +559,7 @@ mod tests {
                     slots: (1..=4)
                         .map(|n| slot(n, None, Admin::Maint, false))
                         .collect(),
+                    ..Backend::default()
                 },
                 answering: BTreeSet::new(),
                 desired: 2,

@@ -60,7 +60,10 @@ impl World {
     }
 
     fn with_slots(mut self, slots: Vec<Slot>) -> Self {
-        self.backend = Some(Backend { slots });
+        self.backend = Some(Backend {
+            slots,
+            ..Backend::default()
+        });
         self
     }
 
@@ -410,6 +413,7 @@ fn probe_targets_are_the_replicas_not_in_rotation() {
     let replicas = [replica(1, HASH), replica(2, HASH), replica(3, HASH)];
     let backend = Backend {
         slots: vec![serving_slot(1, 1), warming_slot(2, 2), free_slot(3)],
+        ..Backend::default()
     };
     let refs: Vec<&Replica> = replicas.iter().collect();
     assert_eq!(
@@ -1254,6 +1258,7 @@ fn probe_targets_include_members_not_in_rotation() {
     let members = [member(8), member(9)];
     let backend = Backend {
         slots: vec![serving_slot(1, 1), serving_slot(2, 8)],
+        ..Backend::default()
     };
     let refs: Vec<&Replica> = replicas.iter().collect();
     let member_refs: Vec<&Member> = members.iter().collect();

@@ -392,6 +392,10 @@ fn parse_documents(file: &Path, text: &str) -> (Docs, Vec<SpecError>) {
         for (path, message) in check_service(&service) {
             errors.push(located(&path, message));
         }
+        for (path, message) in check_rollout(&service.spec) {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            errors.push(located(&path, message));
+        }
         for (path, message) in check_options(&service.spec.template) {
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             errors.push(located(&path, message));
@@ -727,6 +731,98 @@ fn check_options(t: &Template) -> Vec<(Vec<String>, String)> {
                     "ulimit {name}: soft ({}) is above hard ({}): a process cannot start                      above its ceiling",
                     limit.soft, limit.hard
                 ),
+            ));
+        }
+    }
+    out
+}
+
+/// The rollout's strategy, canary steps and analysis thresholds.
+fn check_rollout(spec: &crate::spec::ServiceSpec) -> Vec<(Vec<String>, String)> {
+    use crate::spec::Strategy;
+    let at = |tail: &[&str]| -> Vec<String> {
+        ["spec", "rollout"]
+            .iter()
+            .chain(tail)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let r = &spec.rollout;
+    let mut out = Vec::new();
+    match r.strategy {
+        Strategy::Canary if spec.load_balancer.is_none() => out.push((
+            at(&["strategy"]),
+            "strategy canary needs a loadBalancer: traffic is split by HAProxy weights".to_owned(),
+        )),
+        Strategy::Rolling if !r.steps.is_empty() => out.push((
+            at(&["steps"]),
+            "steps are for strategy: canary (a rolling update has none)".to_owned(),
+        )),
+        _ => {}
+    }
+    let mut last = 0u8;
+    for (i, step) in r.steps.iter().enumerate() {
+        let index = i.to_string();
+        if !(1..=99).contains(&step.weight) {
+            out.push((
+                at(&["steps", &index, "weight"]),
+                format!(
+                    "weight ({}) must be between 1 and 99 (percent)",
+                    step.weight
+                ),
+            ));
+        } else if step.weight <= last {
+            out.push((
+                at(&["steps", &index, "weight"]),
+                format!(
+                    "weight ({}) must be above the previous step's ({last}): steps increase",
+                    step.weight
+                ),
+            ));
+        }
+        last = last.max(step.weight);
+        if step.pause.get().is_zero() {
+            out.push((
+                at(&["steps", &index, "pause"]),
+                "pause must be above 0s".to_owned(),
+            ));
+        }
+    }
+    if let Some(a) = &r.analysis {
+        if a.interval.get().is_zero() {
+            out.push((
+                at(&["analysis", "interval"]),
+                "interval must be above 0s".to_owned(),
+            ));
+        }
+        if a.min_requests == 0 {
+            out.push((
+                at(&["analysis", "minRequests"]),
+                "minRequests must be at least 1".to_owned(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&a.max_error_rate) {
+            out.push((
+                at(&["analysis", "maxErrorRate"]),
+                format!(
+                    "maxErrorRate ({}) must be between 0 and 1 (a fraction)",
+                    a.max_error_rate
+                ),
+            ));
+        }
+        if a.max_response_time_ratio.is_nan() || a.max_response_time_ratio < 1.0 {
+            out.push((
+                at(&["analysis", "maxResponseTimeRatio"]),
+                format!(
+                    "maxResponseTimeRatio ({}) must be at least 1",
+                    a.max_response_time_ratio
+                ),
+            ));
+        }
+        if spec.load_balancer.is_none() {
+            out.push((
+                at(&["analysis"]),
+                "analysis needs a loadBalancer: it reads HAProxy's per-server counters".to_owned(),
             ));
         }
     }
@@ -1350,6 +1446,71 @@ spec:
         assert_eq!(lb.drain_timeout.get().as_secs(), 30);
         assert!(lb.server.check);
         assert_eq!(services[0].line, 1);
+    }
+
+    #[test]
+    fn a_canary_rollout_reads_with_its_analysis_defaults() {
+        let text = format!(
+            "{GOOD}  rollout:\n    strategy: canary\n    steps:\n      \
+             - {{weight: 10, pause: 60s}}\n      - {{weight: 50, pause: 2m}}\n"
+        );
+        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        let spec = &services[0].service.spec;
+        let r = &spec.rollout;
+        assert_eq!(r.strategy, crate::spec::Strategy::Canary);
+        assert_eq!(r.steps.len(), 2);
+        assert_eq!(
+            (r.steps[1].weight, r.steps[1].pause.get().as_secs()),
+            (50, 120)
+        );
+        let a = r.guard().expect("a canary is always analysed");
+        assert_eq!(a.interval.get().as_secs(), 10);
+        assert_eq!(
+            (a.min_requests, a.max_error_rate, a.max_response_time_ratio),
+            (100, 0.01, 1.5)
+        );
+        let plain = parse_str(Path::new("s.yaml"), GOOD).expect("valid");
+        assert_eq!(
+            crate::model::replica::template_hash(spec),
+            crate::model::replica::template_hash(&plain[0].service.spec),
+            "the rollout is not part of the template"
+        );
+        assert_eq!(
+            plain[0].service.spec.rollout.guard(),
+            None,
+            "opt-in for rolling"
+        );
+    }
+
+    #[test]
+    fn canary_steps_and_thresholds_are_checked_where_they_are_written() {
+        let text = format!(
+            "{GOOD}  rollout:\n    strategy: canary\n    steps:\n      \
+             - {{weight: 50, pause: 1s}}\n      - {{weight: 20, pause: 0s}}\n      \
+             - {{weight: 100, pause: 1s}}\n    \
+             analysis: {{minRequests: 0, maxErrorRate: 2, maxResponseTimeRatio: 0.5}}\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "s.yaml:21:18: weight (20) must be above the previous step's (50): steps increase",
+                "s.yaml:21:29: pause must be above 0s",
+                "s.yaml:22:18: weight (100) must be between 1 and 99 (percent)",
+                "s.yaml:23:29: minRequests must be at least 1",
+                "s.yaml:23:46: maxErrorRate (2) must be between 0 and 1 (a fraction)",
+                "s.yaml:23:71: maxResponseTimeRatio (0.5) must be at least 1",
+            ]
+        );
+        let no_lb = text
+            .replace("  loadBalancer:\n    backend: web\n    bind: 127.0.0.1:8080\n", "")
+            .replace("  autoscale:\n    minReplicas: 1\n    maxReplicas: 4\n    target: {inflightPerReplica: 8}\n", "");
+        assert!(
+            errors(&no_lb).iter().any(|e| e.ends_with(
+                "strategy canary needs a loadBalancer: traffic is split by HAProxy weights"
+            )),
+            "{:?}",
+            errors(&no_lb)
+        );
     }
 
     #[test]

@@ -630,6 +630,105 @@ pub struct Rollout {
     /// A rollout with no progress for this long stops and is reported as failed.
     #[serde(default = "default_progress_deadline")]
     pub progress_deadline: Duration,
+    /// `rolling` (the default) replaces replicas `maxSurge` at a time; `canary` shifts
+    /// traffic to the new template step by step through HAProxy weights (it needs a
+    /// `loadBalancer`).
+    #[serde(default, skip_serializing_if = "Strategy::is_rolling")]
+    pub strategy: Strategy,
+    /// Canary only: the shares of traffic the new template gets, each held for its
+    /// pause, in increasing order; after the last one the new template takes it all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<CanaryStep>,
+    /// Compares new replicas with old ones from HAProxy's counters and aborts the
+    /// rollout when the new ones do worse. Canary rollouts always analyse (with these
+    /// defaults when absent); a rolling one only when this is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+}
+
+/// How a new template replaces the old one.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Strategy {
+    #[default]
+    Rolling,
+    Canary,
+}
+
+impl Strategy {
+    pub fn is_rolling(&self) -> bool {
+        *self == Strategy::Rolling
+    }
+}
+
+/// One canary step: the new template's share of traffic, held for `pause`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryStep {
+    /// Percent of the traffic sent to the new template (1 to 99).
+    #[schemars(range(min = 1, max = 99))]
+    pub weight: u8,
+    /// How long the share is held (and analysed) before the next step.
+    pub pause: Duration,
+}
+
+/// Thresholds a new template's replicas must stay within, compared with the old ones.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Analysis {
+    /// How often the counters are compared.
+    #[serde(default = "Analysis::default_interval")]
+    pub interval: Duration,
+    /// Requests the new replicas must have answered before a verdict: fewer tell
+    /// nothing, so a step holds until they are reached.
+    #[serde(default = "Analysis::default_min_requests")]
+    #[schemars(range(min = 1))]
+    pub min_requests: u64,
+    /// Highest error rate (5xx, connection and response errors per request) of the new
+    /// replicas, as a fraction (`0.01` = 1%), above the old replicas' own.
+    #[serde(default = "Analysis::default_max_error_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_rate: f64,
+    /// Highest ratio of the new replicas' mean response time to the old ones'.
+    #[serde(default = "Analysis::default_max_response_time_ratio")]
+    #[schemars(range(min = 1.0))]
+    pub max_response_time_ratio: f64,
+}
+
+impl Analysis {
+    fn default_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_min_requests() -> u64 {
+        100
+    }
+    fn default_max_error_rate() -> f64 {
+        0.01
+    }
+    fn default_max_response_time_ratio() -> f64 {
+        1.5
+    }
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Analysis {
+            interval: Analysis::default_interval(),
+            min_requests: Analysis::default_min_requests(),
+            max_error_rate: Analysis::default_max_error_rate(),
+            max_response_time_ratio: Analysis::default_max_response_time_ratio(),
+        }
+    }
+}
+
+impl Rollout {
+    /// The analysis that guards this rollout, if any: always for a canary.
+    pub fn guard(&self) -> Option<Analysis> {
+        match self.strategy {
+            Strategy::Canary => Some(self.analysis.unwrap_or_default()),
+            Strategy::Rolling => self.analysis,
+        }
+    }
 }
 
 fn default_max_surge() -> u32 {
@@ -646,6 +745,9 @@ impl Default for Rollout {
             max_surge: default_max_surge(),
             max_unavailable: 0,
             progress_deadline: default_progress_deadline(),
+            strategy: Strategy::Rolling,
+            steps: Vec::new(),
+            analysis: None,
         }
     }
 }

@@ -478,7 +478,13 @@ impl LoadBalancer for HaproxyBalancer {
                 (r.svname.as_str(), u32::try_from(n).unwrap_or(u32::MAX))
             })
             .collect();
+        let counters = rows
+            .iter()
+            .filter(|r| r.pxname == backend && !r.is_backend())
+            .map(|r| (r.svname.clone(), r.counters()))
+            .collect();
         Ok(Backend {
+            counters,
             slots: slots
                 .into_iter()
                 .map(|(_, s)| Slot {

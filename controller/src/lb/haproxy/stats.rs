@@ -165,11 +165,56 @@ pub struct StatRow {
     pub rtime: Option<u64>,
     /// Average total session time over the last 1024 requests, in milliseconds.
     pub ttime: Option<u64>,
+    /// Average response time over the last 1024 requests, in milliseconds.
+    #[serde(default)]
+    pub rtime: Option<u64>,
+    /// Cumulative HTTP responses by class, connection and response errors and failed
+    /// health checks: what a canary's analysis compares (absent columns read as 0).
+    #[serde(default)]
+    pub hrsp_1xx: Option<u64>,
+    #[serde(default)]
+    pub hrsp_2xx: Option<u64>,
+    #[serde(default)]
+    pub hrsp_3xx: Option<u64>,
+    #[serde(default)]
+    pub hrsp_4xx: Option<u64>,
+    #[serde(default)]
+    pub hrsp_5xx: Option<u64>,
+    #[serde(default)]
+    pub hrsp_other: Option<u64>,
+    #[serde(default)]
+    pub econ: Option<u64>,
+    #[serde(default)]
+    pub eresp: Option<u64>,
+    #[serde(default)]
+    pub chkfail: Option<u64>,
 }
 
 impl StatRow {
     pub fn is_backend(&self) -> bool {
         self.svname == "BACKEND"
+    }
+
+    /// A server row's cumulative counters, for a canary's analysis.
+    pub fn counters(&self) -> crate::model::backend::ServerCounters {
+        let n = |v: Option<u64>| v.unwrap_or(0);
+        crate::model::backend::ServerCounters {
+            responses: [
+                self.hrsp_1xx,
+                self.hrsp_2xx,
+                self.hrsp_3xx,
+                self.hrsp_4xx,
+                self.hrsp_5xx,
+                self.hrsp_other,
+            ]
+            .into_iter()
+            .map(n)
+            .sum(),
+            http_5xx: n(self.hrsp_5xx),
+            failed: n(self.econ) + n(self.eresp),
+            rtime_ms: n(self.rtime),
+            check_failures: n(self.chkfail),
+        }
     }
 }
 
@@ -310,5 +355,16 @@ mod tests {
         assert_eq!(info.pid, 8624);
         assert_eq!(info.uptime_sec, 42);
         assert_eq!(info.version, "2.6.12-1+deb12u4");
+    }
+
+    #[test]
+    fn a_servers_response_and_error_counters_are_read_for_the_analysis() {
+        let rows = parse_stat(UNDER_LOAD).expect("parses");
+        let slot1 = rows.iter().find(|r| r.svname == "slot1").expect("slot1");
+        let c = slot1.counters();
+        assert_eq!(
+            (c.responses, c.http_5xx, c.failed, c.check_failures),
+            (1, 0, 0, 1)
+        );
     }
 }
