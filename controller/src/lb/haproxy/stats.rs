@@ -165,9 +165,6 @@ pub struct StatRow {
     pub rtime: Option<u64>,
     /// Average total session time over the last 1024 requests, in milliseconds.
     pub ttime: Option<u64>,
-    /// Average response time over the last 1024 requests, in milliseconds.
-    #[serde(default)]
-    pub rtime: Option<u64>,
     /// Cumulative HTTP responses by class, connection and response errors and failed
     /// health checks: what a canary's analysis compares (absent columns read as 0).
     #[serde(default)]
