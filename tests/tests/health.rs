@@ -184,15 +184,24 @@ async fn an_unhealthy_container_leaves_rotation_at_once_and_is_replaced_after_un
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let seen = containers(&controller, &fixture.service).await;
-    println!("serving: {seen:?}");
-    assert!(
-        seen.iter()
+    // The status is written by the pass after the one HAProxy's UP came from.
+    let shown = Instant::now();
+    let seen = loop {
+        let seen = containers(&controller, &fixture.service).await;
+        let serving = seen
+            .iter()
             .filter(|(_, state, health)| state == "serving" && health == "healthy")
-            .count()
-            >= 1,
-        "status shows each replica's health: {seen:?}"
-    );
+            .count();
+        if serving == 2 {
+            break seen;
+        }
+        assert!(
+            shown.elapsed() < Duration::from_secs(10),
+            "status shows each replica's health: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("serving: {seen:?}");
 
     // One replica's check starts failing: out of rotation on Docker's health_status
     // event, then drained and replaced 3 s later; the load never sees it.
