@@ -25,6 +25,20 @@ async fn up(fixture: &LbFixture) -> BTreeSet<SocketAddrV4> {
         .collect()
 }
 
+/// Waits (up to 60 s) until `n` replicas run and exactly they are UP in the backend:
+/// their addresses.
+async fn serving(fixture: &LbFixture, n: usize, what: &str) -> BTreeSet<SocketAddrV4> {
+    let started = Instant::now();
+    loop {
+        let replicas: BTreeSet<SocketAddrV4> = fixture.replica_addrs().into_values().collect();
+        if replicas.len() == n && up(fixture).await == replicas {
+            return replicas;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_failing_its_http_check_leaves_rotation_and_a_new_one_failing_it_never_enters() {
     let fixture = LbFixture::new("e2e-health");
@@ -36,18 +50,7 @@ async fn a_replica_failing_its_http_check_leaves_rotation_and_a_new_one_failing_
     fixture.write_spec(&spec);
     let controller = RunningController::start(&fixture.lb_run_args(&[]));
     controller.wait_listening().await;
-    let started = Instant::now();
-    let first: BTreeSet<SocketAddrV4> = loop {
-        let replicas: BTreeSet<SocketAddrV4> = fixture.replica_addrs().into_values().collect();
-        if replicas.len() == 2 && up(&fixture).await == replicas {
-            break replicas;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "2 replicas never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let first = serving(&fixture, 2, "2 replicas never served").await;
     let config = std::fs::read_to_string(fixture.state_dir().join("haproxy.cfg")).expect("config");
     assert!(config.contains("option httpchk"), "{config}");
 
@@ -172,18 +175,7 @@ async fn an_unhealthy_container_leaves_rotation_at_once_and_is_replaced_after_un
     controller.wait_listening().await;
 
     // Ready only once Docker reports the replicas healthy.
-    let started = Instant::now();
-    loop {
-        let replicas: BTreeSet<SocketAddrV4> = fixture.replica_addrs().into_values().collect();
-        if replicas.len() == 2 && up(&fixture).await == replicas {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "2 replicas never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    serving(&fixture, 2, "2 replicas never served").await;
     // The status is written by the pass after the one HAProxy's UP came from.
     let shown = Instant::now();
     let seen = loop {
@@ -359,18 +351,7 @@ async fn an_images_own_healthcheck_gates_readiness_and_can_be_disabled_in_the_sp
         "    stopGracePeriod: 5s\n    healthcheck: {disable: true}\n",
     );
     fixture.write_spec(&disabled);
-    let rolled = Instant::now();
-    loop {
-        let replicas: BTreeSet<SocketAddrV4> = fixture.replica_addrs().into_values().collect();
-        if replicas.len() == 1 && up(&fixture).await == replicas {
-            break;
-        }
-        assert!(
-            rolled.elapsed() < Duration::from_secs(60),
-            "the disabled check never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    serving(&fixture, 1, "the disabled check never served").await;
     let seen = containers(&controller, &fixture.service).await;
     assert!(seen.iter().all(|(_, _, health)| health == "-"), "{seen:?}");
     controller.stop().await;
