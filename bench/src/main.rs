@@ -7,6 +7,8 @@
 //! [`World::cleanup`](world::World::cleanup), which the world's `Drop` calls on an
 //! error path too. Processes are ended by pid. Every load is bounded in time.
 
+mod canary;
+mod coldstart;
 mod measure;
 mod soak;
 mod swarm;
@@ -36,8 +38,9 @@ struct Args {
     #[arg(long, default_value = "target/release/dockscale")]
     dockscale: PathBuf,
     /// Only these sections (pool, convergence, backend, failure, autoscale, cost;
-    /// and soak, about 10 minutes, and swarm, about 3, which run only when named and
-    /// write SOAK.md and SWARM.md beside --out instead).
+    /// and soak, about 10 minutes, swarm, about 3, canary, about 3, and coldstart,
+    /// about 3, which run only when named and write SOAK.md, SWARM.md, CANARY.md and
+    /// COLDSTART.md beside --out instead).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -134,8 +137,37 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&path, text)?;
         println!("written to {}", path.display());
     }
+    // The canary against a rolling update, like the swarm, only when named.
+    if args.only.iter().any(|o| o == "canary") {
+        let section = canary::canary(&args.dockscale, args.quick).await?;
+        println!("{section}");
+        let path = args.out.with_file_name("CANARY.md");
+        let text = format!(
+            "# dockscale canary rollouts\n\nCommand: `bench/run --only canary{}`. Date: {}.\n\n\
+             ## Machine\n\n{machine}\n\n{section}",
+            if args.quick { " --quick" } else { "" },
+            measure::today(),
+        );
+        std::fs::write(&path, text)?;
+        println!("written to {}", path.display());
+    }
+    // Cold starts with and without the warm pool, like the canary, only when named.
+    if args.only.iter().any(|o| o == "coldstart") {
+        let section = coldstart::coldstart(&mut world, args.quick).await?;
+        println!("{section}");
+        let path = args.out.with_file_name("COLDSTART.md");
+        let text = format!(
+            "# dockscale cold starts and the warm pool\n\nCommand: `bench/run --only \
+             coldstart{}`. Date: {}.\n\n## Machine\n\n{machine}\n\n{section}",
+            if args.quick { " --quick" } else { "" },
+            measure::today(),
+        );
+        std::fs::write(&path, text)?;
+        println!("written to {}", path.display());
+    }
     world.cleanup();
-    if args.only.is_empty() || args.only.iter().any(|o| o != "soak" && o != "swarm") {
+    let own_file = ["soak", "swarm", "canary", "coldstart"];
+    if args.only.is_empty() || args.only.iter().any(|o| !own_file.contains(&o.as_str())) {
         let _ = writeln!(
             report,
             "\nThe whole run took {:.0} s.",

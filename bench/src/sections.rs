@@ -15,7 +15,7 @@ use dockscale_e2e::{remove_by_label, try_http_get, try_sh, wait_until, WEBAPP_IM
 use futures::StreamExt;
 
 use crate::measure::{fmt_stats, parse_wrk, proc_usage, WrkReport};
-use crate::world::{reached, running, Dockscale, PlainHaproxy, Spec, World, POLL};
+use crate::world::{reached, running, start_hey, Dockscale, PlainHaproxy, Spec, World, POLL};
 use crate::{median_secs, secs};
 
 async fn scale_to_zero(d: &Dockscale) -> anyhow::Result<()> {
@@ -499,18 +499,7 @@ pub async fn autoscale(world: &mut World, plot: &Path, quick: bool) -> anyhow::R
     let needed = 8.0; // 32 in flight at 4 per replica
     let bind = d.bind().context("a bind")?;
     let start = Instant::now();
-    let hey = Command::new("hey")
-        .args([
-            "-z",
-            &format!("{load_secs}s"),
-            "-c",
-            &concurrency.to_string(),
-            &format!("http://{bind}/?delay=200"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting hey (apt-get install hey)")?;
+    let hey = start_hey(bind, load_secs, concurrency, "/?delay=200")?;
     let mut points = Vec::new();
     let mut settled = None;
     while start.elapsed() < Duration::from_secs(load_secs + 90) {

@@ -415,3 +415,26 @@ backend be
         end_haproxy(&self.dir.join("haproxy.pid"), &self.dir);
     }
 }
+
+/// `hey` sending GETs of `path` through `bind` from `concurrency` clients for `secs`
+/// seconds, its report on stdout (read it with `wait_with_output`).
+pub fn start_hey(
+    bind: std::net::SocketAddr,
+    secs: u64,
+    concurrency: usize,
+    path: &str,
+) -> anyhow::Result<std::process::Child> {
+    use anyhow::Context as _;
+    std::process::Command::new("hey")
+        .args([
+            "-z",
+            &format!("{secs}s"),
+            "-c",
+            &concurrency.to_string(),
+            &format!("http://{bind}{path}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting hey (apt-get install hey)")
+}

@@ -27,7 +27,7 @@ use crate::reconcile::BackoffPolicy;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::swarm::{LeaseError, SwarmApi};
 use crate::runtime::{ContainerRuntime, DockerError};
-use crate::serve::http::{self, AppState};
+use crate::serve::http::{self, AppState, WriteAccess};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
 use crate::serve::systemd;
@@ -73,6 +73,14 @@ pub enum AppError {
     NotSwarmManager(String),
     #[error("the lease on the swarm was lost: another controller may act now; stopping")]
     LeaseLost,
+    #[error("cannot read the API token file {path}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API token file {path} is empty: write the token into it")]
+    EmptyToken { path: PathBuf },
     #[error("cannot create the state directory {path}")]
     StateDir {
         path: PathBuf,
@@ -119,6 +127,7 @@ pub async fn run(
         return Ok(());
     }
 
+    let writes = write_access(&args)?;
     let http = HttpServer::bind(args.listen).await?;
     let local = http.local;
     let engine = runtime.engine_id().await.map_err(AppError::Docker)?;
@@ -140,7 +149,8 @@ pub async fn run(
         }
     }
 
-    let http = http.serve(&status, &metrics);
+    let (commands, command_rx) = mpsc::channel(16);
+    let http = http.serve(&status, &metrics, Some(commands), writes);
 
     tokio::pin!(shutdown);
     let claimed = tokio::select! {
@@ -156,7 +166,9 @@ pub async fn run(
             );
             match controller(&args, services, runtime, &status, &metrics).await {
                 Ok(controller) => {
-                    let controller = controller.with_frontends(frontends);
+                    let controller = controller
+                        .with_frontends(frontends)
+                        .with_rollout_commands(command_rx);
                     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
                     let reloader = tokio::spawn(forward_reloads(reloads, changes_tx.clone()));
                     match crate::controller::watch::watch(&args.paths, changes_tx) {
@@ -240,11 +252,19 @@ impl HttpServer {
         Ok(HttpServer { listener, local })
     }
 
-    fn serve(self, status: &StatusHandle, metrics: &Arc<Metrics>) -> ServingHttp {
+    fn serve(
+        self,
+        status: &StatusHandle,
+        metrics: &Arc<Metrics>,
+        commands: Option<crate::controller::rollouts::CommandSender>,
+        writes: WriteAccess,
+    ) -> ServingHttp {
         let (stop, mut stopped) = watch::channel(false);
         let state = AppState {
             status: status.clone(),
             metrics: metrics.clone(),
+            commands,
+            writes,
         };
         let task = tokio::spawn(http::serve(self.listener, state, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -262,6 +282,26 @@ impl ServingHttp {
             Ok(Ok(())) => {}
         }
     }
+}
+
+/// Who may call the write endpoints: the token of `--api-token-file` (its content,
+/// surrounding whitespace trimmed), or the listen address decides.
+fn write_access(args: &RunArgs) -> Result<WriteAccess, AppError> {
+    let token = match &args.api_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| AppError::TokenFile {
+                path: path.clone(),
+                source,
+            })?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(AppError::EmptyToken { path: path.clone() });
+            }
+            Some(token.as_bytes().to_vec())
+        }
+        None => None,
+    };
+    Ok(WriteAccess::of(args.listen, token))
 }
 
 /// Takes the claim on the engine. Held by another: an error naming it, or with
@@ -329,6 +369,7 @@ async fn controller(
     metrics.spec_valid.set(1);
     let settings = Settings {
         paths: args.paths.clone(),
+        history_dir: Some(crate::controller::rollouts::history_dir(&args.state_dir)),
         sync_period: args.sync_period.get(),
         metrics_interval: args.metrics_interval.get(),
         max_parallel: usize::from(args.max_parallel),
@@ -419,7 +460,7 @@ async fn run_swarm(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<
     }
     let http = HttpServer::bind(args.listen).await?;
     let local = http.local;
-    let http = http.serve(&status, &metrics);
+    let http = http.serve(&status, &metrics, None, write_access(&args)?);
     let me = format!(
         "{}:{} pid {}",
         hostname(),

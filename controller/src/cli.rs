@@ -50,8 +50,14 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = crate::status_cli::Output::Table)]
         output: crate::status_cli::Output,
     },
+    /// Control and inspect a service's rollout (a canary) through the controller's
+    /// HTTP API.
+    Rollout {
+        #[command(subcommand)]
+        action: crate::rollout_cli::RolloutAction,
+    },
     /// Replay a recorded load series through the autoscaler; print the timeline as CSV
-    /// (`t_seconds,demand,recommended,replicas,reason`).
+    /// (`t_seconds,demand,recommended,replicas,reason,signal,schedule_floor`).
     Simulate {
         /// The spec file (or directory) with the service.
         spec: PathBuf,
@@ -65,9 +71,21 @@ pub enum Command {
         /// How long a new replica takes to become ready.
         #[arg(long, default_value = "5s")]
         startup_delay: Duration,
-        /// Also draw demand and replicas over time into this SVG file.
+        /// Also draw demand and replicas over time into this SVG file (and the
+        /// schedule floor, for a service with `autoscale.schedules`).
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
+        /// Where the series starts on the wall clock (RFC 3339): the sample at
+        /// `t_seconds` is taken at START + t_seconds, and `autoscale.schedules` are
+        /// read against that time. The default is a fixed Monday midnight UTC, so a
+        /// replay never depends on the day it runs.
+        #[arg(
+            long,
+            value_name = "RFC3339",
+            default_value = crate::autoscale::simulate::DEFAULT_START,
+            value_parser = crate::autoscale::simulate::parse_start
+        )]
+        start: std::time::SystemTime,
     },
     /// Print a service's replicas' logs, merged, each line prefixed with its replica.
     ///
@@ -155,6 +173,12 @@ pub struct RunArgs {
     /// Address of the HTTP server (metrics, health, status API).
     #[arg(long, default_value = "127.0.0.1:9180")]
     pub listen: SocketAddr,
+
+    /// A file holding the API token: the write endpoints (`dockscale rollout pause`,
+    /// ...) then need it as a bearer token. Without it they are served on a loopback
+    /// --listen only (elsewhere they answer 403). Default: none.
+    #[arg(long, value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
 
     /// Drive an existing HAProxy through this runtime API socket (a unix socket path
     /// or HOST:PORT) instead of starting one. Default: managed HAProxy.

@@ -5,7 +5,8 @@
 //! Folders by role: what the user writes, what adapters and planner share, the pure
 //! decisions, the loop that applies them, the adapters, and what is shown.
 //! - [`spec`]: the `ScaledService` types (source of the JSON Schema), their units,
-//!   [`spec::options`] (the template's mounts and process options), and
+//!   [`spec::options`] (the template's mounts and process options),
+//!   [`spec::schedule`] (`autoscale.schedules`: cron expressions and time zones), and
 //!   [`spec::manifest`]: reading spec files (and env files) into validated services with
 //!   located errors.
 //! - [`model`]: what the planner and the adapters share: [`model::replica`] (ownership
@@ -13,9 +14,10 @@
 //! - [`reconcile`]: the pure planner (desired + observed + in flight → actions), in
 //!   its steps ([`reconcile::classify`], [`reconcile::rotation`], [`reconcile::retire`],
 //!   [`reconcile::rollout`], [`reconcile::crash_loop`]: the back-off per replica
-//!   line), with [`reconcile::phase`] (what is in flight, one phase per replica) and
+//!   line, [`reconcile::warm_pool`]: paused containers taken in place of creates), with [`reconcile::phase`] (what is in flight, one phase per replica) and
 //!   [`reconcile::conditions`] (the status a pass leaves).
 //! - [`autoscale`]: the pure autoscaler (HPA algorithm) from HAProxy's load,
+//!   [`autoscale::schedule`], the schedule windows in force at a wall-clock time,
 //!   [`autoscale::simulate`], a recorded series replayed through it, and
 //!   [`autoscale::plot`], the timeline as an SVG (shared with the benchmark).
 //! - [`controller`]: the loop: triggers, services, events, the pass (observe, plan,
@@ -31,11 +33,12 @@
 //!   (tests only) `runtime::fake`, an in-memory engine.
 //! - [`lb`]: the load balancer trait, (tests only) `lb::fake`, an in-memory HAProxy,
 //!   and [`lb::haproxy`]: the runtime API client, the managed process, its
-//!   configuration, the cutting of a vanished replica's connections and the balancer
-//!   over them.
+//!   configuration, the scale-to-zero hold (a Lua action and its counters), the
+//!   cutting of a vanished replica's connections and the balancer over them.
 //! - [`serve`]: the status kept per service, the Prometheus metrics, the HTTP server,
 //!   and [`serve::systemd`], readiness and state told to systemd.
 //! - [`status_cli`]: `dockscale status`, the table and describe views.
+//! - [`rollout_cli`]: `dockscale rollout status|pause|resume|abort|retry|history NAME`.
 //! - [`events_cli`]: `dockscale events [-w]`, every service's events from the API.
 //! - [`logs_cli`]: `dockscale logs NAME [-f]`, the replicas' logs merged, from Docker.
 //! - [`version`]: the version and git revision of this build.
@@ -54,6 +57,7 @@ pub mod logs_cli;
 pub mod model;
 pub mod reconcile;
 pub mod report;
+pub mod rollout_cli;
 pub mod runtime;
 pub mod serve;
 pub mod spec;

@@ -35,12 +35,14 @@ fn main() -> ExitCode {
             service,
             startup_delay,
             plot,
+            start,
         } => match simulate(
             &spec,
             &series,
             service.as_deref(),
             startup_delay.get(),
             plot.as_deref(),
+            start,
         ) {
             Ok(csv) => {
                 print!("{csv}");
@@ -61,6 +63,14 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Rollout { action } => match block_on(dockscale::rollout_cli::run(&action)) {
+            Ok(Ok(text)) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Ok(Err(e)) => failed(&e),
+            Err(code) => code,
+        },
         Command::Events {
             watch,
             addr,
@@ -190,6 +200,7 @@ fn simulate(
     service: Option<&str>,
     startup_delay: std::time::Duration,
     plot: Option<&std::path::Path>,
+    start: std::time::SystemTime,
 ) -> anyhow::Result<String> {
     use dockscale::autoscale::simulate;
     let services: Vec<_> = dockscale::spec::manifest::load(&[spec.to_owned()])
@@ -199,10 +210,15 @@ fn simulate(
         .collect();
     let service = simulate::pick_service(&services, service)?;
     let rows = simulate::read_series(series)?;
-    let timeline = simulate::simulate(service, &rows, startup_delay)?;
+    let timeline = simulate::simulate(service, &rows, startup_delay, start)?;
     if let Some(path) = plot {
         let title = format!("{}: {}", service.name(), series.display());
-        simulate::plot(path, &title, &timeline)?;
+        let schedules = service
+            .spec
+            .autoscale
+            .as_ref()
+            .is_some_and(|a| !a.schedules.is_empty());
+        simulate::plot(path, &title, &timeline, schedules)?;
     }
     Ok(simulate::to_csv(&timeline))
 }

@@ -119,13 +119,30 @@ fn autoscale_column(svc: &Value) -> String {
     if a.is_null() {
         return "-".to_owned();
     }
-    format!(
+    let mut column = format!(
         "{}/{}-{} {}",
         num(&a["desired"]),
         num(&a["minReplicas"]),
         num(&a["maxReplicas"]),
         a["target"].as_str().unwrap_or("")
-    )
+    );
+    let floor = &a["schedule"]["active"]["minReplicas"];
+    if !floor.is_null() {
+        let _ = write!(column, ", schedule floor {}", num(floor));
+    }
+    let pool = &svc["warmPool"];
+    if !pool.is_null() {
+        let _ = write!(
+            column,
+            ", warm {}/{}",
+            num(&pool["ready"]),
+            num(&pool["size"])
+        );
+        if pool["warming"].as_u64().is_some_and(|n| n > 0) {
+            let _ = write!(column, " (+{} warming)", num(&pool["warming"]));
+        }
+    }
+    column
 }
 
 fn condition<'a>(svc: &'a Value, kind: &str) -> Option<&'a Value> {
@@ -235,6 +252,18 @@ pub fn describe(svc: &Value, now: SystemTime) -> String {
             "                {}",
             a["message"].as_str().unwrap_or("")
         );
+        describe_schedule(&a["schedule"], now, &mut out);
+    }
+    let pool = &svc["warmPool"];
+    if !pool.is_null() {
+        let _ = writeln!(
+            out,
+            "Warm pool:      {} size | {} ready (paused) | {} warming; never counted as \
+             replicas",
+            num(&pool["size"]),
+            num(&pool["ready"]),
+            num(&pool["warming"])
+        );
     }
     describe_tasks(svc, &mut out);
     describe_containers(svc, &mut out);
@@ -285,6 +314,40 @@ pub fn describe(svc: &Value, now: SystemTime) -> String {
         }
     }
     out
+}
+
+/// `autoscale.schedules`: the window in force (its message says until when, in its
+/// time zone) and the next to open.
+fn describe_schedule(schedule: &Value, now: SystemTime, out: &mut String) {
+    if schedule.is_null() {
+        return;
+    }
+    let active = &schedule["active"];
+    let first = if active.is_null() {
+        "no window in force".to_owned()
+    } else {
+        active["message"].as_str().unwrap_or("").to_owned()
+    };
+    let _ = writeln!(out, "Schedule:       {first}");
+    let next = &schedule["next"];
+    if next.is_null() {
+        return;
+    }
+    let zone = next["timezone"].as_str().unwrap_or("UTC");
+    let opens = next["opens"].as_str().unwrap_or("");
+    let when = match (
+        humantime::parse_rfc3339(opens),
+        zone.parse::<crate::spec::schedule::TimeZone>(),
+    ) {
+        (Ok(t), Ok(tz)) => crate::autoscale::schedule::local_time(t, tz, now),
+        _ => opens.to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "                next: at least {} from {when} (schedule \"{}\", {zone})",
+        num(&next["minReplicas"]),
+        next["cron"].as_str().unwrap_or("")
+    );
 }
 
 /// Swarm runtime: the service's tasks, by node.
@@ -485,6 +548,65 @@ mod tests {
             "SERVICE   DESIRED   READY   UP-TO-DATE   AVAILABLE   AUTOSCALE                   AGE   LAST EVENT\n\
              webapp    4         3/4     4            True        4/2-10 inflight 8/replica   60m   autoscaler: scaling up from 2 to 4\n\
              workers   2         2/2     2            -           -                           0s\n"
+        );
+    }
+
+    #[test]
+    fn describe_and_the_table_show_the_warm_pool_apart_from_the_replicas() {
+        let mut svc = webapp();
+        svc["warmPool"] = serde_json::json!({"size": 2, "ready": 1, "warming": 1});
+        let now = at("2026-11-24T11:00:00Z");
+        let text = table(&[svc.clone()], now);
+        assert!(
+            text.contains("4/2-10 inflight 8/replica, warm 1/2 (+1 warming)"),
+            "{text}"
+        );
+        let text = describe(&svc, now);
+        assert!(
+            text.contains(
+                "Warm pool:      2 size | 1 ready (paused) | 1 warming; never counted as \
+                 replicas"
+            ),
+            "{text}"
+        );
+        assert!(!table(&[webapp()], now).contains("warm"));
+    }
+
+    #[test]
+    fn describe_and_the_table_show_the_schedule_window_and_the_next() {
+        let mut svc = webapp();
+        svc["autoscaler"]["schedule"] = serde_json::json!({
+            "active": {
+                "cron": "0 8 * * 1-5", "timezone": "Europe/Zurich", "minReplicas": 6,
+                "opened": "2026-11-24T07:00:00Z", "until": "2026-11-24T17:00:00Z",
+                "message":
+                    "schedule \"0 8 * * 1-5\" (Europe/Zurich) holds at least 6 until 18:00 CET"
+            },
+            "next": {
+                "cron": "0 8 * * 1-5", "timezone": "Europe/Zurich", "minReplicas": 6,
+                "opens": "2026-11-25T07:00:00Z"
+            }
+        });
+        let now = at("2026-11-24T11:00:00Z");
+        let text = describe(&svc, now);
+        assert!(
+            text.contains(
+                "Schedule:       schedule \"0 8 * * 1-5\" (Europe/Zurich) holds at least 6 \
+                 until 18:00 CET\n                next: at least 6 from 2026-11-25 08:00 CET \
+                 (schedule \"0 8 * * 1-5\", Europe/Zurich)\n"
+            ),
+            "{text}"
+        );
+        let table = table(&[svc.clone()], now);
+        assert!(
+            table.contains("4/2-10 inflight 8/replica, schedule floor 6"),
+            "{table}"
+        );
+        svc["autoscaler"]["schedule"]["active"] = Value::Null;
+        let text = describe(&svc, now);
+        assert!(
+            text.contains("Schedule:       no window in force\n                next:"),
+            "{text}"
         );
     }
 

@@ -67,9 +67,26 @@ impl SpecBuilder {
         self
     }
 
+    /// `autoscale.warmPool: {size}` (after `autoscale`).
+    pub fn warm_pool(mut self, size: u32) -> Self {
+        if let Some(a) = &mut self.spec.autoscale {
+            a.warm_pool = Some(crate::spec::WarmPool { size });
+        }
+        self
+    }
+
     pub fn image(mut self, image: &str, policy: crate::spec::ImagePullPolicy) -> Self {
         self.spec.template.image = image.to_owned();
         self.spec.template.image_pull_policy = policy;
+        self
+    }
+
+    /// A canary rollout: 25% for 10s, then 50% for 10s.
+    pub fn canary(mut self) -> Self {
+        self.spec.rollout = serde_saphyr::from_str::<Rollout>(
+            "strategy: canary\nsteps: [{weight: 25, pause: 10s}, {weight: 50, pause: 10s}]\n",
+        )
+        .expect("fixture parses");
         self
     }
 
@@ -102,6 +119,17 @@ pub fn replica(n: u8, hash: &str) -> Replica {
         ips: BTreeMap::from([(NET.to_owned(), ip(n))]),
         exit_cause: None,
         health: None,
+    }
+}
+
+/// A warm container of service `w` numbered `n` (`w-warm-<n>`), in `state`.
+pub fn warm(n: u8, hash: &str, state: ContainerState) -> Replica {
+    Replica {
+        id: ContainerId(format!("warm{n:02}")),
+        name: format!("w-warm-{n:05}"),
+        status: format!("{state:?}"),
+        state,
+        ..replica(n, hash)
     }
 }
 

@@ -128,6 +128,36 @@ spec:
             })
             .collect()
     }
+
+    /// The servers taking new requests (UP, neither draining nor in maintenance) and
+    /// their weights; none while HAProxy does not answer.
+    pub async fn taking_requests(&self) -> BTreeMap<SocketAddrV4, u32> {
+        let servers = self
+            .api()
+            .servers_state(&self.backend)
+            .await
+            .unwrap_or_default();
+        servers
+            .iter()
+            .filter(|s| s.running() && !s.draining())
+            .map(|s| (SocketAddrV4::new(s.addr, s.port), s.user_weight))
+            .collect()
+    }
+
+    /// Waits (up to 60 s) until `n` replicas run and `n` servers take new requests;
+    /// panics with the last counts.
+    pub async fn serving(&self, n: usize) {
+        crate::wait_for("replicas serving", Duration::from_secs(60), || {
+            let up = crate::block(self.taking_requests()).len();
+            let running = self.running().len();
+            if up == n && running == n {
+                Ok(())
+            } else {
+                Err((up, running))
+            }
+        })
+        .await;
+    }
 }
 
 impl Drop for LbFixture {

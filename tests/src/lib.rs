@@ -182,12 +182,79 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{suffix}")
 }
 
-/// A loopback port that was free a moment ago.
+/// A command as a user's shell starts it: without the variables cargo and nextest give
+/// a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, `NEXTEST_*`, their
+/// `LD_LIBRARY_PATH`). A `cargo build` it runs then sees the environment of the build
+/// before it: build scripts that watch such a variable (ring's watches
+/// `CARGO_MANIFEST_DIR`) would otherwise rebuild the crates after them, and the next
+/// build outside the tests would rebuild them again.
+pub fn user_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    let nextest_library_path = std::env::var_os("NEXTEST_LD_LIBRARY_PATH");
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let from_harness = matches!(
+            name,
+            "CARGO"
+                | "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+        ) || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || name.starts_with("NEXTEST")
+            || (name == "LD_LIBRARY_PATH" && nextest_library_path.as_ref() == Some(&value));
+        if from_harness {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Where [`free_port`] keeps its leases, one `flock`ed file per port.
+const PORT_LEASE_DIR: &str = "/tmp/dockscale-e2e-ports";
+
+/// Ports [`free_port`] hands out: below Linux's ephemeral range (32768-60999), so
+/// neither an outgoing connection, nor a `bind(0)`, nor a port Docker publishes takes
+/// one between the lease and its use.
+const LEASED_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port no other test of this machine holds: free now, and leased to this
+/// process until it ends (an exclusive `flock` the kernel drops however the process
+/// ends), so that two calls, in one test or in tests side by side, never return the
+/// same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use nix::fcntl::{Flock, FlockArg};
+    use std::fs::{File, OpenOptions};
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<Flock<File>>> = Mutex::new(Vec::new());
+
+    std::fs::create_dir_all(PORT_LEASE_DIR)
+        .unwrap_or_else(|e| panic!("cannot create {PORT_LEASE_DIR}: {e}"));
+    let span = LEASED_PORTS.end - LEASED_PORTS.start;
+    let start = rand::rng().random_range(0..span);
+    for offset in 0..span {
+        let port = LEASED_PORTS.start + (start + offset) % span;
+        let path = format!("{PORT_LEASE_DIR}/{port}.lock");
+        let Ok(file) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
+            continue;
+        };
+        let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
+        return port;
+    }
+    panic!("no free loopback port in {LEASED_PORTS:?} (leases in {PORT_LEASE_DIR})");
 }
 
 /// A container as `docker ps` shows it.
@@ -196,6 +263,8 @@ pub struct Container {
     pub id: String,
     pub name: String,
     pub state: String,
+    /// Its `dockscale.template-hash` label (empty without one).
+    pub template_hash: String,
 }
 
 /// One test's world: a service name, a network, a spec directory. Dropping it removes
@@ -274,7 +343,7 @@ spec:
                 "--filter",
                 &label,
                 "--format",
-                "{{.ID}} {{.Names}} {{.State}}",
+                "{{.ID}} {{.Names}} {{.State}} {{.Label \"dockscale.template-hash\"}}",
             ],
         )
         .lines()
@@ -284,6 +353,7 @@ spec:
                 id: parts.next()?.to_owned(),
                 name: parts.next()?.to_owned(),
                 state: parts.next()?.to_owned(),
+                template_hash: parts.next().unwrap_or_default().to_owned(),
             })
         })
         .collect()
@@ -427,6 +497,23 @@ impl RunningController {
         http_get(self.listen, path).await
     }
 
+    /// POSTs to a path of the controller's HTTP server (a write endpoint) with this
+    /// `Authorization` header: its status code and body.
+    pub async fn post(&self, path: &str, auth: Option<&str>) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client");
+        let mut request = client.post(format!("http://{}{path}", self.listen));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request.send().await.expect("the controller answers");
+        let code = response.status().as_u16();
+        (code, response.text().await.unwrap_or_default())
+    }
+
     /// A service's status from the API (`/api/v1/services/{name}`), which must answer.
     pub async fn service_status(&self, name: &str) -> serde_json::Value {
         let (code, body) = self.get(&format!("/api/v1/services/{name}")).await;
@@ -462,6 +549,19 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
 }
 
+/// An HTTP/1.1 GET with a `Host` header: status, headers and body.
+pub async fn get_host(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> std::io::Result<(u16, String, String)> {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
 /// A minimal HTTP/1.1 GET over a fresh connection: status and body, or the I/O error.
 pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let (status, _, body) = get_with_cookies(addr, path, &BTreeMap::new()).await?;
@@ -474,8 +574,6 @@ pub async fn get_with_cookies(
     path: &str,
     cookies: &BTreeMap<String, String>,
 ) -> std::io::Result<(u16, BTreeMap<String, String>, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let cookie_header = if cookies.is_empty() {
         String::new()
     } else {
@@ -484,16 +582,7 @@ pub async fn get_with_cookies(
     };
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie_header}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, head, body) = exchange(addr, &request).await?;
     let set = head
         .lines()
         .filter_map(|l| {
@@ -506,7 +595,55 @@ pub async fn get_with_cookies(
             Some((k.trim().to_owned(), v.trim().to_owned()))
         })
         .collect();
-    Ok((status, set, body.to_owned()))
+    Ok((status, set, body))
+}
+
+/// One request on a fresh connection that the server closes after its answer: the
+/// status (0 when the answer has none), the head and the body.
+async fn exchange(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+/// A service's events (from its status JSON) with this reason, oldest first: their
+/// messages.
+pub fn events(status: &serde_json::Value, reason: &str) -> Vec<String> {
+    status["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["reason"] == reason)
+                .filter_map(|e| e["message"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The template hash a container is labelled with (`dockscale.template-hash`).
+pub fn template_hash(id: &str) -> String {
+    sh(
+        "docker",
+        &[
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"dockscale.template-hash\"}}",
+            id,
+        ],
+    )
+    .trim()
+    .to_owned()
 }
 
 /// A wait that ran out of time: what was awaited, how long, and the last observation.

@@ -5,7 +5,9 @@
 //! mesh does; a connection that HAProxy closes is replaced by the pool. Every request
 //! is timed, and a failure keeps its class, its start and end and, for a body cut
 //! after the headers, the replica that served it (`X-Served-By`), so that a caller can
-//! judge failures against what happened meanwhile (see [`crate::chaos`]).
+//! judge failures against what happened meanwhile (see [`crate::chaos`]). Successes
+//! are counted by the replica that answered them too, so that a caller can tell which
+//! share of the traffic each replica (or each version) took.
 //!
 //! The load is bounded: it stops at its deadline or when asked, whichever is first,
 //! and its tasks are aborted when it is dropped. It owns no judgement: it counts.
@@ -118,6 +120,8 @@ impl fmt::Display for FailureSample {
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
     pub ok: u64,
+    /// Successful requests by the replica that answered them (`X-Served-By`).
+    pub served: BTreeMap<String, u64>,
     /// Failed requests by class.
     pub failed: BTreeMap<FailureClass, u64>,
     /// Every failure with its times (up to a bound; `failed` counts all).
@@ -149,6 +153,7 @@ struct Tally {
 pub struct KeepAliveLoad {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
+    served: Arc<Mutex<BTreeMap<String, u64>>>,
     tally: Arc<Mutex<Tally>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
@@ -159,8 +164,22 @@ impl KeepAliveLoad {
     /// own keep-alive connection, each request given up after `timeout`, until
     /// stopped or `limit` has passed.
     pub fn start(url: &str, clients: usize, timeout: Duration, limit: Duration) -> Self {
+        KeepAliveLoad::paced(url, clients, Duration::ZERO, timeout, limit)
+    }
+
+    /// Like [`KeepAliveLoad::start`], each client waiting `gap` after each answer: a
+    /// load whose rate is bounded (at most `clients / gap` requests a second) against
+    /// a backend that answers at once.
+    pub fn paced(
+        url: &str,
+        clients: usize,
+        gap: Duration,
+        timeout: Duration,
+        limit: Duration,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
+        let served = Arc::new(Mutex::new(BTreeMap::new()));
         let tally = Arc::new(Mutex::new(Tally::default()));
         let started = Instant::now();
         let handles = (0..clients)
@@ -172,14 +191,21 @@ impl KeepAliveLoad {
                     .timeout(timeout)
                     .build()
                     .expect("an HTTP client (no TLS, no proxy: nothing can fail)");
-                let (stop, ok, tally, url) =
-                    (stop.clone(), ok.clone(), tally.clone(), url.to_owned());
+                let (stop, ok, served, tally, url) = (
+                    stop.clone(),
+                    ok.clone(),
+                    served.clone(),
+                    tally.clone(),
+                    url.to_owned(),
+                );
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
                         let start = Instant::now();
                         match request(&client, &url).await {
-                            Ok(()) => {
+                            Ok(by) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
+                                let by = by.unwrap_or_default();
+                                *served.lock().expect("served lock").entry(by).or_default() += 1;
                             }
                             Err((class, served_by, detail)) => {
                                 let end = Instant::now();
@@ -191,6 +217,9 @@ impl KeepAliveLoad {
                                 }
                             }
                         }
+                        if !gap.is_zero() {
+                            tokio::time::sleep(gap).await;
+                        }
                     }
                 })
             })
@@ -198,6 +227,7 @@ impl KeepAliveLoad {
         KeepAliveLoad {
             stop,
             ok,
+            served,
             tally,
             handles,
             started,
@@ -207,6 +237,12 @@ impl KeepAliveLoad {
     /// Successful requests so far.
     pub fn ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Successful requests so far, by the replica that answered (`X-Served-By`; an
+    /// empty name for an answer without it).
+    pub fn served(&self) -> BTreeMap<String, u64> {
+        self.served.lock().expect("served lock").clone()
     }
 
     /// Failed requests so far.
@@ -227,6 +263,7 @@ impl KeepAliveLoad {
         let tally = std::mem::take(&mut *self.tally.lock().expect("tally lock"));
         LoadReport {
             ok: self.ok.load(Ordering::Relaxed),
+            served: self.served(),
             failed: tally.failed,
             failures: tally.failures,
             samples: tally.samples,
@@ -279,12 +316,12 @@ fn record(
     }
 }
 
-/// One GET: `Ok` for a 200 with its whole body, else the class, the replica that
-/// answered (when headers came) and a description.
+/// One GET: `Ok` for a 200 with its whole body (with the replica that answered it),
+/// else the class, the replica that answered (when headers came) and a description.
 async fn request(
     client: &reqwest::Client,
     url: &str,
-) -> Result<(), (FailureClass, Option<String>, String)> {
+) -> Result<Option<String>, (FailureClass, Option<String>, String)> {
     let response = client
         .get(url)
         .send()
@@ -311,7 +348,7 @@ async fn request(
                 format!("HTTP {status}, then {}", chain(&e)),
             ))
         }
-        Ok(_) if status == reqwest::StatusCode::OK => Ok(()),
+        Ok(_) if status == reqwest::StatusCode::OK => Ok(served_by),
         Ok(body) => {
             let class = if status.is_server_error() {
                 FailureClass::Status5xx
@@ -451,9 +488,21 @@ mod tests {
             false,
         )
         .await;
-        let report = one(addr).await;
+        let load = KeepAliveLoad::start(
+            &format!("http://{addr}/"),
+            1,
+            Duration::from_millis(500),
+            Duration::from_millis(300),
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let report = load.finish().await;
         assert!(report.ok > 10, "{report:?}");
         assert_eq!(report.failed_total(), 0);
+        assert_eq!(
+            report.served.get("abc").copied(),
+            Some(report.ok),
+            "{report:?}"
+        );
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dockscale_e2e::haproxy::{LbFixture, Load};
 use dockscale_e2e::tls::{replace_file, TestCa};
-use dockscale_e2e::{free_port, RunningController};
+use dockscale_e2e::{free_port, get_host, RunningController};
 
 /// Two services (`a` and `b`, from two fixtures for their names, networks and cleanup)
 /// without binds of their own, in the first fixture's spec file with `frontend`.
@@ -47,28 +47,6 @@ impl TwoServices {
              spec:\n{body}"
         )
     }
-}
-
-/// An HTTP/1.1 GET with a `Host` header: status, headers and body.
-async fn get_host(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-) -> std::io::Result<(u16, String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, head.to_owned(), body.to_owned()))
 }
 
 fn greeting(body: &str) -> Option<&str> {

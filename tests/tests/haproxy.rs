@@ -240,14 +240,13 @@ async fn a_sigkilled_haproxy_serves_again_with_its_servers_within_300ms() {
     sorted.sort();
     let (median, worst) = (sorted[sorted.len() / 2], sorted[sorted.len() - 1]);
     println!("HAProxy SIGKILL recovery: {recoveries:?}, median {median:?}, worst {worst:?}");
-    // The target is 300 ms (best rounds here: 0.22 s); rounds slowed by a busy machine
-    // (the suite runs tests side by side on 2 cores, and HAProxy's own start is CPU work)
-    // do not fail the test, a median of 5 above 500 ms or a slow worst does. Medians of
-    // 0.35-0.41 s were seen under the full suite's load.
+    // The target is 300 ms; the test runs alone (see .config/nextest.toml), where rounds
+    // take 70-85 ms even beside a compiling build. One round slowed by a busy machine
+    // (HAProxy's start is CPU work) does not fail the test; a median of 5 above the
+    // target, or a worst round above 1 s, does.
     assert!(
-        median <= Duration::from_millis(500),
-        "serving again took {median:?} in the median round (target 300ms, bound 500ms): \
-         {recoveries:?}"
+        median <= Duration::from_millis(300),
+        "serving again took {median:?} in the median round (target 300ms): {recoveries:?}"
     );
     assert!(
         worst <= Duration::from_secs(1),

@@ -20,7 +20,9 @@ use dockscale_e2e::haproxy::{
     external_config, hostname_of, in_rotation, servers, ExternalHaproxy, LbFixture,
 };
 use dockscale_e2e::process::DockscaleProcess;
-use dockscale_e2e::{dockscale_bin, free_port, http_get, sh, sh_quiet, unique, wait_for};
+use dockscale_e2e::{
+    dockscale_bin, free_port, http_get, sh, sh_quiet, unique, user_command, wait_for,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -309,7 +311,7 @@ impl Drop for Container {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_image_validates_and_drives_an_external_haproxy_from_a_container() {
     let image = Image(format!("dockscale:{}", unique("e2e")));
-    let build = Command::new(repo().join("packaging/build-image.sh"))
+    let build = user_command(repo().join("packaging/build-image.sh"))
         .arg(&image.0)
         .output()
         .expect("run packaging/build-image.sh");

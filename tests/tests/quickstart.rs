@@ -15,11 +15,13 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use dockscale_e2e::haproxy::{end_haproxy, hostname_of, require_haproxy};
-use dockscale_e2e::{get_with_cookies, http_get, remove_by_label, require_docker, sh, sh_quiet};
+use dockscale_e2e::{
+    get_with_cookies, http_get, remove_by_label, require_docker, sh, sh_quiet, user_command,
+};
 
 /// The demo's services (`manifests/*.yaml`) and network.
 const SERVICES: &[&str] = &["webapp", "workers"];
@@ -61,7 +63,7 @@ impl Demo {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         // Exactly the README's command, from the repository root.
-        let child = Command::new("scripts/demo")
+        let child = user_command("scripts/demo")
             .current_dir(root)
             .stdin(Stdio::null())
             .stdout(out)

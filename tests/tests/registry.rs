@@ -59,23 +59,6 @@ async fn first_served(fixture: &LbFixture, since: Instant) -> Duration {
     since.elapsed()
 }
 
-/// Waits until `n` servers are UP in rotation and `n` replicas run.
-async fn serving(fixture: &LbFixture, n: usize) {
-    wait_for("replicas serving", Duration::from_secs(60), || {
-        let s = block(fixture.api().servers_state(&fixture.backend));
-        let up = s
-            .map(|s| s.iter().filter(|s| s.running() && !s.draining()).count())
-            .unwrap_or(0);
-        let running = fixture.running().len();
-        if up == n && running == n {
-            Ok(())
-        } else {
-            Err((up, running))
-        }
-    })
-    .await;
-}
-
 fn ids(fixture: &Fixture) -> BTreeSet<String> {
     fixture.running().into_iter().map(|c| c.id).collect()
 }
@@ -115,7 +98,7 @@ async fn a_missing_image_is_pulled_from_the_registry_and_served_through_haproxy(
     let controller =
         RunningController::start(&pulled.lb_run_args(&["--docker-config", config.as_str()]));
     let pulled_took = first_served(&pulled, started).await;
-    serving(&pulled, 2).await;
+    pulled.serving(2).await;
     let status = controller.service_status(&pulled.service).await;
     let events = status["events"].to_string();
     assert!(events.contains("Pulling image"), "{events}");
@@ -208,7 +191,7 @@ async fn a_new_tag_is_pulled_and_rolled_under_load_without_a_failed_request() {
     let config = config.display().to_string();
     let controller =
         RunningController::start(&fixture.lb_run_args(&["--docker-config", config.as_str()]));
-    serving(&fixture, 4).await;
+    fixture.serving(4).await;
     let old = ids(&fixture);
 
     let load = Load::start(fixture.bind, "/?delay=5", 16, Duration::from_secs(120));
@@ -233,7 +216,7 @@ async fn a_new_tag_is_pulled_and_rolled_under_load_without_a_failed_request() {
         }
     })
     .await;
-    serving(&fixture, 4).await;
+    fixture.serving(4).await;
     println!(
         "new tag pulled and rolled over 4 replicas in {:?} ({took:?})",
         started.elapsed()
@@ -257,7 +240,7 @@ async fn always_rolls_nothing_for_an_unchanged_digest_and_rolls_a_moved_tag() {
     let config = config.display().to_string();
     let controller =
         RunningController::start(&fixture.lb_run_args(&["--docker-config", config.as_str()]));
-    serving(&fixture, 2).await;
+    fixture.serving(2).await;
     let old = ids(&fixture);
     assert_eq!(pulls(&controller, "ok").await, 1);
 
@@ -292,6 +275,6 @@ async fn always_rolls_nothing_for_an_unchanged_digest_and_rolls_a_moved_tag() {
     })
     .await;
     println!("moved tag rolled in {took:?}");
-    serving(&fixture, 2).await;
+    fixture.serving(2).await;
     controller.stop().await;
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use dockscale_e2e::haproxy::{LbFixture, Load};
-use dockscale_e2e::{get_with_cookies, sh, wait_for, Fixture, RunningController};
+use dockscale_e2e::{get_with_cookies, sh, template_hash, wait_for, Fixture, RunningController};
 
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 
@@ -14,23 +14,6 @@ fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> Option<&'a serde_
         .as_array()?
         .iter()
         .find(|c| c["type"] == kind)
-}
-
-/// Waits until `n` servers are in rotation and UP, and `n` replicas run.
-async fn serving(fixture: &LbFixture, n: usize) {
-    wait_for("replicas serving", Duration::from_secs(60), || {
-        let s = dockscale_e2e::block(fixture.api().servers_state(&fixture.backend));
-        let up = s
-            .map(|s| s.iter().filter(|s| s.running() && !s.draining()).count())
-            .unwrap_or(0);
-        let running = fixture.running().len();
-        if up == n && running == n {
-            Ok(())
-        } else {
-            Err((up, running))
-        }
-    })
-    .await;
 }
 
 /// Waits until `n` replicas run.
@@ -51,19 +34,7 @@ fn hashes(fixture: &Fixture) -> Vec<String> {
     fixture
         .running()
         .iter()
-        .map(|c| {
-            sh(
-                "docker",
-                &[
-                    "inspect",
-                    "--format",
-                    "{{index .Config.Labels \"dockscale.template-hash\"}}",
-                    &c.id,
-                ],
-            )
-            .trim()
-            .to_owned()
-        })
+        .map(|c| template_hash(&c.id))
         .collect()
 }
 
@@ -73,7 +44,7 @@ async fn a_template_change_rolls_every_replica_under_load_without_a_failed_reque
     let rollout = "  rollout: {maxSurge: 1, maxUnavailable: 0}\n";
     fixture.write_spec(&fixture.lb_spec(6, "v1", rollout));
     let controller = RunningController::start(&fixture.lb_run_args(&[]));
-    serving(&fixture, 6).await;
+    fixture.serving(6).await;
     let old: BTreeSet<String> = fixture.running().into_iter().map(|c| c.id).collect();
     let old_hash = hashes(&fixture)[0].clone();
 
@@ -137,7 +108,7 @@ async fn a_missing_image_stops_the_rollout_and_the_old_replicas_keep_serving() {
     let fixture = LbFixture::new("e2e-noimg");
     fixture.write_spec(&fixture.lb_spec(2, "v1", ""));
     let controller = RunningController::start(&fixture.lb_run_args(&[]));
-    serving(&fixture, 2).await;
+    fixture.serving(2).await;
     let old: BTreeSet<String> = fixture.running().into_iter().map(|c| c.id).collect();
 
     let broken = fixture.lb_spec(2, "v2", "").replace(

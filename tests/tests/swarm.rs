@@ -362,7 +362,17 @@ async fn on_swarm_a_load_step_scales_the_service_up_from_haproxys_queue_and_back
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    // At 5 tasks the 20 clients are served 40 requests a second (4 in flight each,
+    // 500 ms apiece); one task alone serves 8. Three seconds at 5 tasks proves the
+    // step was absorbed, whatever the time it took to scale.
+    let before = load.ok();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at_five = load.ok() - before;
     let report = load.finish().await;
+    assert!(
+        at_five >= 60,
+        "5 tasks served {at_five} requests in 3 s, fewer than 3 tasks would: {report:?}"
+    );
     // Swarm picks the tasks a scale-down stops: each leaves rotation as soon as its
     // desired state changes, and a light load meanwhile sees no failure.
     let light = Load::start(fixture.bind, "/", 4, Duration::from_secs(60));
@@ -372,8 +382,8 @@ async fn on_swarm_a_load_step_scales_the_service_up_from_haproxys_queue_and_back
         .finish_without_failures("scale-down 5 -> 1 on Swarm under load")
         .await;
     println!(
-        "load step: 5 tasks in rotation {scaled:?} after it began; back to 1 task {:?} \
-         after it stopped; {} ok, {} failed",
+        "load step: 5 tasks in rotation {scaled:?} after it began, {at_five} requests \
+         served in the next 3 s; back to 1 task {:?} after it stopped; {} ok, {} failed",
         stopped.elapsed(),
         report.ok,
         report.failed

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 /// The lines' colours, in order.
-const PALETTE: [RGBColor; 3] = [BLUE, RED, GREEN];
+const PALETTE: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
 
 /// One line of the timeline: its legend and its points, `(seconds, value)`. A sample
 /// that failed is a point left out (the line joins its neighbours).
@@ -24,7 +24,7 @@ pub struct PlotError {
     pub message: String,
 }
 
-/// Draws `lines` (blue, red, green, in that order) over seconds into an SVG at `path`,
+/// Draws `lines` (blue, red, green, magenta, in that order) over seconds into an SVG at `path`,
 /// under `title`; both axes start at 0, the value axis with a tenth of headroom.
 pub fn timeline(path: &Path, title: &str, lines: &[Line<'_>]) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError {

@@ -6,10 +6,14 @@
 //! sample, and optionally the columns `rtime` (response time, ms) and `rate` (requests
 //! per second) for the `responseTimeMillis` and `requestsPerSecondPerReplica` targets;
 //! an empty `scur` or `qcur` cell marks a failed sample (a gap). A replica asked for
-//! becomes ready `startup_delay` later; replicas removed are gone at once. The timeline
-//! has one row per sample: `t_seconds,demand,recommended,replicas,reason,signal`, where
+//! becomes ready `startup_delay` later; replicas removed are gone at once. The series
+//! runs on the wall clock from `start` (the sample at `t_seconds` is taken at `start +
+//! t_seconds`), which is what `autoscale.schedules` are read against. The timeline
+//! has one row per sample:
+//! `t_seconds,demand,recommended,replicas,reason,signal,schedule_floor`, where
 //! `recommended` is the count the autoscaler asks for, `replicas` the count ready at
-//! that time and `signal` the target whose recommendation decided.
+//! that time, `signal` what decided (a target, or `schedule` when a window's floor
+//! did) and `schedule_floor` the floor of the schedule window in force (0 outside).
 //!
 //! This module reads the series and replays it; the decisions are the autoscaler's
 //! alone, the drawing [`plot`](mod@plot)'s.
@@ -17,7 +21,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
@@ -137,6 +141,7 @@ pub fn parse_series(path: &Path, text: &str) -> Result<Vec<SeriesRow>, SimulateE
                 qtime_ms: qtime.unwrap_or(0.0),
                 rtime_ms: rtime.unwrap_or(0.0),
                 rate: rate.unwrap_or(0.0),
+                requests: 0,
             }),
             _ => None,
         };
@@ -161,8 +166,10 @@ pub struct TimelineRow {
     pub recommended: u32,
     pub replicas: u32,
     pub reason: &'static str,
-    /// The target that decided (`inflightPerReplica`), empty without metrics.
+    /// What decided (`inflightPerReplica`, `schedule`), empty without metrics.
     pub signal: &'static str,
+    /// The floor of the schedule window in force, 0 outside every window.
+    pub schedule_floor: u32,
 }
 
 /// Picks the service to simulate: `name`, or the only one with `autoscale`.
@@ -201,11 +208,17 @@ pub fn pick_service<'a>(
     }
 }
 
-/// Replays `series` through the autoscaler of `service`.
+/// Where the series starts on the wall clock unless told: Monday 2024-01-01 00:00 UTC,
+/// fixed so that a replay never depends on the day it runs.
+pub const DEFAULT_START: &str = "2024-01-01T00:00:00Z";
+
+/// Replays `series` through the autoscaler of `service`, the series' `t_seconds`
+/// counted from `start` on the wall clock.
 pub fn simulate(
     service: &ScaledService,
     series: &[SeriesRow],
     startup_delay: Duration,
+    start: SystemTime,
 ) -> Result<Vec<TimelineRow>, SimulateError> {
     let config = service.spec.autoscale.as_ref().ok_or_else(|| {
         SimulateError::Service(format!(
@@ -224,7 +237,7 @@ pub fn simulate(
             starting.pop_front();
             ready += 1;
         }
-        let decision = autoscaler.observe(row.t, row.load);
+        let decision = autoscaler.observe(row.t, start + row.t, row.load);
         let asked = ready + starting.len() as u32;
         if decision.desired > asked {
             for _ in asked..decision.desired {
@@ -249,7 +262,8 @@ pub fn simulate(
             recommended: decision.desired,
             replicas: ready,
             reason: decision.reason.as_str(),
-            signal: decision.signal.map_or("", |t| t.name()),
+            signal: decision.decided_by().unwrap_or(""),
+            schedule_floor: decision.schedule_floor().unwrap_or(0),
         });
     }
     Ok(timeline)
@@ -257,18 +271,20 @@ pub fn simulate(
 
 /// The timeline as CSV.
 pub fn to_csv(timeline: &[TimelineRow]) -> String {
-    let mut out = String::from("t_seconds,demand,recommended,replicas,reason,signal\n");
+    let mut out =
+        String::from("t_seconds,demand,recommended,replicas,reason,signal,schedule_floor\n");
     for r in timeline {
         let demand = r.demand.map(|d| format!("{d:.2}")).unwrap_or_default();
         // Writing to a String cannot fail.
         let _ = writeln!(
             out,
-            "{},{demand},{},{},{},{}",
+            "{},{demand},{},{},{},{},{}",
             format_seconds(r.t),
             r.recommended,
             r.replicas,
             r.reason,
-            r.signal
+            r.signal,
+            r.schedule_floor
         );
     }
     out
@@ -283,8 +299,14 @@ fn format_seconds(t: Duration) -> String {
     }
 }
 
-/// Draws demand, the recommendation and the ready replicas over time as an SVG.
-pub fn plot(path: &Path, title: &str, timeline: &[TimelineRow]) -> Result<(), SimulateError> {
+/// Draws demand, the recommendation and the ready replicas over time as an SVG, and
+/// the schedule floor when `schedules` is set.
+pub fn plot(
+    path: &Path,
+    title: &str,
+    timeline: &[TimelineRow],
+    schedules: bool,
+) -> Result<(), SimulateError> {
     let line = |label, value: fn(&TimelineRow) -> Option<f64>| Line {
         label,
         points: timeline
@@ -292,12 +314,34 @@ pub fn plot(path: &Path, title: &str, timeline: &[TimelineRow]) -> Result<(), Si
             .filter_map(|r| Some((r.t.as_secs_f64(), value(r)?)))
             .collect(),
     };
-    let lines = [
+    let mut lines = vec![
         line("demand (scur + qcur, averaged)", |r| r.demand),
         line("recommended", |r| Some(f64::from(r.recommended))),
         line("ready replicas", |r| Some(f64::from(r.replicas))),
     ];
+    if schedules {
+        lines.push(line("schedule floor", |r| {
+            Some(f64::from(r.schedule_floor))
+        }));
+    }
     Ok(plot::timeline(path, title, &lines)?)
+}
+
+/// Reads `--start`: an RFC 3339 time (`2024-01-01T07:55:00+01:00`).
+pub fn parse_start(text: &str) -> Result<SystemTime, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.to_utc().into())
+        .map_err(|e| {
+            format!(
+                "invalid start `{text}`: {e} (an RFC 3339 time such as 2024-01-01T07:55:00+01:00)"
+            )
+        })
+}
+
+/// [`DEFAULT_START`] as a time.
+pub fn default_start() -> SystemTime {
+    // A constant that parses (checked by a test).
+    parse_start(DEFAULT_START).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -325,17 +369,20 @@ mod tests {
     #[test]
     fn committed_series_give_their_expected_timelines() {
         let series = [
-            ("autoscale.yaml", "step"),
-            ("autoscale.yaml", "spike"),
-            ("autoscale.yaml", "sine"),
-            ("autoscale.yaml", "gaps"),
-            ("signals.yaml", "signals"),
-            ("signals.yaml", "outage"),
+            ("autoscale.yaml", "step", DEFAULT_START),
+            ("autoscale.yaml", "spike", DEFAULT_START),
+            ("autoscale.yaml", "sine", DEFAULT_START),
+            ("autoscale.yaml", "gaps", DEFAULT_START),
+            ("signals.yaml", "signals", DEFAULT_START),
+            ("signals.yaml", "outage", DEFAULT_START),
+            ("schedule.yaml", "weekday", WEEKDAY_START),
         ];
-        for (spec, name) in series {
+        for (spec, name, start) in series {
             let service = service_from(spec);
             let series = read_series(&testdata(&format!("{name}.csv"))).expect("series");
-            let timeline = simulate(&service, &series, Duration::from_secs(5)).expect("simulates");
+            let start = parse_start(start).expect("a start");
+            let timeline =
+                simulate(&service, &series, Duration::from_secs(5), start).expect("simulates");
             let csv = to_csv(&timeline);
             let expected_path = testdata(&format!("{name}.expected.csv"));
             if std::env::var_os("DOCKSCALE_BLESS").is_some() {
@@ -346,6 +393,83 @@ mod tests {
         }
     }
 
+    /// weekday.csv starts on Monday 2024-01-08 at 07:50 in Zurich.
+    const WEEKDAY_START: &str = "2024-01-08T07:50:00+01:00";
+
+    #[test]
+    fn a_weekday_window_lifts_the_floor_the_load_goes_beyond_it_and_its_end_is_gradual() {
+        let service = service_from("schedule.yaml");
+        let series = read_series(&testdata("weekday.csv")).expect("series");
+        let start = parse_start(WEEKDAY_START).expect("a start");
+        let timeline = simulate(&service, &series, Duration::from_secs(5), start).expect("runs");
+        let at = |secs: u64| {
+            timeline
+                .iter()
+                .find(|r| r.t == Duration::from_secs(secs))
+                .expect("a row at that time")
+        };
+        // 07:59:55: 6 in flight, one replica, no window.
+        assert_eq!((at(595).recommended, at(595).schedule_floor), (1, 0));
+        // 08:00 sharp: the floor, decided by the schedule, at once.
+        let opened = at(600);
+        assert_eq!(
+            (
+                opened.recommended,
+                opened.reason,
+                opened.signal,
+                opened.schedule_floor
+            ),
+            (4, "ScaledUp", "schedule", 4)
+        );
+        // The ramp up to 20 in flight stays under the floor's 32.
+        assert!((600..1200)
+            .step_by(5)
+            .all(|t| at(t).recommended == 4 && at(t).schedule_floor == 4));
+        // 56 in flight from 08:10: 7 replicas, decided by the load.
+        let peak = at(1795);
+        assert_eq!((peak.recommended, peak.signal), (7, "inflightPerReplica"));
+        // 12 in flight from 08:20: down to the floor, and no lower inside the window.
+        let inside: Vec<&TimelineRow> = timeline
+            .iter()
+            .filter(|r| (1800..2400).contains(&r.t.as_secs()))
+            .collect();
+        assert!(inside.iter().all(|r| r.recommended >= 4));
+        assert_eq!(at(2395).reason, "AtScheduleFloor");
+        // 08:30: the window ends; the floor's recommendations hold for the 60 s
+        // scale-down window, then at most 2 per 20 s, to the 2 replicas 12 needs.
+        assert!((2400..2455)
+            .step_by(5)
+            .all(|t| at(t).recommended == 4 && at(t).schedule_floor == 0));
+        assert_eq!(at(2460).recommended, 2);
+        assert_eq!(timeline.last().map(|r| r.recommended), Some(2));
+
+        // The same Saturday morning: no window opens.
+        let saturday = parse_start("2024-01-13T07:50:00+01:00").expect("a start");
+        let weekend = simulate(&service, &series, Duration::from_secs(5), saturday).expect("runs");
+        assert!(weekend.iter().all(|r| r.schedule_floor == 0));
+        assert_eq!(
+            weekend
+                .iter()
+                .find(|r| r.t.as_secs() == 600)
+                .map(|r| r.recommended),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_start_is_an_rfc3339_time_and_the_default_one_parses() {
+        assert_eq!(
+            default_start(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_067_200)
+        );
+        assert_eq!(
+            parse_start("2024-01-08T07:50:00+01:00").ok(),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_696_600))
+        );
+        let err = parse_start("monday").expect_err("not a time");
+        assert!(err.starts_with("invalid start `monday`"), "{err}");
+    }
+
     #[test]
     fn a_step_is_followed_and_gaps_never_scale_down() {
         let service = service();
@@ -353,6 +477,7 @@ mod tests {
             &service,
             &read_series(&testdata("step.csv")).expect("s"),
             Duration::from_secs(5),
+            default_start(),
         )
         .expect("simulates");
         assert_eq!(
@@ -367,7 +492,8 @@ mod tests {
             "up to what 60 in flight needs"
         );
         let gaps = read_series(&testdata("gaps.csv")).expect("series");
-        let timeline = simulate(&service, &gaps, Duration::from_secs(5)).expect("simulates");
+        let timeline =
+            simulate(&service, &gaps, Duration::from_secs(5), default_start()).expect("simulates");
         for (row, sample) in timeline.windows(2).zip(gaps.iter().skip(1)) {
             if sample.load.is_none() {
                 assert!(
@@ -383,7 +509,8 @@ mod tests {
     fn each_signal_decides_in_turn_and_is_named() {
         let service = service_from("signals.yaml");
         let series = read_series(&testdata("signals.csv")).expect("series");
-        let timeline = simulate(&service, &series, Duration::from_secs(5)).expect("simulates");
+        let timeline = simulate(&service, &series, Duration::from_secs(5), default_start())
+            .expect("simulates");
         let at = |secs: u64| {
             timeline
                 .iter()
@@ -412,7 +539,8 @@ mod tests {
     fn an_outage_goes_to_the_fallback_count_and_never_down() {
         let service = service_from("signals.yaml");
         let series = read_series(&testdata("outage.csv")).expect("series");
-        let timeline = simulate(&service, &series, Duration::from_secs(5)).expect("simulates");
+        let timeline = simulate(&service, &series, Duration::from_secs(5), default_start())
+            .expect("simulates");
         let outage: Vec<&TimelineRow> = timeline
             .iter()
             .filter(|r| (60..150).contains(&r.t.as_secs()))
@@ -445,15 +573,58 @@ mod tests {
                     qtime_ms: 0.0,
                     rtime_ms: 0.0,
                     rate: 0.0,
+                    requests: 0,
                 }),
             })
             .collect();
-        let timeline = simulate(&service, &series, Duration::from_secs(5)).expect("simulates");
+        let timeline = simulate(&service, &series, Duration::from_secs(5), default_start())
+            .expect("simulates");
         assert_eq!(timeline[0].recommended, 4);
         assert_eq!(
             timeline.iter().map(|r| r.replicas).collect::<Vec<_>>(),
             [1, 1, 1, 4, 4, 4, 4, 4, 4, 4]
         );
+    }
+
+    #[test]
+    fn a_service_that_scales_to_zero_idles_down_and_wakes_on_the_next_request() {
+        let mut service = service();
+        let a = service.spec.autoscale.as_mut().expect("autoscale");
+        a.min_replicas = 0;
+        a.scale_to_zero = Some(crate::spec::ScaleToZero {
+            idle_after: crate::spec::Duration::from_secs(20),
+            activation_timeout: crate::spec::Duration::from_secs(10),
+        });
+        let at = |scur: f64| {
+            Some(BackendLoad {
+                scur,
+                ..BackendLoad::default()
+            })
+        };
+        // Idle for a minute (a recorded series has no request counter: nothing in
+        // flight and no rate is idleness), then 4 requests in flight.
+        let series: Vec<SeriesRow> = (0..40)
+            .map(|i| SeriesRow {
+                t: Duration::from_secs(2 * i),
+                load: at(if i < 30 { 0.0 } else { 4.0 }),
+            })
+            .collect();
+        let timeline =
+            simulate(&service, &series, Duration::ZERO, default_start()).expect("simulates");
+        let zero = timeline
+            .iter()
+            .position(|r| r.recommended == 0)
+            .expect("goes to zero");
+        assert_eq!(timeline[zero].t, Duration::from_secs(20));
+        assert_eq!(timeline[zero].reason, "ScaledToZero");
+        assert!(timeline[zero + 1..30]
+            .iter()
+            .all(|r| (r.recommended, r.reason) == (0, "Idle")));
+        assert_eq!(
+            (timeline[30].recommended, timeline[30].reason),
+            (1, "Woken")
+        );
+        assert_eq!(timeline[30].replicas, 1);
     }
 
     #[test]

@@ -1,24 +1,36 @@
 //! The metrics tick: every autoscaled service samples its backend's load, its
 //! autoscaler ([`crate::autoscale`], pure) decides, and the decision is explained in the
 //! log, the metrics, an event and the status. A changed count wakes the service.
+//!
+//! Scale to zero: HAProxy's Lua action counts the requests it holds for a backend
+//! with no usable server ([`crate::lb::haproxy::hold`]). Those counters are read at
+//! each tick (for the metrics) and every `holds_interval` (100 ms) while a service is
+//! at zero: a held request wakes the service at once, not at the next tick.
 
 use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use crate::autoscale::schedule::{Holds as WindowHolds, Windows};
 use crate::autoscale::{Autoscaler, Decision, Reason};
 use crate::controller::Controller;
 use crate::lb::LoadBalancer;
-use crate::model::backend::BackendLoad;
+use crate::model::backend::{BackendLoad, Holds};
 use crate::runtime::ContainerRuntime;
 use crate::serve::metrics::Metrics;
-use crate::serve::status::{AutoscalerStatus, ConditionType, EventType, StatusHandle};
+use crate::serve::status::{
+    ActiveSchedule, AutoscalerStatus, ConditionType, EventType, NextSchedule, ScheduleStatus,
+    StatusHandle,
+};
 use crate::spec::{Autoscale, ServiceSpec};
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Every autoscaled service samples its backend's load and its autoscaler decides.
     /// A failed sample is passed on as a gap, never as a zero.
     pub(super) async fn autoscale(&mut self) {
+        if self.any_scale_to_zero() {
+            self.read_holds().await;
+        }
         let now = self.started.elapsed();
         let names: Vec<String> = self
             .services
@@ -51,9 +63,101 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             else {
                 continue;
             };
-            let decision = autoscaler.observe(now, sample);
+            let wall = self.settings.clock.wall();
+            let decision = autoscaler.observe(now, wall, sample);
             let config = autoscaler.config().clone();
+            if decision.reason == Reason::Woken {
+                self.metrics
+                    .scale_to_zero_wakes_total
+                    .with_label_values(&[&name, "sample"])
+                    .inc();
+            }
             self.record_decision(&name, &config, sample, &decision);
+        }
+    }
+
+    /// A service that scales to zero.
+    fn any_scale_to_zero(&self) -> bool {
+        self.services.values().any(|e| {
+            !e.deleting
+                && e.autoscaler
+                    .as_ref()
+                    .is_some_and(|a| a.config().scales_to_zero().is_some())
+        })
+    }
+
+    /// A service that scales to zero is at zero (its replicas may still drain).
+    pub(super) fn any_at_zero(&self) -> bool {
+        self.services.values().any(|e| {
+            !e.deleting
+                && e.autoscaler
+                    .as_ref()
+                    .is_some_and(|a| a.config().scales_to_zero().is_some() && a.desired() == 0)
+        })
+    }
+
+    /// HAProxy's held requests, read: counted in the metrics, and a service at zero
+    /// with a request held (or held since the last reading) woken at once.
+    pub(super) async fn read_holds(&mut self) {
+        let holds = match self.lb.holds().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %crate::report::Chain(&e), "cannot read the held requests");
+                return;
+            }
+        };
+        let now = self.started.elapsed();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let Some(entry) = self.services.get_mut(&name) else {
+                continue;
+            };
+            let Some(backend) = entry
+                .spec
+                .spec
+                .load_balancer
+                .as_ref()
+                .map(|l| l.backend.to_string())
+            else {
+                continue;
+            };
+            let Some(current) = holds.get(&backend) else {
+                continue;
+            };
+            let previous = entry.holds_seen.replace(current.clone());
+            let (new_held, new_timeouts) = hold_deltas(previous.as_ref(), current);
+            // The first reading's totals may be from before this dockscale started:
+            // only a request held now wakes then.
+            let held_since = previous.is_some() && new_held > 0;
+            let m = &self.metrics;
+            m.held_requests_total
+                .with_label_values(&[&name])
+                .inc_by(new_held);
+            m.held_request_timeouts_total
+                .with_label_values(&[&name])
+                .inc_by(new_timeouts);
+            m.held_requests
+                .with_label_values(&[&name])
+                .set(i64::from(current.waiting));
+            let histogram = m.hold_duration_seconds.with_label_values(&[&name]);
+            for seconds in &current.hold_seconds {
+                histogram.observe(*seconds);
+            }
+            if current.waiting == 0 && !held_since {
+                continue;
+            }
+            let Some(autoscaler) = entry.autoscaler.as_mut() else {
+                continue;
+            };
+            let Some(decision) = autoscaler.wake(now, current.waiting.max(1)) else {
+                continue;
+            };
+            let config = autoscaler.config().clone();
+            self.metrics
+                .scale_to_zero_wakes_total
+                .with_label_values(&[&name, "held"])
+                .inc();
+            self.record_decision(&name, &config, None, &decision);
         }
     }
 
@@ -82,6 +186,16 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             sample,
             decision,
         );
+    }
+}
+
+/// Requests held and held requests timed out between two readings; counters that
+/// went down (HAProxy reloaded: its Lua state is new) count from zero.
+fn hold_deltas(previous: Option<&Holds>, current: &Holds) -> (u64, u64) {
+    let d = |now: u64, then: u64| if now >= then { now - then } else { now };
+    match previous {
+        Some(p) => (d(current.held, p.held), d(current.timed_out, p.timed_out)),
+        None => (current.held, current.timed_out),
     }
 }
 
@@ -151,6 +265,9 @@ pub(crate) fn publish_decision(
     m.autoscaler_max_replicas
         .with_label_values(&[name])
         .set(i64::from(config.max_replicas));
+    m.autoscaler_schedule_floor
+        .with_label_values(&[name])
+        .set(i64::from(decision.schedule_floor().unwrap_or(0)));
     for reason in Reason::ALL {
         m.autoscaler_last_decision
             .with_label_values(&[name, reason.as_str()])
@@ -174,13 +291,17 @@ pub(crate) fn publish_decision(
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
-            signal: decision.signal.map(|t| t.name().to_owned()),
+            signal: decision.decided_by().map(str::to_owned),
             demand: decision.demand,
             recommendation: decision.recommendation,
             desired: decision.desired,
             reason: decision.reason.as_str().to_owned(),
             message: decision.message.clone(),
             last_scale_time,
+            schedule: decision
+                .schedule
+                .as_ref()
+                .map(|windows| schedule_status(windows, wall)),
         });
         let (reason, message) = if metrics_available {
             ("Sampled", "")
@@ -195,12 +316,53 @@ pub(crate) fn publish_decision(
             wall,
         );
         if decision.changed() {
-            svc.record(
-                EventType::Normal,
-                "Autoscaled",
-                decision.message.clone(),
-                wall,
-            );
+            let reason = match decision.reason {
+                Reason::ScaledToZero => "ScaledToZero",
+                Reason::Woken => "Woken",
+                _ => "Autoscaled",
+            };
+            svc.record(EventType::Normal, reason, decision.message.clone(), wall);
         }
     });
+}
+
+/// The schedule windows of a decision, for status.
+fn schedule_status(windows: &Windows, now: SystemTime) -> ScheduleStatus {
+    ScheduleStatus {
+        active: windows.active.as_ref().map(|w| ActiveSchedule {
+            cron: w.cron.clone(),
+            timezone: w.timezone.to_string(),
+            min_replicas: w.min_replicas,
+            opened: w.opened,
+            until: w.until,
+            message: WindowHolds { window: w, now }.to_string(),
+        }),
+        next: windows.next.as_ref().map(|n| NextSchedule {
+            cron: n.cron.clone(),
+            timezone: n.timezone.to_string(),
+            min_replicas: n.min_replicas,
+            opens: n.opens,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holds(held: u64, timed_out: u64) -> Holds {
+        Holds {
+            held,
+            timed_out,
+            ..Holds::default()
+        }
+    }
+
+    #[test]
+    fn held_requests_are_counted_between_readings_and_from_zero_after_a_reload() {
+        assert_eq!(hold_deltas(None, &holds(5, 1)), (5, 1));
+        assert_eq!(hold_deltas(Some(&holds(5, 1)), &holds(9, 1)), (4, 0));
+        // HAProxy reloaded: its Lua state, and the counters, started over.
+        assert_eq!(hold_deltas(Some(&holds(9, 3)), &holds(2, 0)), (2, 0));
+    }
 }

@@ -31,6 +31,15 @@ impl Clock {
         }
     }
 
+    /// A wall clock that reads `wall` now and moves with tokio's instant: a test on
+    /// paused time picks the date and hour it runs at (a schedule's window).
+    pub fn following_tokio_from(wall: SystemTime) -> Self {
+        Clock::FollowingTokio {
+            instant: Instant::now(),
+            wall,
+        }
+    }
+
     pub fn wall(&self) -> SystemTime {
         match self {
             Clock::System => SystemTime::now(),

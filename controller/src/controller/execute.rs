@@ -3,7 +3,10 @@
 //! Load-balancer steps run inline, in the plan's order (a server leaves rotation before
 //! its container stops); Docker creates and stops run as background tasks whose
 //! completions (`Done`) come back to the loop. Each action carried out is applied to
-//! the service's memory, each completion too: nothing else changes it.
+//! the service's memory, each completion too: nothing else changes it. The warm pool's
+//! actions (warm creates, pauses, takes, warm removals) run as background tasks too;
+//! a take is a replica's create as far as memory goes (`create_started`, then
+//! `created` when the unpause and the rename are done).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,7 +16,8 @@ use tokio::time::Instant;
 use crate::controller::error::{error_backoff, runtime_policy, ReconcileError};
 use crate::controller::Controller;
 use crate::lb::{LbError, LoadBalancer};
-use crate::model::replica::{replica_name, ContainerId};
+use crate::model::replica::{replica_name, warm_name, ContainerId};
+use crate::reconcile::warm_pool::{Busy, WarmRemoval};
 use crate::reconcile::{Action, Plan, RemoveReason};
 use crate::runtime::{ContainerRuntime, CreateReplica, DockerError, PulledImage};
 use crate::serve::status::EventType;
@@ -36,6 +40,34 @@ pub(crate) enum Done {
         image: String,
         took: Duration,
         result: Result<PulledImage, DockerError>,
+    },
+    /// A warm container was created and started.
+    WarmCreated {
+        service: String,
+        name: String,
+        result: Result<ContainerId, DockerError>,
+    },
+    /// A warm container's pause.
+    Paused {
+        service: String,
+        name: String,
+        id: ContainerId,
+        result: Result<(), DockerError>,
+    },
+    /// A take: the warm container unpaused and renamed to a replica name.
+    Taken {
+        service: String,
+        warm: String,
+        replica: String,
+        id: ContainerId,
+        took: Duration,
+        result: Result<(), DockerError>,
+    },
+    /// A warm container stopped and removed.
+    WarmRemoved {
+        service: String,
+        id: ContainerId,
+        result: Result<(), DockerError>,
     },
 }
 
@@ -143,7 +175,14 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     }
                     continue;
                 }
-                Action::Pull { .. } | Action::Create { .. } | Action::Remove { .. } => continue,
+                Action::Pull { .. }
+                | Action::Create { .. }
+                | Action::Restore { .. }
+                | Action::Remove { .. }
+                | Action::Take { .. }
+                | Action::CreateWarm
+                | Action::Pause { .. }
+                | Action::RemoveWarm { .. } => continue,
             };
             match result {
                 Ok(()) => {
@@ -196,7 +235,20 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         }
                     });
                 }
-                Action::Create { restarts } if network_ok => {
+                Action::Create { restarts } | Action::Restore { restarts } if network_ok => {
+                    // A restore creates a replica of the template the aborted rollout
+                    // replaced (the planner asks for one only when it is known).
+                    let (spec, template_hash) = match (action, &entry.history.stable) {
+                        (Action::Restore { .. }, Some(stable)) => {
+                            let spec = crate::spec::ServiceSpec {
+                                template: stable.template.clone(),
+                                ..spec.clone()
+                            };
+                            (std::borrow::Cow::Owned(spec), &stable.template_hash)
+                        }
+                        (Action::Restore { .. }, None) => continue,
+                        _ => (std::borrow::Cow::Borrowed(spec), &entry.template_hash),
+                    };
                     let mut rng = rand::rng();
                     let replica = loop {
                         let candidate = replica_name(name, &mut rng);
@@ -204,29 +256,25 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                             break candidate;
                         }
                     };
-                    entry.memory.create_started(
-                        &replica,
-                        &entry.template_hash,
-                        *restarts,
-                        Instant::now(),
-                    );
+                    entry
+                        .memory
+                        .create_started(&replica, template_hash, *restarts, Instant::now());
                     let request = CreateReplica {
                         name: replica.clone(),
                         service: name.to_owned(),
-                        template_hash: entry.template_hash.clone(),
+                        template_hash: template_hash.clone(),
                         created_at_ns: self.settings.clock.now().unix_ns,
-                        spec: spec.clone(),
+                        spec: spec.into_owned(),
                     };
-                    let runtime = self.runtime.clone();
-                    let service = name.to_owned();
-                    self.tasks.spawn(async move {
-                        let result = runtime.create_and_start(request).await;
-                        Done::Created {
+                    self.tasks.spawn(create(
+                        self.runtime.clone(),
+                        request,
+                        |service, name, result| Done::Created {
                             service,
-                            name: replica,
+                            name,
                             result,
-                        }
-                    });
+                        },
+                    ));
                 }
                 Action::Remove {
                     id,
@@ -251,6 +299,141 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                         Done::Removed {
                             service,
                             name: replica,
+                            id,
+                            result,
+                        }
+                    });
+                }
+                Action::Take {
+                    id,
+                    warm,
+                    replica,
+                    restarts,
+                } => {
+                    if entry.memory.warm.busy.contains_key(id) {
+                        continue;
+                    }
+                    entry.memory.warm.busy.insert(id.clone(), Busy::Taking);
+                    // A replica's create as far as the planner goes: pending until it
+                    // is listed under its new name.
+                    entry.memory.create_started(
+                        replica,
+                        &entry.template_hash,
+                        *restarts,
+                        Instant::now(),
+                    );
+                    let runtime = self.runtime.clone();
+                    let service = name.to_owned();
+                    let (id, warm, replica) = (id.clone(), warm.clone(), replica.clone());
+                    self.tasks.spawn(async move {
+                        let started = Instant::now();
+                        let result = match runtime.unpause(&id).await {
+                            Ok(()) => runtime.rename(&id, &replica).await,
+                            Err(e) => Err(e),
+                        };
+                        Done::Taken {
+                            service,
+                            warm,
+                            replica,
+                            id,
+                            took: started.elapsed(),
+                            result,
+                        }
+                    });
+                }
+                Action::CreateWarm if network_ok => {
+                    let mut rng = rand::rng();
+                    let warm = loop {
+                        let candidate = warm_name(name, &mut rng);
+                        if !entry.memory.warm.creating.contains_key(&candidate) {
+                            break candidate;
+                        }
+                    };
+                    entry
+                        .memory
+                        .warm
+                        .creating
+                        .insert(warm.clone(), Instant::now());
+                    let request = CreateReplica {
+                        name: warm.clone(),
+                        service: name.to_owned(),
+                        template_hash: entry.template_hash.clone(),
+                        created_at_ns: self.settings.clock.now().unix_ns,
+                        spec: spec.clone(),
+                    };
+                    self.tasks.spawn(create(
+                        self.runtime.clone(),
+                        request,
+                        |service, name, result| Done::WarmCreated {
+                            service,
+                            name,
+                            result,
+                        },
+                    ));
+                }
+                Action::Pause { id, name: warm } => {
+                    if entry.memory.warm.busy.contains_key(id) {
+                        continue;
+                    }
+                    entry.memory.warm.busy.insert(id.clone(), Busy::Pausing);
+                    let runtime = self.runtime.clone();
+                    let service = name.to_owned();
+                    let (id, warm) = (id.clone(), warm.clone());
+                    self.tasks.spawn(async move {
+                        let result = runtime.pause(&id).await;
+                        Done::Paused {
+                            service,
+                            name: warm,
+                            id,
+                            result,
+                        }
+                    });
+                }
+                Action::RemoveWarm {
+                    id,
+                    name: warm,
+                    reason,
+                } => {
+                    if entry.memory.warm.busy.contains_key(id) {
+                        continue;
+                    }
+                    entry.memory.warm.busy.insert(id.clone(), Busy::Removing);
+                    let now = Instant::now();
+                    if *reason == WarmRemoval::Broken
+                        && entry.memory.warm.broken_seen.insert(id.clone())
+                    {
+                        let delay = entry.memory.warm.failed(now, &self.settings.crash_backoff);
+                        events.push((
+                            EventType::Warning,
+                            "WarmPoolBackOff",
+                            format!(
+                                "Warm container {warm} exited or never ran; refilling the pool \
+                                 after {}",
+                                humantime::format_duration(round_ms(delay))
+                            ),
+                        ));
+                    }
+                    tracing::info!(warm = %warm, reason = reason.label(), "removing a warm container");
+                    let runtime = self.runtime.clone();
+                    let service = name.to_owned();
+                    let id = id.clone();
+                    let grace = spec.template.stop_grace_period.get();
+                    self.tasks.spawn(async move {
+                        // A paused process cannot take its SIGTERM: thawed first (an
+                        // exited one answers an error, which changes nothing).
+                        let _ = runtime.unpause(&id).await;
+                        // A failed removal is tried again here, with a back-off, a few
+                        // times: the pass would otherwise ask again at once.
+                        let mut result = runtime.stop_and_remove(&id, grace).await;
+                        for attempt in 1..=3 {
+                            if result.is_ok() {
+                                break;
+                            }
+                            tokio::time::sleep(error_backoff(attempt)).await;
+                            result = runtime.stop_and_remove(&id, grace).await;
+                        }
+                        Done::WarmRemoved {
+                            service,
                             id,
                             result,
                         }
@@ -299,6 +482,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 let event = self.pull_finished(&service, &image, took, result);
                 (service, event)
             }
+            done @ (Done::WarmCreated { .. }
+            | Done::Paused { .. }
+            | Done::Taken { .. }
+            | Done::WarmRemoved { .. }) => self.warm_finished(done),
         };
         let Some(event) = event else {
             return;
@@ -309,6 +496,167 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 svc.record(event.0, event.1, event.2, wall);
             }
         });
+    }
+
+    /// A warm pool operation finished: the pool's memory learns it, the container is
+    /// read again, and the service looks again at once.
+    fn warm_finished(&mut self, done: Done) -> (String, Option<NewEvent>) {
+        let now = Instant::now();
+        let policy = self.settings.crash_backoff;
+        let (service, event) = match done {
+            Done::WarmCreated {
+                service,
+                name,
+                result,
+            } => {
+                let Some(entry) = self.services.get_mut(&service) else {
+                    return (service, None);
+                };
+                entry.memory.warm.creating.remove(&name);
+                let event = match result {
+                    Ok(id) => {
+                        self.store.touch(id);
+                        None
+                    }
+                    Err(e) => {
+                        self.store.invalidate();
+                        if matches!(e, DockerError::NetworkNotFound { .. }) {
+                            entry.memory.network_ready = None;
+                        }
+                        let delay = entry.memory.warm.failed(now, &policy);
+                        Some((
+                            EventType::Warning,
+                            "FailedCreate",
+                            format!(
+                                "Failed to create warm container {name}: {}; refilling the pool \
+                                 after {}",
+                                crate::report::chain(&e),
+                                humantime::format_duration(round_ms(delay))
+                            ),
+                        ))
+                    }
+                };
+                (service, event)
+            }
+            Done::Paused {
+                service,
+                name,
+                id,
+                result,
+            } => {
+                self.store.touch(id.clone());
+                let Some(entry) = self.services.get_mut(&service) else {
+                    return (service, None);
+                };
+                let event = match result {
+                    Ok(()) => {
+                        entry.memory.warm.paused(&id);
+                        None
+                    }
+                    Err(e) => {
+                        // Not tried again in a loop: it goes, and the pool backs off.
+                        entry.memory.warm.busy.remove(&id);
+                        entry.memory.warm.spoiled.insert(id);
+                        let delay = entry.memory.warm.failed(now, &policy);
+                        Some((
+                            EventType::Warning,
+                            "FailedPause",
+                            format!(
+                                "Failed to pause warm container {name}: {}; replacing it after {}",
+                                crate::report::chain(&e),
+                                humantime::format_duration(round_ms(delay))
+                            ),
+                        ))
+                    }
+                };
+                (service, event)
+            }
+            Done::Taken {
+                service,
+                warm,
+                replica,
+                id,
+                took,
+                result,
+            } => {
+                self.store.touch(id.clone());
+                let Some(entry) = self.services.get_mut(&service) else {
+                    return (service, None);
+                };
+                entry.memory.warm.busy.remove(&id);
+                let event = match result {
+                    Ok(()) => {
+                        entry.memory.created(&replica);
+                        self.metrics
+                            .warm_pool_takes_total
+                            .with_label_values(&[&service])
+                            .inc();
+                        tracing::info!(%warm, %replica, took = ?took, "took a warm container");
+                        (
+                            EventType::Normal,
+                            "TookWarm",
+                            format!(
+                                "Took warm container {warm} as replica {replica} ({id}; \
+                                 unpaused and renamed in {})",
+                                humantime::format_duration(round_ms(took))
+                            ),
+                        )
+                    }
+                    Err(e) => {
+                        // Its line is not the replica's fault: a cold create follows.
+                        let hash = entry.template_hash.clone();
+                        entry
+                            .memory
+                            .create_failed(&replica, &hash, false, now, &policy);
+                        entry.memory.warm.spoiled.insert(id);
+                        (
+                            EventType::Warning,
+                            "FailedTake",
+                            format!(
+                                "Failed to take warm container {warm}: {}; creating a replica \
+                                 instead",
+                                crate::report::chain(&e)
+                            ),
+                        )
+                    }
+                };
+                (service, Some(event))
+            }
+            Done::WarmRemoved {
+                service,
+                id,
+                result,
+            } => {
+                self.store.touch(id.clone());
+                let Some(entry) = self.services.get_mut(&service) else {
+                    return (service, None);
+                };
+                entry.memory.warm.busy.remove(&id);
+                let event = match result {
+                    Ok(()) => {
+                        entry.memory.warm.spoiled.remove(&id);
+                        entry.memory.warm.broken_seen.remove(&id);
+                        None
+                    }
+                    Err(e) => Some((
+                        EventType::Warning,
+                        "FailedDelete",
+                        format!(
+                            "Failed to remove warm container {id}: {}",
+                            crate::report::chain(&e)
+                        ),
+                    )),
+                };
+                (service, event)
+            }
+            Done::Created { service, .. }
+            | Done::Removed { service, .. }
+            | Done::Pulled { service, .. } => (service, None),
+        };
+        if let Some(entry) = self.services.get_mut(&service) {
+            entry.wake(now);
+        }
+        (service, event)
     }
 
     fn create_finished(
@@ -610,6 +958,18 @@ fn failed_create_event(
             ),
         ),
     }
+}
+
+/// A create as a background task: the container of `request` created and started,
+/// reported as `done` says (a replica's, or a warm container's).
+async fn create<R: ContainerRuntime>(
+    runtime: std::sync::Arc<R>,
+    request: CreateReplica,
+    done: impl FnOnce(String, String, Result<ContainerId, crate::runtime::DockerError>) -> Done,
+) -> Done {
+    let (service, name) = (request.service.clone(), request.name.clone());
+    let result = runtime.create_and_start(request).await;
+    done(service, name, result)
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@
 //! - [`observe`]: what a pass reads besides the Docker list.
 //! - [`execute`]: carrying a plan out, and the completions of Docker operations.
 //! - [`autoscaling`]: the metrics tick and the autoscalers' decisions.
+//! - [`rollouts`]: rollout commands (`dockscale rollout`) from the HTTP server, applied
+//!   by the pure [`crate::reconcile::control`] and answered; the rollout history, kept
+//!   per service and saved under the state directory.
 //! - [`error`]: the errors of a pass and how soon each is retried.
 //! - [`store`], [`watch`], [`claim`], [`clock`]: the container store, the spec file
 //!   watch, the claim on the engine, the clock.
@@ -35,6 +38,7 @@ pub mod execute;
 pub mod lease;
 pub mod observe;
 pub mod pass;
+pub mod rollouts;
 #[cfg(test)]
 mod scenarios;
 pub mod services;
@@ -82,8 +86,14 @@ pub struct Settings {
     pub probe_timeout: Duration,
     /// How often autoscaled services sample their backend's load.
     pub metrics_interval: Duration,
+    /// How often HAProxy's held requests are read while a service is at zero
+    /// replicas (scale to zero): the delay before a held request wakes it.
+    pub holds_interval: Duration,
     /// The wall clock (the system's, or one following tokio's paused time in tests).
     pub clock: Clock,
+    /// Where the services' rollout histories are kept (`<state-dir>/rollouts`); none:
+    /// in memory only.
+    pub history_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -96,7 +106,9 @@ impl Default for Settings {
             debounce: Duration::from_millis(100),
             probe_timeout: Duration::from_millis(200),
             metrics_interval: Duration::from_secs(2),
+            holds_interval: Duration::from_millis(100),
             clock: Clock::System,
+            history_dir: None,
         }
     }
 }
@@ -119,12 +131,16 @@ pub struct Controller<R: ContainerRuntime, L: LoadBalancer> {
     store: ReplicaStore,
     /// The shared frontends (`kind: Frontend`) of the spec.
     frontends: Vec<Frontend>,
+    /// Rollout commands from the HTTP server (taken by [`Controller::run`]).
+    commands: Option<mpsc::Receiver<rollouts::CommandRequest>>,
 }
 
 /// The loop's timers besides the services' own due times.
 struct Timers {
     resync: Interval,
     metrics: Interval,
+    /// Held requests read while a service is at zero.
+    holds: Interval,
     /// A spec file was written in place: re-read it once it has settled.
     reload_at: Option<Instant>,
 }
@@ -144,7 +160,13 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         status.update(|s| s.loaded(names, now));
         let services = services
             .into_iter()
-            .map(|l| (l.service.name().to_owned(), Entry::new(l.service)))
+            .map(|l| {
+                let mut entry = Entry::new(l.service);
+                if let Some(dir) = &settings.history_dir {
+                    entry.load_history(dir);
+                }
+                (entry.spec.name().to_owned(), entry)
+            })
             .collect();
         Controller {
             settings,
@@ -158,7 +180,17 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             started: Instant::now(),
             store: ReplicaStore::new(),
             frontends: Vec::new(),
+            commands: None,
         }
+    }
+
+    /// Takes rollout commands from `commands` (the HTTP server's write endpoints).
+    pub fn with_rollout_commands(
+        mut self,
+        commands: mpsc::Receiver<rollouts::CommandRequest>,
+    ) -> Self {
+        self.commands = Some(commands);
+        self
     }
 
     /// With the spec's shared frontends.
@@ -182,6 +214,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let mut timers = Timers {
             resync: interval(self.settings.sync_period),
             metrics: interval(self.settings.metrics_interval),
+            holds: interval(self.settings.holds_interval),
             reload_at: None,
         };
         // The first tick is immediate; services start due anyway.
@@ -191,6 +224,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         self.report_orphans().await;
         self.configure_lb().await;
         let mut lb_restarts = self.lb.restarts();
+        let mut commands = self.commands.take();
 
         loop {
             let wake = self.next_wake(&timers, &feed);
@@ -203,8 +237,10 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     self.on_spec_change(change, &mut timers.reload_at).await;
                 }
                 event = feed.next() => self.on_event_item(event, &mut feed),
+                Some(request) = next_command(&mut commands) => self.on_command(request),
                 Ok(()) = lb_changed(&mut lb_restarts) => self.wake_all(),
                 _ = timers.metrics.tick() => self.autoscale().await,
+                _ = timers.holds.tick(), if self.any_at_zero() => self.read_holds().await,
                 _ = timers.resync.tick() => self.resync().await,
                 _ = sleep_until(wake) => self.on_wake(&mut timers, &mut feed).await,
             }
@@ -269,6 +305,22 @@ async fn lb_changed(
 ) -> Result<(), tokio::sync::watch::error::RecvError> {
     match restarts {
         Some(rx) => rx.changed().await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// The next rollout command (never, without a channel or once it closed).
+async fn next_command(
+    commands: &mut Option<mpsc::Receiver<rollouts::CommandRequest>>,
+) -> Option<rollouts::CommandRequest> {
+    match commands {
+        Some(rx) => match rx.recv().await {
+            Some(request) => Some(request),
+            None => {
+                *commands = None;
+                futures::future::pending().await
+            }
+        },
         None => futures::future::pending().await,
     }
 }

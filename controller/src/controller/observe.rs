@@ -1,6 +1,6 @@
 //! What a pass reads besides the Docker list: the service's backend, which warming
-//! replicas and members answer on their port, and whether its image is present. Reads
-//! only.
+//! replicas, members and warm containers answer on their port, and whether its image
+//! is present. Reads only.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -32,7 +32,14 @@ pub(crate) async fn observe<R: ContainerRuntime, L: LoadBalancer>(
 ) -> Observation {
     let name = entry.spec.name();
     let spec = &entry.spec.spec;
-    let replicas: Vec<&Replica> = listed.iter().filter(|r| r.service == name).collect();
+    let replicas: Vec<&Replica> = listed
+        .iter()
+        .filter(|r| r.service == name && !r.is_warm())
+        .collect();
+    let warm: Vec<&Replica> = listed
+        .iter()
+        .filter(|r| r.service == name && r.is_warm() && !entry.memory.warm.busy.contains_key(&r.id))
+        .collect();
     let members: Vec<&Member> = members.iter().filter(|m| m.service == name).collect();
     let backend = match &spec.load_balancer {
         Some(l) => lb.backend(l.backend.as_str()).await,
@@ -41,13 +48,16 @@ pub(crate) async fn observe<R: ContainerRuntime, L: LoadBalancer>(
             "the service has no load balancer",
         )),
     };
-    let answering = match &backend {
-        Ok(b) => {
-            let targets = reconcile::probe_targets(spec, &replicas, &members, b);
-            let probe = crate::runtime::Probe::of(spec);
-            runtime.answering(targets, &probe, probe_timeout).await
-        }
-        Err(_) => BTreeSet::new(),
+    // The warm containers are probed whatever the backend says: they are not in it.
+    let mut targets = reconcile::warm_pool::probe_targets(spec, &warm);
+    if let Ok(b) = &backend {
+        targets.extend(reconcile::probe_targets(spec, &replicas, &members, b));
+    }
+    let answering = if targets.is_empty() {
+        BTreeSet::new()
+    } else {
+        let probe = crate::runtime::Probe::of(spec);
+        runtime.answering(targets, &probe, probe_timeout).await
     };
     // Only ask Docker about the image when a create may be needed.
     let running_current = replicas
@@ -55,7 +65,13 @@ pub(crate) async fn observe<R: ContainerRuntime, L: LoadBalancer>(
         .filter(|r| r.template_hash == entry.template_hash)
         .count() as u32;
     let creating = entry.memory.creating().count() as u32;
-    let image_present = if running_current + creating >= entry.desired() {
+    let warm_current = listed
+        .iter()
+        .filter(|r| r.service == name && r.is_warm() && r.template_hash == entry.template_hash)
+        .count()
+        + entry.memory.warm.creating.len();
+    let pool_full = warm_current >= entry.warm_size() as usize;
+    let image_present = if running_current + creating >= entry.desired() && pool_full {
         true
     } else {
         // Unknown: let the create try and report what Docker says.

@@ -16,7 +16,9 @@ use crate::model::replica::{ContainerId, ContainerState, Replica};
 use crate::reconcile::conditions::{self, Context};
 use crate::reconcile::{self, Action, ExitRecord, Limits, Plan, Verdict};
 use crate::runtime::{ContainerRuntime, DockerError};
+use crate::serve::metrics::Metrics;
 use crate::serve::status::{ContainerStatus, EventType, MemberStatus};
+use crate::spec::ServiceSpec;
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Reconciles every service that is due, from one Docker list.
@@ -160,7 +162,15 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             spec: &entry.spec.spec,
             desired: entry.desired(),
             template_hash: &entry.template_hash,
-            replicas: listed.iter().filter(|r| r.service == name).collect(),
+            replicas: listed
+                .iter()
+                .filter(|r| r.service == name && !r.is_warm())
+                .collect(),
+            warm: listed
+                .iter()
+                .filter(|r| r.service == name && r.is_warm())
+                .collect(),
+            warm_size: entry.warm_size(),
             members: members.iter().filter(|m| m.service == name).collect(),
             image_present: observed.image_present,
             pull: &entry.pull,
@@ -176,6 +186,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 max_parallel: self.settings.max_parallel,
             },
             backoff: &self.settings.crash_backoff,
+            previous: entry.previous_template(),
         };
         Some(reconcile::plan(&input, &entry.memory))
     }
@@ -196,8 +207,20 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             return;
         };
         tracing::debug!(actions = ?plan.actions, counts = ?plan.counts, "planned");
+        self.record_rollout(name, &plan);
         if let Some(entry) = self.services.get_mut(name) {
             entry.memory.apply_plan(&plan);
+            if entry.settled(&plan) {
+                if let Some(dir) = &self.settings.history_dir {
+                    super::rollouts::keep_history(dir, name, &entry.history);
+                }
+            }
+            let warm: std::collections::BTreeSet<&ContainerId> = listed
+                .iter()
+                .filter(|r| r.service == name && r.is_warm())
+                .map(|r| &r.id)
+                .collect();
+            entry.memory.warm.forget_gone(&warm);
         }
         self.report_exits(name, &plan);
         self.leave_old_backends(name, listed).await;
@@ -238,6 +261,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         ] {
             gauge.with_label_values(&[name]).set(i64::from(value));
         }
+        report_canary(&self.metrics, name, &entry.spec.spec, &plan);
+        self.metrics.warm_pool(name, &plan.warm);
         let in_rotation = plan.members.iter().filter(|m| m.in_rotation).count();
         self.metrics
             .members_in_rotation
@@ -266,6 +291,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 .values()
                 .any(|t| t.phase == reconcile::Phase::Stopping);
         self.update_status(name, &plan, &errors);
+        self.publish_rollout(name, &plan);
         if finished {
             tracing::info!(service = name, "service removed");
             self.services.remove(name);
@@ -333,7 +359,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         };
         let running = listed
             .iter()
-            .filter(|r| r.service == name && r.state == ContainerState::Running)
+            .filter(|r| r.service == name && !r.is_warm() && r.state == ContainerState::Running)
             .count() as u32;
         follow_autoscaler(&mut entry.autoscaler, &entry.spec.spec, running, started);
     }
@@ -421,6 +447,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 })
                 .collect();
             svc.members = plan.members.iter().map(member_status).collect();
+            svc.warm_pool = (plan.warm != Default::default()).then_some(plan.warm);
             svc.backend = backend;
             update.apply(svc, wall);
         });
@@ -467,6 +494,41 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     }
 }
 
+/// A canary's step, the figures it was judged on and its verdicts, as the plan has
+/// them: metrics (never a second reading of HAProxy). The figures of an abort stay
+/// while the aborted template is the spec's, to show why.
+fn report_canary(m: &Metrics, name: &str, spec: &ServiceSpec, plan: &Plan) {
+    let aborted = plan.aborted.is_some();
+    let in_force = plan
+        .canary
+        .as_ref()
+        .filter(|c| !c.promoted && !aborted)
+        .and_then(|c| Some((c.step, spec.rollout.steps.get(c.step)?)));
+    let (step, weight) = in_force.map_or((0, 0.0), |(i, s)| {
+        (
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+            f64::from(s.weight) / 100.0,
+        )
+    });
+    m.canary_step.with_label_values(&[name]).set(step);
+    m.canary_weight_ratio.with_label_values(&[name]).set(weight);
+    m.canary_aborted
+        .with_label_values(&[name])
+        .set(i64::from(aborted));
+    match &plan.canary_analysis {
+        Some(a) => {
+            if !matches!(a.verdict, reconcile::canary::Verdict::Hold { .. }) {
+                m.canary_verdicts_total
+                    .with_label_values(&[name, a.verdict.label()])
+                    .inc();
+            }
+            m.canary_figures(name, Some(a));
+        }
+        None if aborted => {}
+        None => m.canary_figures(name, None),
+    }
+}
+
 /// A plan as an operator reads it: one line per action.
 pub fn describe_plan(
     service: &str,
@@ -480,6 +542,14 @@ pub fn describe_plan(
         "{service}: desired {}, current {}, ready {}, up-to-date {}\n",
         c.desired, c.current, c.ready, c.updated
     );
+    if plan.warm.size > 0 {
+        let w = plan.warm;
+        let _ = writeln!(
+            out,
+            "  warm pool: size {}, ready {}, warming {}",
+            w.size, w.ready, w.warming
+        );
+    }
     let name_of = |id: &ContainerId| {
         listed
             .iter()
@@ -497,6 +567,10 @@ pub fn describe_plan(
                 creates += 1;
                 Ok(())
             }
+            Action::Restore { .. } => writeln!(
+                out,
+                "  create a replica of the previous template (the rollout was aborted)"
+            ),
             Action::Remove { name, reason, .. } => {
                 writeln!(out, "  stop and remove {name} ({reason:?})")
             }
@@ -538,6 +612,17 @@ pub fn describe_plan(
                 "  suspend server {backend}/{slot} ({}, paused: maintenance until it runs again)",
                 name_of(id)
             ),
+            Action::Take { warm, replica, .. } => writeln!(
+                out,
+                "  take warm {warm} as replica {replica} (unpause, rename)"
+            ),
+            Action::CreateWarm => {
+                writeln!(out, "  create a warm container (paused once it answers)")
+            }
+            Action::Pause { name, .. } => writeln!(out, "  pause warm {name} (its port answered)"),
+            Action::RemoveWarm { name, reason, .. } => {
+                writeln!(out, "  stop and remove warm {name} ({})", reason.label())
+            }
         };
     }
     if creates > 0 {

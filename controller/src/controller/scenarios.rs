@@ -18,6 +18,7 @@ mod canary;
 mod chaos;
 mod crash_loop;
 mod engine;
+mod guard;
 mod haproxy;
 mod health;
 mod lifecycle;
@@ -25,7 +26,10 @@ mod members;
 mod pull;
 mod regressions;
 mod rollout;
+mod rollout_control;
+mod scale_to_zero;
 mod spec_edits;
+mod warm_pool;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,10 +43,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::controller::clock::Clock;
+use crate::controller::rollouts::{CommandReply, CommandRequest};
 use crate::controller::watch::Change;
 use crate::controller::{Controller, Settings};
 use crate::lb::fake::{rotation_violations, FakeBalancer, LbCall};
-use crate::model::replica::{template_hash, ContainerId};
+use crate::model::replica::{is_warm_name, template_hash, ContainerId};
+use crate::reconcile::control::RolloutCommand;
 use crate::runtime::fake::{Call, FakeContainer, FakeRuntime, Journal, WEBAPP_IMAGE};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::{Condition, ConditionType, Event, ServiceStatus, StatusHandle};
@@ -68,6 +74,12 @@ struct Svc {
     autoscale: Option<(u32, u32)>,
     /// `autoscale.fallback` as written (`{after: 30s, replicas: 7}`).
     fallback: Option<String>,
+    /// `autoscale.scaleToZero` as written (`{idleAfter: 30s}`).
+    scale_to_zero: Option<String>,
+    /// `autoscale.schedules` as written (a flow list).
+    schedules: Option<String>,
+    /// `autoscale.warmPool.size`.
+    warm_pool: Option<u32>,
     /// A container health check, and `unhealthyReplaceAfter`.
     healthcheck: Option<String>,
     /// More `rollout` fields (a canary's strategy, steps and analysis), as YAML.
@@ -88,6 +100,9 @@ fn svc(name: &str) -> Svc {
         rollout: (1, 0),
         autoscale: None,
         fallback: None,
+        scale_to_zero: None,
+        schedules: None,
+        warm_pool: None,
         healthcheck: None,
         rollout_extra: String::new(),
     }
@@ -136,6 +151,13 @@ impl Svc {
         self
     }
 
+    /// A rolling update guarded by the analysis: each batch watched for 2s, judged on
+    /// 20 requests.
+    fn analysed(mut self) -> Self {
+        self.rollout_extra = ", analysis: {interval: 2s, minRequests: 20}".to_owned();
+        self
+    }
+
     fn rollout(mut self, max_surge: u32, max_unavailable: u32) -> Self {
         self.rollout = (max_surge, max_unavailable);
         self
@@ -151,6 +173,24 @@ impl Svc {
     /// With `autoscale.fallback` (after `autoscale`).
     fn fallback(mut self, fallback: &str) -> Self {
         self.fallback = Some(fallback.to_owned());
+        self
+    }
+
+    /// Autoscaled from 0 to `max` with `autoscale.scaleToZero` as written.
+    fn scale_to_zero(mut self, max: u32, scale_to_zero: &str) -> Self {
+        self = self.autoscale(0, max);
+        self.scale_to_zero = Some(scale_to_zero.to_owned());
+        self
+    }
+    /// With `autoscale.schedules` (after `autoscale`).
+    fn schedules(mut self, schedules: &str) -> Self {
+        self.schedules = Some(schedules.to_owned());
+        self
+    }
+
+    /// With `autoscale.warmPool: {size}` (after `autoscale`).
+    fn warm_pool(mut self, size: u32) -> Self {
+        self.warm_pool = Some(size);
         self
     }
 
@@ -218,6 +258,15 @@ impl Svc {
             if let Some(f) = &self.fallback {
                 y.push_str(&format!("    fallback: {f}\n"));
             }
+            if let Some(z) = &self.scale_to_zero {
+                y.push_str(&format!("    scaleToZero: {z}\n"));
+            }
+            if let Some(s) = &self.schedules {
+                y.push_str(&format!("    schedules: {s}\n"));
+            }
+            if let Some(size) = self.warm_pool {
+                y.push_str(&format!("    warmPool: {{size: {size}}}\n"));
+            }
         }
         y
     }
@@ -234,6 +283,8 @@ fn documents(services: &[Svc]) -> String {
 /// A controller running on the fakes, as a task.
 struct Running {
     changes: mpsc::UnboundedSender<Change>,
+    /// Rollout commands, as the HTTP server sends them.
+    commands: mpsc::Sender<CommandRequest>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -280,6 +331,7 @@ impl World {
         let settings = Settings {
             paths: vec![spec_path.clone()],
             clock: Clock::following_tokio(),
+            history_dir: Some(dir.path().join("rollouts")),
             ..Settings::default()
         };
         World {
@@ -326,6 +378,8 @@ impl World {
             self.status.clone(),
             self.metrics.clone(),
         );
+        let (commands, command_rx) = mpsc::channel(16);
+        let controller = controller.with_rollout_commands(command_rx);
         let (changes, spec_changes) = mpsc::unbounded_channel();
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(controller.run(spec_changes, async {
@@ -333,6 +387,7 @@ impl World {
         }));
         self.controller = Some(Running {
             changes,
+            commands,
             shutdown,
             task,
         });
@@ -361,6 +416,23 @@ impl World {
         if let Some(c) = &self.controller {
             let _ = c.changes.send(Change::Replaced);
         }
+    }
+
+    /// Sends a rollout command to the running controller, as the HTTP server does, and
+    /// waits for its answer.
+    async fn command(&self, service: &str, command: RolloutCommand) -> CommandReply {
+        let running = self.controller.as_ref().expect("a running controller");
+        let (reply, answer) = oneshot::channel();
+        running
+            .commands
+            .send(CommandRequest {
+                service: service.to_owned(),
+                command,
+                reply,
+            })
+            .await
+            .expect("the controller takes commands");
+        answer.await.expect("the controller answers")
     }
 
     fn journal(&self) -> Journal {
@@ -397,8 +469,18 @@ impl World {
         tokio::time::sleep(d).await;
     }
 
+    /// The service's running replicas (its warm containers are not replicas).
     fn running(&self, service: &str) -> Vec<FakeContainer> {
-        self.rt.running(service)
+        let mut running = self.rt.running(service);
+        running.retain(|c| !is_warm_name(service, &c.name));
+        running
+    }
+
+    /// The service's warm containers, in any state.
+    fn warm(&self, service: &str) -> Vec<FakeContainer> {
+        let mut all = self.rt.of_service(service);
+        all.retain(|c| is_warm_name(service, &c.name));
+        all
     }
 
     fn running_ids(&self, service: &str) -> BTreeSet<ContainerId> {
@@ -431,6 +513,25 @@ impl World {
         self.status(service)?.condition(kind).cloned()
     }
 
+    /// Asserts that `service`'s rollout was aborted once, its event's message holding
+    /// `because`, and that `Progressing` says so.
+    fn assert_aborted(&self, service: &str, because: &str) {
+        let aborted = self.events_with(service, "RolloutAborted");
+        assert_eq!(aborted.len(), 1, "{:?}", self.events(service));
+        assert!(
+            aborted[0].message.contains(because),
+            "{}",
+            aborted[0].message
+        );
+        let progressing = self
+            .condition(service, ConditionType::Progressing)
+            .expect("condition");
+        assert_eq!(
+            (progressing.status, progressing.reason.as_str()),
+            (false, "RolloutAborted")
+        );
+    }
+
     /// `n` replicas running, every one of the template last written, ready in the
     /// status, and (with a load balancer) exactly them serving in its backend.
     fn converged(&self, service: &str, n: usize) -> bool {
@@ -447,7 +548,8 @@ impl World {
             return false;
         };
         let running = self.running(service);
-        let all = self.rt.of_service(service);
+        let mut all = self.rt.of_service(service);
+        all.retain(|c| !is_warm_name(service, &c.name));
         let counts = running.len() == n
             && all.len() == n
             && r.desired as usize == n

@@ -11,6 +11,7 @@ use crate::controller::error::{error_backoff, error_policy, ReconcileError};
 use crate::controller::watch::Change;
 use crate::controller::Controller;
 use crate::lb::{LoadBalancer, MemberCounts};
+use crate::model::backend::Holds;
 use crate::model::replica::{template_hash, template_hash_with_image, Replica};
 use crate::reconcile::image::PullState;
 use crate::reconcile::Memory;
@@ -47,9 +48,17 @@ pub(crate) struct Entry {
     pub autoscaler: Option<Autoscaler>,
     /// The autoscaler's last decision reason, to log repeats at debug level.
     pub last_reason: Option<Reason>,
+    /// Scale to zero: HAProxy's held-request counters as last read, for the deltas.
+    pub holds_seen: Option<Holds>,
     /// Backends the service left (its `loadBalancer.backend` changed, or the section was
     /// removed): the servers dockscale filled there leave rotation.
     pub left_backends: Vec<String>,
+    /// Its last rollouts (loaded at start, saved as they change).
+    pub history: crate::reconcile::history::History,
+    /// The canary step as last judged, while the canary (or its abort) is the spec's.
+    pub last_analysis: Option<crate::reconcile::history::StepRecord>,
+    /// Why the spec's template was aborted, while it is held back.
+    pub abort_message: Option<String>,
 }
 
 impl Entry {
@@ -67,8 +76,45 @@ impl Entry {
             create_error: None,
             autoscaler: None,
             last_reason: None,
+            holds_seen: None,
             left_backends: Vec::new(),
+            history: Default::default(),
+            last_analysis: None,
+            abort_message: None,
         }
+    }
+
+    /// After a pass: every replica ready on the current template (and none of another)
+    /// makes it the one an aborted rollout will go back to. Returns whether that changed
+    /// (the history is saved then).
+    pub fn settled(&mut self, plan: &crate::reconcile::Plan) -> bool {
+        let c = plan.counts;
+        let settled = plan.aborted.is_none()
+            && c.ready_updated > 0
+            && c.ready_updated == c.desired
+            && c.current == c.updated
+            && c.pending == 0;
+        let stable = &mut self.history.stable;
+        let same = stable.as_ref().is_some_and(|s| {
+            s.template_hash == self.template_hash && s.template == self.spec.spec.template
+        });
+        if !settled || same {
+            return false;
+        }
+        *stable = Some(crate::reconcile::history::Stable {
+            template_hash: self.template_hash.clone(),
+            template: self.spec.spec.template.clone(),
+        });
+        true
+    }
+
+    /// The template an aborted rollout goes back to, when known and not the current.
+    pub fn previous_template(&self) -> Option<&str> {
+        self.history
+            .stable
+            .as_ref()
+            .map(|s| s.template_hash.as_str())
+            .filter(|hash| *hash != self.template_hash)
     }
 
     /// The replica count to reach: 0 while deleting, else the autoscaler's or the spec's.
@@ -79,6 +125,14 @@ impl Entry {
             a.desired()
         } else {
             self.spec.spec.replicas
+        }
+    }
+
+    /// The warm pool's size to keep: the spec's, 0 while deleting.
+    pub fn warm_size(&self) -> u32 {
+        match (&self.spec.spec.autoscale, self.deleting) {
+            (Some(a), false) => a.warm_pool.as_ref().map_or(0, |p| p.size),
+            _ => 0,
         }
     }
 
@@ -119,7 +173,7 @@ impl Entry {
         let name = self.spec.name();
         let newest = listed
             .iter()
-            .filter(|r| r.service == name)
+            .filter(|r| r.service == name && !r.is_warm())
             .max_by_key(|r| r.created_at_ns);
         if let Some(r) = newest {
             self.template_hash = r.template_hash.clone();
@@ -250,7 +304,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         let now = self.settings.clock.wall();
         let Some(entry) = self.services.get_mut(&name) else {
             tracing::info!(service = %name, "new service");
-            self.services.insert(name.clone(), Entry::new(service));
+            let mut entry = Entry::new(service);
+            if let Some(dir) = &self.settings.history_dir {
+                entry.load_history(dir);
+            }
+            self.services.insert(name.clone(), entry);
             self.status.update(|s| {
                 s.services
                     .insert(name.clone(), ServiceStatus::new(&name, now));

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::lb::haproxy::config::{pool_for, slots_needed, SLOT_PREFIX};
 use crate::lb::{LbError, LbErrorKind, LoadBalancer, MemberCounts};
 use crate::model::backend::ServerCounters;
-use crate::model::backend::{Admin, Backend, BackendLoad, PoolGrown, Slot};
+use crate::model::backend::{Admin, Backend, BackendLoad, Holds, PoolGrown, Slot};
 use crate::runtime::fake::{Call, FakeRuntime, Journal};
 use crate::spec::{ScaledService, ServerOptions};
 
@@ -160,6 +160,8 @@ struct Haproxy {
     reachable: bool,
     refuse: u32,
     load: BTreeMap<String, BackendLoad>,
+    /// Requests held per backend (scale to zero), as a test scripts them.
+    holds: BTreeMap<String, Holds>,
     /// Health a test set for an address, over what the runtime says.
     health: BTreeMap<SocketAddrV4, bool>,
     configures: usize,
@@ -229,6 +231,7 @@ impl FakeBalancer {
                 reachable: true,
                 refuse: 0,
                 load: BTreeMap::new(),
+                holds: BTreeMap::new(),
                 health: BTreeMap::new(),
                 configures: 0,
                 reloads: 0,
@@ -358,6 +361,11 @@ impl FakeBalancer {
             Some(up) => h.health.insert(addr, up),
             None => h.health.remove(&addr),
         };
+    }
+
+    /// What `holds` reports for the backend from now on.
+    pub fn set_holds(&self, backend: &str, holds: Holds) {
+        self.haproxy().holds.insert(backend.to_owned(), holds);
     }
 
     /// What `load` reports for the backend from now on.
@@ -724,6 +732,14 @@ impl LoadBalancer for FakeBalancer {
             scur: slots.iter().map(|s| f64::from(s.sessions)).sum(),
             ..BackendLoad::default()
         }))
+    }
+
+    async fn holds(&self) -> Result<BTreeMap<String, Holds>, LbError> {
+        let h = self.haproxy();
+        if !h.reachable {
+            return Err(unreachable());
+        }
+        Ok(h.holds.clone())
     }
 
     async fn healthy(&self) -> Option<bool> {

@@ -13,7 +13,7 @@ pub mod haproxy;
 use std::future::Future;
 use std::net::SocketAddrV4;
 
-use crate::model::backend::{Backend, BackendLoad, PoolGrown};
+use crate::model::backend::{Backend, BackendLoad, Holds, PoolGrown};
 use crate::spec::frontend::Frontend;
 use crate::spec::{ScaledService, ServerOptions};
 
@@ -162,6 +162,16 @@ pub trait LoadBalancer: Send + Sync + 'static {
 
     /// The backend's current load, for the autoscaler.
     fn load(&self, backend: &str) -> impl Future<Output = Result<BackendLoad, LbError>> + Send;
+
+    /// Scale to zero: the requests held per backend while it has no usable server,
+    /// by backend name. Empty where nothing holds requests (no scale-to-zero service,
+    /// or a load balancer that cannot).
+    fn holds(
+        &self,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, Holds>, LbError>> + Send
+    {
+        async { Ok(std::collections::BTreeMap::new()) }
+    }
 
     /// Whether the load balancer answers (for `/readyz`). `None` when none is in use.
     fn healthy(&self) -> impl Future<Output = Option<bool>> + Send;

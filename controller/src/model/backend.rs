@@ -80,6 +80,27 @@ pub struct BackendLoad {
     /// Sessions per second over the last second (HAProxy's `rate`). In HTTP mode every
     /// request is a stream of its own on the backend, so this is the request rate.
     pub rate: f64,
+    /// Requests the backend received since HAProxy started (`req_tot`, or `stot` for
+    /// a TCP backend), held ones included: any change is a request, however short it
+    /// was and whether or not a sample saw it in flight (what scale to zero reads).
+    pub requests: u64,
+}
+
+/// Requests HAProxy holds for one backend while no server is usable (scale to zero),
+/// as its Lua action counts them. Counters are cumulative since HAProxy's start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Holds {
+    /// Held right now.
+    pub waiting: u32,
+    /// Held since HAProxy started.
+    pub held: u64,
+    /// Released to a server that became usable.
+    pub released: u64,
+    /// Answered 503 (with `Retry-After`) after the activation timeout.
+    pub timed_out: u64,
+    /// How long each request released since the last reading was held, in seconds
+    /// (the reading empties the list on HAProxy's side).
+    pub hold_seconds: Vec<f64>,
 }
 
 /// A backend whose slot pool was too small for the replicas its service may run at

@@ -1,7 +1,10 @@
 //! What a replica is as observed: a container dockscale owns, identified by labels.
 //!
 //! This module owns the ownership contract of DESIGN.md (the `dockscale.*` labels and
-//! the `<service>-<5 random [a-z0-9]>` names) and the template hash. It holds plain data
+//! the `<service>-<5 random [a-z0-9]>` names), the names of the warm pool's containers
+//! (`<service>-warm-<5 random [a-z0-9]>`, labelled as replicas are: labels cannot
+//! change, so the name alone tells a warm container from a replica) and the template
+//! hash. It holds plain data
 //! read from Docker; it never calls Docker itself.
 
 use std::collections::BTreeMap;
@@ -163,6 +166,12 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// A container of the service's warm pool (named `<service>-warm-<5>`), not a
+    /// replica: never counted, never in rotation, until it is taken and renamed.
+    pub fn is_warm(&self) -> bool {
+        is_warm_name(&self.service, &self.name)
+    }
+
     /// Whether its health check, if it has one, lets it take traffic: only a healthy
     /// verdict does.
     pub fn health_allows_traffic(&self) -> bool {
@@ -236,11 +245,41 @@ pub fn template_hash_with_image(spec: &ServiceSpec, image_id: &str) -> String {
 
 /// A fresh replica name, `<service>-<5 random [a-z0-9]>`, as Kubernetes names pods.
 pub fn replica_name(service: &str, rng: &mut impl rand::Rng) -> String {
+    format!("{service}-{}", suffix(rng))
+}
+
+/// A fresh warm container name, `<service>-warm-<5 random [a-z0-9]>`.
+pub fn warm_name(service: &str, rng: &mut impl rand::Rng) -> String {
+    format!("{service}-warm-{}", suffix(rng))
+}
+
+/// The replica name a warm container takes when it is taken: `<service>-warm-abc12`
+/// becomes `<service>-abc12`. `None` for a name that is not a warm one of `service`.
+pub fn taken_name(service: &str, warm: &str) -> Option<String> {
+    let suffix = warm_suffix(service, warm)?;
+    Some(format!("{service}-{suffix}"))
+}
+
+/// Whether `name` is a warm container's name of `service`. A service named `web-warm`
+/// has replicas named `web-warm-<5>`, labelled `web-warm`: not `web`'s warm ones.
+pub fn is_warm_name(service: &str, name: &str) -> bool {
+    warm_suffix(service, name).is_some()
+}
+
+fn warm_suffix<'a>(service: &str, name: &'a str) -> Option<&'a str> {
+    let suffix = name.strip_prefix(service)?.strip_prefix("-warm-")?;
+    let ours = suffix.len() == 5
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    ours.then_some(suffix)
+}
+
+fn suffix(rng: &mut impl rand::Rng) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let suffix: String = (0..5)
+    (0..5)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("{service}-{suffix}")
+        .collect()
 }
 
 #[cfg(test)]
@@ -258,6 +297,22 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         }
+    }
+
+    #[test]
+    fn a_warm_name_is_told_from_a_replica_name_and_taken_as_one() {
+        let mut rng = rand::rng();
+        let warm = warm_name("web", &mut rng);
+        assert!(is_warm_name("web", &warm), "{warm}");
+        let taken = taken_name("web", &warm).expect("a warm name");
+        assert_eq!(taken.len(), "web-".len() + 5);
+        assert!(!is_warm_name("web", &taken));
+        assert_eq!(taken_name("web", &taken), None);
+        // A service called `web-warm` has replicas, not `web`'s warm containers.
+        assert!(!is_warm_name("web-warm", "web-warm-ab12c"));
+        assert!(is_warm_name("web", "web-warm-ab12c"));
+        assert!(!is_warm_name("web", "web-warm-AB12C"));
+        assert!(!is_warm_name("web", "web-warm-ab12cd"));
     }
 
     fn spec(template: &str) -> ServiceSpec {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::rotation::Live;
-use super::{Input, Memory, Note, Plan};
+use super::{control, Input, Memory, Note, Plan};
 
 pub use crate::model::backend::ServerCounters;
 use crate::spec::{Analysis, CanaryStep};
@@ -69,6 +69,49 @@ pub enum Verdict {
     Promote,
     /// The new replicas did worse: back to the old ones at once.
     Abort(Failure),
+}
+
+impl Verdict {
+    /// A short, bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Hold { .. } => "hold",
+            Verdict::Advance { .. } => "advance",
+            Verdict::Promote => "promote",
+            Verdict::Abort(_) => "abort",
+        }
+    }
+}
+
+/// A step's figures as one pass judged them, and its verdict: what the metrics show
+/// of a canary, so that they say what the decision was made from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysed {
+    /// The step judged (an index into `rollout.steps`; a guarded rolling update's
+    /// batch).
+    pub step: usize,
+    /// The new template's share of the traffic in the step, in percent (a guarded
+    /// rolling update's: of the requests answered).
+    pub weight: u8,
+    /// The old template's servers since the step's share was reached.
+    pub old: Figures,
+    /// The new template's servers over the same time.
+    pub new: Figures,
+    /// Since the step's share was reached.
+    pub elapsed: Duration,
+    pub verdict: Verdict,
+}
+
+impl Analysed {
+    /// Requests per second of `figures` over the step so far (0 at its first instant).
+    pub fn rate(&self, figures: &Figures) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            figures.requests as f64 / secs
+        } else {
+            0.0
+        }
+    }
 }
 
 /// The figures a failed analysis found, in words for the event and the condition.
@@ -136,6 +179,9 @@ pub fn judge(
     }
 }
 
+/// The resolution of HAProxy's `rtime`, in milliseconds.
+const RTIME_RESOLUTION_MS: f64 = 1.0;
+
 /// The first threshold the new replicas break, compared with the old ones.
 pub fn failed(analysis: &Analysis, old: &Figures, new: &Figures) -> Option<Failure> {
     if new.check_failures > old.check_failures {
@@ -160,9 +206,15 @@ pub fn failed(analysis: &Analysis, old: &Figures, new: &Figures) -> Option<Failu
             ),
         });
     }
-    if old.requests > 0 && old.mean_rtime_ms > 0.0 {
-        let ratio = new.mean_rtime_ms / old.mean_rtime_ms;
-        if ratio > analysis.max_response_time_ratio {
+    if old.requests > 0 {
+        // HAProxy's `rtime` is a whole number of milliseconds: a service answering in
+        // well under one shows 0 or 1 from one server to the next. Below that
+        // resolution a ratio means nothing (1 ms against 0.4 ms is not "2.5x slower"),
+        // so the old mean counts as at least 1 ms and the new one must be more than
+        // 1 ms slower as well as `maxResponseTimeRatio` times slower.
+        let ratio = new.mean_rtime_ms / old.mean_rtime_ms.max(RTIME_RESOLUTION_MS);
+        let slower = new.mean_rtime_ms - old.mean_rtime_ms > RTIME_RESOLUTION_MS;
+        if slower && ratio > analysis.max_response_time_ratio {
             return Some(Failure {
                 message: format!(
                     "new mean response time {:.0}ms vs old {:.0}ms ({ratio:.1}x, at most {}x) \
@@ -189,6 +241,34 @@ pub struct CanaryProgress {
     pub since: Option<(Instant, BTreeMap<String, ServerCounters>)>,
     /// All steps passed: the rest is a rolling update.
     pub promoted: bool,
+    /// Paused by command (`dockscale rollout pause`) since then: the step holds (its
+    /// analysis goes on, and may still abort) until resumed.
+    pub paused_since: Option<Instant>,
+    /// Aborted by command (`dockscale rollout abort`): the next pass aborts it, as a
+    /// failed analysis would.
+    pub abort_requested: bool,
+    /// A guarded rolling update ([`super::guard`]): the new replicas whose batch passed
+    /// its watch (0 for a canary).
+    pub passed: u32,
+    /// A guarded rolling update: the new replicas ready when the batch under watch
+    /// began (they pass together).
+    pub watching: u32,
+}
+
+impl CanaryProgress {
+    /// The first step of the rollout to `hash`, not begun.
+    pub fn new(hash: &str) -> Self {
+        CanaryProgress {
+            template_hash: hash.to_owned(),
+            step: 0,
+            since: None,
+            promoted: false,
+            paused_since: None,
+            abort_requested: false,
+            passed: 0,
+            watching: 0,
+        }
+    }
 }
 
 /// What the canary asks of this pass: how many new replicas, and the weights.
@@ -224,10 +304,8 @@ pub fn step(input: &Input<'_>, memory: &Memory, lives: &[Live], plan: &mut Plan)
     let mut progress = match &memory.canary {
         Some(c) if c.template_hash == hash => c.clone(),
         _ => CanaryProgress {
-            template_hash: hash.to_owned(),
-            step: 0,
-            since: None,
             promoted: rollout.steps.is_empty(),
+            ..CanaryProgress::new(hash)
         },
     };
     if progress.promoted {
@@ -246,6 +324,15 @@ pub fn step(input: &Input<'_>, memory: &Memory, lives: &[Live], plan: &mut Plan)
         weights: weights(weight, ready_old.max(1), ready_new.max(1), base),
     };
     let counters = input.backend.map(|b| &b.counters);
+    if progress.abort_requested && progress.since.is_none() {
+        // Asked before the step's share was reached: nothing judged yet to show.
+        return Some(abort(
+            hash,
+            base,
+            control::ABORTED_BY_COMMAND.to_owned(),
+            plan,
+        ));
+    }
     match (&progress.since, counters) {
         (None, Some(now_counters)) if ready_new >= new_target => {
             progress.since = Some((input.now.instant, now_counters.clone()));
@@ -257,27 +344,31 @@ pub fn step(input: &Input<'_>, memory: &Memory, lives: &[Live], plan: &mut Plan)
             plan.requeue(analysis.interval.get());
         }
         (Some((since, start)), Some(now_counters)) => {
-            let figures = |updated: bool| {
-                Figures::of(
-                    lives
-                        .iter()
-                        .filter(|l| l.updated == updated)
-                        .filter_map(|l| {
-                            let slot = l.serving.slot()?;
-                            let now = *now_counters.get(&slot.name)?;
-                            Some(now.since(start.get(&slot.name).copied().unwrap_or_default()))
-                        }),
-                )
+            let (old, new) = versions_since(lives, start, now_counters);
+            let verdict = if progress.abort_requested {
+                Verdict::Abort(Failure {
+                    message: control::ABORTED_BY_COMMAND.to_owned(),
+                })
+            } else {
+                let verdict = judge(
+                    &rollout.steps,
+                    progress.step,
+                    &analysis,
+                    *since,
+                    input.now.instant,
+                    &old,
+                    &new,
+                );
+                hold_while_paused(verdict, progress.paused_since.is_some(), &analysis)
             };
-            let verdict = judge(
-                &rollout.steps,
-                progress.step,
-                &analysis,
-                *since,
-                input.now.instant,
-                &figures(false),
-                &figures(true),
-            );
+            plan.canary_analysis = Some(Analysed {
+                step: progress.step,
+                weight,
+                old,
+                new,
+                elapsed: input.now.instant.saturating_duration_since(*since),
+                verdict: verdict.clone(),
+            });
             match verdict {
                 Verdict::Hold { recheck_in } => plan.requeue(recheck_in),
                 Verdict::Advance { next } => {
@@ -290,24 +381,62 @@ pub fn step(input: &Input<'_>, memory: &Memory, lives: &[Live], plan: &mut Plan)
                     plan.canary = Some(progress);
                     return None;
                 }
-                Verdict::Abort(failure) => {
-                    plan.notes.push(Note::RolloutAborted {
-                        template_hash: hash.to_owned(),
-                        message: failure.message,
-                    });
-                    plan.aborted = Some(hash.to_owned());
-                    plan.canary = None;
-                    return Some(Shape {
-                        new_target: 0,
-                        weights: (base, base),
-                    });
-                }
+                Verdict::Abort(failure) => return Some(abort(hash, base, failure.message, plan)),
             }
         }
         _ => plan.requeue(super::ACTIVE_REQUEUE),
     }
     plan.canary = Some(progress);
     Some(shape)
+}
+
+/// The old and the new template's figures from the counters at `start` to
+/// `now_counters`: the deltas of the servers each version's live replicas hold.
+pub fn versions_since(
+    lives: &[Live],
+    start: &BTreeMap<String, ServerCounters>,
+    now_counters: &BTreeMap<String, ServerCounters>,
+) -> (Figures, Figures) {
+    let figures = |updated: bool| {
+        Figures::of(
+            lives
+                .iter()
+                .filter(|l| l.updated == updated)
+                .filter_map(|l| {
+                    let slot = l.serving.slot()?;
+                    let now = *now_counters.get(&slot.name)?;
+                    Some(now.since(start.get(&slot.name).copied().unwrap_or_default()))
+                }),
+        )
+    };
+    (figures(false), figures(true))
+}
+
+/// A paused canary holds its step: the end of its pause (an advance, a promotion) waits
+/// for the resume, while an abort still aborts and the figures are still looked at.
+fn hold_while_paused(verdict: Verdict, paused: bool, analysis: &Analysis) -> Verdict {
+    match verdict {
+        Verdict::Advance { .. } | Verdict::Promote if paused => Verdict::Hold {
+            recheck_in: analysis.interval.get(),
+        },
+        v => v,
+    }
+}
+
+/// The canary of `hash` aborted (its analysis failed, or a command asked): no new
+/// replicas, the old ones at full weight, the template held back until the spec
+/// changes or the abort is retried.
+fn abort(hash: &str, base: u16, message: String, plan: &mut Plan) -> Shape {
+    plan.notes.push(Note::RolloutAborted {
+        template_hash: hash.to_owned(),
+        message,
+    });
+    plan.aborted = Some(hash.to_owned());
+    plan.canary = None;
+    Shape {
+        new_target: 0,
+        weights: (base, base),
+    }
 }
 
 /// `1204` as `1,204`.
@@ -458,6 +587,29 @@ mod tests {
             ..Figures::default()
         };
         assert!(failed(&a, &Figures::default(), &checks).is_some());
+    }
+
+    // Regression: on a real HAProxy, a good canary of a service answering in under a
+    // millisecond was aborted for "new mean response time 1ms vs old 0ms (2.0x)":
+    // whole-millisecond `rtime`s of 0 and 1 across the servers made a ratio of noise.
+    #[test]
+    fn response_times_within_haproxys_millisecond_are_not_a_slowdown() {
+        let a = Analysis::default();
+        let old = figures(4000, 0, 0.4);
+        assert_eq!(failed(&a, &old, &figures(800, 0, 1.0)), None);
+        assert_eq!(
+            failed(&a, &figures(4000, 0, 1.0), &figures(800, 0, 2.0)),
+            None
+        );
+        let slow = failed(&a, &figures(4000, 0, 0.0), &figures(200, 0, 43.0));
+        assert_eq!(
+            slow.map(|f| f.message),
+            Some(
+                "new mean response time 43ms vs old 0ms (43.0x, at most 1.5x) over 200 requests"
+                    .to_owned()
+            ),
+            "old replicas at 0 ms still catch a slow canary"
+        );
     }
 
     #[test]

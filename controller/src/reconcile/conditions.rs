@@ -132,6 +132,18 @@ fn scaling(plan: &Plan, ctx: &Context<'_>, update: &mut Update) {
                     ctx.template_hash
                 ),
             )),
+            Note::GuardBatch {
+                batch,
+                new_ready,
+                desired,
+            } => update.events.push(NewEvent::normal(
+                "RolloutBatch",
+                format!(
+                    "Rolling update batch {batch}: {new_ready} of {desired} replica(s) on \
+                     template {}, watched by the analysis before the old ones go",
+                    ctx.template_hash
+                ),
+            )),
             Note::RolloutAborted {
                 template_hash,
                 message,
@@ -218,8 +230,9 @@ fn progressing(plan: &Plan, ctx: &Context<'_>, previous: &ServiceStatus, update:
             false,
             "RolloutAborted",
             format!(
-                "the canary analysis of template {hash} failed: the old replicas serve; it \
-                 is not retried until the spec changes"
+                "the canary of template {hash} was aborted (see the RolloutAborted event): \
+                 the old replicas serve; it is not retried until the spec changes or \
+                 `dockscale rollout retry`"
             ),
         )
     } else if stalled {

@@ -22,7 +22,9 @@
 //!    replicas that are gone.
 //! 3. [`retire::finish_drains`]: the replicas being drained go on to removal.
 //! 4. counts, 5. the rollout and its deadline ([`rollout`]), 6. the creates (with the
-//!    crash-loop lines), 7. [`retire::victims`]: what to remove (scale-down, rollout),
+//!    crash-loop lines), then [`warm_pool::step`]: takes of paused warm containers in
+//!    place of those creates, and the pool's own upkeep (warm containers come in
+//!    [`Input::warm`], apart from the replicas, and no other step sees them), 7. [`retire::victims`]: what to remove (scale-down, rollout),
 //!    each through [`retire::retire`], 8. [`rotation::bring_in`]: the rest into rotation,
 //!    and the service's members after them.
 //!
@@ -35,7 +37,10 @@
 pub mod canary;
 pub mod classify;
 pub mod conditions;
+pub mod control;
 pub mod crash_loop;
+pub mod guard;
+pub mod history;
 pub mod image;
 pub mod phase;
 pub mod retire;
@@ -44,6 +49,7 @@ pub mod rotation;
 pub mod swarm;
 #[cfg(test)]
 mod tests;
+pub mod warm_pool;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
@@ -92,8 +98,13 @@ pub struct Input<'a> {
     /// The replica count to reach (the spec's, or the autoscaler's).
     pub desired: u32,
     pub template_hash: &'a str,
-    /// This service's containers, as listed.
+    /// This service's replicas, as listed (its warm containers are not among them).
     pub replicas: Vec<&'a Replica>,
+    /// This service's warm containers, as listed ([`Replica::is_warm`]).
+    pub warm: Vec<&'a Replica>,
+    /// The warm pool's size to keep (0 without `autoscale.warmPool`, or while the
+    /// service is deleted).
+    pub warm_size: u32,
     /// The hand-started containers that join this service's backend, as listed.
     pub members: Vec<&'a Member>,
     /// Whether the template's image exists locally (observed when creates may be
@@ -112,6 +123,9 @@ pub struct Input<'a> {
     pub limits: Limits,
     /// The crash-loop policy the exits are judged by.
     pub backoff: &'a BackoffPolicy,
+    /// The template an aborted rollout goes back to (the last one every replica ran),
+    /// when it is known and not the current one.
+    pub previous: Option<&'a str>,
 }
 
 /// Why a replica is removed.
@@ -156,6 +170,9 @@ pub enum Action {
     /// Create and start one replica of the current template, on a line that carries
     /// `restarts` crashes in a row (0: a fresh line).
     Create { restarts: u32 },
+    /// Create and start one replica of the previous template ([`Input::previous`]): an
+    /// aborted rollout gives back the old replicas it had retired.
+    Restore { restarts: u32 },
     /// Stop (with the grace period) and remove a container.
     Remove {
         id: ContainerId,
@@ -191,6 +208,25 @@ pub enum Action {
     /// (maintenance, weight 0): it is enabled again once the replica runs, passes its
     /// health check and answers.
     Suspend { id: ContainerId, slot: String },
+    /// Take a paused warm container of the current template in place of a Create:
+    /// unpause it and rename it from `warm` to `replica`, on a line that carries
+    /// `restarts` crashes in a row. It is then a replica like a created one.
+    Take {
+        id: ContainerId,
+        warm: String,
+        replica: String,
+        restarts: u32,
+    },
+    /// Create and start a warm container of the current template.
+    CreateWarm,
+    /// Pause a warm container whose port answered.
+    Pause { id: ContainerId, name: String },
+    /// Stop and remove a warm container.
+    RemoveWarm {
+        id: ContainerId,
+        name: String,
+        reason: warm_pool::WarmRemoval,
+    },
 }
 
 impl Action {
@@ -201,14 +237,19 @@ impl Action {
             | Action::AssignSlot { id, .. }
             | Action::Enable { id, .. }
             | Action::Drain { id, .. }
-            | Action::Suspend { id, .. } => Some(id),
+            | Action::Suspend { id, .. }
+            | Action::Take { id, .. }
+            | Action::Pause { id, .. }
+            | Action::RemoveWarm { id, .. } => Some(id),
             Action::EnsureNetwork
             | Action::Pull { .. }
             | Action::Create { .. }
+            | Action::Restore { .. }
             | Action::Release { .. }
             | Action::Cut { .. }
             | Action::Reconfigure { .. }
-            | Action::Weigh { .. } => None,
+            | Action::Weigh { .. }
+            | Action::CreateWarm => None,
         }
     }
 }
@@ -255,6 +296,13 @@ pub enum Note {
         step: usize,
         weight: u8,
         new_replicas: u32,
+    },
+    /// A batch of a guarded rolling update is ready: its watch starts.
+    GuardBatch {
+        batch: usize,
+        /// New replicas ready, with the batches before it.
+        new_ready: u32,
+        desired: u32,
     },
     /// The canary analysis failed: the new template is drained and removed.
     RolloutAborted {
@@ -317,6 +365,8 @@ pub struct Plan {
     pub canary: Option<canary::CanaryProgress>,
     /// The template whose canary was aborted, while it is still the spec's.
     pub aborted: Option<String>,
+    /// The canary step's figures and verdict, when this pass judged one.
+    pub canary_analysis: Option<canary::Analysed>,
     /// Replicas in memory whose containers are gone: forgotten.
     pub forget: Vec<String>,
     /// The replicas Docker reports unhealthy, and since when (what memory keeps).
@@ -325,6 +375,8 @@ pub struct Plan {
     pub replicas: Vec<ReplicaView>,
     /// Every member and where it stands, for status (never counted as replicas).
     pub members: Vec<MemberView>,
+    /// The warm pool, for status (never counted as replicas).
+    pub warm: warm_pool::PoolCounts,
 }
 
 /// One live replica as status shows it.
@@ -430,7 +482,17 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         now.instant,
     );
     let shape = canary::step(input, memory, &lives, &mut plan);
+    let gate = match shape {
+        None => guard::step(input, memory, &lives, &mut plan),
+        Some(_) => None,
+    };
+    let aborted = plan.aborted.is_some();
+    let paused = plan
+        .canary
+        .as_ref()
+        .is_some_and(|c| c.paused_since.is_some());
     let stalled = shape.is_none()
+        && !paused
         && rollout.as_ref().is_some_and(|r| {
             !r.complete
                 && now.instant.saturating_duration_since(r.last_progress)
@@ -471,49 +533,51 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         + draining
         + sorted.removing
         + stopping_now;
-    let creates = if let Some(shape) = shape {
-        shape.new_target.saturating_sub(new_total)
+    let max_total = desired.saturating_add(spec.rollout.max_surge);
+    let (creates, restores) = if aborted {
+        // Back to the previous template: its replicas up to `desired`, within the
+        // surge (the new ones go as these serve).
+        let old_total = live_old
+            + (sorted.pending as u32).saturating_sub(sorted.pending_new)
+            + sorted.awaiting_old;
+        let restores = match input.previous {
+            Some(_) => desired
+                .saturating_sub(old_total)
+                .min(max_total.saturating_sub(total)),
+            None => 0,
+        };
+        (0, restores)
+    } else if let Some(shape) = shape {
+        (shape.new_target.saturating_sub(new_total), 0)
     } else if live_old > 0 {
-        let max_total = desired.saturating_add(spec.rollout.max_surge);
         let room = max_total.saturating_sub(total);
-        room.min(desired.saturating_sub(new_total))
+        (room.min(desired.saturating_sub(new_total)), 0)
     } else {
-        desired.saturating_sub(new_total)
+        (desired.saturating_sub(new_total), 0)
     };
     plan.vacant = sorted.vacant;
-    let held = memory.creates_held_until.filter(|at| *at > now.instant);
-    let image = image_step(input, creates, &mut plan);
-    if creates > 0 && image.holds_creates() {
-        // Nothing to create before the image is there: the notes say why.
-    } else if let (true, Some(until)) = (creates > 0, held) {
-        // The last create failed for a reason every create would share.
-        plan.requeue(until - now.instant);
-    } else if !stalled {
-        // Creates beyond the bound wait for one in flight to finish, which wakes the
-        // pass. A line backing off holds its own place only.
-        let room = input.limits.max_parallel.saturating_sub(sorted.in_flight) as u32;
-        let assignment = crash_loop::assign(
-            &plan.vacant,
-            creates,
-            room,
-            input.template_hash,
-            now.instant,
-        );
-        let held: Vec<Vacancy> = assignment.held(now.instant).cloned().collect();
-        if let Some(first) = held.first() {
-            plan.requeue(first.not_before - now.instant);
-            plan.notes.push(Note::CrashLoopBackOff { held });
-        }
-        for restarts in assignment.creates {
-            plan.actions.push(Action::Create { restarts });
-        }
-        plan.vacant = assignment.vacant;
-    }
+    let wanted = Wanted {
+        creates,
+        restores,
+        aborted,
+    };
+    issue_creates(input, memory, sorted.in_flight, wanted, stalled, &mut plan);
+
+    // The warm pool: takes in place of these creates, and its own upkeep.
+    warm_pool::step(input, memory, &mut plan);
 
     // 7. What to remove.
-    let mut victims = match shape {
-        Some(shape) => retire::canary_victims(&lives, shape.new_target),
-        None => retire::victims(input, &lives, live_old, ready_new + ready_old),
+    let ready = ready_new + ready_old;
+    let mut victims = match (aborted, shape) {
+        // The new replicas go as the old ones serve; without the previous template to
+        // restore, as many new ones stay as hold the count.
+        (true, _) if input.previous.is_some() => retire::rollback_victims(input, &lives, ready),
+        (true, _) => retire::canary_victims(&lives, desired.saturating_sub(live_old)),
+        (false, Some(shape)) => retire::canary_victims(&lives, shape.new_target),
+        (false, None) => {
+            let old_floor = gate.map_or(0, |g| g.old_floor);
+            retire::victims(input, &lives, ready, live_old.saturating_sub(old_floor))
+        }
     };
     for i in retire::unhealthy(input, memory, &lives, &mut plan) {
         if !victims.iter().any(|(v, _)| *v == i) {
@@ -550,6 +614,65 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         &mut plan,
     );
     plan
+}
+
+/// The creates a pass wants: of the current template, or (once its rollout was
+/// aborted) restores of the previous one.
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    creates: u32,
+    restores: u32,
+    aborted: bool,
+}
+
+/// Step 6: the creates, unless the image holds them, a shared failure holds them, or
+/// the rollout stalled; each on its crash-loop line, within the parallelism bound
+/// (`in_flight` creates are running). Lines backing off are noted and looked at again
+/// when due.
+fn issue_creates(
+    input: &Input<'_>,
+    memory: &Memory,
+    in_flight: usize,
+    wanted: Wanted,
+    stalled: bool,
+    plan: &mut Plan,
+) {
+    let now = input.now;
+    let Wanted {
+        creates,
+        restores,
+        aborted,
+    } = wanted;
+    let held = memory.creates_held_until.filter(|at| *at > now.instant);
+    let image = image_step(input, creates, plan);
+    if creates > 0 && image.holds_creates() {
+        // Nothing to create before the image is there: the notes say why.
+    } else if let (true, Some(until)) = (creates > 0, held) {
+        // The last create failed for a reason every create would share.
+        plan.requeue(until - now.instant);
+    } else if !stalled {
+        // Creates beyond the bound wait for one in flight to finish, which wakes the
+        // pass. A line backing off holds its own place only.
+        let room = input.limits.max_parallel.saturating_sub(in_flight) as u32;
+        let (count, hash) = match input.previous {
+            Some(previous) if aborted => (restores, previous),
+            _ => (creates, input.template_hash),
+        };
+        let assignment = crash_loop::assign(&plan.vacant, count, room, hash, now.instant);
+        let held: Vec<Vacancy> = assignment.held(now.instant).cloned().collect();
+        if let Some(first) = held.first() {
+            plan.requeue(first.not_before - now.instant);
+            plan.notes.push(Note::CrashLoopBackOff { held });
+        }
+        for restarts in assignment.creates {
+            plan.actions.push(if aborted {
+                Action::Restore { restarts }
+            } else {
+                Action::Create { restarts }
+            });
+        }
+        plan.vacant = assignment.vacant;
+    }
 }
 
 /// The image's step (see [`image::step`]): a pull to start, or why creates wait.

@@ -94,6 +94,8 @@ pub struct Memory {
     pub unhealthy_since: BTreeMap<String, Instant>,
     /// Members reported on the wrong network (once per container).
     pub misplaced_members: BTreeSet<ContainerId>,
+    /// The warm pool's work in flight.
+    pub warm: super::warm_pool::PoolMemory,
 }
 
 impl Memory {
@@ -211,10 +213,15 @@ impl Memory {
             Action::EnsureNetwork
             | Action::Pull { .. }
             | Action::Create { .. }
+            | Action::Restore { .. }
             | Action::Release { .. }
             | Action::Cut { .. }
             | Action::Reconfigure { .. }
-            | Action::Weigh { .. } => return,
+            | Action::Weigh { .. }
+            | Action::Take { .. }
+            | Action::CreateWarm
+            | Action::Pause { .. }
+            | Action::RemoveWarm { .. } => return,
         };
         if let Some(name) = name {
             self.track(name, Some(phase));
@@ -262,11 +269,17 @@ impl Memory {
         now: Instant,
         policy: &BackoffPolicy,
     ) -> Option<Duration> {
-        let line = self.replicas.remove(name).map_or(0, |t| t.restarts);
+        let tracked = self.replicas.remove(name);
+        let line = tracked.as_ref().map_or(0, |t| t.restarts);
         if !crash {
             return None;
         }
-        let (delay, vacancy) = crash_loop::failed_create(name, line, template_hash, now, policy);
+        // The line is the template's the create was for (a restore's is the previous).
+        let template_hash = match tracked.map(|t| t.phase) {
+            Some(Phase::Creating { template_hash, .. }) => template_hash,
+            _ => template_hash.to_owned(),
+        };
+        let (delay, vacancy) = crash_loop::failed_create(name, line, &template_hash, now, policy);
         self.vacant.push(vacancy);
         Some(delay)
     }

@@ -108,16 +108,39 @@ pub fn finish_drains(
 /// rollout, the newest beyond the desired count (creates in flight are not counted: a
 /// replica that serves is never removed for one that may yet fail to start). In a
 /// rollout, old replicas as far as availability allows (ones that do not serve cost
-/// nothing; serving ones only while `desired - maxUnavailable` others serve), and new
-/// ones beyond the desired count.
+/// nothing; serving ones only while `desired - maxUnavailable` others serve), at most
+/// `max_old` of them (what a guarded rolling update lets go), and new ones beyond the
+/// desired count.
 pub fn victims(
     input: &Input<'_>,
     lives: &[Live],
-    live_old: u32,
+    ready: u32,
+    max_old: u32,
+) -> Vec<(usize, RemoveReason)> {
+    toward(input, lives, true, ready, max_old)
+}
+
+/// Step 7 once a rollout was aborted: the same ladder the other way round. The new
+/// replicas go as far as availability allows (the old ones restored take their place),
+/// and old ones beyond the desired count.
+pub fn rollback_victims(
+    input: &Input<'_>,
+    lives: &[Live],
     ready: u32,
 ) -> Vec<(usize, RemoveReason)> {
+    toward(input, lives, false, ready, u32::MAX)
+}
+
+/// The victims of a move to the replicas whose `updated` is `kept`: at most `max_leaving`
+/// of the others, as availability allows, and kept ones beyond the desired count.
+fn toward(
+    input: &Input<'_>,
+    lives: &[Live],
+    kept: bool,
+    ready: u32,
+    max_leaving: u32,
+) -> Vec<(usize, RemoveReason)> {
     let desired = input.desired;
-    let live_new = lives.len() as u32 - live_old;
     let order = |pick: &dyn Fn(&Live) -> bool| -> Vec<usize> {
         let mut idx: Vec<usize> = (0..lives.len()).filter(|&i| pick(&lives[i])).collect();
         // Not serving first, then newest first.
@@ -131,22 +154,24 @@ pub fn victims(
         idx
     };
     let mut victims = Vec::new();
-    if live_old > 0 {
-        let min_available = desired.saturating_sub(input.spec.rollout.max_unavailable);
-        let mut ready = ready;
-        for i in order(&|l| !l.updated) {
-            let serving = lives[i].serving.is_ready();
-            if serving && ready <= min_available {
-                break;
-            }
-            if serving {
-                ready -= 1;
-            }
-            victims.push((i, RemoveReason::Rollout));
+    let min_available = desired.saturating_sub(input.spec.rollout.max_unavailable);
+    let mut ready = ready;
+    for i in order(&|l| l.updated != kept)
+        .into_iter()
+        .take(max_leaving as usize)
+    {
+        let serving = lives[i].serving.is_ready();
+        if serving && ready <= min_available {
+            break;
         }
+        if serving {
+            ready -= 1;
+        }
+        victims.push((i, RemoveReason::Rollout));
     }
-    let excess = live_new.saturating_sub(desired) as usize;
-    for i in order(&|l| l.updated).into_iter().take(excess) {
+    let staying = lives.iter().filter(|l| l.updated == kept).count();
+    let excess = staying.saturating_sub(desired as usize);
+    for i in order(&|l| l.updated == kept).into_iter().take(excess) {
         victims.push((i, RemoveReason::ScaleDown));
     }
     victims

@@ -79,7 +79,14 @@ impl World {
             spec: &self.spec,
             desired: self.desired,
             template_hash: HASH,
-            replicas: self.replicas.iter().collect(),
+            replicas: self.replicas.iter().filter(|r| !r.is_warm()).collect(),
+            warm: self.replicas.iter().filter(|r| r.is_warm()).collect(),
+            warm_size: self
+                .spec
+                .autoscale
+                .as_ref()
+                .and_then(|a| a.warm_pool.as_ref())
+                .map_or(0, |p| p.size),
             members: self.members.iter().collect(),
             image_present: self.image_present,
             pull: &self.pull,
@@ -89,6 +96,7 @@ impl World {
             now: self.now(),
             limits: Limits { max_parallel: 8 },
             backoff: &self.policy,
+            previous: None,
         };
         plan(&input, &self.memory)
     }
@@ -1266,4 +1274,301 @@ fn probe_targets_include_members_not_in_rotation() {
         probe_targets(&spec, &refs, &member_refs, &backend),
         vec![(ContainerId("member09".into()), testing::addr(9))]
     );
+}
+
+/// The warm pool's step (`warm_pool.rs`), pass by pass.
+mod warm {
+    use super::*;
+    use crate::reconcile::warm_pool::{Busy, WarmRemoval};
+    use crate::testing::warm;
+
+    /// `w` autoscaled 1..4 with a pool of `size`, one replica serving.
+    fn pooled(size: u32) -> World {
+        let spec = testing::spec().lb().autoscale(1, 4).warm_pool(size).build();
+        let mut w =
+            World::new(spec).with_slots(vec![serving_slot(1, 1), free_slot(2), free_slot(3)]);
+        w.desired = 1;
+        w.replicas.push(replica(1, HASH));
+        w
+    }
+
+    fn count(p: &Plan, pick: impl Fn(&Action) -> bool) -> usize {
+        p.actions.iter().filter(|a| pick(a)).count()
+    }
+
+    fn warm_creates(p: &Plan) -> usize {
+        count(p, |a| matches!(a, Action::CreateWarm))
+    }
+
+    #[test]
+    fn an_empty_pool_is_filled_to_its_size() {
+        let p = pooled(2).plan();
+        assert_eq!(warm_creates(&p), 2, "{:?}", p.actions);
+        assert_eq!(creates(&p), 0);
+    }
+
+    #[test]
+    fn no_pool_no_warm_work() {
+        let mut w = pooled(2);
+        w.spec.autoscale.as_mut().expect("autoscale").warm_pool = None;
+        let p = w.plan();
+        assert_eq!(warm_creates(&p), 0);
+        assert_eq!(p.warm, Default::default());
+    }
+
+    #[test]
+    fn warm_creates_in_flight_count_toward_the_size() {
+        let mut w = pooled(2);
+        w.memory.warm.creating.insert("w-warm-aaaaa".into(), w.t0);
+        let p = w.plan();
+        assert_eq!(warm_creates(&p), 1);
+        assert_eq!(p.warm.warming, 1);
+    }
+
+    #[test]
+    fn a_warm_container_is_paused_once_its_port_answers_and_not_before() {
+        let mut w = pooled(1);
+        w.replicas.push(warm(5, HASH, ContainerState::Running));
+        let p = w.plan();
+        assert_eq!(count(&p, |a| matches!(a, Action::Pause { .. })), 0);
+        assert_eq!(p.requeue_after, Some(ACTIVE_REQUEUE), "its port is polled");
+        assert_eq!((p.warm.ready, p.warm.warming), (0, 1));
+        w.answering.insert(ContainerId("warm05".into()));
+        let p = w.plan();
+        assert_eq!(
+            count(
+                &p,
+                |a| matches!(a, Action::Pause { id, .. } if id.0 == "warm05")
+            ),
+            1
+        );
+        assert_eq!(warm_creates(&p), 0, "the pool is full");
+    }
+
+    #[test]
+    fn a_scale_up_takes_the_longest_warm_container_instead_of_creating_and_refills() {
+        let mut w = pooled(2);
+        w.replicas.push(warm(6, HASH, ContainerState::Paused));
+        w.replicas.push(warm(5, HASH, ContainerState::Paused));
+        w.desired = 2;
+        let p = w.plan();
+        assert_eq!(creates(&p), 0, "{:?}", p.actions);
+        let takes: Vec<&Action> = p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Take { .. }))
+            .collect();
+        assert_eq!(
+            takes,
+            [&Action::Take {
+                id: ContainerId("warm05".into()),
+                warm: "w-warm-00005".into(),
+                replica: "w-00005".into(),
+                restarts: 0,
+            }]
+        );
+        assert_eq!(warm_creates(&p), 1, "the one taken is replaced");
+        assert_eq!((p.warm.ready, p.warm.warming), (1, 0));
+    }
+
+    #[test]
+    fn beyond_the_pool_a_scale_up_creates_cold() {
+        let mut w = pooled(1);
+        w.replicas.push(warm(5, HASH, ContainerState::Paused));
+        w.desired = 3;
+        let p = w.plan();
+        assert_eq!(count(&p, |a| matches!(a, Action::Take { .. })), 1);
+        assert_eq!(creates(&p), 1);
+    }
+
+    #[test]
+    fn a_warm_container_being_taken_is_neither_taken_again_nor_counted() {
+        let mut w = pooled(1);
+        w.replicas.push(warm(5, HASH, ContainerState::Running));
+        w.memory
+            .warm
+            .busy
+            .insert(ContainerId("warm05".into()), Busy::Taking);
+        w.answering.insert(ContainerId("warm05".into()));
+        w.desired = 2;
+        w.memory.create_started("w-00005", HASH, 0, w.t0);
+        let p = w.plan();
+        assert_eq!(
+            count(&p, |a| matches!(
+                a,
+                Action::Take { .. } | Action::Pause { .. }
+            )),
+            0
+        );
+        assert_eq!(creates(&p), 0, "the take is the replica's create in flight");
+    }
+
+    #[test]
+    fn warm_containers_of_an_old_template_are_replaced_and_never_taken() {
+        let mut w = pooled(2);
+        w.replicas.push(warm(5, "old", ContainerState::Paused));
+        w.replicas.push(warm(6, "old", ContainerState::Running));
+        w.desired = 2;
+        let p = w.plan();
+        let outdated = count(&p, |a| {
+            matches!(
+                a,
+                Action::RemoveWarm {
+                    reason: WarmRemoval::Outdated,
+                    ..
+                }
+            )
+        });
+        assert_eq!(outdated, 2);
+        assert_eq!(count(&p, |a| matches!(a, Action::Take { .. })), 0);
+        assert_eq!(creates(&p), 1, "a cold create");
+        assert_eq!(warm_creates(&p), 2);
+    }
+
+    #[test]
+    fn a_warm_container_that_exited_is_removed_and_refilled_after_a_back_off() {
+        let mut w = pooled(1);
+        let mut dead = warm(5, HASH, ContainerState::Exited);
+        dead.ips.clear();
+        w.replicas.push(dead);
+        let p = w.plan();
+        assert_eq!(
+            count(&p, |a| matches!(
+                a,
+                Action::RemoveWarm {
+                    reason: WarmRemoval::Broken,
+                    ..
+                }
+            )),
+            1
+        );
+        // The executor counted its failure when it removed it.
+        let policy = w.policy;
+        w.memory.warm.failed(w.t0, &policy);
+        w.memory.warm.failed(w.t0, &policy);
+        w.replicas.retain(|r| !r.is_warm());
+        let p = w.plan();
+        assert_eq!(warm_creates(&p), 0, "backing off");
+        assert_eq!(p.requeue_after, Some(policy.delay(2)));
+        w.at = policy.delay(2);
+        assert_eq!(warm_creates(&w.plan()), 1);
+    }
+
+    // Regression: a warm container listed before its create call returned was
+    // counted twice (listed, and in flight), and a fresh one was removed as excess.
+    #[test]
+    fn a_warm_container_listed_before_its_create_returns_is_counted_once() {
+        let mut w = pooled(2);
+        w.replicas.push(warm(5, HASH, ContainerState::Running));
+        w.replicas.push(warm(6, HASH, ContainerState::Running));
+        w.memory.warm.creating.insert("w-warm-00006".into(), w.t0);
+        let p = w.plan();
+        assert_eq!(
+            count(&p, |a| matches!(a, Action::RemoveWarm { .. })),
+            0,
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(warm_creates(&p), 0);
+        assert_eq!(p.warm.warming, 2);
+    }
+
+    // Regression: a warm container listed paused while its pause call had not
+    // returned was counted nowhere: a refill was created, and then one removed.
+    #[test]
+    fn a_warm_container_listed_paused_before_its_pause_returns_still_counts() {
+        let mut w = pooled(1);
+        w.replicas.push(warm(5, HASH, ContainerState::Paused));
+        w.memory
+            .warm
+            .busy
+            .insert(ContainerId("warm05".into()), Busy::Pausing);
+        let p = w.plan();
+        assert_eq!(warm_creates(&p), 0, "{:?}", p.actions);
+        assert_eq!((p.warm.ready, p.warm.warming), (0, 1));
+        w.desired = 2;
+        assert_eq!(
+            count(&w.plan(), |a| matches!(a, Action::Take { .. })),
+            0,
+            "not taken before its pause is done"
+        );
+    }
+
+    // Regression: the back-off of a broken warm container was counted when it was
+    // removed, after the pass that removed it had already planned its refill.
+    #[test]
+    fn a_second_broken_warm_container_holds_the_refill_planned_with_its_removal() {
+        let mut w = pooled(1);
+        let policy = w.policy;
+        w.memory.warm.failed(w.t0, &policy);
+        let mut dead = warm(5, HASH, ContainerState::Exited);
+        dead.ips.clear();
+        w.replicas.push(dead);
+        let p = w.plan();
+        assert_eq!(
+            count(&p, |a| matches!(
+                a,
+                Action::RemoveWarm {
+                    reason: WarmRemoval::Broken,
+                    ..
+                }
+            )),
+            1
+        );
+        assert_eq!(warm_creates(&p), 0, "{:?}", p.actions);
+        assert_eq!(p.requeue_after, Some(policy.delay(2)));
+    }
+
+    #[test]
+    fn beyond_its_size_the_warming_ones_go_first_then_the_newest() {
+        let mut w = pooled(1);
+        w.replicas.push(warm(5, HASH, ContainerState::Paused));
+        w.replicas.push(warm(6, HASH, ContainerState::Paused));
+        w.replicas.push(warm(7, HASH, ContainerState::Running));
+        let p = w.plan();
+        let gone: Vec<&str> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RemoveWarm {
+                    name,
+                    reason: WarmRemoval::Excess,
+                    ..
+                } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gone, ["w-warm-00007", "w-warm-00006"]);
+        assert_eq!((p.warm.ready, p.warm.warming), (1, 0));
+    }
+
+    #[test]
+    fn the_pool_is_never_counted_nor_put_in_rotation() {
+        let mut w = pooled(2);
+        w.replicas.push(warm(5, HASH, ContainerState::Paused));
+        w.replicas.push(warm(6, HASH, ContainerState::Running));
+        w.answering.insert(ContainerId("warm06".into()));
+        let p = w.plan();
+        assert_eq!((p.counts.current, p.counts.ready), (1, 1));
+        assert_eq!(p.replicas.len(), 1);
+        assert_eq!(count(&p, |a| matches!(a, Action::AssignSlot { .. })), 0);
+        assert_eq!(count(&p, |a| matches!(a, Action::Remove { .. })), 0);
+    }
+
+    #[test]
+    fn refills_wait_while_creates_are_held_and_stay_within_the_parallel_bound() {
+        let mut w = pooled(2);
+        w.memory.creates_held_until = Some(w.t0 + Duration::from_secs(5));
+        assert_eq!(warm_creates(&w.plan()), 0);
+        let spec = testing::spec().lb().autoscale(1, 20).warm_pool(12).build();
+        let mut w = World::new(spec).with_slots(vec![free_slot(1)]);
+        w.desired = 1;
+        let p = w.plan();
+        assert_eq!(creates(&p), 1);
+        assert_eq!(
+            warm_creates(&p),
+            7,
+            "8 in flight at most, the replica's first"
+        );
+    }
 }

@@ -19,7 +19,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::stream::BoxStream;
@@ -260,6 +260,33 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn pause(&self, id: &ContainerId) -> Result<(), DockerError> {
+        self.docker
+            .pause_container(&id.0)
+            .await
+            .map_err(|e| DockerError::from_bollard("pause container", e))
+    }
+
+    async fn unpause(&self, id: &ContainerId) -> Result<(), DockerError> {
+        match self.docker.unpause_container(&id.0).await {
+            Ok(()) => Ok(()),
+            // 409 "is not paused": running already, which is what was asked.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("not paused") => Ok(()),
+            Err(e) => Err(DockerError::from_bollard("unpause container", e)),
+        }
+    }
+
+    async fn rename(&self, id: &ContainerId, name: &str) -> Result<(), DockerError> {
+        let options = RenameContainerOptionsBuilder::default().name(name).build();
+        self.docker
+            .rename_container(&id.0, options)
+            .await
+            .map_err(|e| DockerError::from_bollard("rename container", e))
+    }
+
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
         // No label filter: it would apply to the networks' events too, and a network's
         // labels are not its containers'. Owned containers are picked out below.
@@ -276,6 +303,7 @@ impl ContainerRuntime for DockerRuntime {
                 "kill",
                 "pause",
                 "unpause",
+                "rename",
                 "connect",
                 "disconnect",
                 // Matches `health_status: healthy` and the others (Docker matches

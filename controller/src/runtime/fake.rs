@@ -89,6 +89,14 @@ impl FakeError {
     }
 }
 
+fn no_such_container(action: &'static str, id: &ContainerId) -> DockerError {
+    DockerError::Api {
+        action,
+        status: 404,
+        message: format!("no such container: {id}"),
+    }
+}
+
 fn unavailable() -> DockerError {
     DockerError::Unavailable(bollard::errors::Error::IOError {
         err: std::io::Error::new(
@@ -283,6 +291,13 @@ pub enum Call {
         addrs: Vec<Ipv4Addr>,
     },
     Subscribe,
+    /// The controller paused a container (the warm pool).
+    Pause(ContainerId),
+    Unpause(ContainerId),
+    Rename {
+        id: ContainerId,
+        name: String,
+    },
     /// Something a test did to the engine or a container.
     Outside(String),
     Lb(crate::lb::fake::LbCall),
@@ -1263,6 +1278,78 @@ impl ContainerRuntime for FakeRuntime {
         }
         e.destroy(id);
         Ok(())
+    }
+
+    async fn pause(&self, id: &ContainerId) -> Result<(), DockerError> {
+        self.round_trip().await;
+        self.journal.record(Call::Pause(id.clone()));
+        let mut e = self.engine();
+        if !e.reachable {
+            return Err(unavailable());
+        }
+        match e.containers.get_mut(id) {
+            Some(c) if c.is_running() => {
+                c.state = ContainerState::Paused;
+                e.emit(id, "pause", None);
+                Ok(())
+            }
+            Some(_) => Err(DockerError::Api {
+                action: "pause container",
+                status: 409,
+                message: format!("container {id} is not running"),
+            }),
+            None => Err(no_such_container("pause container", id)),
+        }
+    }
+
+    async fn unpause(&self, id: &ContainerId) -> Result<(), DockerError> {
+        self.round_trip().await;
+        self.journal.record(Call::Unpause(id.clone()));
+        let mut e = self.engine();
+        if !e.reachable {
+            return Err(unavailable());
+        }
+        match e.containers.get_mut(id) {
+            Some(c) if c.state == ContainerState::Paused => {
+                c.state = ContainerState::Running;
+                e.emit(id, "unpause", None);
+                Ok(())
+            }
+            Some(c) if c.is_running() => Ok(()),
+            Some(_) => Err(DockerError::Api {
+                action: "unpause container",
+                status: 409,
+                message: format!("container {id} is not paused"),
+            }),
+            None => Err(no_such_container("unpause container", id)),
+        }
+    }
+
+    async fn rename(&self, id: &ContainerId, name: &str) -> Result<(), DockerError> {
+        self.round_trip().await;
+        self.journal.record(Call::Rename {
+            id: id.clone(),
+            name: name.to_owned(),
+        });
+        let mut e = self.engine();
+        if !e.reachable {
+            return Err(unavailable());
+        }
+        if e.containers.values().any(|c| c.name == name && &c.id != id) {
+            return Err(DockerError::Api {
+                action: "rename container",
+                status: 409,
+                message: format!("the container name \"/{name}\" is already in use"),
+            });
+        }
+        match e.containers.get_mut(id) {
+            Some(c) => {
+                c.name = name.to_owned();
+                e.emit(id, "rename", None);
+                Ok(())
+            }
+            None => Err(no_such_container("rename container", id)),
+        }
     }
 
     fn events(&self) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {

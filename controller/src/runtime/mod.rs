@@ -187,6 +187,22 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = Result<(), DockerError>> + Send;
 
+    /// Freezes a running container's processes (`docker pause`): no CPU, its memory
+    /// and address kept. The warm pool keeps its containers so.
+    fn pause(&self, id: &ContainerId) -> impl Future<Output = Result<(), DockerError>> + Send;
+
+    /// Thaws a paused container (`docker unpause`); one already running is not an
+    /// error.
+    fn unpause(&self, id: &ContainerId) -> impl Future<Output = Result<(), DockerError>> + Send;
+
+    /// Renames a container (`docker rename`): a warm container taken becomes a replica
+    /// by its name.
+    fn rename(
+        &self,
+        id: &ContainerId,
+        name: &str,
+    ) -> impl Future<Output = Result<(), DockerError>> + Send;
+
     /// Events of owned containers, from shortly before the call on (so that a list
     /// taken after subscribing misses nothing in between: list-then-watch). The stream
     /// ends when the connection breaks; the caller reconnects and lists again.

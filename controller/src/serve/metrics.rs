@@ -10,6 +10,8 @@
 use std::time::Instant;
 
 use prometheus::core::Collector;
+
+use crate::reconcile::canary::Analysed;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,14 +32,30 @@ pub struct Metrics {
     pub replicas_ready: IntGaugeVec,
     pub replicas_updated: IntGaugeVec,
     pub members_in_rotation: IntGaugeVec,
+    pub warm_pool_replicas: IntGaugeVec,
+    pub warm_pool_takes_total: IntCounterVec,
     pub autoscaler_recommendation: IntGaugeVec,
     pub autoscaler_demand: GaugeVec,
     pub autoscaler_decisions_total: IntCounterVec,
     pub autoscaler_last_decision: IntGaugeVec,
     pub autoscaler_max_replicas: IntGaugeVec,
+    pub scale_to_zero_wakes_total: IntCounterVec,
+    pub held_requests_total: IntCounterVec,
+    pub held_request_timeouts_total: IntCounterVec,
+    pub held_requests: IntGaugeVec,
+    pub hold_duration_seconds: HistogramVec,
+    pub autoscaler_schedule_floor: IntGaugeVec,
     pub backend_scur: GaugeVec,
     pub backend_qcur: GaugeVec,
     pub backend_qtime_seconds: GaugeVec,
+    pub canary_step: IntGaugeVec,
+    pub canary_weight_ratio: GaugeVec,
+    pub canary_requests_per_second: GaugeVec,
+    pub canary_error_ratio: GaugeVec,
+    pub canary_response_time_seconds: GaugeVec,
+    pub canary_verdicts_total: IntCounterVec,
+    pub canary_aborted: IntGaugeVec,
+    pub rollout_commands_total: IntCounterVec,
     pub haproxy_commands_total: IntCounterVec,
     pub haproxy_command_duration_seconds: HistogramVec,
     pub container_starts_total: IntCounterVec,
@@ -136,6 +154,21 @@ impl Metrics {
                 ),
                 service,
             )),
+            warm_pool_replicas: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "warm_pool_replicas",
+                    "Warm containers of the service's pool, by state (ready: paused and \
+                     takeable; warming: starting or waiting for their port).",
+                ),
+                &["service", "state"],
+            )),
+            warm_pool_takes_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "warm_pool_takes_total",
+                    "Warm containers taken as replicas in place of a create.",
+                ),
+                service,
+            )),
             autoscaler_recommendation: r.add(IntGaugeVec::new(
                 Opts::new(
                     "autoscaler_recommendation",
@@ -171,6 +204,54 @@ impl Metrics {
                 ),
                 service,
             )),
+            scale_to_zero_wakes_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "scale_to_zero_wakes_total",
+                    "Services woken from zero replicas, by service and trigger (held: a \
+                     request HAProxy holds, sample: a request seen in a load sample).",
+                ),
+                &["service", "trigger"],
+            )),
+            held_requests_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "held_requests_total",
+                    "Requests HAProxy held while the service had no usable replica.",
+                ),
+                service,
+            )),
+            held_request_timeouts_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "held_request_timeouts_total",
+                    "Held requests answered 503 with Retry-After after activationTimeout.",
+                ),
+                service,
+            )),
+            held_requests: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "held_requests",
+                    "Requests HAProxy holds right now for the service, as last read.",
+                ),
+                service,
+            )),
+            hold_duration_seconds: r.add(HistogramVec::new(
+                HistogramOpts::new(
+                    "hold_duration_seconds",
+                    "How long a held request waited for a usable replica before it was \
+                     passed on (as HAProxy's Lua action measured it).",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+                ]),
+                service,
+            )),
+            autoscaler_schedule_floor: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "autoscaler_schedule_floor",
+                    "The minReplicas of the autoscale.schedules window in force (the highest \
+                     of those open), 0 outside every window.",
+                ),
+                service,
+            )),
             backend_scur: r.add(GaugeVec::new(
                 Opts::new(
                     "haproxy_backend_scur",
@@ -191,6 +272,74 @@ impl Metrics {
                     "HAProxy's average queue time over the last 1024 requests, as last sampled.",
                 ),
                 service,
+            )),
+            canary_step: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "canary_step",
+                    "The canary step in force, from 1 (0 when no canary step is: no canary, \
+                     promoted or aborted).",
+                ),
+                service,
+            )),
+            canary_weight_ratio: r.add(GaugeVec::new(
+                Opts::new(
+                    "canary_weight_ratio",
+                    "The share of the traffic the canary step in force asks for the new \
+                     template (0.2 for weight 20; 0 when no canary step is in force).",
+                ),
+                service,
+            )),
+            canary_requests_per_second: r.add(GaugeVec::new(
+                Opts::new(
+                    "canary_requests_per_second",
+                    "Requests per second over the canary step so far, by version (stable: \
+                     the old template's servers, canary: the new one's), from the figures \
+                     the step is judged on; after an abort, the figures that aborted it; \
+                     absent otherwise.",
+                ),
+                &["service", "version"],
+            )),
+            canary_error_ratio: r.add(GaugeVec::new(
+                Opts::new(
+                    "canary_error_ratio",
+                    "Errors (5xx, connection and response errors) per request over the \
+                     canary step so far, by version (as canary_requests_per_second).",
+                ),
+                &["service", "version"],
+            )),
+            canary_response_time_seconds: r.add(GaugeVec::new(
+                Opts::new(
+                    "canary_response_time_seconds",
+                    "Mean response time (HAProxy's rtime, weighted by requests) over the \
+                     canary step so far, by version (as canary_requests_per_second).",
+                ),
+                &["service", "version"],
+            )),
+            canary_verdicts_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "canary_verdicts_total",
+                    "Verdicts of the canary analysis, by service and verdict (advance, \
+                     promote, abort).",
+                ),
+                &["service", "verdict"],
+            )),
+            canary_aborted: r.add(IntGaugeVec::new(
+                Opts::new(
+                    "canary_aborted",
+                    "1 while the spec's template is one whose canary was aborted (the old \
+                     replicas serve until the spec changes), else 0.",
+                ),
+                service,
+            )),
+            rollout_commands_total: r.add(IntCounterVec::new(
+                Opts::new(
+                    "rollout_commands_total",
+                    "Commands to a service's rollout (`dockscale rollout`), by command \
+                     (pause, resume, abort, retry) and outcome (applied; refused: it did \
+                     not apply; unauthorized: no or a wrong token; forbidden: no token file \
+                     on a listen address that is not loopback).",
+                ),
+                &["service", "command", "outcome"],
             )),
             haproxy_commands_total: r.add(IntCounterVec::new(
                 Opts::new(
@@ -365,16 +514,79 @@ impl Metrics {
             &self.members_in_rotation,
             &self.autoscaler_recommendation,
             &self.autoscaler_max_replicas,
+            &self.held_requests,
+            &self.autoscaler_schedule_floor,
+            &self.canary_step,
+            &self.canary_aborted,
         ] {
             let _ = g.remove_label_values(&[service]);
         }
+        for c in [
+            &self.held_requests_total,
+            &self.held_request_timeouts_total,
+            &self.warm_pool_takes_total,
+        ] {
+            let _ = c.remove_label_values(&[service]);
+        }
+        for state in ["ready", "warming"] {
+            let _ = self
+                .warm_pool_replicas
+                .remove_label_values(&[service, state]);
+        }
+        let _ = self.hold_duration_seconds.remove_label_values(&[service]);
         for g in [
             &self.autoscaler_demand,
             &self.backend_scur,
             &self.backend_qcur,
             &self.backend_qtime_seconds,
+            &self.canary_weight_ratio,
         ] {
             let _ = g.remove_label_values(&[service]);
+        }
+        self.canary_figures(service, None);
+    }
+
+    /// The warm pool's counts after a pass; a service without a pool has no series.
+    pub fn warm_pool(&self, service: &str, pool: &crate::reconcile::warm_pool::PoolCounts) {
+        for (state, n) in [("ready", pool.ready), ("warming", pool.warming)] {
+            if pool.size == 0 && n == 0 {
+                let _ = self
+                    .warm_pool_replicas
+                    .remove_label_values(&[service, state]);
+            } else {
+                self.warm_pool_replicas
+                    .with_label_values(&[service, state])
+                    .set(i64::from(n));
+            }
+        }
+    }
+
+    /// Sets the per-version figures of a canary step (`stable`, `canary`) from what the
+    /// planner judged, or removes them (`None`): figures of a step that is over must
+    /// not stay on a dashboard as if they were current.
+    pub fn canary_figures(&self, service: &str, analysed: Option<&Analysed>) {
+        for version in ["stable", "canary"] {
+            let labels = [service, version];
+            let Some(a) = analysed else {
+                for g in [
+                    &self.canary_requests_per_second,
+                    &self.canary_error_ratio,
+                    &self.canary_response_time_seconds,
+                ] {
+                    let _ = g.remove_label_values(&labels);
+                }
+                continue;
+            };
+            let figures = if version == "stable" { &a.old } else { &a.new };
+            self.canary_requests_per_second
+                .with_label_values(&labels)
+                .set(a.rate(figures));
+            self.canary_error_ratio
+                .with_label_values(&labels)
+                .set(figures.error_rate());
+            self.canary_response_time_seconds
+                .with_label_values(&labels)
+                .set(figures.mean_rtime_ms / 1000.0);
         }
     }
 }
@@ -484,6 +696,31 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_warm_pool_is_shown_by_state_and_gone_without_a_pool() {
+        use crate::reconcile::warm_pool::PoolCounts;
+        let m = Metrics::new();
+        let pool = PoolCounts {
+            size: 3,
+            ready: 2,
+            warming: 1,
+        };
+        m.warm_pool("web", &pool);
+        m.warm_pool_takes_total.with_label_values(&["web"]).inc();
+        let text = m.render().expect("renders");
+        assert!(text.contains("dockscale_warm_pool_replicas{service=\"web\",state=\"ready\"} 2"));
+        assert!(text.contains("dockscale_warm_pool_replicas{service=\"web\",state=\"warming\"} 1"));
+        assert!(text.contains("dockscale_warm_pool_takes_total{service=\"web\"} 1"));
+        m.warm_pool("web", &PoolCounts::default());
+        let text = m.render().expect("renders");
+        assert!(!text.contains("dockscale_warm_pool_replicas{"), "{text}");
+        m.forget_service("web");
+        assert!(!m
+            .render()
+            .expect("renders")
+            .contains("warm_pool_takes_total{"));
+    }
 
     #[test]
     fn every_series_is_prefixed_and_renders() {

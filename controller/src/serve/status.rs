@@ -117,6 +117,46 @@ pub struct AutoscalerStatus {
     pub message: String,
     #[serde(with = "rfc3339::option")]
     pub last_scale_time: Option<SystemTime>,
+    /// `autoscale.schedules`: the window in force and the next to open; left out
+    /// without schedules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleStatus>,
+}
+
+/// The schedule windows of an autoscaled service, as of its last decision.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    /// The window whose floor is in force (the highest, when several are open).
+    pub active: Option<ActiveSchedule>,
+    /// The next window to open, of any entry.
+    pub next: Option<NextSchedule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveSchedule {
+    pub cron: String,
+    pub timezone: String,
+    /// The floor it holds.
+    pub min_replicas: u32,
+    #[serde(with = "rfc3339")]
+    pub opened: SystemTime,
+    /// When it closes, unless the entry opens another window before then.
+    #[serde(with = "rfc3339")]
+    pub until: SystemTime,
+    /// `schedule "0 8 * * 1-5" (Europe/Zurich) holds at least 6 until 18:00 CET`.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextSchedule {
+    pub cron: String,
+    pub timezone: String,
+    pub min_replicas: u32,
+    #[serde(with = "rfc3339")]
+    pub opens: SystemTime,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -151,6 +191,51 @@ pub struct ServiceStatus {
     /// replicas: never counted in `replicas`, never stopped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
+    /// Docker runtime: the warm pool (`autoscale.warmPool`), apart from the replicas:
+    /// paused containers never counted in `replicas` nor in rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<crate::reconcile::warm_pool::PoolCounts>,
+    /// Where its rollout stands (`/api/v1/services/NAME/rollout`).
+    #[serde(skip)]
+    pub rollout: RolloutStatus,
+    /// Its last rollouts (`/api/v1/services/NAME/rollout/history`).
+    #[serde(skip)]
+    pub history: crate::reconcile::history::History,
+}
+
+/// Where a service's rollout stands, as `dockscale rollout status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The spec's template.
+    pub template_hash: String,
+    pub strategy: crate::spec::Strategy,
+    /// `settled` (nothing to roll), `progressing`, `paused` (a canary held by
+    /// command), `promoted` (a canary past its last step, the rest rolling) or
+    /// `aborted`.
+    pub state: &'static str,
+    /// The canary step in force, 1 for the first.
+    pub step: Option<usize>,
+    /// The canary's steps.
+    pub steps: usize,
+    /// The step's share of the traffic, in percent.
+    pub weight: Option<u8>,
+    pub paused: bool,
+    /// How long it has been paused, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_for_seconds: Option<f64>,
+    /// The step's figures and verdict as last judged (while it runs: `hold`).
+    pub analysis: Option<crate::reconcile::history::StepRecord>,
+    /// The aborted template, while it is the spec's, and why it was aborted.
+    pub aborted: Option<AbortedRollout>,
+}
+
+/// An aborted template.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortedRollout {
+    pub template_hash: String,
+    pub message: String,
 }
 
 /// One live replica, as the status shows it.
@@ -244,6 +329,9 @@ impl ServiceStatus {
             tasks: Vec::new(),
             containers: Vec::new(),
             members: Vec::new(),
+            warm_pool: None,
+            rollout: RolloutStatus::default(),
+            history: Default::default(),
         }
     }
 
@@ -521,6 +609,24 @@ mod tests {
                 .last_transition_time,
             t2
         );
+    }
+
+    #[test]
+    fn the_warm_pool_shows_in_the_status_json_only_when_there_is_one() {
+        let mut s = ServiceStatus::new("w", SystemTime::UNIX_EPOCH);
+        let json = serde_json::to_value(&s).expect("serializes");
+        assert!(json.get("warmPool").is_none(), "{json}");
+        s.warm_pool = Some(crate::reconcile::warm_pool::PoolCounts {
+            size: 2,
+            ready: 1,
+            warming: 1,
+        });
+        let json = serde_json::to_value(&s).expect("serializes");
+        assert_eq!(
+            json["warmPool"],
+            serde_json::json!({"size": 2, "ready": 1, "warming": 1})
+        );
+        assert_eq!(json["replicas"]["current"], 0, "never counted as replicas");
     }
 
     #[test]

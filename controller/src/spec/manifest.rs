@@ -392,6 +392,10 @@ fn parse_documents(file: &Path, text: &str) -> (Docs, Vec<SpecError>) {
         for (path, message) in check_service(&service) {
             errors.push(located(&path, message));
         }
+        for (path, message) in check_schedules(&service.spec) {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            errors.push(located(&path, message));
+        }
         for (path, message) in check_rollout(&service.spec) {
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             errors.push(located(&path, message));
@@ -549,6 +553,125 @@ fn check_autoscale_signals(a: &crate::spec::Autoscale) -> Vec<(Vec<&'static str>
     out
 }
 
+/// `minReplicas: 0` and `scaleToZero` go together; the idle delay is above zero and
+/// the activation timeout within what the managed HAProxy's timeouts allow.
+fn check_scale_to_zero(a: &crate::spec::Autoscale) -> Vec<(Vec<&'static str>, String)> {
+    let mut out = Vec::new();
+    match (&a.scale_to_zero, a.min_replicas) {
+        (None, 0) => out.push((
+            vec!["spec", "autoscale", "minReplicas"],
+            "minReplicas: 0 needs `scaleToZero` (`scaleToZero: {}` for the defaults): \
+             without it nothing would hold the requests that arrive while no replica runs"
+                .to_owned(),
+        )),
+        (Some(_), min) if min > 0 => out.push((
+            vec!["spec", "autoscale", "scaleToZero"],
+            format!("scaleToZero needs minReplicas: 0 (it is {min})"),
+        )),
+        _ => {}
+    }
+    if let Some(z) = &a.scale_to_zero {
+        if z.idle_after.get().is_zero() {
+            out.push((
+                vec!["spec", "autoscale", "scaleToZero", "idleAfter"],
+                "idleAfter must be above 0s".to_owned(),
+            ));
+        }
+        let timeout = z.activation_timeout.get();
+        if !(std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(60))
+            .contains(&timeout)
+        {
+            out.push((
+                vec!["spec", "autoscale", "scaleToZero", "activationTimeout"],
+                format!(
+                    "activationTimeout {} must be from 100ms to 60s (HAProxy's client \
+                     timeout bounds how long a request can be held)",
+                    z.activation_timeout
+                ),
+            ));
+        }
+    }
+    out
+}
+/// `autoscale.warmPool`: no more warm containers than replicas may ever run, and not
+/// so many that the paused containers' memory becomes the host's problem.
+fn check_warm_pool(a: &crate::spec::Autoscale) -> Vec<(Vec<&'static str>, String)> {
+    let Some(pool) = &a.warm_pool else {
+        return Vec::new();
+    };
+    let at = vec!["spec", "autoscale", "warmPool", "size"];
+    if pool.size > crate::spec::WarmPool::MAX_SIZE {
+        vec![(
+            at,
+            format!(
+                "warmPool.size ({}) is above {}: each warm container keeps its memory while \
+                 it waits",
+                pool.size,
+                crate::spec::WarmPool::MAX_SIZE
+            ),
+        )]
+    } else if pool.size > a.max_replicas {
+        vec![(
+            at,
+            format!(
+                "warmPool.size ({}) is greater than maxReplicas ({}): a scale-up never takes \
+                 more than maxReplicas",
+                pool.size, a.max_replicas
+            ),
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `autoscale.schedules`: windows that last, with a floor the bounds allow. (The cron
+/// expression and the time zone were checked when they were read.)
+fn check_schedules(spec: &crate::spec::ServiceSpec) -> Vec<(Vec<String>, String)> {
+    let Some(a) = &spec.autoscale else {
+        return Vec::new();
+    };
+    let at = |i: usize, field: &str| -> Vec<String> {
+        ["spec", "autoscale", "schedules", &i.to_string(), field]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (i, s) in a.schedules.iter().enumerate() {
+        // A year and a day: longer is a minimum, not a schedule (and keeps the end of
+        // every window a date that status can print).
+        const LONGEST: std::time::Duration = std::time::Duration::from_secs(366 * 86_400);
+        if s.duration.get().is_zero() {
+            out.push((
+                at(i, "duration"),
+                format!(
+                    "duration must be above 0s: the window opened by \"{}\" would close at once",
+                    s.cron
+                ),
+            ));
+        } else if s.duration.get() > LONGEST {
+            out.push((
+                at(i, "duration"),
+                format!(
+                    "duration {} is longer than 366d: for a floor that always holds, raise \
+                     minReplicas",
+                    s.duration
+                ),
+            ));
+        }
+        if s.min_replicas > a.max_replicas {
+            out.push((
+                at(i, "minReplicas"),
+                format!(
+                    "the schedule's minReplicas ({}) is greater than maxReplicas ({})",
+                    s.min_replicas, a.max_replicas
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// Rules that span several fields of one service. Returns `(path, message)` pairs; the
 /// path locates the message in the document.
 fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
@@ -581,6 +704,8 @@ fn check_service(s: &ScaledService) -> Vec<(Vec<&'static str>, String)> {
             ));
         }
         out.extend(check_autoscale_signals(a));
+        out.extend(check_scale_to_zero(a));
+        out.extend(check_warm_pool(a));
         for (dir, rules) in [
             ("scaleUp", &a.behavior.scale_up),
             ("scaleDown", &a.behavior.scale_down),
@@ -902,6 +1027,41 @@ fn check_runtime(services: &[Parsed], runtime: Runtime, errors: &mut Vec<SpecErr
                 }
             }
             Runtime::Swarm => {
+                if spec.rollout.strategy == crate::spec::Strategy::Canary {
+                    wrong(
+                        &["spec", "rollout", "strategy"],
+                        "strategy: canary is for the docker runtime: Swarm rolls a service \
+                         out through its own update machinery, task by task"
+                            .to_owned(),
+                    );
+                } else if spec.rollout.analysis.is_some() {
+                    wrong(
+                        &["spec", "rollout", "analysis"],
+                        "rollout.analysis is for the docker runtime: Swarm's update rolls \
+                         back on failed tasks (failure_action: rollback), not on HAProxy's \
+                         figures"
+                            .to_owned(),
+                    );
+                }
+                if spec
+                    .autoscale
+                    .as_ref()
+                    .is_some_and(|a| a.warm_pool.is_some())
+                {
+                    wrong(
+                        &["spec", "autoscale", "warmPool"],
+                        "warmPool is for the docker runtime: Swarm cannot pause a task".to_owned(),
+                    );
+                }
+                if spec.autoscale.as_ref().is_some_and(|a| a.min_replicas == 0) {
+                    wrong(
+                        &["spec", "autoscale", "minReplicas"],
+                        "minReplicas: 0 (scale to zero) is for the docker runtime: the Swarm \
+                         loop does not wake a service on a held request, so every request \
+                         at zero would wait out activationTimeout"
+                            .to_owned(),
+                    );
+                }
                 if spec.template.unhealthy_replace_after.is_some() {
                     wrong(
                         &["spec", "template", "unhealthyReplaceAfter"],
@@ -1336,6 +1496,17 @@ spec:
     maxReplicas: 4
     target: {inflightPerReplica: 8}
 ";
+
+    /// The `autoscale` of the one service in a valid spec.
+    fn autoscale_of(text: &str) -> crate::spec::Autoscale {
+        let services = parse_str(Path::new("s.yaml"), text).expect("valid");
+        services[0]
+            .service
+            .spec
+            .autoscale
+            .clone()
+            .expect("autoscale")
+    }
 
     fn errors(text: &str) -> Vec<String> {
         match parse_str(Path::new("s.yaml"), text) {
@@ -1802,13 +1973,7 @@ spec:
              {requestsPerSecondPerReplica: 50}]\n    tolerance: {scaleUp: 0.05, scaleDown: 0.2}\n    \
              fallback: {after: 1m, replicas: 4}\n",
         );
-        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
-        let a = services[0]
-            .service
-            .spec
-            .autoscale
-            .clone()
-            .expect("autoscale");
+        let a = autoscale_of(&text);
         assert_eq!(
             a.signals(),
             [
@@ -1834,13 +1999,7 @@ spec:
             "    target: {inflightPerReplica: 8}\n",
             "    target: {inflightPerReplica: 8}\n    tolerance: 0.2\n",
         );
-        let services = parse_str(Path::new("s.yaml"), &text).expect("valid");
-        let a = services[0]
-            .service
-            .spec
-            .autoscale
-            .clone()
-            .expect("autoscale");
+        let a = autoscale_of(&text);
         assert_eq!(
             (a.tolerance.scale_up(), a.tolerance.scale_down()),
             (0.2, 0.2)
@@ -1877,6 +2036,85 @@ spec:
         );
     }
 
+    /// GOOD with `autoscale.schedules` written as `list` (line 17 on).
+    fn with_schedules(list: &str) -> String {
+        GOOD.replace(
+            "    target: {inflightPerReplica: 8}\n",
+            &format!("    target: {{inflightPerReplica: 8}}\n    schedules:\n{list}"),
+        )
+    }
+
+    #[test]
+    fn schedules_parse_with_their_defaults() {
+        let text = with_schedules(
+            "      - {cron: \"0 8 * * 1-5\", timezone: Europe/Zurich, duration: 10h, minReplicas: 4}\n      \
+             - {cron: \"@daily\", duration: 30m, minReplicas: 2}\n",
+        );
+        let loaded = parse_str(Path::new("s.yaml"), &text).expect("valid");
+        let a = loaded[0].service.spec.autoscale.clone().expect("autoscale");
+        let s = &a.schedules;
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (
+                s[0].cron.as_str(),
+                s[0].timezone.to_string(),
+                s[0].min_replicas
+            ),
+            ("0 8 * * 1-5", "Europe/Zurich".to_owned(), 4)
+        );
+        assert_eq!(s[0].duration.get().as_secs(), 36_000);
+        assert_eq!(s[1].timezone.to_string(), "UTC", "the default time zone");
+    }
+
+    #[test]
+    fn bad_schedules_are_located_at_the_field_and_say_what_is_wrong() {
+        let entry = |fields: &str| with_schedules(&format!("      - {{{fields}}}\n"));
+        let good = "cron: \"0 8 * * 1-5\", timezone: Europe/Zurich, duration: 10h, minReplicas: 4";
+        assert!(parse_str(Path::new("s.yaml"), &entry(good)).is_ok());
+
+        let error = one_error(&entry(&good.replace("0 8 * * 1-5", "0 8 * 1-5")));
+        assert!(error.starts_with("s.yaml:18:"), "{error}");
+        assert!(
+            error.contains("invalid cron expression `0 8 * 1-5`: it has 4 fields"),
+            "{error}"
+        );
+        let error = one_error(&entry(&good.replace("0 8 * * 1-5", "0 24 * * 1-5")));
+        assert!(error.starts_with("s.yaml:18:"), "{error}");
+        assert!(error.contains("the hour field `24` is wrong"), "{error}");
+        let error = one_error(&entry(&good.replace("Europe/Zurich", "Europe/Zurch")));
+        assert!(error.starts_with("s.yaml:18:"), "{error}");
+        assert!(
+            error.contains("unknown time zone `Europe/Zurch`"),
+            "{error}"
+        );
+        let error = one_error(&entry(&good.replace("10h", "0s")));
+        assert_eq!(
+            error,
+            "s.yaml:18:66: duration must be above 0s: the window opened by \"0 8 * * 1-5\" \
+             would close at once"
+        );
+        let error = one_error(&entry(&good.replace("10h", "367d")));
+        assert!(
+            error.starts_with("s.yaml:18:66: duration 1year 1day 18h is longer"),
+            "{error}"
+        );
+        let error = one_error(&entry(&good.replace("minReplicas: 4", "minReplicas: 9")));
+        assert_eq!(
+            error,
+            "s.yaml:18:84: the schedule's minReplicas (9) is greater than maxReplicas (4)"
+        );
+        let error = one_error(&entry(&good.replace("minReplicas: 4", "minReplicas: 0")));
+        assert!(error.starts_with("s.yaml:18:"), "{error}");
+        assert!(error.contains("0 is out of range"), "{error}");
+        let error = one_error(&entry(&good.replace("duration: 10h", "duration: 10")));
+        assert!(error.contains("add a unit"), "{error}");
+        let error = one_error(&entry(&good.replace("duration: 10h, ", "")));
+        assert!(error.contains("duration"), "{error}");
+        let error = one_error(&entry(&format!("{good}, floor: 3")));
+        assert!(error.starts_with("s.yaml:18:"), "{error}");
+        assert!(error.contains("floor"), "{error}");
+    }
+
     #[test]
     fn replicas_above_max_replicas_point_at_replicas() {
         let text = GOOD.replace("replicas: 2", "replicas: 5");
@@ -1884,6 +2122,165 @@ spec:
             one_error(&text),
             "s.yaml:6:13: replicas (5) is greater than autoscale.maxReplicas (4)"
         );
+    }
+
+    #[test]
+    fn scale_to_zero_takes_its_defaults_from_an_empty_section() {
+        let text = GOOD.replace("minReplicas: 1", "minReplicas: 0\n    scaleToZero: {}");
+        let a = autoscale_of(&text);
+        let z = a.scales_to_zero().expect("scales to zero");
+        assert_eq!(z.idle_after.get(), std::time::Duration::from_secs(300));
+        assert_eq!(
+            z.activation_timeout.get(),
+            std::time::Duration::from_secs(30)
+        );
+        let text = GOOD.replace(
+            "minReplicas: 1",
+            "minReplicas: 0\n    scaleToZero: {idleAfter: 3s, activationTimeout: 2s}",
+        );
+        let a = autoscale_of(&text);
+        let z = a.scales_to_zero().expect("scales to zero");
+        assert_eq!(z.idle_after.get(), std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn min_replicas_zero_needs_scale_to_zero_and_the_other_way_round() {
+        let text = GOOD.replace("minReplicas: 1", "minReplicas: 0");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:14:18: minReplicas: 0 needs `scaleToZero` (`scaleToZero: {}` for the \
+             defaults): without it nothing would hold the requests that arrive while no \
+             replica runs"
+        );
+        let text = GOOD.replace("minReplicas: 1", "minReplicas: 1\n    scaleToZero: {}");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:15:18: scaleToZero needs minReplicas: 0 (it is 1)"
+        );
+    }
+
+    #[test]
+    fn scale_to_zero_durations_are_checked_where_they_are_written() {
+        let text = GOOD.replace(
+            "minReplicas: 1",
+            "minReplicas: 0\n    scaleToZero:\n      idleAfter: 0s\n      activationTimeout: 2m",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "s.yaml:16:18: idleAfter must be above 0s",
+                "s.yaml:17:26: activationTimeout 2m must be from 100ms to 60s (HAProxy's \
+                 client timeout bounds how long a request can be held)"
+            ]
+        );
+        let text = GOOD.replace(
+            "minReplicas: 1",
+            "minReplicas: 0\n    scaleToZero: {idleAfter: soon}",
+        );
+        let e = one_error(&text);
+        assert!(e.starts_with("s.yaml:15:30: "), "{e}");
+    }
+
+    #[test]
+    fn scale_to_zero_needs_a_load_balancer() {
+        let text = GOOD
+            .replace("minReplicas: 1", "minReplicas: 0\n    scaleToZero: {}")
+            .replace(
+                "  loadBalancer:\n    backend: web\n    bind: 127.0.0.1:8080\n",
+                "",
+            );
+        assert!(
+            errors(&text).iter().any(|e| e.ends_with(
+                "autoscale needs a loadBalancer: demand is read from the \
+                                      HAProxy backend"
+            )),
+            "{:?}",
+            errors(&text)
+        );
+    }
+
+    #[test]
+    fn a_warm_pool_is_read_with_its_size() {
+        let text = GOOD.replace("minReplicas: 1", "minReplicas: 1\n    warmPool: {size: 2}");
+        let a = autoscale_of(&text);
+        assert_eq!(a.warm_pool, Some(crate::spec::WarmPool { size: 2 }));
+        assert_eq!(autoscale_of(GOOD).warm_pool, None);
+    }
+
+    #[test]
+    fn a_warm_pool_above_max_replicas_or_the_bound_points_at_its_size() {
+        let text = GOOD.replace("minReplicas: 1", "minReplicas: 1\n    warmPool: {size: 5}");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:15:22: warmPool.size (5) is greater than maxReplicas (4): a scale-up \
+             never takes more than maxReplicas"
+        );
+        let text = GOOD
+            .replace("maxReplicas: 4", "maxReplicas: 100")
+            .replace("minReplicas: 1", "minReplicas: 1\n    warmPool: {size: 60}");
+        assert_eq!(
+            one_error(&text),
+            "s.yaml:15:22: warmPool.size (60) is above 50: each warm container keeps its \
+             memory while it waits"
+        );
+        let text = GOOD.replace(
+            "minReplicas: 1",
+            "minReplicas: 1\n    warmPool: {size: 1, count: 2}",
+        );
+        assert!(
+            one_error(&text).contains("count"),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
+    fn a_warm_pool_is_refused_on_swarm_where_it_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = GOOD.replace("minReplicas: 1", "minReplicas: 1\n    warmPool: {size: 1}");
+        std::fs::write(dir.path().join("web.yaml"), &spec).expect("write");
+        load(&[dir.path().to_owned()]).expect("fine on docker");
+        let err = load_for(&[dir.path().to_owned()], Runtime::Swarm).expect_err("not on swarm");
+        assert!(
+            err.to_string().contains(
+                "web.yaml:15:15: warmPool is for the docker runtime: Swarm cannot pause a task"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn scale_to_zero_is_refused_on_swarm_where_it_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = GOOD.replace("minReplicas: 1", "minReplicas: 0\n    scaleToZero: {}");
+        std::fs::write(dir.path().join("web.yaml"), &spec).expect("write");
+        load(&[dir.path().to_owned()]).expect("fine on docker");
+        let err = load_for(&[dir.path().to_owned()], Runtime::Swarm).expect_err("not on swarm");
+        assert!(
+            err.to_string().contains(
+                "web.yaml:14:18: minReplicas: 0 (scale to zero) is for the docker runtime"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_canary_or_an_analysis_is_refused_on_swarm_where_it_is_written() {
+        for (rollout, expected) in [
+            (
+                "  rollout:\n    strategy: canary\n    steps: [{weight: 25, pause: 10s}]\n",
+                "web.yaml:18:15: strategy: canary is for the docker runtime",
+            ),
+            (
+                "  rollout:\n    analysis: {interval: 5s}\n",
+                "web.yaml:18:15: rollout.analysis is for the docker runtime",
+            ),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("web.yaml"), format!("{GOOD}{rollout}")).expect("write");
+            load(&[dir.path().to_owned()]).expect("fine on docker");
+            let err = load_for(&[dir.path().to_owned()], Runtime::Swarm).expect_err("not on swarm");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 
     #[test]
@@ -2148,6 +2545,22 @@ spec:
 
         #[test]
         fn any_text_is_accepted_or_rejected_with_located_errors(text in "\\PC{0,200}") {
+            check_located(&text)?;
+        }
+
+        /// A schedule entry with any of cron's characters and a zone-like name: a
+        /// valid spec or located errors, never a panic.
+        #[test]
+        fn a_hostile_schedule_is_accepted_or_rejected_with_located_errors(
+            cron in "[0-9*/,#LW?+@A-Z -]{0,24}",
+            zone in "[A-Za-z_/+-]{0,20}",
+            duration in "[0-9]{1,4}(ms|s|m|h|d)?",
+            floor in 0u32..2000,
+        ) {
+            let text = with_schedules(&format!(
+                "      - {{cron: \"{cron}\", timezone: \"{zone}\", duration: {duration}, \
+                 minReplicas: {floor}}}\n"
+            ));
             check_located(&text)?;
         }
 

@@ -431,8 +431,10 @@ impl Default for ServerOptions {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Autoscale {
-    #[serde(deserialize_with = "positive_count")]
-    #[schemars(range(min = 1, max = 1000))]
+    /// The fewest replicas to run; `0` only with `scaleToZero` (and a load balancer,
+    /// whose HAProxy holds the requests that arrive while none runs).
+    #[serde(deserialize_with = "count")]
+    #[schemars(range(min = 0, max = 1000))]
     pub min_replicas: u32,
     #[serde(deserialize_with = "positive_count")]
     #[schemars(range(min = 1, max = 1000))]
@@ -452,11 +454,86 @@ pub struct Autoscale {
     /// Unset: hold the count (and still never scale down on missing data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Windows, opened by a cron expression in a time zone, during which at least
+    /// their `minReplicas` run (the highest of the windows in force). They raise the
+    /// floor only: the load can take the count higher, never a schedule lower.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<Schedule>,
     #[serde(default)]
     pub behavior: Behavior,
+    /// With `minReplicas: 0`: after `idleAfter` without a single request the count
+    /// goes to 0; HAProxy then holds new requests while the first replica starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
+    /// Replicas kept created, warmed (their port answered) and paused, outside
+    /// rotation and outside the replica count: a scale-up unpauses one of them
+    /// instead of creating a replica, and the pool is refilled in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<WarmPool>,
+}
+
+/// The warm pool: paused containers of the current template, ready to be taken.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmPool {
+    /// How many paused containers to keep (at most `maxReplicas`, and at most
+    /// [`WarmPool::MAX_SIZE`]). A paused container uses no CPU; its memory is kept.
+    #[serde(deserialize_with = "count")]
+    #[schemars(range(min = 0, max = 50))]
+    pub size: u32,
+}
+
+impl WarmPool {
+    /// The largest pool: each warm container holds its memory while it waits.
+    pub const MAX_SIZE: u32 = 50;
+}
+
+/// Scale to zero: when to go there, and how long a request waits for the way back.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScaleToZero {
+    /// How long the backend must see no request at all (none in flight, none new)
+    /// before the last replica is drained and removed.
+    #[serde(default = "default_idle_after")]
+    pub idle_after: Duration,
+    /// How long HAProxy holds a request while no replica is ready; past it the
+    /// request is answered 503 with `Retry-After`. At most 60s (the managed
+    /// HAProxy's client timeout).
+    #[serde(default = "default_activation_timeout")]
+    pub activation_timeout: Duration,
+}
+
+fn default_idle_after() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_activation_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ScaleToZero {
+    fn default() -> Self {
+        ScaleToZero {
+            idle_after: default_idle_after(),
+            activation_timeout: default_activation_timeout(),
+        }
+    }
 }
 
 impl Autoscale {
+    /// Scale to zero is on: `minReplicas: 0` with `scaleToZero`.
+    pub fn scales_to_zero(&self) -> Option<&ScaleToZero> {
+        self.scale_to_zero
+            .as_ref()
+            .filter(|_| self.min_replicas == 0)
+    }
+
+    /// The fewest replicas the load-driven part of the autoscaler goes down to: zero
+    /// is reached only through idleness, never through a low load.
+    pub fn load_floor(&self) -> u32 {
+        self.min_replicas.max(1)
+    }
+
     /// The signals to scale on: `targets`, or the single `target`.
     pub fn signals(&self) -> Vec<Target> {
         match self.target {
@@ -798,6 +875,9 @@ macro_rules! deserialize_from_str {
 
 // After the macro: the option types parse through it too.
 pub mod options;
+pub mod schedule;
+
+pub use schedule::Schedule;
 
 /// A DNS label (RFC 1123): 1–63 characters of `[a-z0-9-]`, starting and ending with an
 /// alphanumeric.

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the committed load series (deterministic): step, spike, sine, gaps.
+"""Writes the committed load series (deterministic): step, spike, sine, gaps, signals,
+outage, weekday.
 Columns: t_seconds,scur,qcur,qtime; an empty cell is a failed sample."""
 import math
 
@@ -85,3 +86,24 @@ for i in range(0, 200):
     else:
         rows.append((t, 16, 0, 0, 120, 80))
 write_full("outage", rows)
+
+# weekday: replayed against schedule.yaml from Monday 2024-01-08 07:50 in Zurich
+# (`--start 2024-01-08T07:50:00+01:00`), one sample every 5 s for 50 minutes. The
+# window "0 8 * * 1-5" (Europe/Zurich, 30m) holds at least 4 replicas from 08:00 to
+# 08:30. 6 in flight until 08:00 (1 replica); a morning ramp to 20 that the floor
+# covers; 56 from 08:10 to 08:20 (7 replicas, beyond the floor); 12 from 08:20 on
+# (2 replicas): the floor holds 4 until 08:30, then the count comes down through the
+# scale-down window.
+rows = []
+for i in range(0, 600):
+    t = 5 * i
+    if t < 600:
+        d = 6
+    elif t < 1200:
+        d = 6 + round(14 * (t - 600) / 600)
+    elif t < 1800:
+        d = 56
+    else:
+        d = 12
+    rows.append((t, d, 0, 0))
+write("weekday", rows)

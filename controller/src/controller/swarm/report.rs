@@ -48,11 +48,11 @@ impl<L: LoadBalancer> SwarmController<L> {
             let Some(autoscaler) = entry.autoscaler.as_mut() else {
                 continue;
             };
-            let decision = autoscaler.observe(now, sample);
+            let wall = self.settings.clock.wall();
+            let decision = autoscaler.observe(now, wall, sample);
             let config = autoscaler.config().clone();
             log_decision(&name, &decision, &mut entry.last_reason);
             changed |= decision.changed();
-            let wall = self.settings.clock.wall();
             publish_decision(
                 &self.metrics,
                 &self.status,

@@ -29,7 +29,7 @@ use super::frontend::FrontendConfig;
 use super::managed::{ManagedError, ManagedHaproxy, Paths, ProcessWatch, Started};
 use super::runtime_api::{AdminState, ApiError, Endpoint, Refusal, RuntimeApi};
 use crate::lb::{LbError, LbErrorKind, LoadBalancer, MemberCounts};
-use crate::model::backend::{Admin, Backend, BackendLoad, PoolGrown, Slot};
+use crate::model::backend::{Admin, Backend, BackendLoad, Holds, PoolGrown, Slot};
 use crate::serve::metrics::Metrics;
 use crate::serve::status::StatusHandle;
 use crate::spec::frontend::Frontend;
@@ -655,6 +655,27 @@ impl LoadBalancer for HaproxyBalancer {
             qtime_ms: total.qtime.unwrap_or(0) as f64,
             rtime_ms: total.rtime.unwrap_or(0) as f64,
             rate: total.rate.unwrap_or(0) as f64,
+            requests: total.req_tot.or(total.stot).unwrap_or(0),
+        })
+    }
+
+    async fn holds(&self) -> Result<BTreeMap<String, Holds>, LbError> {
+        let reply = self
+            .inner
+            .api
+            .command("dockscale holds", super::hold::COMMAND)
+            .await
+            .map_err(lb_error)?;
+        // No script loaded (no service scales to zero, or an external HAProxy without
+        // it): the command is unknown, and nothing is held.
+        if reply.trim_start().starts_with("Unknown command") {
+            return Ok(BTreeMap::new());
+        }
+        super::hold::parse(&reply).map_err(|e| {
+            LbError::new(
+                LbErrorKind::Unreadable,
+                format!("cannot read `{}`: {e}", super::hold::COMMAND),
+            )
         })
     }
 

@@ -23,6 +23,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::frontend::{render_not_found, FrontendConfig};
+use super::hold::{HoldConfig, SCRIPT_FILE};
 use crate::spec::{HealthCheck, ScaledService, ServerOptions};
 
 /// Prefix of slot names: `slot1`, `slot2`, ...
@@ -48,6 +49,8 @@ pub struct BackendConfig {
     pub health: Option<HealthCheck>,
     /// Slots in use, by number (1-based), as observed just before rendering.
     pub assigned: BTreeMap<u32, AssignedSlot>,
+    /// Scale to zero: requests are held while no server is usable.
+    pub hold: Option<HoldConfig>,
 }
 
 /// A slot's live settings, written into the file on a reload.
@@ -82,6 +85,14 @@ impl BackendConfig {
             server: lb.server.clone(),
             health: lb.health_check.clone(),
             assigned: BTreeMap::new(),
+            hold: service
+                .spec
+                .autoscale
+                .as_ref()
+                .and_then(|a| a.scales_to_zero())
+                .map(|z| HoldConfig {
+                    timeout: z.activation_timeout.get(),
+                }),
         })
     }
 
@@ -143,6 +154,8 @@ pub struct ManagedConfig {
     pub socket: String,
     pub pidfile: String,
     pub state_file: String,
+    /// The scale-to-zero Lua script, loaded when a backend holds requests.
+    pub lua_script: String,
     /// Where HAProxy's own Prometheus exporter listens (`/metrics`, and `/stats`).
     pub exporter: SocketAddr,
     /// Secret for the dynamic stickiness cookies.
@@ -164,6 +177,7 @@ impl ManagedConfig {
             socket: path("haproxy.sock"),
             pidfile: path("haproxy.pid"),
             state_file: path("haproxy.state"),
+            lua_script: path(SCRIPT_FILE),
             exporter,
             cookie_key: cookie_key.to_owned(),
             backends,
@@ -212,7 +226,7 @@ global
     pidfile {pidfile}
     server-state-file {state}
     hard-stop-after 60s
-
+{lua}
 defaults
     mode http
     option dontlognull
@@ -250,6 +264,11 @@ frontend dockscale-haproxy-metrics
             pidfile = self.pidfile,
             state = self.state_file,
             exporter = self.exporter,
+            lua = if self.backends.iter().any(|b| b.hold.is_some()) {
+                format!("    lua-load {}\n", self.lua_script)
+            } else {
+                String::new()
+            },
         );
         for b in &self.backends {
             if let Some(bind) = b.bind {
@@ -304,12 +323,13 @@ frontend {service}
                 "
 backend {backend}
     balance roundrobin
-    cookie {COOKIE_NAME} insert indirect nocache dynamic
+{hold}    cookie {COOKIE_NAME} insert indirect nocache dynamic
     dynamic-cookie-key {key}
 {httpchk}    default-server{check}{maxconn}
 ",
                 backend = b.backend,
                 key = self.cookie_key,
+                hold = b.hold.map(|h| h.render()).unwrap_or_default(),
             );
             for n in 1..=b.slots {
                 let _ = match b.assigned.get(&n) {
@@ -519,6 +539,50 @@ mod tests {
         let mut no_check = empty.clone();
         no_check.backends[0].server.check = false;
         assert_ne!(no_check.shape(), empty.shape());
+    }
+
+    #[test]
+    fn a_backend_that_scales_to_zero_holds_requests_while_no_server_is_usable() {
+        let mut service = testing::spec()
+            .replicas(1)
+            .lb()
+            .autoscale(1, 4)
+            .build_service("web");
+        let a = service.spec.autoscale.as_mut().expect("autoscale");
+        a.min_replicas = 0;
+        a.scale_to_zero = Some(crate::spec::ScaleToZero {
+            idle_after: crate::spec::Duration::from_secs(60),
+            activation_timeout: crate::spec::Duration::from_secs(5),
+        });
+        let held = BackendConfig::of(&service).expect("has a load balancer");
+        let plain = backend_of(1);
+        let cfg = ManagedConfig::new(
+            Path::new("/run/ds"),
+            "127.0.0.1:9181".parse().expect("addr"),
+            "secret",
+            vec![held, plain.clone()],
+        );
+        let text = cfg.render();
+        assert!(
+            text.contains("    lua-load /run/ds/dockscale-hold.lua\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "backend web\n    balance roundrobin\n    \
+                 http-request lua.dockscale_hold 5000 5 if { nbsrv lt 1 }\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("lua.dockscale_hold").count(), 1, "{text}");
+        // Without a backend that holds, no script is loaded.
+        let none = ManagedConfig::new(
+            Path::new("/run/ds"),
+            "127.0.0.1:9181".parse().expect("addr"),
+            "secret",
+            vec![plain],
+        );
+        assert!(!none.render().contains("lua"), "{}", none.render());
     }
 
     #[test]

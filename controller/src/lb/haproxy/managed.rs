@@ -5,8 +5,9 @@
 //! Files in the state directory: `haproxy.cfg` (rendered), `haproxy.sock` (the admin
 //! socket, mode 600), `haproxy.pid` (the master's pid), `haproxy.state` (the
 //! server-state file written before each reload), `haproxy.log` (what HAProxy prints
-//! while starting) and `cookie.key` (the secret of the stickiness cookies, kept so that
-//! sessions survive restarts).
+//! while starting), `cookie.key` (the secret of the stickiness cookies, kept so that
+//! sessions survive restarts) and `dockscale-hold.lua` (the scale-to-zero action,
+//! loaded only when a service scales to zero).
 //!
 //! HAProxy is left running when dockscale stops, like the containers: serving goes on
 //! and the next dockscale adopts it. Processes are signalled by the pid HAProxy wrote,
@@ -145,6 +146,10 @@ impl ManagedHaproxy {
             source,
         })?;
         let cookie_key = load_or_create_key(&paths.cookie_key)?;
+        super::hold::write_script(&paths.dir).map_err(|source| ManagedError::Write {
+            path: paths.dir.join(super::hold::SCRIPT_FILE),
+            source,
+        })?;
         Ok(ManagedHaproxy {
             binary,
             paths,

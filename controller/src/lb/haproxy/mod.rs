@@ -8,6 +8,8 @@
 //! - [`tls`]: the frontends' certificates: found, checked, installed.
 //! - [`certs`]: the frontends as served, their certificates kept current (swapped at
 //!   runtime when their files change).
+//! - [`hold`]: scale to zero: the Lua action that holds requests while a backend has
+//!   no usable server, and its counters.
 //! - [`managed`]: the managed HAProxy process: start, adopt, reload, supervise.
 //! - [`sever`]: this host's TCP connections to a vanished replica cut, so HAProxy
 //!   retries their requests elsewhere.
@@ -17,6 +19,7 @@ pub mod balancer;
 pub mod certs;
 pub mod config;
 pub mod frontend;
+pub mod hold;
 pub mod managed;
 pub mod runtime_api;
 pub mod sever;

@@ -165,6 +165,12 @@ pub struct StatRow {
     pub rtime: Option<u64>,
     /// Average total session time over the last 1024 requests, in milliseconds.
     pub ttime: Option<u64>,
+    /// Cumulative sessions (streams: one per HTTP request on a backend).
+    #[serde(default)]
+    pub stot: Option<u64>,
+    /// Cumulative HTTP requests (HTTP proxies only).
+    #[serde(default)]
+    pub req_tot: Option<u64>,
     /// Cumulative HTTP responses by class, connection and response errors and failed
     /// health checks: what a canary's analysis compares (absent columns read as 0).
     #[serde(default)]
