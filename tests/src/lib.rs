@@ -514,6 +514,15 @@ impl RunningController {
         (code, response.text().await.unwrap_or_default())
     }
 
+    /// A service's status from the API, or `None` while it has none yet (its first
+    /// pass has not reported) or the answer is not a status.
+    pub async fn try_service_status(&self, name: &str) -> Option<serde_json::Value> {
+        let (code, body) = self.get(&format!("/api/v1/services/{name}")).await;
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+
     /// A service's status from the API (`/api/v1/services/{name}`), which must answer.
     pub async fn service_status(&self, name: &str) -> serde_json::Value {
         let (code, body) = self.get(&format!("/api/v1/services/{name}")).await;

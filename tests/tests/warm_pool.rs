@@ -269,9 +269,12 @@ async fn at_zero_a_burst_is_answered_by_a_former_warm_container_without_a_failur
         Duration::from_millis(100),
         || async {
             // Desired 0: gone to zero after idleAfter, not before the first replica
-            // was even listed (the pool can fill and pause sooner than it).
-            let desired =
-                controller.service_status(&fixture.service).await["replicas"]["desired"].as_u64();
+            // was even listed (the pool can fill and pause sooner than it). The status
+            // exists only once the first pass reported it: until then, not yet.
+            let desired = controller
+                .try_service_status(&fixture.service)
+                .await
+                .and_then(|status| status["replicas"]["desired"].as_u64());
             let (r, w) = (replicas(&fixture).len(), warm(&fixture));
             if desired == Some(0)
                 && r == 0
