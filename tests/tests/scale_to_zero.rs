@@ -1,6 +1,7 @@
 //! Scale to zero end to end, on the real engine and a real HAProxy: an idle service
-//! drained to no replica, concurrent requests held by HAProxy's Lua action while the
-//! first replica starts (none answered 503), the cold-start time printed, and a
+//! drained to no replica, a burst of 50 requests held by HAProxy's Lua action while the
+//! first replica starts (every one answered 200 by a replica, none before a server was
+//! UP), the cold-start time printed, and a
 //! template that never gets ready answered 503 with `Retry-After` after
 //! `activationTimeout`; HAProxy never reloaded (the same master and worker).
 
@@ -138,8 +139,8 @@ async fn an_idle_service_goes_to_zero_and_held_requests_wake_it_without_a_503() 
         "{status:#}"
     );
 
-    // Concurrent requests at zero: HAProxy holds them while the first replica starts.
-    const N: usize = 8;
+    // A burst at zero: HAProxy holds every request while the first replica starts.
+    const N: usize = 50;
     let first = Instant::now();
     let requests: Vec<_> = (0..N)
         .map(|_| {
@@ -147,12 +148,27 @@ async fn an_idle_service_goes_to_zero_and_held_requests_wake_it_without_a_503() 
             tokio::spawn(async move {
                 let sent = Instant::now();
                 let answer = get(bind, "/").await;
-                (answer, sent.elapsed())
+                (answer, sent.elapsed(), Instant::now())
             })
         })
         .collect();
+    // Meanwhile, when HAProxy was last seen with no server taking requests: no answer
+    // may come before that (a request answered then was not held).
+    let last_seen_empty = async {
+        let mut last_empty = first;
+        let deadline = first + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let before = Instant::now();
+            if !fixture.taking_requests().await.is_empty() {
+                return last_empty;
+            }
+            last_empty = before;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("no server took requests within 20 s of the burst");
+    };
     // How soon dockscale learns of them: the status asks for a replica.
-    let ((), woken_after) = wait_until(
+    let woken = wait_until(
         "woken",
         Duration::from_secs(5),
         Duration::from_millis(5),
@@ -166,21 +182,21 @@ async fn an_idle_service_goes_to_zero_and_held_requests_wake_it_without_a_503() 
                 }
             }
         },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
+    let (woken, last_empty) = tokio::join!(woken, last_seen_empty);
+    let ((), woken_after) = woken.unwrap_or_else(|e| panic!("{e}"));
     let mut answers = Vec::new();
     for r in requests {
         answers.push(r.await.expect("request task"));
     }
     let cold_start = answers
         .iter()
-        .map(|(_, took)| *took)
+        .map(|(_, took, _)| *took)
         .max()
         .unwrap_or_default();
     let quickest = answers
         .iter()
-        .map(|(_, took)| *took)
+        .map(|(_, took, _)| *took)
         .min()
         .unwrap_or_default();
     println!(
@@ -193,9 +209,25 @@ async fn an_idle_service_goes_to_zero_and_held_requests_wake_it_without_a_503() 
         cold_start.as_secs_f64(),
         first.elapsed().as_secs_f64(),
     );
-    for (answer, took) in &answers {
+    let replicas: Vec<String> = fixture
+        .running()
+        .iter()
+        .map(|c| c.id[..12].to_owned())
+        .collect();
+    for (answer, took, done) in &answers {
         let (code, head, body) = answer.as_ref().expect("an answer");
         assert_eq!(*code, 200, "after {took:?}: {head}\n{body}");
+        assert!(
+            *done > last_empty,
+            "answered {:?} before HAProxy was last seen with no server",
+            last_empty - *done
+        );
+        assert!(
+            replicas
+                .iter()
+                .any(|id| body.contains(&format!("hostname: {id}"))),
+            "served by one of the replicas {replicas:?}: {body}"
+        );
     }
 
     let status = controller.service_status(&svc).await;
