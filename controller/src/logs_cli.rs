@@ -4,10 +4,13 @@
 //! It reads the Docker engine directly (bollard), not the controller: logs are the
 //! engine's, and they are wanted most when the controller is down. The replicas are the
 //! containers labelled `dockscale.managed-by=dockscale` and `dockscale.service=NAME`,
-//! running or exited. Without `--follow` their lines are sorted by the time Docker
-//! received them; with it, lines are printed as they come, and a replica that starts
-//! later (a replacement, a scale-up) is followed from its first line, found by the
-//! engine's `start` events (subscribed before the list, so none falls in between). It
+//! running or exited; the warm pool's containers (`NAME-warm-<5>`, paused, outside
+//! rotation) are not replicas and are left out. Without `--follow` their lines are
+//! sorted by the time Docker received them; with it, lines are printed as they come,
+//! and a replica that starts later (a replacement, a scale-up) is followed from its
+//! first line, found by the engine's `start` events (subscribed before the list, so
+//! none falls in between), and so is a warm container once it is taken, found by its
+//! `rename` to a replica's name (its lines from before, while it warmed, included). It
 //! only reads: no container is ever changed.
 //!
 //! The line handling (prefixes, splitting, merging, `--since`) is pure and tested here.
@@ -24,7 +27,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::cli::LogsArgs;
-use crate::model::replica::{LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY};
+use crate::model::replica::{is_warm_name, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogsError {
@@ -140,7 +143,8 @@ struct Found {
 async fn watch_starts(docker: Docker, service: String, found: mpsc::UnboundedSender<Found>) {
     let filters = HashMap::from([
         ("type", vec!["container".to_owned()]),
-        ("event", vec!["start".to_owned()]),
+        // A start, or the rename of a warm container taken as a replica.
+        ("event", vec!["start".to_owned(), "rename".to_owned()]),
         (
             "label",
             vec![
@@ -192,6 +196,10 @@ async fn watch_starts(docker: Docker, service: String, found: mpsc::UnboundedSen
             ) else {
                 continue;
             };
+            // The name it has now: a warm one is followed once taken (renamed).
+            if is_warm_name(&service, &name) {
+                continue;
+            }
             let replica = Replica { id, name };
             if found
                 .send(Found {
@@ -210,7 +218,7 @@ async fn watch_starts(docker: Docker, service: String, found: mpsc::UnboundedSen
     }
 }
 
-/// The replicas of `service`, running or not, oldest first.
+/// The replicas of `service`, running or not, oldest first; not its warm containers.
 async fn list(docker: &Docker, service: &str) -> Result<Vec<Replica>, LogsError> {
     let filters = HashMap::from([(
         "label",
@@ -235,7 +243,7 @@ async fn list(docker: &Docker, service: &str) -> Result<Vec<Replica>, LogsError>
         .into_iter()
         .filter_map(|s| {
             let name = s.names?.first()?.trim_start_matches('/').to_owned();
-            Some(Replica { id: s.id?, name })
+            (!is_warm_name(service, &name)).then_some(Replica { id: s.id?, name })
         })
         .collect())
 }

@@ -7,11 +7,15 @@
 //! child is signalled only by the pid it was spawned with, and it is ended on drop
 //! (SIGCONT first, in case it is stopped, then SIGTERM, then SIGKILL), so nothing
 //! outlives a panicking test.
+//!
+//! [`Watching`] is a command that streams (`logs -f`, `events -w`), its output
+//! collected line by line.
 
-use std::io::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -240,4 +244,63 @@ fn strip_colors(text: &str) -> String {
         }
     }
     out
+}
+
+/// A `dockscale` command left running (`logs -f`, `events -w`), its stdout collected
+/// line by line; killed by the pid it was spawned with on drop.
+pub struct Watching {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watching {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(crate::dockscale_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start dockscale");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        Watching { child, lines }
+    }
+
+    /// Its exit status, once it exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// What it printed so far, line by line.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    /// Waits for a line that `matches`; panics with what was printed.
+    pub async fn wait_line(&self, what: &str, timeout: Duration, matches: impl Fn(&str) -> bool) {
+        crate::wait_for(what, timeout, || {
+            let lines = self.lines();
+            if lines.iter().any(|l| matches(l)) {
+                Ok(())
+            } else {
+                Err(lines)
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -2,65 +2,11 @@
 //! build next to a controller running in-process, against the real Docker engine.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
+use dockscale_e2e::process::Watching;
 use dockscale_e2e::{dockscale_bin, sh, wait_for, Fixture, RunningController};
-
-/// A `dockscale` command left running (`logs -f`, `events -w`), its stdout collected
-/// line by line; killed by the pid it was spawned with on drop.
-struct Watching {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Watching {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(dockscale_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start dockscale");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Watching { child, lines }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().expect("lines").clone()
-    }
-
-    /// Waits for a line that `matches`; panics with what was printed.
-    async fn wait_line(&self, what: &str, timeout: Duration, matches: impl Fn(&str) -> bool) {
-        wait_for(what, timeout, || {
-            let lines = self.lines();
-            if lines.iter().any(|l| matches(l)) {
-                Ok(())
-            } else {
-                Err(lines)
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for Watching {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The names of the running replicas.
 fn running_names(fixture: &Fixture) -> BTreeSet<String> {
@@ -231,7 +177,6 @@ async fn events_watch_prints_each_new_event_and_ends_with_the_controller() {
     controller.stop().await;
     let mut watch = watch;
     let (status, _) = wait_for("the watch to end", Duration::from_secs(10), || match watch
-        .child
         .try_wait()
     {
         Ok(Some(status)) => Ok(status),

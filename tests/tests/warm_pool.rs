@@ -2,13 +2,15 @@
 //! fills with paused containers (`State.Paused`) that no HAProxy server points at; a
 //! scale-up takes them (its time to UP printed and compared with cold creates) and the
 //! pool is refilled; a service at zero answers a burst of requests from a former warm
-//! container, every one 200; a template edit replaces the pool.
+//! container, every one 200; a template edit replaces the pool; `dockscale logs` leaves
+//! the pool out and follows a warm container once it is taken.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use dockscale_e2e::haproxy::{hostname_of, LbFixture};
+use dockscale_e2e::process::Watching;
 use dockscale_e2e::{get_host, sh_quiet, wait_until, Container, RunningController};
 
 /// `autoscale` with a warm pool of `size`.
@@ -370,5 +372,64 @@ async fn a_template_edit_replaces_the_pool() {
         .filter(|c| old_ids.contains(c.id.as_str()))
         .collect();
     assert!(left.is_empty(), "old warm containers left: {left:?}");
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_leave_the_pool_out_and_follow_a_warm_container_once_taken() {
+    let fixture = LbFixture::new("e2e-warm-logs");
+    fixture.write_spec(&fixture.lb_spec(1, "hello", &autoscale(1, 3, Some(1), "")));
+    let controller = RunningController::start(&fixture.lb_run_args(&[]));
+    controller.wait_listening().await;
+    taking(&fixture, 1, Duration::from_secs(30)).await;
+    let pool = pool_ready(&fixture, 1, None).await;
+    let warm_name = pool[0].name.clone();
+    let replica = replicas(&fixture)[0].name.clone();
+
+    // Without --follow: the replica's lines only.
+    let out = std::process::Command::new(dockscale_e2e::dockscale_bin())
+        .args(["logs", &fixture.service])
+        .output()
+        .expect("dockscale logs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let shown: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(" | ").map(|(name, _)| name))
+        .collect();
+    assert_eq!(shown, BTreeSet::from([replica.as_str()]), "{text}");
+
+    // Followed: the warm container appears once taken, under its replica name, its
+    // start (while it warmed) included.
+    let logs = Watching::start(&["logs", &fixture.service, "-f"]);
+    logs.wait_line("the replica's start", Duration::from_secs(15), |l| {
+        l.starts_with(&format!("{replica} | dockscale-webapp listening"))
+    })
+    .await;
+    fixture.write_spec(&fixture.lb_spec(2, "hello", &autoscale(2, 3, Some(1), "")));
+    taking(&fixture, 2, Duration::from_secs(30)).await;
+    let taken = replicas(&fixture)
+        .into_iter()
+        .find(|c| c.id == pool[0].id)
+        .expect("the warm container is a replica now");
+    logs.wait_line(
+        "the taken container's start",
+        Duration::from_secs(15),
+        |l| l.starts_with(&format!("{} | dockscale-webapp listening", taken.name)),
+    )
+    .await;
+    // The refill warms meanwhile; none of the pool's names is ever printed.
+    pool_ready(&fixture, 1, None).await;
+    let lines = logs.lines();
+    let warm_prefix = format!("{}-warm-", fixture.service);
+    assert!(
+        lines.iter().all(|l| !l.starts_with(&warm_prefix)),
+        "a warm container's line ({warm_name} or its refill): {lines:?}"
+    );
+    drop(logs);
     controller.stop().await;
 }

@@ -399,16 +399,20 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                     }
                     entry.memory.warm.busy.insert(id.clone(), Busy::Removing);
                     let now = Instant::now();
-                    if *reason == WarmRemoval::Broken
-                        && entry.memory.warm.broken_seen.insert(id.clone())
-                    {
+                    if reason.is_failure() && entry.memory.warm.broken_seen.insert(id.clone()) {
                         let delay = entry.memory.warm.failed(now, &self.settings.crash_backoff);
+                        let what = match reason {
+                            WarmRemoval::NeverAnswered => format!(
+                                "did not answer on its port within {} (progressDeadline)",
+                                humantime::format_duration(spec.rollout.progress_deadline.get())
+                            ),
+                            _ => "exited or never ran".to_owned(),
+                        };
                         events.push((
                             EventType::Warning,
                             "WarmPoolBackOff",
                             format!(
-                                "Warm container {warm} exited or never ran; refilling the pool \
-                                 after {}",
+                                "Warm container {warm} {what}; refilling the pool after {}",
                                 humantime::format_duration(round_ms(delay))
                             ),
                         ));

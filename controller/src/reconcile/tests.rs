@@ -1454,6 +1454,45 @@ mod warm {
         assert_eq!(warm_creates(&w.plan()), 1);
     }
 
+    #[test]
+    fn a_warm_container_whose_port_never_answers_is_removed_at_the_progress_deadline() {
+        let mut w = pooled(1);
+        let deadline = w.spec.rollout.progress_deadline.get();
+        let mut silent = warm(5, HASH, ContainerState::Running);
+        silent.created_at_ns = w.now().unix_ns;
+        w.replicas.push(silent);
+        let never_answered = |p: &Plan| {
+            count(p, |a| {
+                matches!(
+                    a,
+                    Action::RemoveWarm {
+                        reason: WarmRemoval::NeverAnswered,
+                        ..
+                    }
+                )
+            })
+        };
+        w.at = deadline - Duration::from_secs(1);
+        let p = w.plan();
+        assert_eq!(never_answered(&p), 0, "still within its deadline");
+        assert_eq!(p.requeue_after, Some(ACTIVE_REQUEUE), "its port is polled");
+        w.at = deadline;
+        let p = w.plan();
+        assert_eq!(never_answered(&p), 1, "{:?}", p.actions);
+        assert_eq!(p.warm.warming, 0, "no longer counted");
+        // Its removal counts toward the refill's back-off: a second one in a row
+        // holds the refill planned beside it.
+        let policy = w.policy;
+        w.memory.warm.failed(w.t0, &policy);
+        let p = w.plan();
+        assert_eq!(warm_creates(&p), 0, "{:?}", p.actions);
+        // One that answers in time is paused, not removed.
+        w.answering.insert(ContainerId("warm05".into()));
+        let p = w.plan();
+        assert_eq!(never_answered(&p), 0);
+        assert_eq!(count(&p, |a| matches!(a, Action::Pause { .. })), 1);
+    }
+
     // Regression: a warm container listed before its create call returned was
     // counted twice (listed, and in flight), and a fresh one was removed as excess.
     #[test]

@@ -9,8 +9,8 @@
 //! path of any new replica (slot assigned in maintenance, enabled once its port
 //! answers, UP). The pool is refilled behind the takes, within the same bound on
 //! Docker calls in flight as creates, never while the image or the engine holds
-//! creates back, and with a back-off after warm containers that exit or fail to start
-//! (never a tight loop). Warm containers of an older template are removed and
+//! creates back, and with a back-off after warm containers that exit, fail to start or
+//! do not answer within the rollout's `progressDeadline` (never a tight loop). Warm containers of an older template are removed and
 //! replaced; beyond the size, the warming ones go first, then the newest.
 //!
 //! This module owns [`PoolMemory`] (what the pool has in flight) and the rules above.
@@ -36,17 +36,28 @@ pub enum WarmRemoval {
     Excess,
     /// It exited, never ran, or lost its address: refilled after a back-off.
     Broken,
+    /// Running, but its port did not answer within the rollout's `progressDeadline`
+    /// (the time any new replica of the service is given to become ready): refilled
+    /// after a back-off, like a broken one.
+    NeverAnswered,
     /// A take of it failed half-way: it is not trusted to be taken again.
     Spoiled,
 }
 
 impl WarmRemoval {
+    /// Whether the pool failed to warm it: its removal counts toward the refill's
+    /// back-off.
+    pub fn is_failure(self) -> bool {
+        matches!(self, WarmRemoval::Broken | WarmRemoval::NeverAnswered)
+    }
+
     /// A short, bounded label for metrics and events.
     pub fn label(self) -> &'static str {
         match self {
             WarmRemoval::Outdated => "outdated",
             WarmRemoval::Excess => "excess",
             WarmRemoval::Broken => "broken",
+            WarmRemoval::NeverAnswered => "never_answered",
             WarmRemoval::Spoiled => "spoiled",
         }
     }
@@ -163,8 +174,13 @@ pub fn step(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
             }
             ContainerState::Removing => continue,
         };
+        let silent = r.state == ContainerState::Running
+            && !input.answering.contains(&r.id)
+            && age_of(r, now) >= input.spec.rollout.progress_deadline.get();
         let reason = if broken {
             Some(WarmRemoval::Broken)
+        } else if silent {
+            Some(WarmRemoval::NeverAnswered)
         } else if pool.spoiled.contains(&r.id) {
             Some(WarmRemoval::Spoiled)
         } else if r.template_hash != input.template_hash {
@@ -172,7 +188,7 @@ pub fn step(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
         } else {
             None
         };
-        if broken && !pool.broken_seen.contains(&r.id) {
+        if (broken || silent) && !pool.broken_seen.contains(&r.id) {
             newly_broken += 1;
         }
         if let Some(reason) = reason {

@@ -1,6 +1,7 @@
 //! The warm pool on the fakes: filled and paused outside rotation and outside the
 //! counts, taken first by a scale-up and refilled, replaced on a template change,
 //! refilled after a warm container is killed (with a back-off when they keep dying),
+//! replaced when its port does not answer within the progress deadline,
 //! and taken when a held request wakes a service at zero.
 
 use super::*;
@@ -202,6 +203,34 @@ async fn a_warm_container_killed_is_refilled_and_a_crashing_one_backs_off() {
     let warm = warm_creates_since(&w, start);
     assert!((2..=5).contains(&warm), "{warm} warm creates in 60 s");
     assert!(!w.events_with("web", "WarmPoolBackOff").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_container_that_never_answers_is_replaced_at_the_progress_deadline() {
+    let w = World::new(&[pooled(1, 1).image("silent:1")]);
+    w.rt.add_image("silent:1", crate::runtime::fake::Behaviour::never_answers());
+    let w = w.start();
+    let start = Instant::now();
+    w.settle(secs(60)).await;
+    assert_eq!(
+        warm_creates_since(&w, start),
+        1,
+        "warming within its deadline"
+    );
+    assert!(paused(&w, "web").is_empty());
+    // progressDeadline 2m: removed then, refilled at once the first time, after a
+    // back-off the next (0, then 10 s): three warm creates in 5 minutes.
+    w.settle(secs(240)).await;
+    let warm = warm_creates_since(&w, start);
+    assert!((2..=4).contains(&warm), "{warm} warm creates in 300 s");
+    let events = w.events_with("web", "WarmPoolBackOff");
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .contains("did not answer on its port within 2m (progressDeadline)")),
+        "{events:?}"
+    );
+    w.check_invariants();
 }
 
 #[tokio::test(start_paused = true)]
