@@ -838,6 +838,9 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             }
         }
         self.tasks.abort_all();
+        if let Some(writer) = self.history_writer.take() {
+            writer.flush(Duration::from_secs(5)).await;
+        }
     }
 }
 

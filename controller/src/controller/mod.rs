@@ -133,6 +133,9 @@ pub struct Controller<R: ContainerRuntime, L: LoadBalancer> {
     frontends: Vec<Frontend>,
     /// Rollout commands from the HTTP server (taken by [`Controller::run`]).
     commands: Option<mpsc::Receiver<rollouts::CommandRequest>>,
+    /// Writes the rollout histories (started by [`Controller::run`] with a history
+    /// directory).
+    history_writer: Option<rollouts::HistoryWriter>,
 }
 
 /// The loop's timers besides the services' own due times.
@@ -181,6 +184,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             store: ReplicaStore::new(),
             frontends: Vec::new(),
             commands: None,
+            history_writer: None,
         }
     }
 
@@ -225,6 +229,11 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         self.configure_lb().await;
         let mut lb_restarts = self.lb.restarts();
         let mut commands = self.commands.take();
+        self.history_writer = self
+            .settings
+            .history_dir
+            .clone()
+            .map(rollouts::HistoryWriter::start);
 
         loop {
             let wake = self.next_wake(&timers, &feed);

@@ -211,8 +211,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         if let Some(entry) = self.services.get_mut(name) {
             entry.memory.apply_plan(&plan);
             if entry.settled(&plan) {
-                if let Some(dir) = &self.settings.history_dir {
-                    super::rollouts::keep_history(dir, name, &entry.history);
+                if let Some(writer) = &self.history_writer {
+                    writer.keep(name, &entry.history);
                 }
             }
             let warm: std::collections::BTreeSet<&ContainerId> = listed

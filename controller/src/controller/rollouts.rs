@@ -2,8 +2,8 @@
 //! enqueues ([`CommandRequest`]) applied through the pure
 //! [`crate::reconcile::control::apply`] and answered, each pass's rollout recorded in
 //! the service's [`History`] (pure, [`History::record`]), the history file read at
-//! start and written when it changed, and where the rollout stands published for the
-//! status API.
+//! start and written when it changed (off the loop, by the [`HistoryWriter`]), and
+//! where the rollout stands published for the status API.
 //!
 //! The history of a service lives in `<state-dir>/rollouts/<service>.json`, written
 //! atomically (a temporary file in the same directory, renamed over it). A file that
@@ -105,15 +105,60 @@ pub fn save_history(dir: &Path, service: &str, history: &History) -> std::io::Re
     Ok(())
 }
 
-/// Saves `history`, or says why it stays in memory only.
-pub fn keep_history(dir: &Path, service: &str, history: &History) {
-    if let Err(e) = save_history(dir, service, history) {
-        tracing::warn!(
-            service,
-            dir = %dir.display(),
-            error = %e,
-            "cannot write the rollout history (it is kept in memory)"
-        );
+/// Writes the services' history files off the loop: a write (a flush to disk) never
+/// holds up a pass. Writes are kept in order; of several waiting for one service only
+/// the newest is written. A write that fails says why, and the history stays in
+/// memory (the next change writes it again).
+pub struct HistoryWriter {
+    queue: mpsc::UnboundedSender<(String, History)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HistoryWriter {
+    /// A writer into `dir`; must be started inside the runtime.
+    pub fn start(dir: PathBuf) -> Self {
+        let (queue, mut pending) = mpsc::unbounded_channel::<(String, History)>();
+        let task = tokio::spawn(async move {
+            while let Some((service, history)) = pending.recv().await {
+                let mut newest = std::collections::BTreeMap::from([(service, history)]);
+                while let Ok((service, history)) = pending.try_recv() {
+                    newest.insert(service, history);
+                }
+                let dir = dir.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    for (service, history) in newest {
+                        if let Err(e) = save_history(&dir, &service, &history) {
+                            tracing::warn!(
+                                service,
+                                dir = %dir.display(),
+                                error = %e,
+                                "cannot write the rollout history (it is kept in memory)"
+                            );
+                        }
+                    }
+                })
+                .await;
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "the rollout history writer failed");
+                }
+            }
+        });
+        HistoryWriter { queue, task }
+    }
+
+    /// Queues `history` to be written as `service`'s.
+    pub fn keep(&self, service: &str, history: &History) {
+        // The task ends only once this sender is dropped: sending cannot fail first.
+        let _ = self.queue.send((service.to_owned(), history.clone()));
+    }
+
+    /// Writes what is queued, waiting up to `within`.
+    pub async fn flush(self, within: std::time::Duration) {
+        let HistoryWriter { queue, task } = self;
+        drop(queue);
+        if tokio::time::timeout(within, task).await.is_err() {
+            tracing::warn!("the rollout history was still being written when dockscale stopped");
+        }
     }
 }
 
@@ -262,8 +307,8 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
             entry.last_analysis = None;
         }
         if change == Change::Durable {
-            if let Some(dir) = &self.settings.history_dir {
-                keep_history(dir, name, &entry.history);
+            if let Some(writer) = &self.history_writer {
+                writer.keep(name, &entry.history);
             }
         }
     }
@@ -380,6 +425,33 @@ mod tests {
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         assert_eq!(files, ["web.json"]);
+    }
+
+    #[tokio::test]
+    async fn the_writer_writes_the_newest_history_of_each_service_by_its_flush() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let rollouts = history_dir(dir.path());
+        let writer = HistoryWriter::start(rollouts.clone());
+        writer.keep("web", &History::default());
+        writer.keep("api", &History::default());
+        writer.keep("web", &history());
+        writer.flush(std::time::Duration::from_secs(10)).await;
+        assert_eq!(load_history(&rollouts, "web"), history());
+        assert_eq!(load_history(&rollouts, "api"), History::default());
+        assert!(rollouts.join("api.json").exists());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_leaves_the_writer_going() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        // A file where the directory should be: every write fails.
+        let blocked = dir.path().join("rollouts");
+        std::fs::write(&blocked, "").expect("writes");
+        let writer = HistoryWriter::start(blocked.clone());
+        writer.keep("web", &history());
+        writer.keep("web", &history());
+        writer.flush(std::time::Duration::from_secs(10)).await;
+        assert!(blocked.is_file(), "left as it was");
     }
 
     #[test]
