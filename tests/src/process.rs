@@ -304,3 +304,24 @@ impl Drop for Watching {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `dockscale` with `args` to its end; it must succeed. Its stdout.
+pub fn dockscale_output(args: &[&str]) -> String {
+    let out = Command::new(crate::dockscale_bin())
+        .args(args)
+        .output()
+        .expect("run dockscale");
+    assert!(
+        out.status.success(),
+        "dockscale {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The replica names that prefix lines of `dockscale logs` (`NAME | line`).
+pub fn logs_prefixes(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.split_once(" | ").map(|(name, _)| name.to_owned()))
+        .collect()
+}

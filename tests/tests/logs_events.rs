@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use dockscale_e2e::process::Watching;
+use dockscale_e2e::process::{dockscale_output, logs_prefixes, Watching};
 use dockscale_e2e::{dockscale_bin, sh, wait_for, Fixture, RunningController};
 
 /// The names of the running replicas.
@@ -74,24 +74,10 @@ async fn logs_follow_goes_on_with_the_replica_that_replaces_a_removed_one() {
     drop(logs);
 
     // Without --follow: the last line of each replica there is, and it ends.
-    let out = Command::new(dockscale_bin())
-        .args(["logs", &fixture.service, "--tail", "1"])
-        .output()
-        .expect("dockscale logs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let shown: BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.split_once(" | ").map(|(name, _)| name))
-        .collect();
-    let now: BTreeSet<String> = running_names(&fixture);
+    let text = dockscale_output(&["logs", &fixture.service, "--tail", "1"]);
     assert_eq!(
-        shown,
-        now.iter().map(String::as_str).collect(),
+        logs_prefixes(&text),
+        running_names(&fixture),
         "one line per replica: {text}"
     );
     assert_eq!(text.lines().count(), 2, "{text}");

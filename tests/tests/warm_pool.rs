@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use dockscale_e2e::haproxy::{hostname_of, LbFixture};
-use dockscale_e2e::process::Watching;
+use dockscale_e2e::process::{dockscale_output, logs_prefixes, Watching};
 use dockscale_e2e::{get_host, sh_quiet, wait_until, Container, RunningController};
 
 /// `autoscale` with a warm pool of `size`.
@@ -387,21 +387,12 @@ async fn logs_leave_the_pool_out_and_follow_a_warm_container_once_taken() {
     let replica = replicas(&fixture)[0].name.clone();
 
     // Without --follow: the replica's lines only.
-    let out = std::process::Command::new(dockscale_e2e::dockscale_bin())
-        .args(["logs", &fixture.service])
-        .output()
-        .expect("dockscale logs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = dockscale_output(&["logs", &fixture.service]);
+    assert_eq!(
+        logs_prefixes(&text),
+        BTreeSet::from([replica.clone()]),
+        "{text}"
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let shown: BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.split_once(" | ").map(|(name, _)| name))
-        .collect();
-    assert_eq!(shown, BTreeSet::from([replica.as_str()]), "{text}");
 
     // Followed: the warm container appears once taken, under its replica name, its
     // start (while it warmed) included.
