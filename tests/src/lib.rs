@@ -417,7 +417,10 @@ pub fn remove_network(network: &str) -> Result<(), ShError> {
     for _ in 0..40 {
         match try_sh("docker", &["network", "rm", network]) {
             Ok(_) => return Ok(()),
-            Err(ShError::Failed { stderr, .. }) if stderr.contains("No such network") => {
+            // "No such network", or "network NAME not found" (as engines 20.10 say).
+            Err(ShError::Failed { stderr, .. })
+                if stderr.contains("No such network") || stderr.contains("not found") =>
+            {
                 return Ok(())
             }
             Err(e) => last = Some(e),
