@@ -22,6 +22,7 @@
 //!   [`autoscale::plot`], the timeline as an SVG (shared with the benchmark).
 //! - [`controller`]: the loop: triggers, services, events, the pass (observe, plan,
 //!   execute, status), the autoscaling tick, errors and their retry; with
+//!   [`controller::warm_pool`] (the warm pool's actions and completions),
 //!   [`controller::store`] (the owned containers between two Docker lists),
 //!   [`controller::watch`] (the spec file watch) and [`controller::claim`] (one
 //!   controller per engine), and, in tests, the scenarios that drive whole passes

@@ -4,9 +4,7 @@
 //! its container stops); Docker creates and stops run as background tasks whose
 //! completions (`Done`) come back to the loop. Each action carried out is applied to
 //! the service's memory, each completion too: nothing else changes it. The warm pool's
-//! actions (warm creates, pauses, takes, warm removals) run as background tasks too;
-//! a take is a replica's create as far as memory goes (`create_started`, then
-//! `created` when the unpause and the rename are done).
+//! actions and their completions are in [`super::warm_pool`].
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,8 +14,7 @@ use tokio::time::Instant;
 use crate::controller::error::{error_backoff, runtime_policy, ReconcileError};
 use crate::controller::Controller;
 use crate::lb::{LbError, LoadBalancer};
-use crate::model::replica::{replica_name, warm_name, ContainerId};
-use crate::reconcile::warm_pool::{Busy, WarmRemoval};
+use crate::model::replica::{replica_name, ContainerId};
 use crate::reconcile::{Action, Plan, RemoveReason};
 use crate::runtime::{ContainerRuntime, CreateReplica, DockerError, PulledImage};
 use crate::serve::status::EventType;
@@ -72,7 +69,7 @@ pub(crate) enum Done {
 }
 
 /// An event for the service's status.
-type NewEvent = (EventType, &'static str, String);
+pub(super) type NewEvent = (EventType, &'static str, String);
 
 impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// Applies a plan: load-balancer steps first, then Docker operations as background
@@ -208,247 +205,136 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
     /// network that could not be ensured (the creates of this pass are lost then: their
     /// lines start afresh, and nothing is created meanwhile).
     fn start_tasks(&mut self, name: &str, plan: &Plan, events: &mut Vec<NewEvent>) {
-        let Some(entry) = self.services.get_mut(name) else {
+        let Some(entry) = self.services.get(name) else {
             return;
         };
-        let spec = &entry.spec.spec;
-        let network_ok = entry.memory.network_ready.as_deref() == Some(spec.network.as_str());
+        let network_ok =
+            entry.memory.network_ready.as_deref() == Some(entry.spec.spec.network.as_str());
         for action in &plan.actions {
             match action {
-                Action::Pull { image } => {
-                    entry.pull.started(Instant::now());
-                    events.push((
-                        EventType::Normal,
-                        "Pulling",
-                        format!("Pulling image {image}"),
-                    ));
-                    let runtime = self.runtime.clone();
-                    let (service, image) = (name.to_owned(), image.clone());
-                    self.tasks.spawn(async move {
-                        let started = Instant::now();
-                        let result = runtime.pull_image(&image).await;
-                        Done::Pulled {
-                            service,
-                            image,
-                            took: started.elapsed(),
-                            result,
-                        }
-                    });
-                }
-                Action::Create { restarts } | Action::Restore { restarts } if network_ok => {
-                    // A restore creates a replica of the template the aborted rollout
-                    // replaced (the planner asks for one only when it is known).
-                    let (spec, template_hash) = match (action, &entry.history.stable) {
-                        (Action::Restore { .. }, Some(stable)) => {
-                            let spec = crate::spec::ServiceSpec {
-                                template: stable.template.clone(),
-                                ..spec.clone()
-                            };
-                            (std::borrow::Cow::Owned(spec), &stable.template_hash)
-                        }
-                        (Action::Restore { .. }, None) => continue,
-                        _ => (std::borrow::Cow::Borrowed(spec), &entry.template_hash),
-                    };
-                    let mut rng = rand::rng();
-                    let replica = loop {
-                        let candidate = replica_name(name, &mut rng);
-                        if entry.memory.phase(&candidate).is_none() {
-                            break candidate;
-                        }
-                    };
-                    entry
-                        .memory
-                        .create_started(&replica, template_hash, *restarts, Instant::now());
-                    let request = CreateReplica {
-                        name: replica.clone(),
-                        service: name.to_owned(),
-                        template_hash: template_hash.clone(),
-                        created_at_ns: self.settings.clock.now().unix_ns,
-                        spec: spec.into_owned(),
-                    };
-                    self.tasks.spawn(create(
-                        self.runtime.clone(),
-                        request,
-                        |service, name, result| Done::Created {
-                            service,
-                            name,
-                            result,
-                        },
-                    ));
-                }
-                Action::Remove {
-                    id,
-                    name: replica,
-                    reason,
-                } => {
-                    if entry.memory.is_stopping(replica) {
-                        continue;
-                    }
-                    entry.memory.applied(action, Some(replica), Instant::now());
-                    self.metrics
-                        .container_stops_total
-                        .with_label_values(&[name, reason.label()])
-                        .inc();
-                    events.extend(removal_event(replica, reason, &spec.network));
-                    let runtime = self.runtime.clone();
-                    let service = name.to_owned();
-                    let (id, replica) = (id.clone(), replica.clone());
-                    let grace = spec.template.stop_grace_period.get();
-                    self.tasks.spawn(async move {
-                        let result = runtime.stop_and_remove(&id, grace).await;
-                        Done::Removed {
-                            service,
-                            name: replica,
-                            id,
-                            result,
-                        }
-                    });
-                }
-                Action::Take {
-                    id,
-                    warm,
-                    replica,
-                    restarts,
-                } => {
-                    if entry.memory.warm.busy.contains_key(id) {
-                        continue;
-                    }
-                    entry.memory.warm.busy.insert(id.clone(), Busy::Taking);
-                    // A replica's create as far as the planner goes: pending until it
-                    // is listed under its new name.
-                    entry.memory.create_started(
-                        replica,
-                        &entry.template_hash,
-                        *restarts,
-                        Instant::now(),
-                    );
-                    let runtime = self.runtime.clone();
-                    let service = name.to_owned();
-                    let (id, warm, replica) = (id.clone(), warm.clone(), replica.clone());
-                    self.tasks.spawn(async move {
-                        let started = Instant::now();
-                        let result = match runtime.unpause(&id).await {
-                            Ok(()) => runtime.rename(&id, &replica).await,
-                            Err(e) => Err(e),
-                        };
-                        Done::Taken {
-                            service,
-                            warm,
-                            replica,
-                            id,
-                            took: started.elapsed(),
-                            result,
-                        }
-                    });
-                }
-                Action::CreateWarm if network_ok => {
-                    let mut rng = rand::rng();
-                    let warm = loop {
-                        let candidate = warm_name(name, &mut rng);
-                        if !entry.memory.warm.creating.contains_key(&candidate) {
-                            break candidate;
-                        }
-                    };
-                    entry
-                        .memory
-                        .warm
-                        .creating
-                        .insert(warm.clone(), Instant::now());
-                    let request = CreateReplica {
-                        name: warm.clone(),
-                        service: name.to_owned(),
-                        template_hash: entry.template_hash.clone(),
-                        created_at_ns: self.settings.clock.now().unix_ns,
-                        spec: spec.clone(),
-                    };
-                    self.tasks.spawn(create(
-                        self.runtime.clone(),
-                        request,
-                        |service, name, result| Done::WarmCreated {
-                            service,
-                            name,
-                            result,
-                        },
-                    ));
-                }
-                Action::Pause { id, name: warm } => {
-                    if entry.memory.warm.busy.contains_key(id) {
-                        continue;
-                    }
-                    entry.memory.warm.busy.insert(id.clone(), Busy::Pausing);
-                    let runtime = self.runtime.clone();
-                    let service = name.to_owned();
-                    let (id, warm) = (id.clone(), warm.clone());
-                    self.tasks.spawn(async move {
-                        let result = runtime.pause(&id).await;
-                        Done::Paused {
-                            service,
-                            name: warm,
-                            id,
-                            result,
-                        }
-                    });
-                }
-                Action::RemoveWarm {
-                    id,
-                    name: warm,
-                    reason,
-                } => {
-                    if entry.memory.warm.busy.contains_key(id) {
-                        continue;
-                    }
-                    entry.memory.warm.busy.insert(id.clone(), Busy::Removing);
-                    let now = Instant::now();
-                    if reason.is_failure() && entry.memory.warm.broken_seen.insert(id.clone()) {
-                        let delay = entry.memory.warm.failed(now, &self.settings.crash_backoff);
-                        let what = match reason {
-                            WarmRemoval::NeverAnswered => format!(
-                                "did not answer on its port within {} (progressDeadline)",
-                                humantime::format_duration(spec.rollout.progress_deadline.get())
-                            ),
-                            _ => "exited or never ran".to_owned(),
-                        };
-                        events.push((
-                            EventType::Warning,
-                            "WarmPoolBackOff",
-                            format!(
-                                "Warm container {warm} {what}; refilling the pool after {}",
-                                humantime::format_duration(round_ms(delay))
-                            ),
-                        ));
-                    }
-                    tracing::info!(warm = %warm, reason = reason.label(), "removing a warm container");
-                    let runtime = self.runtime.clone();
-                    let service = name.to_owned();
-                    let id = id.clone();
-                    let grace = spec.template.stop_grace_period.get();
-                    self.tasks.spawn(async move {
-                        // A paused process cannot take its SIGTERM: thawed first (an
-                        // exited one answers an error, which changes nothing).
-                        let _ = runtime.unpause(&id).await;
-                        // A failed removal is tried again here, with a back-off, a few
-                        // times: the pass would otherwise ask again at once.
-                        let mut result = runtime.stop_and_remove(&id, grace).await;
-                        for attempt in 1..=3 {
-                            if result.is_ok() {
-                                break;
-                            }
-                            tokio::time::sleep(error_backoff(attempt)).await;
-                            result = runtime.stop_and_remove(&id, grace).await;
-                        }
-                        Done::WarmRemoved {
-                            service,
-                            id,
-                            result,
-                        }
-                    });
-                }
-                _ => {}
+                Action::Pull { image } => self.start_pull(name, image, events),
+                Action::Create { restarts } => self.start_create(name, *restarts, false),
+                Action::Restore { restarts } => self.start_create(name, *restarts, true),
+                Action::Remove { .. } => self.start_removal(name, action, events),
+                _ => self.start_warm_task(name, action, network_ok, events),
             }
         }
     }
 
-    /// A background task ended.
+    /// An image pull in the background.
+    fn start_pull(&mut self, name: &str, image: &str, events: &mut Vec<NewEvent>) {
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        entry.pull.started(Instant::now());
+        events.push((
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image {image}"),
+        ));
+        let runtime = self.runtime.clone();
+        let (service, image) = (name.to_owned(), image.to_owned());
+        self.tasks.spawn(async move {
+            let started = Instant::now();
+            let result = runtime.pull_image(&image).await;
+            Done::Pulled {
+                service,
+                image,
+                took: started.elapsed(),
+                result,
+            }
+        });
+    }
+
+    /// A replica's create, on a line that crashed `restarts` times in a row: of the
+    /// spec's template, or with `restore` of the template an aborted rollout replaced
+    /// (the planner asks for one only when it is known). None into a network that is
+    /// not ready.
+    fn start_create(&mut self, name: &str, restarts: u32, restore: bool) {
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        let spec = &entry.spec.spec;
+        if entry.memory.network_ready.as_deref() != Some(spec.network.as_str()) {
+            return;
+        }
+        let (spec, template_hash) = match (restore, &entry.history.stable) {
+            (true, Some(stable)) => {
+                let spec = crate::spec::ServiceSpec {
+                    template: stable.template.clone(),
+                    ..spec.clone()
+                };
+                (std::borrow::Cow::Owned(spec), &stable.template_hash)
+            }
+            (true, None) => return,
+            (false, _) => (std::borrow::Cow::Borrowed(spec), &entry.template_hash),
+        };
+        let mut rng = rand::rng();
+        let replica = loop {
+            let candidate = replica_name(name, &mut rng);
+            if entry.memory.phase(&candidate).is_none() {
+                break candidate;
+            }
+        };
+        entry
+            .memory
+            .create_started(&replica, template_hash, restarts, Instant::now());
+        let request = CreateReplica {
+            name: replica,
+            service: name.to_owned(),
+            template_hash: template_hash.clone(),
+            created_at_ns: self.settings.clock.now().unix_ns,
+            spec: spec.into_owned(),
+        };
+        self.tasks.spawn(create(
+            self.runtime.clone(),
+            request,
+            |service, name, result| Done::Created {
+                service,
+                name,
+                result,
+            },
+        ));
+    }
+
+    /// A replica's stop and removal (once: not while it is stopping already).
+    fn start_removal(&mut self, name: &str, action: &Action, events: &mut Vec<NewEvent>) {
+        let Action::Remove {
+            id,
+            name: replica,
+            reason,
+        } = action
+        else {
+            return;
+        };
+        let Some(entry) = self.services.get_mut(name) else {
+            return;
+        };
+        if entry.memory.is_stopping(replica) {
+            return;
+        }
+        entry.memory.applied(action, Some(replica), Instant::now());
+        self.metrics
+            .container_stops_total
+            .with_label_values(&[name, reason.label()])
+            .inc();
+        let spec = &entry.spec.spec;
+        events.extend(removal_event(replica, reason, &spec.network));
+        let runtime = self.runtime.clone();
+        let service = name.to_owned();
+        let (id, replica) = (id.clone(), replica.clone());
+        let grace = spec.template.stop_grace_period.get();
+        self.tasks.spawn(async move {
+            let result = runtime.stop_and_remove(&id, grace).await;
+            Done::Removed {
+                service,
+                name: replica,
+                id,
+                result,
+            }
+        });
+    }
+
     pub(super) fn on_task(&mut self, done: Result<Done, tokio::task::JoinError>) {
         match done {
             Ok(done) => self.finished(done),
@@ -500,167 +386,6 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
                 svc.record(event.0, event.1, event.2, wall);
             }
         });
-    }
-
-    /// A warm pool operation finished: the pool's memory learns it, the container is
-    /// read again, and the service looks again at once.
-    fn warm_finished(&mut self, done: Done) -> (String, Option<NewEvent>) {
-        let now = Instant::now();
-        let policy = self.settings.crash_backoff;
-        let (service, event) = match done {
-            Done::WarmCreated {
-                service,
-                name,
-                result,
-            } => {
-                let Some(entry) = self.services.get_mut(&service) else {
-                    return (service, None);
-                };
-                entry.memory.warm.creating.remove(&name);
-                let event = match result {
-                    Ok(id) => {
-                        self.store.touch(id);
-                        None
-                    }
-                    Err(e) => {
-                        self.store.invalidate();
-                        if matches!(e, DockerError::NetworkNotFound { .. }) {
-                            entry.memory.network_ready = None;
-                        }
-                        let delay = entry.memory.warm.failed(now, &policy);
-                        Some((
-                            EventType::Warning,
-                            "FailedCreate",
-                            format!(
-                                "Failed to create warm container {name}: {}; refilling the pool \
-                                 after {}",
-                                crate::report::chain(&e),
-                                humantime::format_duration(round_ms(delay))
-                            ),
-                        ))
-                    }
-                };
-                (service, event)
-            }
-            Done::Paused {
-                service,
-                name,
-                id,
-                result,
-            } => {
-                self.store.touch(id.clone());
-                let Some(entry) = self.services.get_mut(&service) else {
-                    return (service, None);
-                };
-                let event = match result {
-                    Ok(()) => {
-                        entry.memory.warm.paused(&id);
-                        None
-                    }
-                    Err(e) => {
-                        // Not tried again in a loop: it goes, and the pool backs off.
-                        entry.memory.warm.busy.remove(&id);
-                        entry.memory.warm.spoiled.insert(id);
-                        let delay = entry.memory.warm.failed(now, &policy);
-                        Some((
-                            EventType::Warning,
-                            "FailedPause",
-                            format!(
-                                "Failed to pause warm container {name}: {}; replacing it after {}",
-                                crate::report::chain(&e),
-                                humantime::format_duration(round_ms(delay))
-                            ),
-                        ))
-                    }
-                };
-                (service, event)
-            }
-            Done::Taken {
-                service,
-                warm,
-                replica,
-                id,
-                took,
-                result,
-            } => {
-                self.store.touch(id.clone());
-                let Some(entry) = self.services.get_mut(&service) else {
-                    return (service, None);
-                };
-                entry.memory.warm.busy.remove(&id);
-                let event = match result {
-                    Ok(()) => {
-                        entry.memory.created(&replica);
-                        self.metrics
-                            .warm_pool_takes_total
-                            .with_label_values(&[&service])
-                            .inc();
-                        tracing::info!(%warm, %replica, took = ?took, "took a warm container");
-                        (
-                            EventType::Normal,
-                            "TookWarm",
-                            format!(
-                                "Took warm container {warm} as replica {replica} ({id}; \
-                                 unpaused and renamed in {})",
-                                humantime::format_duration(round_ms(took))
-                            ),
-                        )
-                    }
-                    Err(e) => {
-                        // Its line is not the replica's fault: a cold create follows.
-                        let hash = entry.template_hash.clone();
-                        entry
-                            .memory
-                            .create_failed(&replica, &hash, false, now, &policy);
-                        entry.memory.warm.spoiled.insert(id);
-                        (
-                            EventType::Warning,
-                            "FailedTake",
-                            format!(
-                                "Failed to take warm container {warm}: {}; creating a replica \
-                                 instead",
-                                crate::report::chain(&e)
-                            ),
-                        )
-                    }
-                };
-                (service, Some(event))
-            }
-            Done::WarmRemoved {
-                service,
-                id,
-                result,
-            } => {
-                self.store.touch(id.clone());
-                let Some(entry) = self.services.get_mut(&service) else {
-                    return (service, None);
-                };
-                entry.memory.warm.busy.remove(&id);
-                let event = match result {
-                    Ok(()) => {
-                        entry.memory.warm.spoiled.remove(&id);
-                        entry.memory.warm.broken_seen.remove(&id);
-                        None
-                    }
-                    Err(e) => Some((
-                        EventType::Warning,
-                        "FailedDelete",
-                        format!(
-                            "Failed to remove warm container {id}: {}",
-                            crate::report::chain(&e)
-                        ),
-                    )),
-                };
-                (service, event)
-            }
-            Done::Created { service, .. }
-            | Done::Removed { service, .. }
-            | Done::Pulled { service, .. } => (service, None),
-        };
-        if let Some(entry) = self.services.get_mut(&service) {
-            entry.wake(now);
-        }
-        (service, event)
     }
 
     fn create_finished(
@@ -845,7 +570,7 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
 }
 
 /// A duration to the millisecond, for messages.
-fn round_ms(d: Duration) -> Duration {
+pub(super) fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis().min(u128::from(u64::MAX)) as u64)
 }
 
@@ -969,7 +694,7 @@ fn failed_create_event(
 
 /// A create as a background task: the container of `request` created and started,
 /// reported as `done` says (a replica's, or a warm container's).
-async fn create<R: ContainerRuntime>(
+pub(super) async fn create<R: ContainerRuntime>(
     runtime: std::sync::Arc<R>,
     request: CreateReplica,
     done: impl FnOnce(String, String, Result<ContainerId, crate::runtime::DockerError>) -> Done,

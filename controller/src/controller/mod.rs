@@ -44,6 +44,7 @@ mod scenarios;
 pub mod services;
 pub mod store;
 pub mod swarm;
+pub mod warm_pool;
 pub mod watch;
 
 use std::collections::BTreeMap;
