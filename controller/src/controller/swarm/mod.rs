@@ -9,9 +9,9 @@
 //! rolling update replaces the tasks; a spec it rolled back is not asked for again
 //! until the spec changes.
 //!
-//! - [`pass`]: one pass of a service (read, plan, act), the removal of a service, the
+//! - `pass`: one pass of a service (read, plan, act), the removal of a service, the
 //!   dry run.
-//! - [`report`]: the autoscaler's tick and the status a pass leaves.
+//! - `report`: the autoscaler's tick and the status a pass leaves.
 
 mod pass;
 mod report;
