@@ -258,10 +258,11 @@ impl Autoscaler {
         decision
     }
 
-    // One function on purpose: the HPA's steps in their order (demand, the raw
-    // recommendation with the schedule's floor, the tolerance band, the stabilization
-    // windows, the rate limits, the bounds), each feeding the next and the
-    // explanation, read top to bottom.
+    /// The HPA's steps in their order, each feeding the next: demand, the raw
+    /// recommendation with the schedule's floor and the tolerance band
+    /// ([`Signal::evaluate`]), the stabilization windows ([`Self::stabilize`]), the rate
+    /// limits ([`Self::rate_limit`]), the bounds; then why ([`Steps::reason`]) and the
+    /// explanation ([`Steps::message`]).
     fn decide(
         &mut self,
         now: Duration,
@@ -269,27 +270,9 @@ impl Autoscaler {
         windows: Option<&Windows>,
         sample: Option<BackendLoad>,
     ) -> Decision {
-        let behavior = self.config.behavior.clone();
-        let b = &behavior;
-        let window = b.scale_up.period.get();
-        self.samples.push_back((now, sample));
-        trim(&mut self.samples, now, window);
-        let longest_stabilization = b
-            .scale_up
-            .stabilization_window
-            .get()
-            .max(b.scale_down.stabilization_window.get());
-        trim(&mut self.recommendations, now, longest_stabilization);
-        let longest_period = b.scale_up.period.get().max(b.scale_down.period.get());
-        trim(&mut self.changes, now, longest_period);
-
+        let window = self.config.behavior.scale_up.period.get();
+        self.remember(now, sample);
         let current = self.desired;
-        if sample.is_some() {
-            self.last_good = now;
-        }
-        if let Some(load) = sample {
-            self.note_activity(now, &load);
-        }
         // Zero is reached through idleness only (see `idle`), never through a low load.
         let (min, max) = (self.config.load_floor(), self.config.max_replicas);
         // The window in force raises the minimum (never above the maximum); while it
@@ -312,33 +295,7 @@ impl Autoscaler {
             .filter_map(|(_, s)| s.as_ref())
             .collect();
         if valid.is_empty() {
-            let mut message = format!(
-                "autoscaler: no sample in the last {}",
-                humantime::format_duration(window)
-            );
-            let desired = current.max(floor);
-            if let (true, Some(holds)) = (desired > current, &holds) {
-                let _ = write!(message, ", {holds}: scaling up from {current} to {desired}");
-                self.record_change(now, current, desired);
-            } else {
-                let _ = write!(message, ", keeping {current}");
-            }
-            return Decision {
-                desired,
-                previous: current,
-                recommendation: None,
-                demand: None,
-                qtime_ms: None,
-                signal: None,
-                schedule: None,
-                by_schedule: desired > current,
-                reason: if desired > current {
-                    Reason::ScaledUp
-                } else {
-                    Reason::NoMetrics
-                },
-                message,
-            };
+            return self.without_samples(now, window, current, floor, holds.as_deref());
         }
         let window_load = Averages::of(&valid);
         let (demand, qtime) = (window_load.demand, window_load.qtime_ms);
@@ -373,15 +330,121 @@ impl Autoscaler {
                 message: format!("autoscaler: no target, keeping {current}"),
             };
         };
-        let within_tolerance = decider.within_tolerance;
         let unclamped = decider.wanted;
-        let target_text = signal_texts(&signals, decider);
         // Below the floor of a window in force, the floor is the recommendation: it
         // stays in the scale-down window once the window ends (no cliff).
         let recommendation = unclamped.clamp(floor, max);
         self.recommendations.push_back((now, recommendation));
+        let stabilized = self.stabilize(now, current, recommendation, latest_missing);
+        let limited = self.rate_limit(now, current, stabilized);
+        // The floor applies at once, whatever the rate limit (as a raised minimum).
+        let desired = limited.clamp(floor, max);
+        let steps = Steps {
+            current,
+            unclamped,
+            recommendation,
+            stabilized,
+            limited,
+            desired,
+            floor,
+            min,
+            max,
+            within_tolerance: decider.within_tolerance,
+            by_schedule: floor > min && desired == floor && unclamped < floor,
+        };
+        let message = steps.message(
+            demand,
+            &signal_texts(&signals, decider),
+            holds.as_deref(),
+            tolerance,
+            latest_missing,
+        );
+        self.record_change(now, current, desired);
+        Decision {
+            desired,
+            previous: current,
+            recommendation: Some(recommendation),
+            demand: Some(demand),
+            qtime_ms: Some(qtime),
+            signal: Some(decider.target),
+            schedule: None,
+            by_schedule: steps.by_schedule,
+            reason: steps.reason(),
+            message,
+        }
+    }
 
-        // Stabilization (the HPA's rule).
+    /// Keeps the sample (and when the last good one was) and drops what every window
+    /// has left behind.
+    fn remember(&mut self, now: Duration, sample: Option<BackendLoad>) {
+        let b = &self.config.behavior;
+        self.samples.push_back((now, sample));
+        trim(&mut self.samples, now, b.scale_up.period.get());
+        let longest_stabilization = b
+            .scale_up
+            .stabilization_window
+            .get()
+            .max(b.scale_down.stabilization_window.get());
+        trim(&mut self.recommendations, now, longest_stabilization);
+        let longest_period = b.scale_up.period.get().max(b.scale_down.period.get());
+        trim(&mut self.changes, now, longest_period);
+        if let Some(load) = sample {
+            self.last_good = now;
+            self.note_activity(now, &load);
+        }
+    }
+
+    /// No good sample in the window: the count is kept, or raised to a schedule's
+    /// floor.
+    fn without_samples(
+        &mut self,
+        now: Duration,
+        window: Duration,
+        current: u32,
+        floor: u32,
+        holds: Option<&str>,
+    ) -> Decision {
+        let mut message = format!(
+            "autoscaler: no sample in the last {}",
+            humantime::format_duration(window)
+        );
+        let desired = current.max(floor);
+        if let (true, Some(holds)) = (desired > current, holds) {
+            let _ = write!(message, ", {holds}: scaling up from {current} to {desired}");
+            self.record_change(now, current, desired);
+        } else {
+            let _ = write!(message, ", keeping {current}");
+        }
+        Decision {
+            desired,
+            previous: current,
+            recommendation: None,
+            demand: None,
+            qtime_ms: None,
+            signal: None,
+            schedule: None,
+            by_schedule: desired > current,
+            reason: if desired > current {
+                Reason::ScaledUp
+            } else {
+                Reason::NoMetrics
+            },
+            message,
+        }
+    }
+
+    /// The HPA's stabilization: up to the lowest recommendation of the scale-up
+    /// window, down to the highest of the scale-down window (the starting count
+    /// counts as one while the controller is younger than it); never down while the
+    /// latest sample is missing.
+    fn stabilize(
+        &self,
+        now: Duration,
+        current: u32,
+        recommendation: u32,
+        latest_missing: bool,
+    ) -> u32 {
+        let b = &self.config.behavior;
         let in_window = |w: Duration| {
             self.recommendations
                 .iter()
@@ -397,18 +460,17 @@ impl Autoscaler {
             .chain(starting)
             .max()
             .unwrap_or(recommendation);
-        let mut stabilized = current;
-        if stabilized < up_floor {
-            stabilized = up_floor;
-        }
-        if stabilized > down_ceiling {
-            stabilized = down_ceiling;
-        }
+        let mut stabilized = current.max(up_floor).min(down_ceiling);
         if latest_missing && stabilized < current {
             stabilized = current;
         }
+        stabilized
+    }
 
-        // Rate limits.
+    /// The rate limits: at most `maxStep` replicas added (or removed) over each
+    /// direction's period.
+    fn rate_limit(&self, now: Duration, current: u32, stabilized: u32) -> u32 {
+        let b = &self.config.behavior;
         let moved = |period: Duration, up: bool| -> u32 {
             self.changes
                 .iter()
@@ -418,95 +480,20 @@ impl Autoscaler {
                 .try_into()
                 .unwrap_or(u32::MAX)
         };
-        let mut limited = stabilized;
         if stabilized > current {
             let room = b
                 .scale_up
                 .max_step
                 .saturating_sub(moved(b.scale_up.period.get(), true));
-            limited = stabilized.min(current.saturating_add(room));
+            stabilized.min(current.saturating_add(room))
         } else if stabilized < current {
             let room = b
                 .scale_down
                 .max_step
                 .saturating_sub(moved(b.scale_down.period.get(), false));
-            limited = stabilized.max(current.saturating_sub(room));
-        }
-        // The floor applies at once, whatever the rate limit (as a raised minimum).
-        let desired = limited.clamp(floor, max);
-        let by_schedule = floor > min && desired == floor && unclamped < floor;
-
-        let reason = if desired > current {
-            if desired < stabilized {
-                Reason::LimitedByMaxStep
-            } else {
-                Reason::ScaledUp
-            }
-        } else if desired < current {
-            if desired > stabilized {
-                Reason::LimitedByMaxStep
-            } else {
-                Reason::ScaledDown
-            }
-        } else if by_schedule {
-            Reason::AtScheduleFloor
-        } else if stabilized != current {
-            Reason::LimitedByMaxStep
-        } else if recommendation != current {
-            Reason::Stabilizing
-        } else if within_tolerance {
-            Reason::WithinTolerance
-        } else if unclamped < min {
-            Reason::AtMinReplicas
-        } else if unclamped > max {
-            Reason::AtMaxReplicas
+            stabilized.max(current.saturating_sub(room))
         } else {
-            Reason::Steady
-        };
-
-        let mut message = format!("autoscaler: demand {demand:.1}, {target_text}");
-        if let Some(holds) = &holds {
-            let _ = write!(message, ", {holds}");
-        }
-        let _ = write!(message, ", recommendation {recommendation}");
-        if recommendation != unclamped {
-            let _ = write!(message, " (clamped from {unclamped} to [{floor}, {max}])");
-        }
-        if within_tolerance {
-            let _ = write!(message, " (within {})", tolerance_text(tolerance));
-        }
-        if stabilized != recommendation {
-            let _ = write!(message, ", stabilized to {stabilized}");
-        }
-        // (A floor applied at once overrides the limit: then it did not limit.)
-        if limited != stabilized && desired == limited {
-            let _ = write!(message, ", limited by maxStep to {limited}");
-        }
-        if latest_missing {
-            message.push_str(", latest sample missing (no scale-down)");
-        }
-        let _ = match desired.cmp(&current) {
-            std::cmp::Ordering::Greater => {
-                write!(message, ": scaling up from {current} to {desired}")
-            }
-            std::cmp::Ordering::Less => {
-                write!(message, ": scaling down from {current} to {desired}")
-            }
-            std::cmp::Ordering::Equal => write!(message, ": keeping {current}"),
-        };
-
-        self.record_change(now, current, desired);
-        Decision {
-            desired,
-            previous: current,
-            recommendation: Some(recommendation),
-            demand: Some(demand),
-            qtime_ms: Some(qtime),
-            signal: Some(decider.target),
-            schedule: None,
-            by_schedule,
-            reason,
-            message,
+            stabilized
         }
     }
 
@@ -823,6 +810,123 @@ fn whole_seconds(d: Duration) -> String {
 }
 
 /// Drops entries older than `window` before `now`.
+/// The figures of one decision's steps, in their order.
+#[derive(Clone, Copy, Debug)]
+struct Steps {
+    current: u32,
+    /// The deciding signal's count, before the bounds.
+    unclamped: u32,
+    /// `unclamped` within the floor and `maxReplicas`.
+    recommendation: u32,
+    stabilized: u32,
+    /// `stabilized` within the rate limits.
+    limited: u32,
+    /// `limited` within the floor and `maxReplicas`: the decision.
+    desired: u32,
+    floor: u32,
+    min: u32,
+    max: u32,
+    within_tolerance: bool,
+    /// The count is a schedule's floor the load alone would not reach.
+    by_schedule: bool,
+}
+
+impl Steps {
+    /// Why the count is what it is: the step that decided.
+    fn reason(&self) -> Reason {
+        let Steps {
+            current,
+            unclamped,
+            recommendation,
+            stabilized,
+            desired,
+            min,
+            max,
+            ..
+        } = *self;
+        if desired > current {
+            if desired < stabilized {
+                Reason::LimitedByMaxStep
+            } else {
+                Reason::ScaledUp
+            }
+        } else if desired < current {
+            if desired > stabilized {
+                Reason::LimitedByMaxStep
+            } else {
+                Reason::ScaledDown
+            }
+        } else if self.by_schedule {
+            Reason::AtScheduleFloor
+        } else if stabilized != current {
+            Reason::LimitedByMaxStep
+        } else if recommendation != current {
+            Reason::Stabilizing
+        } else if self.within_tolerance {
+            Reason::WithinTolerance
+        } else if unclamped < min {
+            Reason::AtMinReplicas
+        } else if unclamped > max {
+            Reason::AtMaxReplicas
+        } else {
+            Reason::Steady
+        }
+    }
+
+    /// The decision explained, step by step, as the log line and the event say it.
+    fn message(
+        &self,
+        demand: f64,
+        target_text: &str,
+        holds: Option<&str>,
+        tolerance: Tolerance,
+        latest_missing: bool,
+    ) -> String {
+        let Steps {
+            current,
+            unclamped,
+            recommendation,
+            stabilized,
+            limited,
+            desired,
+            floor,
+            max,
+            ..
+        } = *self;
+        let mut message = format!("autoscaler: demand {demand:.1}, {target_text}");
+        if let Some(holds) = holds {
+            let _ = write!(message, ", {holds}");
+        }
+        let _ = write!(message, ", recommendation {recommendation}");
+        if recommendation != unclamped {
+            let _ = write!(message, " (clamped from {unclamped} to [{floor}, {max}])");
+        }
+        if self.within_tolerance {
+            let _ = write!(message, " (within {})", tolerance_text(tolerance));
+        }
+        if stabilized != recommendation {
+            let _ = write!(message, ", stabilized to {stabilized}");
+        }
+        // (A floor applied at once overrides the limit: then it did not limit.)
+        if limited != stabilized && desired == limited {
+            let _ = write!(message, ", limited by maxStep to {limited}");
+        }
+        if latest_missing {
+            message.push_str(", latest sample missing (no scale-down)");
+        }
+        let _ = match desired.cmp(&current) {
+            std::cmp::Ordering::Greater => {
+                write!(message, ": scaling up from {current} to {desired}")
+            }
+            std::cmp::Ordering::Less => {
+                write!(message, ": scaling down from {current} to {desired}")
+            }
+            std::cmp::Ordering::Equal => write!(message, ": keeping {current}"),
+        };
+        message
+    }
+}
+
 fn trim<T>(q: &mut VecDeque<(Duration, T)>, now: Duration, window: Duration) {
     while q
         .front()
