@@ -419,7 +419,6 @@ impl Plan {
 /// Plans one pass for one service. Pure: same input, same plan.
 pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     let mut plan = Plan::default();
-    let now = input.now;
     let spec = input.spec;
     let lb = spec.load_balancer.as_ref();
 
@@ -451,7 +450,57 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     let draining = retire::finish_drains(input, memory, &mut lives, &mut plan);
 
     // 4. Counts.
-    let desired = input.desired;
+    plan.counts = counts(input.desired, &lives, &sorted, draining);
+    let c = plan.counts;
+    let (live_old, ready) = (c.current - c.updated, c.ready);
+
+    // 5. Rollout progress, its deadline, and the step of a canary or guarded update.
+    let progress = progress(input, memory, &lives, &mut plan);
+
+    // 6. How many to create, on which crash-loop lines; the warm pool takes in place
+    // of these creates, and its own upkeep.
+    let wanted = wanted(input, &sorted, draining, &progress, &plan);
+    plan.vacant = sorted.vacant;
+    issue_creates(
+        input,
+        memory,
+        sorted.in_flight,
+        wanted,
+        progress.stalled,
+        &mut plan,
+    );
+    warm_pool::step(input, memory, &mut plan);
+
+    // 7. What to remove.
+    let victims = removals(input, memory, &lives, live_old, ready, &progress, &mut plan);
+
+    // 8. Bring the remaining replicas into rotation.
+    let kept: Vec<&rotation::Live> = lives
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !victims.iter().any(|(v, _)| v == i))
+        .map(|(_, l)| l)
+        .collect();
+    let weights = progress.shape.map(|s| s.weights);
+    rotation::bring_in(
+        input,
+        memory,
+        &kept,
+        &members,
+        matched.free,
+        weights,
+        &mut plan,
+    );
+    plan
+}
+
+/// Step 4: the counts of a pass, from the live replicas and what is in flight.
+fn counts(
+    desired: u32,
+    lives: &[rotation::Live],
+    sorted: &classify::Sorted,
+    draining: u32,
+) -> Counts {
     let live_new = lives.iter().filter(|l| l.updated).count() as u32;
     let live_old = lives.len() as u32 - live_new;
     let ready_new = lives
@@ -462,7 +511,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         .iter()
         .filter(|l| !l.updated && l.serving.is_ready())
         .count() as u32;
-    plan.counts = Counts {
+    Counts {
         desired,
         current: live_new + live_old,
         ready: ready_new + ready_old,
@@ -470,23 +519,44 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         ready_updated: ready_new,
         pending: sorted.pending as u32,
         terminating: draining + sorted.removing,
-    };
+    }
+}
 
-    // 5. Rollout progress and its deadline.
+/// Where a pass's rollout stands (step 5).
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    /// A canary's shape for this pass.
+    shape: Option<canary::Shape>,
+    /// A guarded rolling update's gate on the old replicas.
+    gate: Option<guard::Gate>,
+    /// The rollout was aborted: back to the previous template.
+    aborted: bool,
+    /// Past its progress deadline without progress.
+    stalled: bool,
+}
+
+/// Step 5: the rollout's progress and its deadline (a paused or canary rollout never
+/// stalls), and the step of a canary or of a guarded rolling update.
+fn progress(
+    input: &Input<'_>,
+    memory: &Memory,
+    lives: &[rotation::Live],
+    plan: &mut Plan,
+) -> Progress {
+    let c = plan.counts;
     let rollout = rollout::track(
         memory.rollout.as_ref(),
         input.template_hash,
-        desired,
-        live_old,
-        ready_new,
-        now.instant,
+        c.desired,
+        c.current - c.updated,
+        c.ready_updated,
+        input.now.instant,
     );
-    let shape = canary::step(input, memory, &lives, &mut plan);
+    let shape = canary::step(input, memory, lives, plan);
     let gate = match shape {
-        None => guard::step(input, memory, &lives, &mut plan),
+        None => guard::step(input, memory, lives, plan),
         Some(_) => None,
     };
-    let aborted = plan.aborted.is_some();
     let paused = plan
         .canary
         .as_ref()
@@ -495,8 +565,8 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         && !paused
         && rollout.as_ref().is_some_and(|r| {
             !r.complete
-                && now.instant.saturating_duration_since(r.last_progress)
-                    > spec.rollout.progress_deadline.get()
+                && input.now.instant.saturating_duration_since(r.last_progress)
+                    > input.spec.rollout.progress_deadline.get()
         });
     if stalled {
         plan.notes.push(Note::RolloutStalled {
@@ -504,8 +574,25 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
         });
     }
     plan.rollout = rollout;
+    Progress {
+        shape,
+        gate,
+        aborted: plan.aborted.is_some(),
+        stalled,
+    }
+}
 
-    // 6. How many to create, on which crash-loop lines.
+/// Step 6: how many replicas to create (or restore), within `desired + maxSurge`.
+fn wanted(
+    input: &Input<'_>,
+    sorted: &classify::Sorted,
+    draining: u32,
+    progress: &Progress,
+    plan: &Plan,
+) -> Wanted {
+    let c = plan.counts;
+    let (desired, live_new) = (c.desired, c.updated);
+    let live_old = c.current - c.updated;
     let new_total = live_new + sorted.pending_new + sorted.awaiting_new;
     // Replicas still stopping count against the surge: their containers run until
     // their grace period ends, and a rollout must not outgrow `desired + maxSurge`
@@ -526,15 +613,14 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
             )
         })
         .count() as u32;
-    let total = live_new
-        + live_old
+    let total = c.current
         + sorted.pending as u32
         + sorted.awaiting()
         + draining
         + sorted.removing
         + stopping_now;
-    let max_total = desired.saturating_add(spec.rollout.max_surge);
-    let (creates, restores) = if aborted {
+    let max_total = desired.saturating_add(input.spec.rollout.max_surge);
+    let (creates, restores) = if progress.aborted {
         // Back to the previous template: its replicas up to `desired`, within the
         // surge (the new ones go as these serve).
         let old_total = live_old
@@ -547,7 +633,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
             None => 0,
         };
         (0, restores)
-    } else if let Some(shape) = shape {
+    } else if let Some(shape) = progress.shape {
         (shape.new_target.saturating_sub(new_total), 0)
     } else if live_old > 0 {
         let room = max_total.saturating_sub(total);
@@ -555,65 +641,58 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     } else {
         (desired.saturating_sub(new_total), 0)
     };
-    plan.vacant = sorted.vacant;
-    let wanted = Wanted {
+    Wanted {
         creates,
         restores,
-        aborted,
-    };
-    issue_creates(input, memory, sorted.in_flight, wanted, stalled, &mut plan);
+        aborted: progress.aborted,
+    }
+}
 
-    // The warm pool: takes in place of these creates, and its own upkeep.
-    warm_pool::step(input, memory, &mut plan);
-
-    // 7. What to remove.
-    let ready = ready_new + ready_old;
-    let mut victims = match (aborted, shape) {
+/// Step 7: the replicas to retire (drained, then removed), each with why: beyond the
+/// count or the rollout's bounds, or unhealthy past its limit.
+fn removals(
+    input: &Input<'_>,
+    memory: &Memory,
+    lives: &[rotation::Live],
+    live_old: u32,
+    ready: u32,
+    progress: &Progress,
+    plan: &mut Plan,
+) -> Vec<(usize, RemoveReason)> {
+    let desired = input.desired;
+    let mut victims = match (progress.aborted, progress.shape) {
         // The new replicas go as the old ones serve; without the previous template to
         // restore, as many new ones stay as hold the count.
-        (true, _) if input.previous.is_some() => retire::rollback_victims(input, &lives, ready),
-        (true, _) => retire::canary_victims(&lives, desired.saturating_sub(live_old)),
-        (false, Some(shape)) => retire::canary_victims(&lives, shape.new_target),
+        (true, _) if input.previous.is_some() => retire::rollback_victims(input, lives, ready),
+        (true, _) => retire::canary_victims(lives, desired.saturating_sub(live_old)),
+        (false, Some(shape)) => retire::canary_victims(lives, shape.new_target),
         (false, None) => {
-            let old_floor = gate.map_or(0, |g| g.old_floor);
-            retire::victims(input, &lives, ready, live_old.saturating_sub(old_floor))
+            let old_floor = progress.gate.map_or(0, |g| g.old_floor);
+            retire::victims(input, lives, ready, live_old.saturating_sub(old_floor))
         }
     };
-    for i in retire::unhealthy(input, memory, &lives, &mut plan) {
+    for i in retire::unhealthy(input, memory, lives, plan) {
         if !victims.iter().any(|(v, _)| *v == i) {
             victims.push((i, RemoveReason::Unhealthy));
         }
     }
-    let drain_timeout = lb.map(|l| l.drain_timeout.get()).unwrap_or_default();
+    let drain_timeout = input
+        .spec
+        .load_balancer
+        .as_ref()
+        .map(|l| l.drain_timeout.get())
+        .unwrap_or_default();
     for (i, reason) in &victims {
         retire::retire(
             &lives[*i],
             reason.clone(),
             None,
             drain_timeout,
-            now,
-            &mut plan,
+            input.now,
+            plan,
         );
     }
-
-    // 8. Bring the remaining replicas into rotation.
-    let kept: Vec<&rotation::Live> = lives
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !victims.iter().any(|(v, _)| v == i))
-        .map(|(_, l)| l)
-        .collect();
-    let weights = shape.map(|s| s.weights);
-    rotation::bring_in(
-        input,
-        memory,
-        &kept,
-        &members,
-        matched.free,
-        weights,
-        &mut plan,
-    );
-    plan
+    victims
 }
 
 /// The creates a pass wants: of the current template, or (once its rollout was
