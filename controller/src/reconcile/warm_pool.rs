@@ -143,21 +143,53 @@ pub fn probe_targets(spec: &ServiceSpec, warm: &[&Replica]) -> Vec<(ContainerId,
 /// The pool's step of a pass: takes in place of the plan's creates, pauses, removals
 /// and refills, appended to `plan`, and the pool's counts.
 pub fn step(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
-    let pool = &memory.warm;
+    let mut pool = sort_pool(input, &memory.warm, plan);
+    let taken = take(&pool.ready, plan);
+    pool.ready.drain(..taken);
+    remove_excess(input, &memory.warm, &mut pool, plan);
+    pause_answering(input, &memory.warm, &pool, plan);
+    let have = pool.ready.len() + pool.warming.len() + pool.creating;
+    refill(input, memory, have, pool.newly_broken, plan);
+    plan.warm = PoolCounts {
+        size: input.warm_size,
+        ready: pool.ready.len() as u32,
+        warming: (pool.warming.len() + pool.creating) as u32,
+    };
+}
+
+/// The pool as a pass finds it.
+struct Sorted<'a> {
+    /// Paused, of the current template: to be taken; the longest warm first.
+    ready: Vec<&'a Replica>,
+    /// Running until its port answers (or its pause is in flight); the oldest first.
+    warming: Vec<&'a Replica>,
+    /// Warm creates in flight whose container is not listed yet.
+    creating: usize,
+    /// Broken ones not counted yet: their back-off applies to this pass's refills.
+    newly_broken: u32,
+}
+
+/// Sorts the listed warm containers: ready, warming, or removed (with why); those
+/// with a take or a removal in flight are no longer the pool's.
+fn sort_pool<'a>(input: &Input<'a>, pool: &PoolMemory, plan: &mut Plan) -> Sorted<'a> {
     let now = input.now;
     let network = input.spec.network.as_str();
-    let size = input.warm_size;
-
-    let mut ready: Vec<&Replica> = Vec::new();
-    let mut warming: Vec<&Replica> = Vec::new();
-    // Broken ones not counted yet: their back-off applies to this pass's refills.
-    let mut newly_broken = 0;
+    let mut sorted = Sorted {
+        ready: Vec::new(),
+        warming: Vec::new(),
+        creating: pool
+            .creating
+            .keys()
+            .filter(|name| !input.warm.iter().any(|r| &&r.name == name))
+            .count(),
+        newly_broken: 0,
+    };
     for r in &input.warm {
         match pool.busy.get(&r.id) {
             // A pause in flight (the container may be listed paused already): the
             // pool's, warming still.
             Some(Busy::Pausing) => {
-                warming.push(r);
+                sorted.warming.push(r);
                 continue;
             }
             // A take or a removal in flight: no longer the pool's.
@@ -189,7 +221,7 @@ pub fn step(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
             None
         };
         if (broken || silent) && !pool.broken_seen.contains(&r.id) {
-            newly_broken += 1;
+            sorted.newly_broken += 1;
         }
         if let Some(reason) = reason {
             plan.actions.push(Action::RemoveWarm {
@@ -200,17 +232,24 @@ pub fn step(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
             continue;
         }
         match r.state {
-            ContainerState::Paused => ready.push(r),
-            ContainerState::Running => warming.push(r),
+            ContainerState::Paused => sorted.ready.push(r),
+            ContainerState::Running => sorted.warming.push(r),
             // Created, its create call in flight.
             _ => {}
         }
     }
     // The longest warm first: taken, or kept when the pool shrinks.
-    ready.sort_by_key(|r| (r.created_at_ns, r.name.clone()));
-    warming.sort_by_key(|r| (r.created_at_ns, r.name.clone()));
+    sorted
+        .ready
+        .sort_by_key(|r| (r.created_at_ns, r.name.clone()));
+    sorted
+        .warming
+        .sort_by_key(|r| (r.created_at_ns, r.name.clone()));
+    sorted
+}
 
-    // Takes in place of creates, while paused containers last.
+/// Takes in place of the plan's creates, while paused containers last; how many.
+fn take(ready: &[&Replica], plan: &mut Plan) -> usize {
     let mut taken = 0;
     for action in plan.actions.iter_mut() {
         let Action::Create { restarts } = *action else {
@@ -230,23 +269,22 @@ pub fn step(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
         };
         taken += 1;
     }
-    ready.drain(..taken);
+    taken
+}
 
-    // Beyond the size: the warming ones first (they still use CPU), then the newest.
-    // A create in flight counts until its container is listed (then it is counted as
-    // listed).
-    let creating = pool
-        .creating
-        .keys()
-        .filter(|name| !input.warm.iter().any(|r| &&r.name == name))
-        .count();
-    let mut over = (ready.len() + warming.len() + creating).saturating_sub(size as usize);
+/// Beyond the size: the warming ones go first (they still use CPU), then the newest.
+/// A create in flight counts until its container is listed (then it is counted as
+/// listed).
+fn remove_excess(input: &Input<'_>, pool: &PoolMemory, sorted: &mut Sorted<'_>, plan: &mut Plan) {
+    let have = sorted.ready.len() + sorted.warming.len() + sorted.creating;
+    let mut over = have.saturating_sub(input.warm_size as usize);
     let mut removed = BTreeSet::new();
-    let candidates = warming
+    let candidates = sorted
+        .warming
         .iter()
         .rev()
         .filter(|r| !pool.busy.contains_key(&r.id))
-        .chain(ready.iter().rev());
+        .chain(sorted.ready.iter().rev());
     for r in candidates {
         if over == 0 {
             break;
@@ -259,11 +297,13 @@ pub fn step(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
             reason: WarmRemoval::Excess,
         });
     }
-    ready.retain(|r| !removed.contains(&r.id));
-    warming.retain(|r| !removed.contains(&r.id));
+    sorted.ready.retain(|r| !removed.contains(&r.id));
+    sorted.warming.retain(|r| !removed.contains(&r.id));
+}
 
-    // Pauses of the warming ones whose port answered.
-    for r in &warming {
+/// Pauses of the warming ones whose port answered; the others are polled.
+fn pause_answering(input: &Input<'_>, pool: &PoolMemory, sorted: &Sorted<'_>, plan: &mut Plan) {
+    for r in &sorted.warming {
         if pool.busy.contains_key(&r.id) {
             continue;
         }
@@ -273,44 +313,41 @@ pub fn step(input: &Input<'_>, memory: &Memory, plan: &mut Plan) {
                 name: r.name.clone(),
             });
         } else {
-            // Its port is polled until it answers.
             plan.requeue(ACTIVE_REQUEUE);
         }
     }
-    let have = ready.len() + warming.len() + creating;
-    let ready_count = ready.len();
-    let warming_count = warming.len() + creating;
+}
 
-    // Refills, after the plan's own creates, within the bound on calls in flight.
-    let missing = (size as usize).saturating_sub(have);
-    if missing > 0 && refill_allowed(input, memory, plan) {
-        let in_flight = memory.creating().count()
-            + pool.creating.len()
-            + plan
-                .actions
-                .iter()
-                .filter(|a| matches!(a, Action::Create { .. } | Action::Take { .. }))
-                .count();
-        let room = input.limits.max_parallel.saturating_sub(in_flight);
-        let refill_after = match newly_broken {
-            0 => pool.refill_after,
-            n => Some(now.instant + input.backoff.delay(pool.failures.saturating_add(n))),
-        };
-        match refill_after.filter(|at| *at > now.instant) {
-            Some(at) => plan.requeue(at - now.instant),
-            None => {
-                for _ in 0..missing.min(room) {
-                    plan.actions.push(Action::CreateWarm);
-                }
+/// Refills up to the size, after the plan's own creates and within the bound on
+/// calls in flight; held by the back-off after failures (this pass's broken ones
+/// included).
+fn refill(input: &Input<'_>, memory: &Memory, have: usize, newly_broken: u32, plan: &mut Plan) {
+    let pool = &memory.warm;
+    let missing = (input.warm_size as usize).saturating_sub(have);
+    if missing == 0 || !refill_allowed(input, memory, plan) {
+        return;
+    }
+    let in_flight = memory.creating().count()
+        + pool.creating.len()
+        + plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Create { .. } | Action::Take { .. }))
+            .count();
+    let room = input.limits.max_parallel.saturating_sub(in_flight);
+    let now = input.now.instant;
+    let refill_after = match newly_broken {
+        0 => pool.refill_after,
+        n => Some(now + input.backoff.delay(pool.failures.saturating_add(n))),
+    };
+    match refill_after.filter(|at| *at > now) {
+        Some(at) => plan.requeue(at - now),
+        None => {
+            for _ in 0..missing.min(room) {
+                plan.actions.push(Action::CreateWarm);
             }
         }
     }
-
-    plan.warm = PoolCounts {
-        size,
-        ready: ready_count as u32,
-        warming: warming_count as u32,
-    };
 }
 
 /// Whether warm creates may start: not while the image is missing or being pulled,
