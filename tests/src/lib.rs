@@ -265,6 +265,9 @@ pub struct Container {
     pub state: String,
     /// Its `dockscale.template-hash` label (empty without one).
     pub template_hash: String,
+    /// Its `dockscale.created-at` label: when dockscale asked for it, in Unix
+    /// nanoseconds on dockscale's clock (what its back-off is measured against).
+    pub created_at_ns: Option<i64>,
 }
 
 /// One test's world: a service name, a network, a spec directory. Dropping it removes
@@ -343,16 +346,19 @@ spec:
                 "--filter",
                 &label,
                 "--format",
-                "{{.ID}} {{.Names}} {{.State}} {{.Label \"dockscale.template-hash\"}}",
+                "{{.ID}}|{{.Names}}|{{.State}}|{{.Label \"dockscale.created-at\"}}|\
+                 {{.Label \"dockscale.template-hash\"}}",
             ],
         )
         .lines()
         .filter_map(|l| {
-            let mut parts = l.split_whitespace();
+            // Split on `|`, so that a missing label is an empty field.
+            let mut parts = l.split('|');
             Some(Container {
                 id: parts.next()?.to_owned(),
                 name: parts.next()?.to_owned(),
                 state: parts.next()?.to_owned(),
+                created_at_ns: parts.next()?.parse().ok(),
                 template_hash: parts.next().unwrap_or_default().to_owned(),
             })
         })

@@ -177,18 +177,25 @@ async fn a_replica_that_keeps_exiting_is_replaced_with_growing_back_off() {
     fixture.write_spec(&spec);
     let controller = RunningController::start(&fixture.run_args(&["--crash-backoff-base", "1s"]));
 
-    // Record when each new container first appears.
-    let mut first_seen: BTreeMap<String, Duration> = BTreeMap::new();
+    // When dockscale asked for each container (its created-at label, on dockscale's
+    // clock: what the back-off is measured against, not when a `docker ps` under load
+    // happened to list it).
+    let mut asked_at: BTreeMap<String, i64> = BTreeMap::new();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) && first_seen.len() < 5 {
+    while start.elapsed() < Duration::from_secs(20) && asked_at.len() < 5 {
         for c in fixture.containers() {
-            first_seen.entry(c.id).or_insert_with(|| start.elapsed());
+            if let Some(at) = c.created_at_ns {
+                asked_at.entry(c.id).or_insert(at);
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut times: Vec<Duration> = first_seen.values().copied().collect();
+    let mut times: Vec<i64> = asked_at.values().copied().collect();
     times.sort();
-    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let gaps: Vec<Duration> = times
+        .windows(2)
+        .map(|w| Duration::from_nanos(u64::try_from(w[1] - w[0]).unwrap_or(0)))
+        .collect();
     println!("replacement gaps with a 1s base: {gaps:?}");
     assert!(gaps.len() >= 3, "too few replacements: {times:?}");
     // Back-off 1s, 2s, 4s after the first immediate replacement (plus the time the

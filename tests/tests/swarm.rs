@@ -172,6 +172,28 @@ async fn on_one_node_haproxy_follows_a_scale_a_killed_task_and_a_rollout_without
             .trim()
             .to_owned()
     };
+    // Swarm itself writes the service once more when its update ends (the state
+    // `completed`, after the monitor period): only then is the version settled.
+    let update_state = |swarm: &Swarm| {
+        swarm
+            .manager
+            .docker(&[
+                "service",
+                "inspect",
+                "--format",
+                "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+                &fixture.service,
+            ])
+            .trim()
+            .to_owned()
+    };
+    dockscale_e2e::wait_for("Swarm's update completed", Duration::from_secs(30), || {
+        match update_state(&swarm) {
+            state if state.is_empty() || state == "completed" => Ok(()),
+            state => Err(state),
+        }
+    })
+    .await;
     let before = version(&swarm);
     let load = Load::start(fixture.bind, "/", 4, LOAD_LIMIT);
     controller.kill();

@@ -1,7 +1,7 @@
 //! The warm pool end to end, on the real engine and a real HAProxy: a pool of two
 //! fills with paused containers (`State.Paused`) that no HAProxy server points at; a
-//! scale-up takes them (its time to UP printed and compared with cold creates) and the
-//! pool is refilled; a service at zero answers a burst of requests from a former warm
+//! scale-up takes them in place of creates (its time to UP printed beside cold
+//! creates), the pool is refilled; a service at zero answers a burst of requests from a former warm
 //! container, every one 200; a template edit replaces the pool; `dockscale logs` leaves
 //! the pool out and follows a warm container once it is taken.
 
@@ -132,6 +132,31 @@ async fn taking(
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Writes `spec` and waits until the service's status desires `n`: from then on, what
+/// is timed is the provisioning alone (not the spec's reload nor the autoscaler's
+/// next tick, which varies by up to its interval).
+async fn desire(controller: &RunningController, fixture: &LbFixture, spec: &str, n: u64) {
+    fixture.write_spec(spec);
+    wait_until(
+        &format!("the status desiring {n}"),
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        || async {
+            let desired = controller
+                .try_service_status(&fixture.service)
+                .await
+                .and_then(|s| s["replicas"]["desired"].as_u64());
+            if desired == Some(n) {
+                Ok(())
+            } else {
+                Err(desired)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 async fn metric(controller: &RunningController, series: &str) -> Option<f64> {
     let (_, text) = controller.get("/metrics").await;
     text.lines()
@@ -184,7 +209,7 @@ async fn a_pool_of_two_fills_with_paused_containers_outside_haproxy() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_scale_up_takes_the_warm_containers_sooner_than_cold_creates_and_refills() {
+async fn a_scale_up_takes_the_warm_containers_in_place_of_creates_and_refills() {
     let fixture = LbFixture::new("e2e-warm-take");
     let svc = fixture.service.clone();
     fixture.write_spec(&fixture.lb_spec(1, "hello", &autoscale(1, 5, None, "")));
@@ -192,23 +217,29 @@ async fn a_scale_up_takes_the_warm_containers_sooner_than_cold_creates_and_refil
     controller.wait_listening().await;
     taking(&fixture, 1, Duration::from_secs(30)).await;
 
-    // +2 without a pool: cold creates, from the spec written to both UP in HAProxy.
-    let edited = Instant::now();
-    fixture.write_spec(&fixture.lb_spec(3, "hello", &autoscale(3, 5, None, "")));
+    // +2 without a pool: cold creates, from the status desiring them to both UP in
+    // HAProxy.
+    let spec = fixture.lb_spec(3, "hello", &autoscale(3, 5, None, ""));
+    desire(&controller, &fixture, &spec, 3).await;
+    let asked = Instant::now();
     taking(&fixture, 3, Duration::from_secs(30)).await;
-    let cold_up = edited.elapsed();
+    let cold_up = asked.elapsed();
 
     // A pool of two, then +2 more: both taken, timed the same way.
     fixture.write_spec(&fixture.lb_spec(3, "hello", &autoscale(3, 5, Some(2), "")));
     let pool = pool_ready(&fixture, 2, None).await;
     let warm_ips: BTreeSet<Ipv4Addr> = pool.iter().filter_map(|w| w.ip).collect();
     let warm_ids: BTreeSet<String> = pool.iter().map(|w| w.id.clone()).collect();
-    let edited = Instant::now();
-    fixture.write_spec(&fixture.lb_spec(5, "hello", &autoscale(5, 5, Some(2), "")));
+    let spec = fixture.lb_spec(5, "hello", &autoscale(5, 5, Some(2), ""));
+    desire(&controller, &fixture, &spec, 5).await;
+    let asked = Instant::now();
     let (up, _) = taking(&fixture, 5, Duration::from_secs(20)).await;
-    let warm_up = edited.elapsed();
+    let warm_up = asked.elapsed();
+    // Printed, not asserted: a time is a benchmark's claim (bench/COLDSTART.md), and
+    // here the engine is shared with the rest of the suite.
     println!(
-        "scale-up by 2, spec written -> both UP in HAProxy: warm take {:.3}s, cold create {:.3}s",
+        "scale-up by 2, status desiring them -> both UP in HAProxy: warm take {:.3}s, cold \
+         create {:.3}s",
         warm_up.as_secs_f64(),
         cold_up.as_secs_f64()
     );
@@ -221,10 +252,6 @@ async fn a_scale_up_takes_the_warm_containers_sooner_than_cold_creates_and_refil
     assert!(
         warm_ids.is_subset(&running),
         "the warm containers are the new replicas"
-    );
-    assert!(
-        warm_up < cold_up,
-        "warm {warm_up:?} not sooner than cold {cold_up:?}"
     );
     let taken = metric(
         &controller,
