@@ -83,6 +83,24 @@ pub async fn run(
         (Output::Table, None) => {
             let services = body["services"].as_array().cloned().unwrap_or_default();
             let mut text = table(&services, now);
+            // The shared frontends, when the spec has any (an older controller without
+            // the endpoint: none shown).
+            let frontends = match client
+                .get(format!("http://{addr}/api/v1/frontends"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                _ => None,
+            };
+            if let Some(list) = frontends
+                .as_ref()
+                .and_then(|f| f["frontends"].as_array())
+                .filter(|f| !f.is_empty())
+            {
+                text.push('\n');
+                text.push_str(&frontends_table(list, now));
+            }
             if let Some(errors) = body["specErrors"].as_array().filter(|e| !e.is_empty()) {
                 text.push_str(
                     "\nThe spec files do not validate; the last good spec is in force:\n",
@@ -191,6 +209,53 @@ pub fn table(services: &[Value], now: SystemTime) -> String {
             available.to_owned(),
             autoscale_column(svc),
             age(svc["created"].as_str(), now),
+            last_event,
+        ]);
+    }
+    columns(&rows)
+}
+
+/// The table of the shared frontends under `dockscale status`: binds, certificates
+/// (how many, the soonest expiry), whether the files on disk are what is served.
+pub fn frontends_table(frontends: &[Value], now: SystemTime) -> String {
+    let header = ["FRONTEND", "BINDS", "CERTIFICATES", "VALID", "LAST EVENT"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for f in frontends {
+        let binds: Vec<&str> = f["binds"]
+            .as_array()
+            .map(|b| b.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let certificates = f["certificates"].as_array().cloned().unwrap_or_default();
+        let soonest = certificates
+            .iter()
+            .filter_map(|c| c["notAfter"].as_str())
+            .filter_map(|t| humantime::parse_rfc3339(t).ok())
+            .min();
+        let certs = match soonest {
+            None => "-".to_owned(),
+            Some(t) => {
+                let left = t.duration_since(now).map_or(0, |d| d.as_secs() / 86_400);
+                format!("{} (expires in {left}d)", certificates.len())
+            }
+        };
+        let valid = condition(f, "CertificatesValid").map_or("-", |c| {
+            if c["status"] == true {
+                "True"
+            } else {
+                "False"
+            }
+        });
+        let last_event = f["events"]
+            .as_array()
+            .and_then(|e| e.last())
+            .and_then(|e| e["message"].as_str())
+            .map(|m| truncate(m, 60))
+            .unwrap_or_default();
+        rows.push(vec![
+            f["name"].as_str().unwrap_or("?").to_owned(),
+            binds.join(","),
+            certs,
+            valid.to_owned(),
             last_event,
         ]);
     }
@@ -742,6 +807,36 @@ mod tests {
                 && tasks[3].contains("no suitable node"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_frontends_table_shows_binds_certificates_and_validity() {
+        let now = humantime::parse_rfc3339("2026-12-01T00:00:00Z").expect("time");
+        let frontends = vec![
+            serde_json::json!({
+                "name": "public",
+                "binds": ["0.0.0.0:443", "0.0.0.0:80"],
+                "certificates": [
+                    {"file": "a.pem", "names": ["a.example"], "notAfter": "2027-01-01T00:00:00Z"},
+                    {"file": "b.pem", "names": ["b.example"], "notAfter": "2026-12-15T00:00:00Z"}
+                ],
+                "conditions": [{"type": "CertificatesValid", "status": false}],
+                "events": [{"message": "Certificate b.pem does not match its key"}]
+            }),
+            serde_json::json!({"name": "plain", "binds": ["127.0.0.1:8080"], "certificates": []}),
+        ];
+        let text = frontends_table(&frontends, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("FRONTEND"), "{text}");
+        assert!(lines[1].contains("0.0.0.0:443,0.0.0.0:80"), "{text}");
+        assert!(
+            lines[1].contains("2 (expires in 14d)"),
+            "the soonest: {text}"
+        );
+        assert!(lines[1].contains("False"), "{text}");
+        assert!(lines[1].contains("does not match its key"), "{text}");
+        assert!(lines[2].starts_with("plain"), "{text}");
+        assert!(lines[2].contains(" - "), "no certificate: {text}");
     }
 
     #[test]

@@ -355,6 +355,18 @@ async fn tls_by_sni_with_redirect_and_h2_and_a_certificate_swapped_on_disk_witho
         metrics.contains("dockscale_certificate_expiry_timestamp_seconds{"),
         "{metrics}"
     );
+    // `dockscale status` lists the frontend under the services, with its certificates.
+    let addr = controller.listen.to_string();
+    let table = dockscale_e2e::process::dockscale_output(&["status", "--addr", &addr]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{}-tls", two.a.service)))
+        .unwrap_or_else(|| panic!("no frontend row: {table}"));
+    assert!(row.contains(&https.to_string()), "{table}");
+    assert!(row.contains("2 (expires in"), "two certificates: {table}");
+    // The key that does not match, written above, is still on disk.
+    assert!(row.contains("False"), "not valid: {table}");
+    assert!(row.contains("changed on disk"), "{table}");
     controller.stop().await;
 }
 
