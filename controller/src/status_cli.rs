@@ -170,6 +170,21 @@ fn condition<'a>(svc: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == kind)
 }
 
+/// A condition's status as a table shows it: `True`, `False`, or `-` without it.
+fn condition_status(of: &Value, kind: &str) -> &'static str {
+    condition(of, kind).map_or("-", |c| if c["status"] == true { "True" } else { "False" })
+}
+
+/// The message of the newest event, cut to a table's column.
+fn last_event(of: &Value) -> String {
+    of["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .and_then(|e| e["message"].as_str())
+        .map(|m| truncate(m, 60))
+        .unwrap_or_default()
+}
+
 /// The table of `dockscale status`.
 pub fn table(services: &[Value], now: SystemTime) -> String {
     let header = [
@@ -184,19 +199,8 @@ pub fn table(services: &[Value], now: SystemTime) -> String {
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for svc in services {
-        let available = condition(svc, "Available").map_or("-", |c| {
-            if c["status"] == true {
-                "True"
-            } else {
-                "False"
-            }
-        });
-        let last_event = svc["events"]
-            .as_array()
-            .and_then(|e| e.last())
-            .and_then(|e| e["message"].as_str())
-            .map(|m| truncate(m, 60))
-            .unwrap_or_default();
+        let available = condition_status(svc, "Available");
+        let last_event = last_event(svc);
         rows.push(vec![
             svc["name"].as_str().unwrap_or("?").to_owned(),
             num(&svc["replicas"]["desired"]),
@@ -238,19 +242,8 @@ pub fn frontends_table(frontends: &[Value], now: SystemTime) -> String {
                 format!("{} (expires in {left}d)", certificates.len())
             }
         };
-        let valid = condition(f, "CertificatesValid").map_or("-", |c| {
-            if c["status"] == true {
-                "True"
-            } else {
-                "False"
-            }
-        });
-        let last_event = f["events"]
-            .as_array()
-            .and_then(|e| e.last())
-            .and_then(|e| e["message"].as_str())
-            .map(|m| truncate(m, 60))
-            .unwrap_or_default();
+        let valid = condition_status(f, "CertificatesValid");
+        let last_event = last_event(f);
         rows.push(vec![
             f["name"].as_str().unwrap_or("?").to_owned(),
             binds.join(","),

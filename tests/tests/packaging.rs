@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -19,7 +18,7 @@ use dockscale_e2e::get_with_cookies;
 use dockscale_e2e::haproxy::{
     external_config, hostname_of, in_rotation, servers, ExternalHaproxy, LbFixture,
 };
-use dockscale_e2e::process::DockscaleProcess;
+use dockscale_e2e::process::{dockscale_output, DockscaleProcess};
 use dockscale_e2e::{
     dockscale_bin, free_port, http_get, sh, sh_quiet, unique, user_command, wait_for,
 };
@@ -31,27 +30,13 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
-/// Runs this build's `dockscale` with `args`: its stdout; panics on failure.
-fn dockscale(args: &[&str]) -> String {
-    let out = Command::new(dockscale_bin())
-        .args(args)
-        .output()
-        .expect("run dockscale");
-    assert!(
-        out.status.success(),
-        "dockscale {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 #[test]
 fn completions_are_generated_for_bash_zsh_and_fish() {
-    let bash = dockscale(&["completions", "bash"]);
+    let bash = dockscale_output(&["completions", "bash"]);
     assert!(bash.contains("complete -F _dockscale"), "{bash}");
-    let zsh = dockscale(&["completions", "zsh"]);
+    let zsh = dockscale_output(&["completions", "zsh"]);
     assert!(zsh.starts_with("#compdef dockscale"), "{zsh}");
-    let fish = dockscale(&["completions", "fish"]);
+    let fish = dockscale_output(&["completions", "fish"]);
     assert!(fish.contains("complete -c dockscale"), "{fish}");
     for script in [&bash, &zsh, &fish] {
         for sub in ["run", "logs", "events", "version", "completions"] {
@@ -71,7 +56,7 @@ fn completions_are_generated_for_bash_zsh_and_fish() {
 #[test]
 fn man_pages_are_written_for_the_command_and_each_subcommand() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let listed = dockscale(&["man", &dir.path().display().to_string()]);
+    let listed = dockscale_output(&["man", &dir.path().display().to_string()]);
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .expect("read dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -97,9 +82,9 @@ fn man_pages_are_written_for_the_command_and_each_subcommand() {
 
 #[test]
 fn the_version_names_the_git_revision_it_was_built_from() {
-    let long = dockscale(&["--version"]);
+    let long = dockscale_output(&["--version"]);
     let json: serde_json::Value =
-        serde_json::from_str(&dockscale(&["version", "-o", "json"])).expect("version JSON");
+        serde_json::from_str(&dockscale_output(&["version", "-o", "json"])).expect("version JSON");
     let revision = json["gitRevision"].as_str().expect("a revision").to_owned();
     assert_eq!(
         long.trim(),
@@ -108,7 +93,7 @@ fn the_version_names_the_git_revision_it_was_built_from() {
             json["version"].as_str().unwrap_or("?")
         )
     );
-    assert_eq!(dockscale(&["version"]), long);
+    assert_eq!(dockscale_output(&["version"]), long);
     // Built from a git checkout (CI's clone, a developer's tree): its HEAD, unless
     // HEAD moved after this build.
     if let Some(head) = sh_quiet(
