@@ -34,11 +34,15 @@ core.register_action("dockscale_hold", { "http-req" }, function(txn, timeout_ms,
   local backend = txn.f:be_name()
   local limit = tonumber(timeout_ms) or 30000
   local e = entry(backend)
+  -- core.now() is the time of the worker's current loop, a few ms behind the real
+  -- time when this request's analysis ran late in it: the clock is read after a yield
+  -- (a fresh loop), and one step more keeps a hold at least the timeout.
+  core.yield()
   local start = now_ms()
   e.waiting = e.waiting + 1
   e.held = e.held + 1
   while txn.f:nbsrv(backend) == 0 do
-    if now_ms() - start >= limit then
+    if now_ms() - start >= limit + STEP_MS then
       e.waiting = e.waiting - 1
       e.timed_out = e.timed_out + 1
       local reply = txn:reply()
