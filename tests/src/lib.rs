@@ -524,12 +524,10 @@ impl RunningController {
     }
 
     /// A service's status from the API, or `None` while it has none yet (its first
-    /// pass has not reported) or the answer is not a status.
+    /// pass has not reported). A 200 must be a status.
     pub async fn try_service_status(&self, name: &str) -> Option<serde_json::Value> {
         let (code, body) = self.get(&format!("/api/v1/services/{name}")).await;
-        (code == 200)
-            .then(|| serde_json::from_str(&body).ok())
-            .flatten()
+        (code == 200).then(|| serde_json::from_str(&body).expect("status JSON"))
     }
 
     /// A service's status from the API (`/api/v1/services/{name}`), which must answer.

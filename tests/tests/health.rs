@@ -150,11 +150,9 @@ async fn containers(
     service: &str,
 ) -> Vec<(String, String, String)> {
     // The service is listed once the controller has loaded it (after HAProxy started).
-    let (code, body) = controller.get(&format!("/api/v1/services/{service}")).await;
-    if code != 200 {
+    let Some(status) = controller.try_service_status(service).await else {
         return Vec::new();
-    }
-    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    };
     status["containers"]
         .as_array()
         .cloned()

@@ -36,11 +36,10 @@ async fn haproxy_pids(fixture: &LbFixture) -> (Option<i32>, u32) {
 /// The service's desired and ready replicas from its status (`u64::MAX` while the
 /// status does not list it yet).
 async fn counts(controller: &RunningController, service: &str) -> (u64, u64) {
-    let (code, body) = controller.get(&format!("/api/v1/services/{service}")).await;
-    let s: serde_json::Value = match code {
-        200 => serde_json::from_str(&body).expect("status JSON"),
-        _ => serde_json::Value::Null,
-    };
+    let s = controller
+        .try_service_status(service)
+        .await
+        .unwrap_or_default();
     (
         s["replicas"]["desired"].as_u64().unwrap_or(u64::MAX),
         s["replicas"]["ready"].as_u64().unwrap_or(u64::MAX),

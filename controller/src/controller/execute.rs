@@ -213,8 +213,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
         for action in &plan.actions {
             match action {
                 Action::Pull { image } => self.start_pull(name, image, events),
-                Action::Create { restarts } => self.start_create(name, *restarts, false),
-                Action::Restore { restarts } => self.start_create(name, *restarts, true),
+                Action::Create { restarts } if network_ok => {
+                    self.start_create(name, *restarts, false)
+                }
+                Action::Restore { restarts } if network_ok => {
+                    self.start_create(name, *restarts, true)
+                }
                 Action::Remove { .. } => self.start_removal(name, action, events),
                 _ => self.start_warm_task(name, action, network_ok, events),
             }
@@ -248,16 +252,12 @@ impl<R: ContainerRuntime, L: LoadBalancer> Controller<R, L> {
 
     /// A replica's create, on a line that crashed `restarts` times in a row: of the
     /// spec's template, or with `restore` of the template an aborted rollout replaced
-    /// (the planner asks for one only when it is known). None into a network that is
-    /// not ready.
+    /// (the planner asks for one only when it is known).
     fn start_create(&mut self, name: &str, restarts: u32, restore: bool) {
         let Some(entry) = self.services.get_mut(name) else {
             return;
         };
         let spec = &entry.spec.spec;
-        if entry.memory.network_ready.as_deref() != Some(spec.network.as_str()) {
-            return;
-        }
         let (spec, template_hash) = match (restore, &entry.history.stable) {
             (true, Some(stable)) => {
                 let spec = crate::spec::ServiceSpec {

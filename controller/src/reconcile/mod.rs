@@ -451,8 +451,6 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
 
     // 4. Counts.
     plan.counts = counts(input.desired, &lives, &sorted, draining);
-    let c = plan.counts;
-    let (live_old, ready) = (c.current - c.updated, c.ready);
 
     // 5. Rollout progress, its deadline, and the step of a canary or guarded update.
     let progress = progress(input, memory, &lives, &mut plan);
@@ -472,7 +470,7 @@ pub fn plan(input: &Input<'_>, memory: &Memory) -> Plan {
     warm_pool::step(input, memory, &mut plan);
 
     // 7. What to remove.
-    let victims = removals(input, memory, &lives, live_old, ready, &progress, &mut plan);
+    let victims = removals(input, memory, &lives, &progress, &mut plan);
 
     // 8. Bring the remaining replicas into rotation.
     let kept: Vec<&rotation::Live> = lives
@@ -654,12 +652,11 @@ fn removals(
     input: &Input<'_>,
     memory: &Memory,
     lives: &[rotation::Live],
-    live_old: u32,
-    ready: u32,
     progress: &Progress,
     plan: &mut Plan,
 ) -> Vec<(usize, RemoveReason)> {
-    let desired = input.desired;
+    let c = plan.counts;
+    let (desired, live_old, ready) = (c.desired, c.current - c.updated, c.ready);
     let mut victims = match (progress.aborted, progress.shape) {
         // The new replicas go as the old ones serve; without the previous template to
         // restore, as many new ones stay as hold the count.
